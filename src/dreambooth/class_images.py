@@ -1,0 +1,52 @@
+"""Class-prior images: generate those missing with the base model, keep those already there."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import atomic
+from .data import IMAGE_SUFFIXES
+from .sampling import draw
+
+
+def existing(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int, resolution: int, seed: int = 0,
+                        steps: int = 25, batch_size: int = 4, guidance_scale: float = 7.5) -> list[Path]:
+    """Make `class_dir` hold at least `num` images of `class_prompt`; return the first `num`.
+
+    Image i is `class-{i:05d}.png`, drawn with seed `seed + i`, written atomically: an interrupted run
+    resumes where it stopped and makes the same images it would have made.
+    """
+    class_dir = Path(class_dir)
+    class_dir.mkdir(parents=True, exist_ok=True)
+    have = existing(class_dir)
+    names = {p.name for p in have}
+    free = (i for i in itertools.count() if f"class-{i:05d}.png" not in names)
+    missing = list(itertools.islice(free, max(0, num - len(have))))
+    bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not missing)
+    # Runs of consecutive indices are drawn together so image i always comes from seed + i.
+    for run in consecutive_runs(missing):
+        for start in range(0, len(run), batch_size):
+            chunk = run[start : start + batch_size]
+            images = draw(pipe, class_prompt, len(chunk), seed, steps, guidance_scale, resolution, batch_size, first_index=chunk[0])
+            for i, image in zip(chunk, images):
+                atomic.save_image(image, class_dir / f"class-{i:05d}.png")
+            bar.update(len(chunk))
+    bar.close()
+    return existing(class_dir)[:num]
+
+
+def consecutive_runs(indices: list[int]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs

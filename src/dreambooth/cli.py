@@ -1,0 +1,127 @@
+"""The `dreambooth` command: flags and YAML -> one config dataclass -> one function call.
+
+Flags are generated from the config dataclasses, so each field has its kebab-case flag, the same
+name in snake_case, and the aliases its declaration lists (diffusers' and the notebook script's names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from importlib import resources
+from pathlib import Path
+
+from . import config as C
+from .errors import TrainingError, UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    parser.add_argument("--config", help="YAML file with any of these settings; flags override it")
+    for f in C.fields_of(cls):
+        names = ["--" + n for n in C.all_names(f)]
+        kind = C.field_type(cls, f)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        if kind is bool:
+            parser.add_argument(*names, dest=f.name, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=False,
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        elif kind == list[str]:
+            parser.add_argument(*names, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text, metavar="NAME")
+        else:
+            choices = f.metadata.get("choices")
+            parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, help=help_text,
+                                metavar="{" + ",".join(choices) + "}" if choices else f.name.upper())
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """defaults <- YAML file <- flags."""
+    values = vars(args).copy()
+    yaml_path = values.pop("config", None)
+    values.pop("command", None)
+    base = C.from_dict(cls, C.read_yaml(yaml_path), source=f"--config {yaml_path}") if yaml_path else cls()
+    by_name = {f.name: f for f in C.fields_of(cls)}
+    flags = {k: C.coerce(cls, by_name[k], v, C.flag_name(by_name[k])) for k, v in values.items()}
+    return dataclasses.replace(base, **flags)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="dreambooth", description="Personalise Stable Diffusion to one subject (DreamBooth + LoRA).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_config_flags(sub.add_parser("train", help="train a LoRA on a subject's photos"), C.TrainConfig)
+    add_config_flags(sub.add_parser("generate", help="draw images with a trained LoRA"), C.GenerateConfig)
+    add_config_flags(sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig)
+    demo = sub.add_parser("demo", help="train the embedded tiny model on the bundled subject, then generate")
+    demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
+    demo.add_argument("--max-steps", type=int, default=100, help="training steps (default: 100)")
+    return parser
+
+
+def run_identifier(cfg: C.IdentifierConfig) -> None:
+    from .identifier import candidates, tokenise
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    if cfg.prompt:
+        print(f"'{cfg.prompt}' ->")
+        for word, tokens in tokenise(tokenizer, cfg.prompt):
+            pieces = "  ".join(f"{t}({i})" for t, i in tokens)
+            note = f"   <- {len(tokens)} tokens" if len(tokens) > 1 else ""
+            print(f"  {word:<16} {pieces}{note}")
+        print()
+    found = candidates(tokenizer, cfg.count, cfg.max_chars, cfg.min_id, cfg.seed)
+    print(f"rare one-token identifiers (id >= {cfg.min_id}, <= {cfg.max_chars} letters, not English words):")
+    for word, token_id in found:
+        print(f"  {word:<6} {token_id}")
+
+
+def run_demo(output_dir: str, max_steps: int) -> None:
+    from .generate import generate
+    from .train import train
+
+    subject = Path(str(resources.files("dreambooth") / "assets" / "sample_subject" / "dog"))
+    out = Path(output_dir)
+    lora_dir = train(C.TrainConfig(
+        model="tiny", instance_dir=str(subject), instance_prompt="a photo of sks dog", output_dir=str(out / "lora"),
+        with_prior_preservation=True, class_prompt="a photo of a dog", num_class_images=20, train_text_encoder=True,
+        learning_rate=1e-3, text_encoder_lr=1e-3, max_steps=max_steps, checkpoint_every=50, num_samples=4, seed=0,
+    ))
+    generate(C.GenerateConfig(model="tiny", lora=str(lora_dir), prompt="a photo of sks dog on the grass",
+                              num_images=4, output_dir=str(out / "images")))
+    print(f"demo done: model card {lora_dir / 'README.md'}, images {out / 'images'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "train":
+            from .train import train
+
+            train(config_from_args(C.TrainConfig, args))
+        elif args.command == "generate":
+            from .generate import generate
+
+            generate(config_from_args(C.GenerateConfig, args))
+        elif args.command == "identifier":
+            run_identifier(config_from_args(C.IdentifierConfig, args))
+        elif args.command == "demo":
+            run_demo(args.output_dir, args.max_steps)
+    except UsageError as e:
+        print(f"dreambooth: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"dreambooth: training stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""One typed dataclass per command. CLI flags, YAML files and the Python API all fill these.
+
+Every field documents itself (`help`) and may name aliases: the flag names of diffusers'
+`train_dreambooth_lora.py` and of the LoRA notebook script this tool replaces. The CLI parser
+and the YAML reader are both generated from these fields, so there is one table of names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError
+
+
+def opt(default, help: str, aliases: tuple[str, ...] = (), choices: tuple | None = None, flag: str | None = None):
+    """A config field: its default, its help text, extra flag names, allowed values."""
+    meta = {"help": help, "aliases": aliases, "choices": choices, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass
+class TrainConfig:
+    model: str = opt("tiny", "base model: hub id, local diffusers folder, single-file .safetensors, or 'tiny' / 'tiny-v' (embedded)", ("pretrained_model_name_or_path",))
+    instance_dir: str = opt("", "folder of the subject's photos (3-10); a .txt beside an image is its caption", ("instance_data_dir",))
+    instance_prompt: str = opt("", "prompt with the identifier and class noun, e.g. 'a photo of sks dog'")
+    output_dir: str = opt("", "folder for the LoRA weights, config, model card and checkpoints")
+    resolution: int = opt(0, "training resolution in pixels (multiple of 8); 0 = the model's native size")
+    center_crop: bool = opt(True, "centre-crop after resizing (--no-center-crop: random crop)")
+    random_flip: bool = opt(False, "flip images horizontally at random")
+    with_prior_preservation: bool = opt(False, "add the class-specific prior-preservation loss")
+    class_prompt: str = opt("", "prompt for the class prior, e.g. 'a photo of a dog'")
+    class_dir: str = opt("", "folder of class images; missing ones are generated (default: OUTPUT_DIR/class_images)", ("class_data_dir",))
+    num_class_images: int = opt(100, "number of class images to use (generated when missing)")
+    prior_loss_weight: float = opt(1.0, "lambda: weight of the class loss")
+    class_image_steps: int = opt(25, "sampling steps when generating class images")
+    sample_batch_size: int = opt(4, "batch size when generating class images and samples")
+    rank: int = opt(16, "LoRA rank", ("lora_rank",))
+    lora_alpha: float = opt(0.0, "LoRA alpha; 0 = same as rank")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    target_modules: list[str] = opt(UNET_TARGETS, "UNet modules that get LoRA adapters")
+    train_text_encoder: bool = opt(False, "also train a LoRA on the text encoder")
+    text_encoder_lr: float = opt(1e-4, "learning rate of the text-encoder LoRA", ("learning_rate_text",))
+    text_encoder_target_modules: list[str] = opt(TEXT_ENCODER_TARGETS, "text-encoder modules that get LoRA adapters")
+    learning_rate: float = opt(5e-4, "learning rate of the UNet LoRA")
+    lr_scheduler: str = opt("constant", "learning-rate schedule", choices=("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"))
+    lr_warmup_steps: int = opt(0, "warmup steps of the schedule")
+    max_steps: int = opt(300, "optimiser steps to train", ("max_train_steps",))
+    batch_size: int = opt(1, "instance images per step (as many class images join them)", ("train_batch_size",))
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimiser step")
+    gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet (and text encoder)")
+    mixed_precision: str = opt("no", "autocast precision (fp16 needs a GPU)", choices=("no", "fp16", "bf16"))
+    use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (CUDA only; AdamW elsewhere)")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.999, "AdamW beta2")
+    adam_weight_decay: float = opt(1e-2, "AdamW weight decay")
+    adam_epsilon: float = opt(1e-8, "AdamW epsilon")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 = off")
+    seed: int = opt(0, "seed for class images, noise, timesteps and crops")
+    checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps; 0 = only at the end", ("checkpointing_steps",))
+    checkpoints_total_limit: int = opt(2, "checkpoints kept (oldest removed first)")
+    resume: bool = opt(False, "continue from the newest checkpoint in OUTPUT_DIR/checkpoints")
+    validation_prompt: str = opt("", "prompt for validation images during training (default: none)")
+    validation_steps: int = opt(100, "make validation images every N steps")
+    num_validation_images: int = opt(4, "validation images each time")
+    num_samples: int = opt(4, "sample images for the model card at the end; 0 = none")
+    sample_steps: int = opt(25, "sampling steps for validation and model-card samples")
+    guidance_scale: float = opt(7.5, "classifier-free guidance for class images and samples")
+
+
+@dataclass
+class GenerateConfig:
+    model: str = opt("tiny", "base model: hub id, local diffusers folder, single-file .safetensors, or 'tiny' / 'tiny-v'", ("pretrained_model_name_or_path",))
+    lora: str = opt("", "trained output folder or .safetensors file; empty = the base model alone")
+    prompt: str = opt("", "what to draw, e.g. 'a photo of sks dog on the grass'")
+    negative_prompt: str = opt("", "what to steer away from")
+    num_images: int = opt(4, "images to make", ("num_images_per_prompt",))
+    steps: int = opt(30, "sampling steps", ("num_inference_steps",))
+    guidance: float = opt(7.5, "classifier-free guidance scale", ("guidance_scale",))
+    seed: int = opt(0, "image i uses seed + i")
+    unet_scale: float = opt(1.0, "strength of the UNet LoRA")
+    text_encoder_scale: float = opt(1.0, "strength of the text-encoder LoRA")
+    resolution: int = opt(0, "image size in pixels (multiple of 8); 0 = the model's native size")
+    batch_size: int = opt(4, "images per pipeline call")
+    output_dir: str = opt("", "folder for the PNGs, grid.png and config.yaml")
+
+
+@dataclass
+class IdentifierConfig:
+    model: str = opt("tiny", "model whose tokenizer to read (hub id, folder, or 'tiny')", ("pretrained_model_name_or_path",))
+    prompt: str = opt("", "show how this prompt tokenises")
+    count: int = opt(20, "candidates to list")
+    max_chars: int = opt(3, "longest candidate in characters")
+    min_id: int = opt(35000, "rarest part of the vocabulary to draw from (BPE ids grow as merges get rarer)")
+    seed: int = opt(0, "seed for drawing candidates")
+
+
+def fields_of(cls) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def field_type(cls, f: dataclasses.Field):
+    return typing.get_type_hints(cls)[f.name]
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def all_names(f: dataclasses.Field) -> list[str]:
+    """Every spelling that refers to this field: kebab, snake, and its aliases."""
+    names = [f.name, f.name.replace("_", "-")]
+    for alias in f.metadata.get("aliases", ()):
+        names += [alias, alias.replace("_", "-")]
+    return list(dict.fromkeys(names))
+
+
+def coerce(cls, f: dataclasses.Field, value, where: str):
+    """Check and convert one value to the field's type; `where` names the flag or key in errors."""
+    kind = field_type(cls, f)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                out = value
+            elif str(value).lower() in ("true", "yes", "1", "on"):
+                out = True
+            elif str(value).lower() in ("false", "no", "0", "off"):
+                out = False
+            else:
+                raise ValueError
+        elif kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            out = int(value)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+        elif kind == list[str]:
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            out = list(value)
+        else:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            out = str(value)
+    except (TypeError, ValueError):
+        name = getattr(kind, "__name__", str(kind))
+        raise UsageError(f"{where}: {value!r} is not a valid {name}; fix the value") from None
+    choices = f.metadata.get("choices")
+    if choices and out not in choices:
+        raise UsageError(f"{where}: {out!r} is not one of {', '.join(choices)}")
+    return out
+
+
+def from_dict(cls, values: dict, source: str = "config"):
+    """Build a config from a mapping whose keys may use any spelling of a field's name."""
+    lookup = {name: f for f in fields_of(cls) for name in all_names(f)}
+    kwargs = {}
+    for key, value in values.items():
+        f = lookup.get(str(key))
+        if f is None:
+            close = difflib.get_close_matches(str(key), list(lookup), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UsageError(f"{source}: unknown key '{key}'{hint}; remove it or fix its name")
+        kwargs[f.name] = coerce(cls, f, value, f"{source}: key '{key}'")
+    return cls(**kwargs)
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {path}: no such file; pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise UsageError(f"--config {path}:{line} is not valid YAML; fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def check_train(cfg: TrainConfig) -> None:
+    """Value checks that need no file or model: run before anything is loaded."""
+    need = [("instance_dir", "the folder of the subject's photos"), ("instance_prompt", "e.g. 'a photo of sks dog'"), ("output_dir", "a folder for the results")]
+    for name, what in need:
+        if not getattr(cfg, name):
+            raise UsageError(f"--{name.replace('_', '-')} is required: pass {what}")
+    if cfg.resolution < 0 or cfg.resolution % 8:
+        raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
+    if cfg.with_prior_preservation and not cfg.class_prompt:
+        raise UsageError("--with-prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of a dog'")
+    positive = ["rank", "max_steps", "batch_size", "gradient_accumulation_steps", "num_class_images", "class_image_steps", "sample_batch_size", "sample_steps", "validation_steps"]
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    non_negative = ["lora_alpha", "lora_dropout", "prior_loss_weight", "lr_warmup_steps", "max_grad_norm", "checkpoint_every", "num_samples", "num_validation_images", "adam_weight_decay", "checkpoints_total_limit"]
+    for name in non_negative:
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must not be negative")
+    if not cfg.lora_dropout < 1:
+        raise UsageError(f"--lora-dropout {cfg.lora_dropout}: must be below 1")
+    for name in ["learning_rate", "text_encoder_lr"]:
+        if not 0 < getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be between 0 and 1, e.g. 1e-4")
+    if not cfg.target_modules:
+        raise UsageError("--target-modules: name at least one module, e.g. to_q to_k to_v to_out.0")
+
+
+def check_generate(cfg: GenerateConfig) -> None:
+    if not cfg.prompt:
+        raise UsageError("--prompt is required, e.g. --prompt 'a photo of sks dog on the grass'")
+    if not cfg.output_dir:
+        raise UsageError("--output-dir is required: pass a folder for the images")
+    if cfg.resolution < 0 or cfg.resolution % 8:
+        raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
+    for name in ["num_images", "steps", "batch_size"]:
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")

@@ -1,0 +1,90 @@
+"""Image folder -> validated RGB images (EXIF, any Pillow mode, optional captions) -> training tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import UsageError, warn
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class Photo:
+    path: Path
+    image: Image.Image  # RGB, upright
+    caption: str | None  # from a .txt beside the image, if any
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is laid on white, as a photo of the object would be."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_photo(path: Path) -> Image.Image:
+    """Decode fully (so truncated files fail here, not mid-training), upright, RGB."""
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return to_rgb(im)
+
+
+def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]:
+    """Every readable image in `folder`, sorted by name; unreadable files are skipped with a warning."""
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise UsageError(f"{flag} {folder}: no such folder; pass the folder that holds the photos")
+    if not root.is_dir():
+        raise UsageError(f"{flag} {folder}: is a file, not a folder; pass the folder that holds the photos")
+    photos = []
+    for path in sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        try:
+            image = open_photo(path)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            warn(f"skipping {path}: not a readable image ({type(e).__name__})")
+            continue
+        if min(image.size) < 8:
+            warn(f"skipping {path}: {image.size[0]}x{image.size[1]} px is too small to train on")
+            continue
+        caption_file = path.with_suffix(".txt")
+        caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else None
+        photos.append(Photo(path, image, caption or None))
+    if not photos:
+        raise UsageError(f"{flag} {folder}: no usable image in it (.jpg, .png, .webp, ...); add the subject's photos")
+    return photos
+
+
+def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool, generator: torch.Generator | None = None) -> Image.Image:
+    """Shorter side to `resolution`, then a square crop: centred, or at a seeded random place."""
+    w, h = image.size
+    scale = resolution / min(w, h)
+    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    if center_crop:
+        left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    else:
+        left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
+        top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def to_tensor(image: Image.Image, flip: bool = False) -> torch.Tensor:
+    """RGB image -> CHW float tensor in [-1, 1], the VAE's input range."""
+    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return t.flip(-1) if flip else t

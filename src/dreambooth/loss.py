@@ -1,0 +1,34 @@
+"""The DreamBooth objective: what the UNet should predict, and the prior-preservation loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to output, as the model's `prediction_type` says (SD 1.x: epsilon, SD 2.x-v: v)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"unknown prediction_type {kind!r}")
+
+
+def dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, num_class: int, prior_loss_weight: float):
+    """Instance MSE + lambda * class MSE.
+
+    The batch holds the instance examples first and `num_class` class examples last
+    (0 without prior preservation). Returns (total, instance, prior) losses.
+    """
+    pred, target = pred.float(), target.float()
+    if num_class == 0:
+        loss = F.mse_loss(pred, target)
+        return loss, loss, torch.zeros_like(loss)
+    n = pred.shape[0] - num_class
+    instance = F.mse_loss(pred[:n], target[:n])
+    prior = F.mse_loss(pred[n:], target[n:])
+    return instance + prior_loss_weight * prior, instance, prior

@@ -1,0 +1,276 @@
+"""DreamBooth + LoRA training: setup -> loop -> step.
+
+Everything random at micro-step m (which photos, flips, noise, timesteps, dropout) is drawn from
+generators seeded by (seed, m), so a run resumed from a checkpoint continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import atomic, checkpoint, report
+from .class_images import ensure_class_images
+from .config import TrainConfig, check_train, to_yaml
+from .data import load_folder, resize_and_crop, to_tensor
+from .errors import TrainingError, UsageError, warn
+from .identifier import check_identifier
+from .lora import add_lora, save_lora
+from .loss import dreambooth_loss, training_target
+from .models import describe, load_pipeline
+from .sampling import draw
+
+
+def step_generator(seed: int, micro_step: int, stream: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 4 + stream)
+
+
+def stream_indices(pos: int, count: int, n: int, seed: int) -> list[int]:
+    """Items pos..pos+count-1 of an endless stream of shuffled epochs over n items."""
+    out = []
+    for p in range(pos, pos + count):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + p // n))
+        out.append(int(perm[p % n]))
+    return out
+
+
+# ---------------------------------------------------------------- setup
+
+def check_paths(cfg: TrainConfig) -> None:
+    out = Path(cfg.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")
+    if cfg.class_dir and Path(cfg.class_dir).expanduser().is_file():
+        raise UsageError(f"--class-dir {cfg.class_dir}: is a file; pass a folder path")
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UsageError("--mixed-precision fp16: needs a CUDA GPU; use bf16 or no on this machine")
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+
+
+def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.device):
+    if cfg.use_8bit_adam:
+        if device.type == "cuda":
+            try:
+                import bitsandbytes as bnb
+
+                return bnb.optim.AdamW8bit(param_groups, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                           weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+            except ImportError:
+                warn("--use-8bit-adam: bitsandbytes is not installed (pip install bitsandbytes); using AdamW")
+        else:
+            warn("--use-8bit-adam: bitsandbytes needs CUDA; using AdamW on this device")
+    return torch.optim.AdamW(param_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
+                             eps=cfg.adam_epsilon, fused=device.type == "cuda")
+
+
+def setup(cfg: TrainConfig, pipe, accelerator):
+    """LoRA adapters, optimiser and schedule; frozen parts moved to the device in the compute dtype."""
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    unet, text_encoder, vae = pipe.unet, pipe.text_encoder, pipe.vae
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    unet.to(accelerator.device, dtype=weight_dtype)
+    vae.to(accelerator.device, dtype=weight_dtype)
+    text_encoder.to(accelerator.device, dtype=weight_dtype)
+    torch.manual_seed(cfg.seed)  # LoRA's initial weights
+    groups = [{"params": add_lora(unet, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules), "lr": cfg.learning_rate}]
+    if cfg.train_text_encoder:
+        te_params = add_lora(text_encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules)
+        groups.append({"params": te_params, "lr": cfg.text_encoder_lr})
+        text_encoder.train()
+    unet.train()
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    optimizer = make_optimizer(cfg, groups, accelerator.device)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps)
+    trained = [unet, text_encoder] if cfg.train_text_encoder else [unet]
+    prepared = accelerator.prepare(*trained, optimizer)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    return {"models": prepared[:-1], "optimizer": prepared[-1], "lr_scheduler": lr_scheduler, "noise_scheduler": noise_scheduler,
+            "weight_dtype": weight_dtype}
+
+
+# ---------------------------------------------------------------- data -> latents
+
+class Examples:
+    """Photos (and class images) -> latents and prompts for one micro-batch.
+
+    With a centre crop the VAE posterior of each (image, flip) is computed once and reused; each
+    step still draws a fresh latent sample from it, as encoding anew would."""
+
+    def __init__(self, cfg: TrainConfig, vae, tokenizer, text_encoder, device, dtype, instance, classes):
+        self.cfg, self.vae, self.tokenizer, self.text_encoder = cfg, vae, tokenizer, text_encoder
+        self.device, self.dtype = device, dtype
+        self.sets = {"instance": instance, "class": classes}
+        self.posteriors: dict = {}
+        self.embeddings: dict = {}
+
+    def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator):
+        key = (which, idx, flip)
+        if key in self.posteriors:
+            return self.posteriors[key]
+        photo = self.sets[which][idx]
+        image = resize_and_crop(photo.image, self.cfg.resolution, self.cfg.center_crop or which == "class", g)
+        pixels = to_tensor(image, flip)[None].to(self.device, self.dtype)
+        with torch.no_grad():
+            dist = self.vae.encode(pixels).latent_dist
+        out = (dist.mean, dist.std)
+        if self.cfg.center_crop or which == "class":
+            self.posteriors[key] = out
+        return out
+
+    def prompt(self, which: str, idx: int) -> str:
+        if which == "class":
+            return self.cfg.class_prompt
+        return self.sets["instance"][idx].caption or self.cfg.instance_prompt
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        def encode(texts):
+            ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
+            return self.text_encoder(ids)[0]
+
+        if self.cfg.train_text_encoder:
+            return encode(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.embeddings]
+        if missing:
+            with torch.no_grad():
+                for p, e in zip(missing, encode(missing)):
+                    self.embeddings[p] = e
+        return torch.stack([self.embeddings[p] for p in prompts])
+
+    def batch(self, micro_step: int):
+        cfg, bs = self.cfg, self.cfg.batch_size
+        g = step_generator(cfg.seed, micro_step, stream=1)
+        picks = [("instance", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["instance"]), cfg.seed)]
+        if cfg.with_prior_preservation:
+            picks += [("class", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["class"]), cfg.seed + 1)]
+        latents = []
+        for which, idx in picks:
+            flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
+            mean, std = self.posterior(which, idx, flip, g)
+            noise = torch.randn(mean.shape, generator=g).to(mean.device, mean.dtype)
+            latents.append(mean + std * noise)
+        latents = torch.cat(latents) * self.vae.config.scaling_factor
+        prompts = [self.prompt(which, idx) for which, idx in picks]
+        return latents, prompts, len(picks) - bs
+
+
+# ---------------------------------------------------------------- one step
+
+def step_loss(cfg: TrainConfig, unet, noise_scheduler, examples: Examples, micro_step: int):
+    """Loss of one micro-batch: noise the latents at random timesteps, predict, compare with the target."""
+    latents, prompts, num_class = examples.batch(micro_step)
+    g = step_generator(cfg.seed, micro_step, stream=2)
+    noise = torch.randn(latents.shape, generator=g).to(latents.device, latents.dtype)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    hidden = examples.encode_prompts(prompts)
+    torch.manual_seed(cfg.seed * 1_000_003 + micro_step)  # LoRA dropout draws from the global generator
+    pred = unet(noisy, timesteps, hidden).sample
+    target = training_target(noise_scheduler, latents, noise, timesteps)
+    return dreambooth_loss(pred, target, num_class, cfg.prior_loss_weight)
+
+
+# ---------------------------------------------------------------- the run
+
+def train(cfg: TrainConfig) -> Path:
+    check_train(cfg)
+    check_paths(cfg)
+    photos = load_folder(cfg.instance_dir, "--instance-dir")
+    accelerator = make_accelerator(cfg)
+    out = Path(cfg.output_dir).expanduser()
+    pipe = load_pipeline(cfg.model)
+    info = describe(pipe)
+    cfg = dataclasses.replace(cfg, resolution=cfg.resolution or info["native_resolution"], lora_alpha=cfg.lora_alpha or cfg.rank,
+                              class_dir=cfg.class_dir or (str(out / "class_images") if cfg.with_prior_preservation else ""))
+    check_identifier(pipe.tokenizer, cfg.instance_prompt, cfg.class_prompt)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "config.yaml", to_yaml(cfg))
+    print(f"{cfg.model}: {info['family']}, {info['prediction_type']} prediction; {len(photos)} photos at {cfg.resolution} px", flush=True)
+
+    classes = []
+    if cfg.with_prior_preservation:
+        pipe.to(accelerator.device)
+        ensure_class_images(pipe, cfg.class_prompt, cfg.class_dir, cfg.num_class_images, cfg.resolution, cfg.seed,
+                            cfg.class_image_steps, cfg.sample_batch_size, cfg.guidance_scale)
+        classes = load_folder(cfg.class_dir, "--class-dir")[: cfg.num_class_images]
+
+    run = setup(cfg, pipe, accelerator)
+    models, optimizer, lr_scheduler = run["models"], run["optimizer"], run["lr_scheduler"]
+    unet = models[0]
+    named = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(models[1]) if cfg.train_text_encoder else None}
+    examples = Examples(cfg, pipe.vae, pipe.tokenizer, models[1] if cfg.train_text_encoder else pipe.text_encoder,
+                        accelerator.device, run["weight_dtype"], photos, classes)
+
+    ckpt_dir = out / "checkpoints"
+    step = 0
+    if cfg.resume:
+        found = checkpoint.newest(ckpt_dir)
+        if found is None:
+            warn(f"--resume: no checkpoint in {ckpt_dir}; starting from step 0")
+        else:
+            step = checkpoint.load(found, named, optimizer, lr_scheduler)
+            print(f"resumed from {found.name} (step {step})", flush=True)
+
+    k = cfg.gradient_accumulation_steps
+    started, loss_value = time.time(), None
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step")
+    try:
+        while step < cfg.max_steps:
+            for micro in range(step * k, step * k + k):
+                with accelerator.accumulate(*models), accelerator.autocast():
+                    loss, _, _ = step_loss(cfg, unet, run["noise_scheduler"], examples, micro)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_([p for m in models for p in m.parameters() if p.requires_grad], cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            lr_scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % 10 == 0 or step == cfg.max_steps:
+                loss_value = loss.detach().float().item()
+                if not math.isfinite(loss_value):
+                    raise TrainingError(f"loss became {loss_value} at step {step}; likely causes: fp16 overflow "
+                                        f"(try --mixed-precision bf16 or no) or a learning rate too high (--learning-rate)")
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                checkpoint.save(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+            if cfg.validation_prompt and step % cfg.validation_steps == 0:
+                images = draw(pipe, cfg.validation_prompt, cfg.num_validation_images, cfg.seed, cfg.sample_steps,
+                              cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=accelerator.autocast)
+                atomic.save_image(report.grid(images), out / "validation" / f"step-{step:06d}.png")
+    except KeyboardInterrupt:
+        bar.close()
+        saved = checkpoint.save(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+        print(f"\ninterrupted: saved {saved}; continue with --resume", flush=True)
+        raise
+    bar.close()
+    seconds = time.time() - started
+
+    checkpoint.save(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+    save_lora(out, named["unet"], named["text_encoder"])
+    if cfg.num_samples:
+        images = draw(pipe, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, cfg.seed, cfg.sample_steps,
+                      cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=accelerator.autocast)
+        atomic.save_image(report.grid(images), out / "samples.png")
+    atomic.write_text(out / "README.md", report.model_card(cfg, info, loss_value, cfg.num_samples > 0, seconds))
+    print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {out}", flush=True)
+    return out
