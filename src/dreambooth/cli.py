@@ -59,7 +59,7 @@ def build_parser() -> Parser:
     add_config_flags(sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig)
     demo = sub.add_parser("demo", help="train the embedded tiny model on the bundled subject, then generate")
     demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
-    demo.add_argument("--max-steps", type=int, default=100, help="training steps (default: 100)")
+    demo.add_argument("--max-steps", type=int, default=200, help="training steps (default: 200)")
     return parser
 
 

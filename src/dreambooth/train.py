@@ -198,7 +198,7 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir).expanduser()
     pipe = load_pipeline(cfg.model)
     info = describe(pipe)
-    cfg = dataclasses.replace(cfg, resolution=cfg.resolution or info["native_resolution"], lora_alpha=cfg.lora_alpha or cfg.rank,
+    cfg = dataclasses.replace(cfg, resolution=cfg.resolution or info["native_resolution"], lora_alpha=float(cfg.lora_alpha or cfg.rank),
                               class_dir=cfg.class_dir or (str(out / "class_images") if cfg.with_prior_preservation else ""))
     check_identifier(pipe.tokenizer, cfg.instance_prompt, cfg.class_prompt)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,25 @@
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+SAMPLE = Path(str(resources.files("dreambooth") / "assets" / "sample_subject" / "dog"))
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A copy of the bundled subject's photos."""
+    dst = tmp_path / "photos"
+    shutil.copytree(SAMPLE, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """The tiny model saved as a local diffusers folder, as a user's downloaded model would be."""
+    from dreambooth.models import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("models") / "tiny-sd"
+    build_tiny_pipeline().save_pretrained(path)
+    return path

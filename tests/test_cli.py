@@ -1,0 +1,91 @@
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from dreambooth.cli import main
+
+
+def run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def bad(argv, capsys, *must_name):
+    code, _, err = run(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    for name in must_name:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+def train_args(photos, out, *extra):
+    return ["train", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog", "--output-dir", str(out), *extra]
+
+
+def test_missing_and_empty_folders(tmp_path, capsys):
+    bad(train_args(tmp_path / "missing", tmp_path / "out"), capsys, "--instance-dir", "no such folder")
+    (tmp_path / "empty").mkdir()
+    bad(train_args(tmp_path / "empty", tmp_path / "out"), capsys, "--instance-dir", "no usable image")
+    assert not (tmp_path / "out").exists()  # nothing half written
+
+
+def test_folder_with_no_usable_image(tmp_path, capsys):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"\x00" * 100)
+    (folder / "b.png").write_text("hello")
+    line = bad(train_args(folder, tmp_path / "out"), capsys, "no usable image")
+    err = capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_contradictions_and_bad_values(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    bad(train_args(photos, out, "--with-prior-preservation"), capsys, "--class-prompt")
+    bad(train_args(photos, out, "--resolution", "100"), capsys, "--resolution", "multiple of 8")
+    bad(train_args(photos, out, "--resolution", "big"), capsys, "--resolution")
+    bad(train_args(photos, out, "--learning-rate", "-1"), capsys, "--learning-rate")
+    bad(train_args(photos, out, "--bogus-flag", "1"), capsys, "--bogus-flag")
+    out.write_text("a file")
+    bad(train_args(photos, out), capsys, "--output-dir", "is a file")
+
+
+def test_generate_bad_inputs(tmp_path, capsys):
+    bad(["generate", "--output-dir", str(tmp_path / "g")], capsys, "--prompt")
+    bad(["generate", "--prompt", "a dog", "--lora", str(tmp_path), "--output-dir", str(tmp_path / "g")], capsys, "--lora")
+    assert not (tmp_path / "g").exists()
+
+
+def test_identifier_command(capsys):
+    code, out, _ = run(["identifier", "--prompt", "a photo of sks dog", "--count", "5"], capsys)
+    assert code == 0
+    assert "sks(48136)" in out and "dog(1929)" in out
+    assert len([line for line in out.splitlines() if line.startswith("  ") and line.split()[-1].isdigit()]) == 5
+
+
+def test_entry_point_exits_2_with_one_line_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dreambooth.cli", *train_args(tmp_path / "nope", tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "--instance-dir" in proc.stderr
+
+
+def test_train_then_generate_from_the_command_line(photos, tmp_path, capsys):
+    lora, images = tmp_path / "lora", tmp_path / "images"
+    code, out, err = run(train_args(photos, lora, "--with_prior_preservation", "--class_prompt", "a photo of a dog",
+                                    "--num-class-images", "2", "--class-image-steps", "3", "--max_train_steps", "3",
+                                    "--train_text_encoder", "--rank", "4", "--num-samples", "0"), capsys)
+    assert code == 0, err
+    assert "training" in err  # progress bar
+    code, out, err = run(["generate", "--lora", str(lora), "--prompt", "a photo of sks dog on the grass", "--num-images", "3",
+                          "--steps", "3", "--text-encoder-scale", "0.5", "--output-dir", str(images)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in images.iterdir()) == ["config.yaml", "grid.png", "image-000.png", "image-001.png", "image-002.png"]
+    assert Image.open(images / "grid.png").size == (3 * 64, 64)
+    assert "text_encoder_scale: 0.5" in (images / "config.yaml").read_text()

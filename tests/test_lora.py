@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dreambooth.config import TrainConfig
+from dreambooth.errors import UsageError
+from dreambooth.lora import load_lora
+from dreambooth.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base, tmp_path_factory):
+    """A LoRA trained on the tiny model loaded from a local diffusers folder, UNet and text encoder."""
+    from conftest import SAMPLE
+
+    out = tmp_path_factory.mktemp("lora") / "run"
+    train(TrainConfig(model=str(tiny_base), instance_dir=str(SAMPLE), instance_prompt="a photo of sks dog", output_dir=str(out),
+                      train_text_encoder=True, rank=4, learning_rate=1e-2, text_encoder_lr=1e-2, max_steps=10, num_samples=0))
+    return out
+
+
+def draw(pipe, prompt="a photo of sks dog"):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+
+def test_plain_diffusers_loads_the_folder_and_its_output_changes(tiny_base, trained):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None)
+    before = draw(pipe)
+    pipe.load_lora_weights(trained)
+    assert pipe.unet.peft_config and pipe.text_encoder.peft_config  # both parts were found in the file
+    after = draw(pipe)
+    assert np.abs(after - before).mean() > 1e-3
+
+
+def test_scales_zero_give_the_base_model_and_each_part_matters(tiny_base, trained):
+    base = draw(StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None))
+    outputs = {}
+    for scales in [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]:
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None)
+        load_lora(pipe, trained, *scales)
+        outputs[scales] = draw(pipe)
+    assert np.allclose(outputs[(0.0, 0.0)], base, atol=1e-5)
+    for scales in [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]:
+        assert np.abs(outputs[scales] - base).mean() > 1e-4, scales
+
+
+def test_lora_for_another_base_is_refused(trained):
+    from dreambooth.models import build_tiny_pipeline
+    from diffusers import UNet2DConditionModel
+
+    pipe = build_tiny_pipeline()
+    # Same layout, wider layers: every LoRA matrix has the wrong shape.
+    pipe.unet = UNet2DConditionModel(sample_size=32, block_out_channels=(64, 128), layers_per_block=1, cross_attention_dim=32,
+                                     attention_head_dim=8, norm_num_groups=32, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    with pytest.raises(UsageError, match="does not fit this base model"):
+        load_lora(pipe, trained)
+
+
+def test_missing_lora_file(tmp_path):
+    from dreambooth.models import build_tiny_pipeline
+
+    with pytest.raises(UsageError, match="no pytorch_lora_weights.safetensors"):
+        load_lora(build_tiny_pipeline(), tmp_path)

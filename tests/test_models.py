@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from dreambooth.errors import UsageError
+from dreambooth.models import build_tiny_pipeline, describe, load_pipeline
+
+
+def test_tiny_is_deterministic_and_described():
+    a, b = build_tiny_pipeline(), build_tiny_pipeline()
+    for m in ("unet", "vae", "text_encoder"):
+        assert all(torch.equal(x, y) for x, y in zip(getattr(a, m).state_dict().values(), getattr(b, m).state_dict().values()))
+    assert describe(a) == {"family": "tiny", "prediction_type": "epsilon", "native_resolution": 64}
+    assert describe(load_pipeline("tiny-v"))["prediction_type"] == "v_prediction"
+
+
+def test_local_diffusers_folder_loads_with_its_prediction_type(tiny_base, tmp_path):
+    pipe = load_pipeline(str(tiny_base))
+    assert describe(pipe)["prediction_type"] == "epsilon"
+    ref = build_tiny_pipeline()
+    assert torch.equal(pipe.unet.conv_in.weight, ref.unet.conv_in.weight)
+    v = tmp_path / "tiny-v"
+    build_tiny_pipeline("v_prediction").save_pretrained(v)
+    assert describe(load_pipeline(str(v)))["prediction_type"] == "v_prediction"
+
+
+def test_offline_hub_id_gives_one_line_with_the_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match="not found on the hub.*local path with --model"):
+        load_pipeline("nobody-here/not-a-real-model-xyz")
+
+
+def test_bad_model_paths(tmp_path):
+    with pytest.raises(UsageError, match="no model_index.json"):
+        load_pipeline(str(tmp_path))
+    pickle = tmp_path / "model.ckpt"
+    pickle.write_bytes(b"\x80\x04")
+    with pytest.raises(UsageError, match="pickle"):
+        load_pipeline(str(pickle))
+    with pytest.raises(UsageError, match="no such file or folder"):
+        load_pipeline(str(tmp_path / "nope" / "model"))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(UsageError, match="junk.safetensors"):
+        load_pipeline(str(junk))

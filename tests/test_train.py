@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dreambooth.train as train_mod
+from dreambooth.config import TrainConfig
+from dreambooth.lora import WEIGHT_NAME
+
+
+def small(photos, out, **kw) -> TrainConfig:
+    base = dict(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(out),
+                with_prior_preservation=True, class_prompt="a photo of a dog", num_class_images=4, class_image_steps=4,
+                train_text_encoder=True, rank=4, learning_rate=1e-3, text_encoder_lr=1e-3, max_steps=6,
+                num_samples=2, sample_steps=4, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_with_prior_preservation_and_text_encoder_writes_everything(photos, tmp_path):
+    out = train_mod.train(small(photos, tmp_path / "run", validation_prompt="a photo of sks dog", validation_steps=3))
+    weights = load_file(str(out / WEIGHT_NAME))
+    assert any(k.startswith("unet.") for k in weights) and any(k.startswith("text_encoder.") for k in weights)
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert len(list((out / "class_images").glob("class-*.png"))) == 4
+    assert (out / "samples.png").is_file() and (out / "validation" / "step-000006.png").is_file()
+    card = (out / "README.md").read_text()
+    assert "a photo of sks dog" in card and "prior preservation | yes" in card and "samples.png" in card
+    saved = (out / "config.yaml").read_text()
+    assert "resolution: 64" in saved and "lora_alpha: 4.0" in saved
+
+
+def test_class_images_already_there_are_kept(photos, tmp_path):
+    class_dir = tmp_path / "class"
+    class_dir.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), "red").save(class_dir / "mine.png")
+    train_mod.train(small(photos, tmp_path / "run", class_dir=str(class_dir), max_steps=1, num_samples=0, num_class_images=3))
+    names = sorted(p.name for p in class_dir.iterdir())
+    assert names == ["class-00000.png", "class-00001.png", "mine.png"]
+
+
+def test_v_prediction_model_trains(photos, tmp_path):
+    out = train_mod.train(small(photos, tmp_path / "run", model="tiny-v", with_prior_preservation=False,
+                                train_text_encoder=False, max_steps=2, num_samples=0))
+    assert (out / WEIGHT_NAME).is_file()
+    assert "v_prediction" in (out / "README.md").read_text()
+
+
+def test_resume_continues_step_count_and_schedule_bitwise(photos, tmp_path, monkeypatch):
+    class_dir = tmp_path / "class"
+    kw = dict(class_dir=str(class_dir), lr_scheduler="linear", lr_warmup_steps=2, max_steps=6, num_samples=0,
+              gradient_accumulation_steps=2, random_flip=True)
+    whole = train_mod.train(small(photos, tmp_path / "whole", **kw))
+
+    real_step_loss = train_mod.step_loss
+
+    def interrupted(cfg, unet, sched, examples, micro):
+        if micro == 2 * 4:  # first micro-step of step 5: steps 1-4 are done
+            raise KeyboardInterrupt
+        return real_step_loss(cfg, unet, sched, examples, micro)
+
+    monkeypatch.setattr(train_mod, "step_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(small(photos, tmp_path / "split", **kw))
+    state = json.loads((tmp_path / "split" / "checkpoints" / "step-000004" / "state.json").read_text())
+    assert state["step"] == 4 and state["lr_scheduler"]["last_epoch"] == 4
+    assert not (tmp_path / "split" / WEIGHT_NAME).exists()
+
+    monkeypatch.setattr(train_mod, "step_loss", real_step_loss)
+    split = train_mod.train(small(photos, tmp_path / "split", resume=True, **kw))
+    a, b = load_file(str(whole / WEIGHT_NAME)), load_file(str(split / WEIGHT_NAME))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    end = json.loads((split / "checkpoints" / "step-000006" / "state.json").read_text())
+    assert end["lr_scheduler"]["last_epoch"] == 6
+    assert end["lr_scheduler"]["_last_lr"] == json.loads((whole / "checkpoints" / "step-000006" / "state.json").read_text())["lr_scheduler"]["_last_lr"]
+
+
+def test_nan_loss_stops_with_step_and_causes(photos, tmp_path, monkeypatch):
+    from dreambooth.errors import TrainingError
+
+    def nan_loss(*a):
+        z = torch.tensor(float("nan"), requires_grad=True)
+        return z, z, z
+
+    monkeypatch.setattr(train_mod, "step_loss", nan_loss)
+    with pytest.raises(TrainingError, match="step 10.*learning rate"):
+        train_mod.train(small(photos, tmp_path / "run", with_prior_preservation=False, max_steps=12, num_samples=0))
