@@ -88,3 +88,21 @@ def test_nan_loss_stops_with_step_and_causes(photos, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "step_loss", nan_loss)
     with pytest.raises(TrainingError, match="step 10.*learning rate"):
         train_mod.train(small(photos, tmp_path / "run", with_prior_preservation=False, max_steps=12, num_samples=0))
+
+
+def test_bf16_gradient_checkpointing_and_8bit_adam_fallback_on_cpu(photos, tmp_path, capsys):
+    out = train_mod.train(small(photos, tmp_path / "run", mixed_precision="bf16", gradient_checkpointing=True,
+                                use_8bit_adam=True, with_prior_preservation=False, max_steps=2, num_samples=0))
+    weights = load_file(str(out / WEIGHT_NAME))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    assert capsys.readouterr().err.count("--use-8bit-adam") == 1  # warned once, trained with AdamW
+
+
+def test_fp16_on_cpu_is_refused_before_loading(photos, tmp_path):
+    from dreambooth.errors import UsageError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, where fp16 is allowed")
+    with pytest.raises(UsageError, match="--mixed-precision fp16"):
+        train_mod.train(small(photos, tmp_path / "run", mixed_precision="fp16"))
+    assert not (tmp_path / "run").exists()

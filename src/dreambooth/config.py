@@ -81,7 +81,8 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
-    model: str = opt("tiny", "base model: hub id, local diffusers folder, single-file .safetensors, or 'tiny' / 'tiny-v'", ("pretrained_model_name_or_path",))
+    model: str = opt("", "base model: hub id, local diffusers folder, single-file .safetensors, or 'tiny' / 'tiny-v'; "
+                         "default: the one the LoRA was trained on (its config.yaml), else 'tiny'", ("pretrained_model_name_or_path",))
     lora: str = opt("", "trained output folder or .safetensors file; empty = the base model alone")
     prompt: str = opt("", "what to draw, e.g. 'a photo of sks dog on the grass'")
     negative_prompt: str = opt("", "what to steer away from")
@@ -120,7 +121,7 @@ def flag_name(f: dataclasses.Field) -> str:
 
 def all_names(f: dataclasses.Field) -> list[str]:
     """Every spelling that refers to this field: kebab, snake, and its aliases."""
-    names = [f.name, f.name.replace("_", "-")]
+    names = [f.name.replace("_", "-"), f.name]
     for alias in f.metadata.get("aliases", ()):
         names += [alias, alias.replace("_", "-")]
     return list(dict.fromkeys(names))

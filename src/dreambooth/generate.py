@@ -21,7 +21,9 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")
     if cfg.lora:
-        find_weights(cfg.lora)  # fail on a bad path before the model loads
+        weights = find_weights(cfg.lora)  # fail on a bad path before the model loads
+        cfg = dataclasses.replace(cfg, model=cfg.model or trained_on(weights.parent))
+    cfg = dataclasses.replace(cfg, model=cfg.model or "tiny")
     pipe = load_pipeline(cfg.model)
     if cfg.lora:
         load_lora(pipe, cfg.lora, cfg.unet_scale, cfg.text_encoder_scale)
@@ -44,3 +46,14 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     atomic.write_text(out / "config.yaml", to_yaml(cfg))
     print(f"{len(paths)} images -> {out}", flush=True)
     return paths
+
+
+def trained_on(lora_dir: Path) -> str:
+    """The base model named in the config.yaml that `dreambooth train` wrote beside the weights."""
+    import yaml
+
+    saved = lora_dir / "config.yaml"
+    try:
+        return str((yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model", "")) if saved.is_file() else ""
+    except (yaml.YAMLError, OSError, AttributeError):
+        return ""

@@ -52,6 +52,12 @@ def model_card(cfg, model_info: dict, final_loss: float | None, has_samples: boo
     lines += [
         "## Use",
         "",
+        "```bash",
+        f'dreambooth generate --lora path/to/this/folder --prompt "{cfg.instance_prompt} on the grass" --output-dir out',
+        "```",
+        "",
+        "or in plain diffusers (for a hub or local base model):",
+        "",
         "```python",
         "from diffusers import StableDiffusionPipeline",
         f'pipe = StableDiffusionPipeline.from_pretrained("{cfg.model}")',
@@ -59,7 +65,6 @@ def model_card(cfg, model_info: dict, final_loss: float | None, has_samples: boo
         f'pipe("{cfg.instance_prompt} on the grass").images[0]',
         "```",
         "",
-        "or `dreambooth generate --model ... --lora path/to/this/folder --prompt ...`.",
         "The full settings are in `config.yaml`.",
         "",
     ]

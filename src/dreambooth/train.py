@@ -55,6 +55,12 @@ def make_accelerator(cfg: TrainConfig):
 
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UsageError("--mixed-precision fp16: needs a CUDA GPU; use bf16 or no on this machine")
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate keeps its settings in process-wide singletons; a second run in the same process
+    # (Python API, tests, a UI worker) may ask for another precision or accumulation.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
 
 
