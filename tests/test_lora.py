@@ -55,8 +55,38 @@ def test_lora_for_another_base_is_refused(trained):
     pipe.unet = UNet2DConditionModel(sample_size=32, block_out_channels=(64, 128), layers_per_block=1, cross_attention_dim=32,
                                      attention_head_dim=8, norm_num_groups=32, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
-    with pytest.raises(UsageError, match="does not fit this base model"):
+    with pytest.raises(UsageError, match=r"made for .*tiny-sd.*is 64->64 there but 128->128 here"):
         load_lora(pipe, trained)
+
+
+def test_lora_of_another_family_is_refused_naming_both(trained):
+    from dreambooth.models import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    pipe.text_encoder.config.hidden_size = 768  # reads as an SD 1.x model
+    with pytest.raises(UsageError, match=r"made for .*tiny-sd \(tiny\), but --model the base model is sd1"):
+        load_lora(pipe, trained)
+
+
+def test_pickle_lora_needs_the_flag_and_is_read_weights_only(tiny_base, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "lora.bin"
+    torch.save(load_file(str(trained / "pytorch_lora_weights.safetensors")), pickled)
+    with pytest.raises(UsageError, match="--allow-pickle"):
+        load_lora(StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None), pickled)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None)
+    load_lora(pipe, pickled, allow_pickle=True)
+    assert pipe.unet.peft_config
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.bin"
+    torch.save({"x": Evil()}, evil)
+    with pytest.raises(UsageError, match="weights-only"):
+        load_lora(StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None), evil, allow_pickle=True)
 
 
 def test_missing_lora_file(tmp_path):

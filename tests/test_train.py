@@ -1,4 +1,5 @@
 import json
+import signal
 
 import pytest
 import torch
@@ -56,16 +57,17 @@ def test_resume_continues_step_count_and_schedule_bitwise(photos, tmp_path, monk
 
     real_step_loss = train_mod.step_loss
 
-    def interrupted(cfg, unet, sched, examples, micro):
+    def ctrl_c_during_step_5(cfg, unet, sched, examples, micro):
         if micro == 2 * 4:  # first micro-step of step 5: steps 1-4 are done
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)
         return real_step_loss(cfg, unet, sched, examples, micro)
 
-    monkeypatch.setattr(train_mod, "step_loss", interrupted)
+    monkeypatch.setattr(train_mod, "step_loss", ctrl_c_during_step_5)
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(small(photos, tmp_path / "split", **kw))
-    state = json.loads((tmp_path / "split" / "checkpoints" / "step-000004" / "state.json").read_text())
-    assert state["step"] == 4 and state["lr_scheduler"]["last_epoch"] == 4
+    # Ctrl-C lets step 5 finish, then saves it
+    state = json.loads((tmp_path / "split" / "checkpoints" / "step-000005" / "state.json").read_text())
+    assert state["step"] == 5 and state["lr_scheduler"]["last_epoch"] == 5
     assert not (tmp_path / "split" / WEIGHT_NAME).exists()
 
     monkeypatch.setattr(train_mod, "step_loss", real_step_loss)

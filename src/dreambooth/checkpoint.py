@@ -50,6 +50,12 @@ def save(checkpoints_dir: Path, step: int, models: dict, optimizer, lr_scheduler
     return final
 
 
+def remove_partial(checkpoints_dir: Path) -> None:
+    """Folders a killed process left half written (their names start with a dot)."""
+    for leftover in Path(checkpoints_dir).glob(".step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def newest(checkpoints_dir: Path) -> Path | None:
     done = [p for p in sorted(Path(checkpoints_dir).glob("step-*")) if (p / STATE_JSON).is_file()]
     return done[-1] if done else None

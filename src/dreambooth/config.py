@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ class TrainConfig:
     num_samples: int = opt(4, "sample images for the model card at the end; 0 = none")
     sample_steps: int = opt(25, "sampling steps for validation and model-card samples")
     guidance_scale: float = opt(7.5, "classifier-free guidance for class images and samples")
+    allow_pickle: bool = opt(False, "read a .ckpt/.pt/.bin base model (with torch.load(weights_only=True)); only files you trust")
+    detect_anomaly: bool = opt(False, "trace the operation that made a NaN/inf (slow; for debugging)")
 
 
 @dataclass
@@ -95,6 +98,7 @@ class GenerateConfig:
     resolution: int = opt(0, "image size in pixels (multiple of 8); 0 = the model's native size")
     batch_size: int = opt(4, "images per pipeline call")
     output_dir: str = opt("", "folder for the PNGs, grid.png and config.yaml")
+    allow_pickle: bool = opt(False, "read .ckpt/.pt/.bin model or LoRA files (with torch.load(weights_only=True)); only files you trust")
 
 
 @dataclass
@@ -148,6 +152,8 @@ def coerce(cls, f: dataclasses.Field, value, where: str):
             if isinstance(value, bool):
                 raise ValueError
             out = float(value)
+            if not math.isfinite(out):
+                raise ValueError
         elif kind == list[str]:
             if isinstance(value, str):
                 value = [v for v in value.replace(",", " ").split() if v]

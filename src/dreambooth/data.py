@@ -36,9 +36,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+MAX_PIXELS = 64_000_000  # a 64-megapixel photo decodes to ~200 MB; a header claiming more is refused unread
+
+
+class TooLarge(ValueError):
+    pass
+
+
 def open_photo(path: Path) -> Image.Image:
     """Decode fully (so truncated files fail here, not mid-training), upright, RGB."""
     with Image.open(path) as im:
+        if im.size[0] * im.size[1] > MAX_PIXELS:
+            raise TooLarge(f"{im.size[0]}x{im.size[1]} px")
         im.load()
         im = ImageOps.exif_transpose(im)
         return to_rgb(im)
@@ -51,10 +60,20 @@ def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]
         raise UsageError(f"{flag} {folder}: no such folder; pass the folder that holds the photos")
     if not root.is_dir():
         raise UsageError(f"{flag} {folder}: is a file, not a folder; pass the folder that holds the photos")
+    try:
+        entries = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        raise UsageError(f"{flag} {folder}: cannot list it ({e.strerror}); check its permissions") from None
     photos = []
-    for path in sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+    for path in entries:
+        if not path.is_file():  # a folder named x.jpg, a broken link or a link loop
+            warn(f"skipping {path}: not a regular file")
+            continue
         try:
             image = open_photo(path)
+        except TooLarge as e:
+            warn(f"skipping {path}: {e} is larger than {MAX_PIXELS // 1_000_000} megapixels; downsize it")
+            continue
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             warn(f"skipping {path}: not a readable image ({type(e).__name__})")
             continue
@@ -62,7 +81,11 @@ def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]
             warn(f"skipping {path}: {image.size[0]}x{image.size[1]} px is too small to train on")
             continue
         caption_file = path.with_suffix(".txt")
-        caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else None
+        try:
+            caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else None
+        except OSError as e:
+            warn(f"ignoring caption {caption_file}: {e.strerror}")
+            caption = None
         photos.append(Photo(path, image, caption or None))
     if not photos:
         raise UsageError(f"{flag} {folder}: no usable image in it (.jpg, .png, .webp, ...); add the subject's photos")

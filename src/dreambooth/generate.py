@@ -21,12 +21,12 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")
     if cfg.lora:
-        weights = find_weights(cfg.lora)  # fail on a bad path before the model loads
+        weights = find_weights(cfg.lora, cfg.allow_pickle)  # fail on a bad path before the model loads
         cfg = dataclasses.replace(cfg, model=cfg.model or trained_on(weights.parent))
     cfg = dataclasses.replace(cfg, model=cfg.model or "tiny")
-    pipe = load_pipeline(cfg.model)
+    pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
     if cfg.lora:
-        load_lora(pipe, cfg.lora, cfg.unet_scale, cfg.text_encoder_scale)
+        load_lora(pipe, cfg.lora, cfg.unet_scale, cfg.text_encoder_scale, cfg.allow_pickle, cfg.model)
     import torch
 
     if torch.cuda.is_available():

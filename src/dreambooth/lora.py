@@ -41,8 +41,11 @@ def adapter_metadata(model: torch.nn.Module) -> dict:
     return model.peft_config["default"].to_dict()
 
 
-def save_lora(out_dir: str | Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> Path:
-    """Write OUT_DIR/pytorch_lora_weights.safetensors atomically; diffusers' `load_lora_weights` reads it."""
+def save_lora(out_dir: str | Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None,
+              metadata: dict[str, str] | None = None) -> Path:
+    """Write OUT_DIR/pytorch_lora_weights.safetensors atomically; diffusers' `load_lora_weights` reads it.
+
+    `metadata` (base model, family, prompt, ...) goes into the safetensors header beside diffusers' own."""
     from diffusers import StableDiffusionPipeline
 
     out_dir = Path(out_dir)
@@ -53,6 +56,8 @@ def save_lora(out_dir: str | Path, unet: torch.nn.Module, text_encoder: torch.nn
         kwargs["text_encoder_lora_adapter_metadata"] = adapter_metadata(text_encoder)
     try:
         StableDiffusionPipeline.save_lora_weights(tmp, safe_serialization=True, **kwargs)
+        if metadata:
+            add_header_metadata(tmp / WEIGHT_NAME, {f"dreambooth.{k}": str(v) for k, v in metadata.items()})
         final = out_dir / WEIGHT_NAME
         (tmp / WEIGHT_NAME).replace(final)
     finally:
@@ -62,24 +67,103 @@ def save_lora(out_dir: str | Path, unet: torch.nn.Module, text_encoder: torch.nn
     return final
 
 
-def find_weights(lora: str | Path) -> Path:
+def add_header_metadata(path: Path, extra: dict[str, str]) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**meta, **extra})
+
+
+def find_weights(lora: str | Path, allow_pickle: bool = False) -> Path:
     path = Path(lora).expanduser()
     if path.is_dir():
         path = path / WEIGHT_NAME
     if not path.is_file():
         raise UsageError(f"--lora {lora}: no {WEIGHT_NAME} there; pass a folder made by `dreambooth train` or the .safetensors file")
-    if path.suffix.lower() != ".safetensors":
-        raise UsageError(f"--lora {lora}: only .safetensors LoRA files are read (pickles can run code)")
+    if path.suffix.lower() != ".safetensors" and not allow_pickle:
+        raise UsageError(f"--lora {lora}: not a .safetensors file; pickles can run code when read — pass --allow-pickle "
+                         f"only if you trust it (it is then read with torch.load(weights_only=True))")
     return path
 
 
-def load_lora(pipe, lora: str | Path, unet_scale: float = 1.0, text_encoder_scale: float = 1.0) -> None:
-    """Load a LoRA into `pipe` with separate strengths for its UNet and text-encoder parts."""
-    path = find_weights(lora)
+def read_lora(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], dict | None]:
+    """(shape of each tensor, header metadata, the tensors themselves when they came from a pickle)."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {}), None
+        except Exception as e:  # safetensors raises its own error type for a damaged header
+            raise UsageError(f"--lora {path}: not a readable safetensors file ({type(e).__name__}); is it complete?") from None
     try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"--lora {path}: could not be read as a weights-only pickle ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UsageError(f"--lora {path}: holds no flat dict of tensors; export it as .safetensors")
+    return {k: tuple(v.shape) for k, v in state.items()}, {}, state
+
+
+LAYOUTS = (  # (down, up) key endings: peft, diffusers, diffusers' older text-encoder layout
+    (".lora_A.weight", ".lora_B.weight"),
+    (".lora.down.weight", ".lora.up.weight"),
+    (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
+)
+
+
+def lora_modules(shapes: dict[str, tuple[int, ...]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(component, module path) -> (in_features, out_features) for the diffusers / peft key layouts."""
+    out: dict[tuple[str, str], list] = {}
+    for key, shape in shapes.items():
+        component, _, rest = key.partition(".")
+        for down, up in LAYOUTS:
+            if rest.endswith(down):
+                out.setdefault((component, rest[: -len(down)]), [None, None])[0] = shape[1]
+            elif rest.endswith(up):
+                out.setdefault((component, rest[: -len(up)]), [None, None])[1] = shape[0]
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def check_fits(pipe, shapes: dict[str, tuple[int, ...]], meta: dict[str, str], lora: str, model: str) -> None:
+    """Refuse a LoRA whose modules are missing from `pipe` or have other sizes there, naming both models."""
+    from .models import describe
+
+    here = describe(pipe)["family"]
+    made_for = meta.get("dreambooth.base_model", "another base model")
+    family = meta.get("dreambooth.family")
+    if family and family != here:
+        raise UsageError(f"--lora {lora}: made for {made_for} ({family}), but --model {model} is {here}; pass the --model it was trained on")
+    for (component, module_path), (n_in, n_out) in lora_modules(shapes).items():
+        target = getattr(pipe, component, None)
+        try:
+            layer = target.get_submodule(module_path) if target is not None else None
+        except AttributeError:
+            layer = None
+        have = (getattr(layer, "in_features", None), getattr(layer, "out_features", None)) if layer is not None else None
+        if have != (n_in, n_out):
+            where = f"{component}.{module_path}"
+            detail = f"{where} is {n_in}->{n_out} there but {'missing' if have is None else f'{have[0]}->{have[1]}'} here"
+            raise UsageError(f"--lora {lora}: made for {made_for}, not for --model {model} ({here}): {detail}; "
+                             f"pass the --model it was trained on")
+
+
+def load_lora(pipe, lora: str | Path, unet_scale: float = 1.0, text_encoder_scale: float = 1.0,
+              allow_pickle: bool = False, model: str = "the base model") -> None:
+    """Load a LoRA into `pipe` with separate strengths for its UNet and text-encoder parts."""
+    path = find_weights(lora, allow_pickle)
+    shapes, meta, state = read_lora(path)
+    check_fits(pipe, shapes, meta, str(lora), model)
+    try:
+        if state is None:
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
+        else:
+            pipe.load_lora_weights(state, adapter_name=ADAPTER)
     except (ValueError, RuntimeError, KeyError) as e:
-        raise UsageError(f"--lora {lora}: does not fit this base model ({str(e).splitlines()[0][:160]}); "
+        raise UsageError(f"--lora {lora}: does not fit --model {model} ({str(e).splitlines()[0][:160]}); "
                          f"pass the --model it was trained on") from None
     scales = {"unet": unet_scale}
     if getattr(pipe.text_encoder, "peft_config", None):

@@ -111,7 +111,7 @@ def not_found(model: str) -> UsageError:
     )
 
 
-def load_pipeline(model: str, dtype: torch.dtype = torch.float32):
+def load_pipeline(model: str, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
     """Load a Stable Diffusion pipeline from what the user typed after --model."""
     quiet_libraries()
     if model in TINY_MODELS:
@@ -120,10 +120,11 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32):
 
     path = Path(model).expanduser()
     kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise UsageError(f"--model {model}: pickle checkpoints can run code when read; convert it to .safetensors and pass that")
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise UsageError(f"--model {model}: pickle checkpoints can run code when read; convert it to .safetensors, or pass "
+                         f"--allow-pickle if you trust it (it is then read with torch.load(weights_only=True))")
     if path.is_file():
-        if path.suffix.lower() != ".safetensors":
+        if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
             raise UsageError(f"--model {model}: a single-file model must be a .safetensors checkpoint")
         try:
             return StableDiffusionPipeline.from_single_file(str(path), **kwargs)

@@ -7,8 +7,11 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -196,13 +199,58 @@ def step_loss(cfg: TrainConfig, unet, noise_scheduler, examples: Examples, micro
 
 # ---------------------------------------------------------------- the run
 
+class StopRequest:
+    requested = False
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c():
+    """First Ctrl-C: finish the current step, save a checkpoint, stop. Second: stop at once."""
+    stop = StopRequest()
+
+    def handler(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def finite_loss(loss: torch.Tensor, step: int) -> float:
+    value = loss.detach().float().item()
+    if not math.isfinite(value):
+        raise TrainingError(f"loss became {value} at step {step}; likely causes: fp16 overflow (try --mixed-precision bf16 "
+                            f"or no) or a learning rate too high (--learning-rate); the last checkpoint is kept. "
+                            f"--detect-anomaly shows the operation that made it")
+    return value
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, named: dict, optimizer, lr_scheduler, keep: int) -> Path:
+    try:
+        return checkpoint.save(ckpt_dir, step, named, optimizer, lr_scheduler, keep)
+    except OSError as e:
+        previous = checkpoint.newest(ckpt_dir)
+        kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+        raise TrainingError(f"could not write the checkpoint of step {step} in {ckpt_dir} ({e.strerror}); {kept}: "
+                            f"free space and run again with --resume") from None
+
+
 def train(cfg: TrainConfig) -> Path:
     check_train(cfg)
     check_paths(cfg)
     photos = load_folder(cfg.instance_dir, "--instance-dir")
     accelerator = make_accelerator(cfg)
     out = Path(cfg.output_dir).expanduser()
-    pipe = load_pipeline(cfg.model)
+    pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
     info = describe(pipe)
     cfg = dataclasses.replace(cfg, resolution=cfg.resolution or info["native_resolution"], lora_alpha=float(cfg.lora_alpha or cfg.rank),
                               class_dir=cfg.class_dir or (str(out / "class_images") if cfg.with_prior_preservation else ""))
@@ -226,6 +274,7 @@ def train(cfg: TrainConfig) -> Path:
                         accelerator.device, run["weight_dtype"], photos, classes)
 
     ckpt_dir = out / "checkpoints"
+    checkpoint.remove_partial(ckpt_dir)
     step = 0
     if cfg.resume:
         found = checkpoint.newest(ckpt_dir)
@@ -236,43 +285,57 @@ def train(cfg: TrainConfig) -> Path:
             print(f"resumed from {found.name} (step {step})", flush=True)
 
     k = cfg.gradient_accumulation_steps
-    started, loss_value = time.time(), None
+    started, loss_value, in_step = time.time(), None, False
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step")
     try:
-        while step < cfg.max_steps:
-            for micro in range(step * k, step * k + k):
-                with accelerator.accumulate(*models), accelerator.autocast():
-                    loss, _, _ = step_loss(cfg, unet, run["noise_scheduler"], examples, micro)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_([p for m in models for p in m.parameters() if p.requires_grad], cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            lr_scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % 10 == 0 or step == cfg.max_steps:
-                loss_value = loss.detach().float().item()
-                if not math.isfinite(loss_value):
-                    raise TrainingError(f"loss became {loss_value} at step {step}; likely causes: fp16 overflow "
-                                        f"(try --mixed-precision bf16 or no) or a learning rate too high (--learning-rate)")
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
-                checkpoint.save(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
-            if cfg.validation_prompt and step % cfg.validation_steps == 0:
-                images = draw(pipe, cfg.validation_prompt, cfg.num_validation_images, cfg.seed, cfg.sample_steps,
-                              cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=accelerator.autocast)
-                atomic.save_image(report.grid(images), out / "validation" / f"step-{step:06d}.png")
+        with stop_on_ctrl_c() as stop, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
+            while step < cfg.max_steps:
+                in_step = True
+                for micro in range(step * k, step * k + k):
+                    with accelerator.accumulate(*models), accelerator.autocast():
+                        loss, _, _ = step_loss(cfg, unet, run["noise_scheduler"], examples, micro)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_([p for m in models for p in m.parameters() if p.requires_grad], cfg.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                lr_scheduler.step()
+                step += 1
+                in_step = False
+                bar.update(1)
+                checkpoint_now = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps
+                # Reading the loss waits for the device: do it every 10 steps, and before a checkpoint so none holds NaNs.
+                if step % 10 == 0 or step == cfg.max_steps or checkpoint_now or stop.requested:
+                    loss_value = finite_loss(loss, step)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+                if checkpoint_now:
+                    save_checkpoint(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+                if cfg.validation_prompt and step % cfg.validation_steps == 0:
+                    images = draw(pipe, cfg.validation_prompt, cfg.num_validation_images, cfg.seed, cfg.sample_steps,
+                                  cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=accelerator.autocast)
+                    atomic.save_image(report.grid(images), out / "validation" / f"step-{step:06d}.png")
+                if stop.requested:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
-        saved = checkpoint.save(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
-        print(f"\ninterrupted: saved {saved}; continue with --resume", flush=True)
+        if in_step:  # a second Ctrl-C, mid-step: the weights are between two steps, so save nothing
+            print(f"\ninterrupted mid-step; the newest checkpoint in {ckpt_dir} is intact", flush=True)
+        else:
+            saved = save_checkpoint(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+            print(f"\ninterrupted at step {step}: saved {saved}; continue with --resume", flush=True)
         raise
     bar.close()
     seconds = time.time() - started
 
-    checkpoint.save(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
-    save_lora(out, named["unet"], named["text_encoder"])
+    save_checkpoint(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+    meta = {"base_model": cfg.model, "family": info["family"], "prediction_type": info["prediction_type"],
+            "instance_prompt": cfg.instance_prompt, "rank": cfg.rank, "alpha": cfg.lora_alpha, "steps": step,
+            "resolution": cfg.resolution, "text_encoder": cfg.train_text_encoder}
+    try:
+        save_lora(out, named["unet"], named["text_encoder"], meta)
+    except OSError as e:
+        raise TrainingError(f"could not write the LoRA to {out} ({e.strerror}); the checkpoint of step {step} is kept: "
+                            f"free space and run again with --resume") from None
     if cfg.num_samples:
         images = draw(pipe, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, cfg.seed, cfg.sample_steps,
                       cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=accelerator.autocast)
