@@ -78,3 +78,23 @@ def test_value_checks(change, flag):
     cfg = TrainConfig(**{"instance_dir": "photos", "instance_prompt": "a photo of sks dog", "output_dir": "out", **change})
     with pytest.raises(UsageError, match=flag):
         check_train(cfg)
+
+
+def test_malformed_or_missing_config_files(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rank: 4\n  max_steps: [1,\n")
+    with pytest.raises(UsageError, match="broken.yaml: line \\d+ is not valid YAML"):
+        parse(["train", "--config", str(broken)])
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- rank\n- 4\n")
+    with pytest.raises(UsageError, match="mapping of keys to values"):
+        parse(["train", "--config", str(listed)])
+    with pytest.raises(UsageError, match="--config .*no such file"):
+        parse(["train", "--config", str(tmp_path / "nope.yaml")])
+
+
+def test_non_finite_numbers_are_refused():
+    with pytest.raises(UsageError, match="--prior-loss-weight"):
+        parse(["train", "--prior-loss-weight", "nan"])
+    with pytest.raises(UsageError, match="key 'learning_rate'"):
+        from_dict(TrainConfig, {"learning_rate": float("inf")}, source="run.yaml")

@@ -69,3 +69,55 @@ def test_to_tensor_range_and_flip():
     t = to_tensor(im)
     assert t.shape == (3, 1, 2) and t[0, 0, 0] == 1.0 and t[0, 0, 1] == -1.0
     assert torch.equal(to_tensor(im, flip=True), t.flip(-1))
+
+
+def test_webp_16bit_grey_cmyk_files_and_unicode_paths(tmp_path):
+    folder = tmp_path / "fotos del perro ünï"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), "orange").save(folder / "a photo.webp")
+    Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(folder / "deep 16.png")
+    Image.new("CMYK", (40, 30), (0, 0, 255, 0)).save(folder / "cmyk.jpg")
+    Image.new("LA", (40, 30), (10, 128)).save(folder / "grey alpha.png")
+    photos = load_folder(folder)
+    assert len(photos) == 4 and all(p.image.mode == "RGB" and p.image.size == (40, 30) for p in photos)
+
+
+def png_header_claiming(width, height) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_gigapixel_headers_symlink_loops_and_tiny_images_are_skipped(tmp_path, capsys):
+    import os
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "good.png")
+    (tmp_path / "huge.png").write_bytes(png_header_claiming(100_000, 100_000))
+    (tmp_path / "big.png").write_bytes(png_header_claiming(10_000, 8_000))  # 80 MP: past our limit, under Pillow's
+    os.symlink("loop.jpg", tmp_path / "loop.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "speck.png")
+    (tmp_path / "liar.png").write_bytes((tmp_path / "good.png").read_bytes())  # right bytes, name says nothing
+    Image.new("RGB", (32, 32), "blue").save(tmp_path / "really_jpeg.png", format="JPEG")  # lies about its type
+    photos = load_folder(tmp_path)
+    assert [p.path.name for p in photos] == ["good.png", "liar.png", "really_jpeg.png"]
+    err = capsys.readouterr().err
+    assert "huge.png: its header claims more than 178 megapixels, which is larger than 64 megapixels" in err
+    assert "big.png: 10000x8000 px is larger than 64 megapixels" in err
+    assert "loop.jpg: not a regular file" in err and "folder.jpg: not a regular file" in err
+    assert "speck.png" in err and "too small" in err
+
+
+def test_unlistable_folder_is_one_clear_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(UsageError, match="cannot list it \\(Permission denied\\)"):
+        load_folder(tmp_path)

@@ -108,3 +108,21 @@ def test_fp16_on_cpu_is_refused_before_loading(photos, tmp_path):
     with pytest.raises(UsageError, match="--mixed-precision fp16"):
         train_mod.train(small(photos, tmp_path / "run", mixed_precision="fp16"))
     assert not (tmp_path / "run").exists()
+
+
+def test_same_seed_and_config_give_the_same_class_images_lora_and_images(photos, tmp_path):
+    from dreambooth.config import GenerateConfig
+    from dreambooth.generate import generate
+
+    runs = [train_mod.train(small(photos, tmp_path / f"run{i}", max_steps=4, num_samples=2)) for i in range(2)]
+    a, b = (load_file(str(r / WEIGHT_NAME)) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in zip(*(sorted((r / "class_images").iterdir()) for r in runs)):
+        assert x.read_bytes() == y.read_bytes()
+    assert (runs[0] / "samples.png").read_bytes() == (runs[1] / "samples.png").read_bytes()
+    images = [generate(GenerateConfig(lora=str(r), prompt="a photo of sks dog", num_images=2, steps=3, output_dir=str(r / "g")))
+              for r in runs]
+    assert [p.read_bytes() for p in images[0]] == [p.read_bytes() for p in images[1]]
+    other = train_mod.train(small(photos, tmp_path / "other", max_steps=4, num_samples=0, seed=4))
+    c = load_file(str(other / WEIGHT_NAME))
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters

@@ -45,7 +45,11 @@ class TooLarge(ValueError):
 
 def open_photo(path: Path) -> Image.Image:
     """Decode fully (so truncated files fail here, not mid-training), upright, RGB."""
-    with Image.open(path) as im:
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError:  # Pillow refuses headers past twice its own limit
+        raise TooLarge(f"its header claims more than {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels, which") from None
+    with opened as im:
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise TooLarge(f"{im.size[0]}x{im.size[1]} px")
         im.load()
@@ -74,7 +78,7 @@ def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]
         except TooLarge as e:
             warn(f"skipping {path}: {e} is larger than {MAX_PIXELS // 1_000_000} megapixels; downsize it")
             continue
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except (OSError, ValueError, SyntaxError) as e:
             warn(f"skipping {path}: not a readable image ({type(e).__name__})")
             continue
         if min(image.size) < 8:
