@@ -121,9 +121,11 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(photos, tmp_path, 
     ckpts = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-000004"]  # no half-written folder left behind
 
+    (ckpts / ".step-000008.abc.tmp").mkdir()  # what a kill -9 during a save leaves
     monkeypatch.setattr(checkpoint_mod, "save_file", real_save_file)
     out = train(TrainConfig(**{**vars(cfg), "resume": True}))
     assert (out / WEIGHT_NAME).is_file()
+    assert not (ckpts / ".step-000008.abc.tmp").exists()
 
 
 def test_nan_keeps_the_last_good_checkpoint(photos, tmp_path, monkeypatch):

@@ -61,6 +61,13 @@ def test_generate_bad_inputs(tmp_path, capsys):
     assert not (tmp_path / "g").exists()
 
 
+def test_identifier_and_generate_bad_numbers(capsys):
+    bad(["identifier", "--count", "0"], capsys, "--count")
+    bad(["identifier", "--model", "./no/such/model"], capsys, "--model")
+    bad(["generate", "--prompt", "x", "--output-dir", "g", "--steps", "-3"], capsys, "--steps")
+    bad(["generate", "--prompt", "x", "--output-dir", "g", "--unet-scale", "-1"], capsys, "--unet-scale")
+
+
 def test_identifier_command(capsys):
     code, out, _ = run(["identifier", "--prompt", "a photo of sks dog", "--count", "5"], capsys)
     assert code == 0

@@ -89,6 +89,25 @@ def test_pickle_lora_needs_the_flag_and_is_read_weights_only(tiny_base, trained,
         load_lora(StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None), evil, allow_pickle=True)
 
 
+def test_damaged_lora_file_is_named(trained, tmp_path):
+    from dreambooth.models import build_tiny_pipeline
+
+    damaged = tmp_path / "cut.safetensors"
+    damaged.write_bytes((trained / "pytorch_lora_weights.safetensors").read_bytes()[:100])
+    with pytest.raises(UsageError, match="cut.safetensors: not a readable safetensors file"):
+        load_lora(build_tiny_pipeline(), damaged)
+
+
+def test_header_records_the_base_model(trained, tiny_base):
+    from safetensors import safe_open
+
+    with safe_open(str(trained / "pytorch_lora_weights.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["dreambooth.base_model"] == str(tiny_base) and meta["dreambooth.family"] == "tiny"
+    assert meta["dreambooth.rank"] == "4" and meta["dreambooth.steps"] == "10"
+    assert "lora_adapter_metadata" in meta  # diffusers' own entry survives
+
+
 def test_missing_lora_file(tmp_path):
     from dreambooth.models import build_tiny_pipeline
 
