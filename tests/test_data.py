@@ -56,19 +56,28 @@ def test_folder_errors(tmp_path):
 def test_resize_and_crop():
     wide = Image.new("RGB", (200, 100))
     wide.paste((255, 0, 0), (0, 0, 50, 100))  # red left quarter
-    centre = resize_and_crop(wide, 64, center_crop=True)
+    centre, corner = resize_and_crop(wide, 64, center_crop=True)
     assert centre.size == (64, 64) and centre.getpixel((0, 32))[0] < 50  # the red band was cropped away
-    a = resize_and_crop(wide, 64, False, torch.Generator().manual_seed(3))
-    b = resize_and_crop(wide, 64, False, torch.Generator().manual_seed(3))
-    assert a.size == (64, 64) and a.tobytes() == b.tobytes()
+    assert corner == (0, 32)  # 128x64 after resizing: (top, left) of the middle 64x64
+    a, at = resize_and_crop(wide, 64, False, torch.Generator().manual_seed(3))
+    b, bt = resize_and_crop(wide, 64, False, torch.Generator().manual_seed(3))
+    assert a.size == (64, 64) and a.tobytes() == b.tobytes() and at == bt
+    assert a.tobytes() == wide.resize((128, 64), Image.BICUBIC).crop((at[1], at[0], at[1] + 64, at[0] + 64)).tobytes()
 
 
-def test_to_tensor_range_and_flip():
+def test_to_tensor_range():
     im = Image.new("RGB", (2, 1))
     im.putpixel((0, 0), (255, 255, 255))
     t = to_tensor(im)
     assert t.shape == (3, 1, 2) and t[0, 0, 0] == 1.0 and t[0, 0, 1] == -1.0
-    assert torch.equal(to_tensor(im, flip=True), t.flip(-1))
+
+
+def test_flip_mirrors_before_cropping():
+    wide = Image.new("RGB", (200, 100))
+    wide.paste((255, 0, 0), (0, 0, 50, 100))
+    flipped, corner = resize_and_crop(wide, 64, False, torch.Generator().manual_seed(0), flip=True)
+    mirrored = wide.resize((128, 64), Image.BICUBIC).transpose(Image.FLIP_LEFT_RIGHT)
+    assert flipped.tobytes() == mirrored.crop((corner[1], corner[0], corner[1] + 64, corner[0] + 64)).tobytes()
 
 
 def test_webp_16bit_grey_cmyk_files_and_unicode_paths(tmp_path):

@@ -96,22 +96,26 @@ def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]
     return photos
 
 
-def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool, generator: torch.Generator | None = None) -> Image.Image:
-    """Shorter side to `resolution`, then a square crop: centred, or at a seeded random place."""
+def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool, generator: torch.Generator | None = None,
+                    flip: bool = False) -> tuple[Image.Image, tuple[int, int]]:
+    """Shorter side to `resolution`, optionally mirrored, then a square crop: centred, or at a seeded random place.
+
+    Returns the crop and its (top, left) corner in the resized (mirrored) image, which SDXL is conditioned on."""
     w, h = image.size
     scale = resolution / min(w, h)
     new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
     image = image.resize((new_w, new_h), Image.BICUBIC)
+    if flip:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
     if center_crop:
         left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
     else:
         left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
         top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
-    return image.crop((left, top, left + resolution, top + resolution))
+    return image.crop((left, top, left + resolution, top + resolution)), (top, left)
 
 
-def to_tensor(image: Image.Image, flip: bool = False) -> torch.Tensor:
+def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image -> CHW float tensor in [-1, 1], the VAE's input range."""
     arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-    return t.flip(-1) if flip else t
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()

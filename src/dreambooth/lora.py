@@ -41,21 +41,19 @@ def adapter_metadata(model: torch.nn.Module) -> dict:
     return model.peft_config["default"].to_dict()
 
 
-def save_lora(out_dir: str | Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None,
-              metadata: dict[str, str] | None = None) -> Path:
+def save_lora(out_dir: str | Path, pipeline_cls, adapted: dict[str, torch.nn.Module], metadata: dict[str, str] | None = None) -> Path:
     """Write OUT_DIR/pytorch_lora_weights.safetensors atomically; diffusers' `load_lora_weights` reads it.
 
+    `adapted` maps component names (unet, text_encoder, text_encoder_2) to models carrying an adapter;
     `metadata` (base model, family, prompt, ...) goes into the safetensors header beside diffusers' own."""
-    from diffusers import StableDiffusionPipeline
-
     out_dir = Path(out_dir)
     tmp = atomic.temp_dir_beside(out_dir / ".lora")
-    kwargs = {"unet_lora_layers": lora_state_dict(unet), "unet_lora_adapter_metadata": adapter_metadata(unet)}
-    if text_encoder is not None:
-        kwargs["text_encoder_lora_layers"] = lora_state_dict(text_encoder)
-        kwargs["text_encoder_lora_adapter_metadata"] = adapter_metadata(text_encoder)
+    kwargs = {}
+    for name, model in adapted.items():
+        kwargs[f"{name}_lora_layers"] = lora_state_dict(model)
+        kwargs[f"{name}_lora_adapter_metadata"] = adapter_metadata(model)
     try:
-        StableDiffusionPipeline.save_lora_weights(tmp, safe_serialization=True, **kwargs)
+        pipeline_cls.save_lora_weights(tmp, safe_serialization=True, **kwargs)
         if metadata:
             add_header_metadata(tmp / WEIGHT_NAME, {f"dreambooth.{k}": str(v) for k, v in metadata.items()})
         final = out_dir / WEIGHT_NAME
@@ -166,6 +164,7 @@ def load_lora(pipe, lora: str | Path, unet_scale: float = 1.0, text_encoder_scal
         raise UsageError(f"--lora {lora}: does not fit --model {model} ({str(e).splitlines()[0][:160]}); "
                          f"pass the --model it was trained on") from None
     scales = {"unet": unet_scale}
-    if getattr(pipe.text_encoder, "peft_config", None):
-        scales["text_encoder"] = text_encoder_scale
+    for name in ("text_encoder", "text_encoder_2"):
+        if getattr(getattr(pipe, name, None), "peft_config", None):
+            scales[name] = text_encoder_scale
     pipe.set_adapters(ADAPTER, adapter_weights=scales)

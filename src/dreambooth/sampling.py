@@ -35,7 +35,7 @@ def draw(pipe, prompt: str, num: int, seed: int, steps: int, guidance: float, re
     pipe.set_progress_bar_config(disable=True)
     images = []
     try:
-        with eval_mode(pipe.unet, pipe.text_encoder), torch.no_grad(), autocast():
+        with eval_mode(pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)), torch.no_grad(), autocast():
             for start in range(0, num, batch_size):
                 n = min(batch_size, num - start)
                 generators = [torch.Generator().manual_seed(seed + first_index + start + i) for i in range(n)]

@@ -21,26 +21,14 @@ from tqdm.auto import tqdm
 from . import atomic, checkpoint, report
 from .class_images import ensure_class_images
 from .config import TrainConfig, check_train, to_yaml
-from .data import load_folder, resize_and_crop, to_tensor
+from .data import load_folder
 from .errors import TrainingError, UsageError, warn
 from .identifier import check_identifier
+from .latents import Examples, step_generator
 from .lora import add_lora, save_lora
 from .loss import dreambooth_loss, training_target
 from .models import describe, load_pipeline
 from .sampling import draw
-
-
-def step_generator(seed: int, micro_step: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 4 + stream)
-
-
-def stream_indices(pos: int, count: int, n: int, seed: int) -> list[int]:
-    """Items pos..pos+count-1 of an endless stream of shuffled epochs over n items."""
-    out = []
-    for p in range(pos, pos + count):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + p // n))
-        out.append(int(perm[p % n]))
-    return out
 
 
 # ---------------------------------------------------------------- setup
@@ -89,112 +77,54 @@ def setup(cfg: TrainConfig, pipe, accelerator):
     from diffusers.optimization import get_scheduler
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    unet, text_encoder, vae = pipe.unet, pipe.text_encoder, pipe.vae
-    vae.requires_grad_(False)
-    text_encoder.requires_grad_(False)
-    unet.to(accelerator.device, dtype=weight_dtype)
-    vae.to(accelerator.device, dtype=weight_dtype)
-    text_encoder.to(accelerator.device, dtype=weight_dtype)
+    unet, vae = pipe.unet, pipe.vae
+    encoders = text_encoders(pipe)
+    for m in [unet, vae, *encoders.values()]:
+        m.requires_grad_(False)
+        m.to(accelerator.device, dtype=weight_dtype)
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
     groups = [{"params": add_lora(unet, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules), "lr": cfg.learning_rate}]
+    trained = {"unet": unet}
     if cfg.train_text_encoder:
-        te_params = add_lora(text_encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules)
-        groups.append({"params": te_params, "lr": cfg.text_encoder_lr})
-        text_encoder.train()
-    unet.train()
+        for name, encoder in encoders.items():
+            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules)
+            groups.append({"params": params, "lr": cfg.text_encoder_lr})
+            trained[name] = encoder
+    for m in trained.values():
+        m.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if cfg.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+        for name in set(trained) - {"unet"}:
+            trained[name].gradient_checkpointing_enable()
     optimizer = make_optimizer(cfg, groups, accelerator.device)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps)
-    trained = [unet, text_encoder] if cfg.train_text_encoder else [unet]
-    prepared = accelerator.prepare(*trained, optimizer)
+    *models, optimizer = accelerator.prepare(*trained.values(), optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    return {"models": prepared[:-1], "optimizer": prepared[-1], "lr_scheduler": lr_scheduler, "noise_scheduler": noise_scheduler,
-            "weight_dtype": weight_dtype}
+    return {"models": dict(zip(trained, models)), "optimizer": optimizer, "lr_scheduler": lr_scheduler,
+            "noise_scheduler": noise_scheduler, "weight_dtype": weight_dtype}
 
 
-# ---------------------------------------------------------------- data -> latents
-
-class Examples:
-    """Photos (and class images) -> latents and prompts for one micro-batch.
-
-    With a centre crop the VAE posterior of each (image, flip) is computed once and reused; each
-    step still draws a fresh latent sample from it, as encoding anew would."""
-
-    def __init__(self, cfg: TrainConfig, vae, tokenizer, text_encoder, device, dtype, instance, classes):
-        self.cfg, self.vae, self.tokenizer, self.text_encoder = cfg, vae, tokenizer, text_encoder
-        self.device, self.dtype = device, dtype
-        self.sets = {"instance": instance, "class": classes}
-        self.posteriors: dict = {}
-        self.embeddings: dict = {}
-
-    def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator):
-        key = (which, idx, flip)
-        if key in self.posteriors:
-            return self.posteriors[key]
-        photo = self.sets[which][idx]
-        image = resize_and_crop(photo.image, self.cfg.resolution, self.cfg.center_crop or which == "class", g)
-        pixels = to_tensor(image, flip)[None].to(self.device, self.dtype)
-        with torch.no_grad():
-            dist = self.vae.encode(pixels).latent_dist
-        out = (dist.mean, dist.std)
-        if self.cfg.center_crop or which == "class":
-            self.posteriors[key] = out
-        return out
-
-    def prompt(self, which: str, idx: int) -> str:
-        if which == "class":
-            return self.cfg.class_prompt
-        return self.sets["instance"][idx].caption or self.cfg.instance_prompt
-
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        def encode(texts):
-            ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
-            return self.text_encoder(ids)[0]
-
-        if self.cfg.train_text_encoder:
-            return encode(prompts)
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.embeddings]
-        if missing:
-            with torch.no_grad():
-                for p, e in zip(missing, encode(missing)):
-                    self.embeddings[p] = e
-        return torch.stack([self.embeddings[p] for p in prompts])
-
-    def batch(self, micro_step: int):
-        cfg, bs = self.cfg, self.cfg.batch_size
-        g = step_generator(cfg.seed, micro_step, stream=1)
-        picks = [("instance", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["instance"]), cfg.seed)]
-        if cfg.with_prior_preservation:
-            picks += [("class", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["class"]), cfg.seed + 1)]
-        latents = []
-        for which, idx in picks:
-            flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
-            mean, std = self.posterior(which, idx, flip, g)
-            noise = torch.randn(mean.shape, generator=g).to(mean.device, mean.dtype)
-            latents.append(mean + std * noise)
-        latents = torch.cat(latents) * self.vae.config.scaling_factor
-        prompts = [self.prompt(which, idx) for which, idx in picks]
-        return latents, prompts, len(picks) - bs
+def text_encoders(pipe) -> dict:
+    """The pipeline's text encoders by component name: one for SD 1.x/2.x, two for SDXL."""
+    return {name: getattr(pipe, name) for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None}
 
 
 # ---------------------------------------------------------------- one step
 
 def step_loss(cfg: TrainConfig, unet, noise_scheduler, examples: Examples, micro_step: int):
     """Loss of one micro-batch: noise the latents at random timesteps, predict, compare with the target."""
-    latents, prompts, num_class = examples.batch(micro_step)
+    batch = examples.batch(micro_step)
+    latents = batch.latents
     g = step_generator(cfg.seed, micro_step, stream=2)
     noise = torch.randn(latents.shape, generator=g).to(latents.device, latents.dtype)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    hidden = examples.encode_prompts(prompts)
+    hidden, pooled = examples.encode(batch.prompts)
+    extra = None if pooled is None else {"text_embeds": pooled, "time_ids": batch.time_ids.to(pooled.dtype)}
     torch.manual_seed(cfg.seed * 1_000_003 + micro_step)  # LoRA dropout draws from the global generator
-    pred = unet(noisy, timesteps, hidden).sample
+    pred = unet(noisy, timesteps, hidden, added_cond_kwargs=extra).sample
     target = training_target(noise_scheduler, latents, noise, timesteps)
-    return dreambooth_loss(pred, target, num_class, cfg.prior_loss_weight)
+    return dreambooth_loss(pred, target, batch.num_class, cfg.prior_loss_weight)
 
 
 # ---------------------------------------------------------------- the run
@@ -267,11 +197,12 @@ def train(cfg: TrainConfig) -> Path:
         classes = load_folder(cfg.class_dir, "--class-dir")[: cfg.num_class_images]
 
     run = setup(cfg, pipe, accelerator)
-    models, optimizer, lr_scheduler = run["models"], run["optimizer"], run["lr_scheduler"]
-    unet = models[0]
-    named = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(models[1]) if cfg.train_text_encoder else None}
-    examples = Examples(cfg, pipe.vae, pipe.tokenizer, models[1] if cfg.train_text_encoder else pipe.text_encoder,
-                        accelerator.device, run["weight_dtype"], photos, classes)
+    prepared, optimizer, lr_scheduler = run["models"], run["optimizer"], run["lr_scheduler"]
+    models, unet = list(prepared.values()), prepared["unet"]
+    named = {name: accelerator.unwrap_model(m) for name, m in prepared.items()}
+    encoders = [prepared.get(name, m) for name, m in text_encoders(pipe).items()]
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if len(encoders) == 2 else [])
+    examples = Examples(cfg, pipe.vae, tokenizers, encoders, accelerator.device, run["weight_dtype"], photos, classes)
 
     ckpt_dir = out / "checkpoints"
     checkpoint.remove_partial(ckpt_dir)
@@ -332,7 +263,7 @@ def train(cfg: TrainConfig) -> Path:
             "instance_prompt": cfg.instance_prompt, "rank": cfg.rank, "alpha": cfg.lora_alpha, "steps": step,
             "resolution": cfg.resolution, "text_encoder": cfg.train_text_encoder}
     try:
-        save_lora(out, named["unet"], named["text_encoder"], meta)
+        save_lora(out, type(pipe), named, meta)
     except OSError as e:
         raise TrainingError(f"could not write the LoRA to {out} ({e.strerror}); the checkpoint of step {step} is kept: "
                             f"free space and run again with --resume") from None

@@ -1,0 +1,99 @@
+"""Photos and class images -> the latents, prompts and conditioning of one micro-batch.
+
+Everything random at micro-step m (which photos, flips, crops, the latent sample) comes from
+generators seeded by (seed, m): a resumed run draws exactly what an uninterrupted one would."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .data import resize_and_crop, to_tensor
+from .text_encoding import encode_prompts
+
+
+def step_generator(seed: int, micro_step: int, stream: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 4 + stream)
+
+
+def stream_indices(pos: int, count: int, n: int, seed: int) -> list[int]:
+    """Items pos..pos+count-1 of an endless stream of shuffled epochs over n items."""
+    out = []
+    for p in range(pos, pos + count):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + p // n))
+        out.append(int(perm[p % n]))
+    return out
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # instance examples first, then class examples
+    prompts: list[str]
+    num_class: int
+    time_ids: torch.Tensor  # SDXL micro-conditioning per example: original size, crop corner, target size
+
+
+class Examples:
+    """Draws micro-batches. With a centre crop the VAE posterior of each (image, flip) is computed once and
+    reused; each step still samples a fresh latent from it, as encoding anew would. Prompt embeddings
+    are cached while the text encoders are frozen."""
+
+    def __init__(self, cfg, vae, tokenizers: list, encoders: list, device, dtype, instance: list, classes: list):
+        self.cfg, self.vae, self.tokenizers, self.encoders = cfg, vae, tokenizers, encoders
+        self.device, self.dtype = device, dtype
+        self.sets = {"instance": instance, "class": classes}
+        self.posteriors: dict = {}
+        self.embeddings: dict = {}
+
+    def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator):
+        key = (which, idx, flip)
+        if key in self.posteriors:
+            return self.posteriors[key]
+        photo = self.sets[which][idx]
+        fixed = self.cfg.center_crop or which == "class"
+        image, (top, left) = resize_and_crop(photo.image, self.cfg.resolution, fixed, g, flip)
+        pixels = to_tensor(image)[None].to(self.device, self.dtype)
+        with torch.no_grad():
+            dist = self.vae.encode(pixels).latent_dist
+        res = self.cfg.resolution
+        time_ids = torch.tensor([[photo.image.height, photo.image.width, top, left, res, res]], dtype=torch.float32)
+        out = (dist.mean, dist.std, time_ids)
+        if fixed:
+            self.posteriors[key] = out
+        return out
+
+    def prompt(self, which: str, idx: int) -> str:
+        if which == "class":
+            return self.cfg.class_prompt
+        return self.sets["instance"][idx].caption or self.cfg.instance_prompt
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cfg.train_text_encoder:
+            return encode_prompts(self.tokenizers, self.encoders, prompts, self.device)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.embeddings]
+        if missing:
+            with torch.no_grad():
+                hidden, pooled = encode_prompts(self.tokenizers, self.encoders, missing, self.device)
+            for i, p in enumerate(missing):
+                self.embeddings[p] = (hidden[i], None if pooled is None else pooled[i])
+        hidden = torch.stack([self.embeddings[p][0] for p in prompts])
+        pooled = None if self.embeddings[prompts[0]][1] is None else torch.stack([self.embeddings[p][1] for p in prompts])
+        return hidden, pooled
+
+    def batch(self, micro_step: int) -> Batch:
+        cfg, bs = self.cfg, self.cfg.batch_size
+        g = step_generator(cfg.seed, micro_step, stream=1)
+        picks = [("instance", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["instance"]), cfg.seed)]
+        if cfg.with_prior_preservation:
+            picks += [("class", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["class"]), cfg.seed + 1)]
+        latents, time_ids = [], []
+        for which, idx in picks:
+            flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
+            mean, std, ids = self.posterior(which, idx, flip, g)
+            noise = torch.randn(mean.shape, generator=g).to(mean.device, mean.dtype)
+            latents.append(mean + std * noise)
+            time_ids.append(ids)
+        latents = torch.cat(latents) * self.vae.config.scaling_factor
+        prompts = [self.prompt(which, idx) for which, idx in picks]
+        return Batch(latents, prompts, len(picks) - bs, torch.cat(time_ids).to(self.device))

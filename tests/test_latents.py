@@ -1,0 +1,41 @@
+import torch
+from PIL import Image
+
+from dreambooth.config import TrainConfig
+from dreambooth.data import Photo, resize_and_crop
+from dreambooth.latents import Examples, stream_indices
+from dreambooth.models import build_tiny_sdxl_pipeline
+
+
+def test_stream_visits_every_item_once_per_epoch():
+    seen = stream_indices(0, 15, 5, seed=3)
+    for epoch in range(3):
+        assert sorted(seen[epoch * 5 : epoch * 5 + 5]) == [0, 1, 2, 3, 4]
+    assert stream_indices(7, 4, 5, seed=3) == seen[7:11]  # any slice of the stream, e.g. after a resume
+
+
+def test_sdxl_time_ids_record_the_real_crop():
+    pipe = build_tiny_sdxl_pipeline()
+    wide = Image.new("RGB", (300, 120), "red")
+    wide.paste((0, 0, 255), (150, 0, 300, 120))
+    cfg = TrainConfig(resolution=64, center_crop=False, random_flip=True, batch_size=1, seed=5)
+    examples = Examples(cfg, pipe.vae, [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], "cpu",
+                        torch.float32, [Photo(None, wide, None)], [])
+    corners = set()
+    for micro in range(8):
+        batch = examples.batch(micro)
+        h, w, top, left, th, tw = batch.time_ids[0].tolist()
+        assert (h, w, th, tw) == (120, 300, 64, 64)
+        assert top == 0 and 0 <= left <= 160 - 64  # 300x120 resized to 160x64
+        corners.add(left)
+    assert len(corners) > 1  # random crops, each recorded
+
+
+def test_sdxl_prompts_give_hidden_states_of_both_encoders_and_a_pooled_embedding():
+    pipe = build_tiny_sdxl_pipeline()
+    examples = Examples(TrainConfig(), pipe.vae, [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
+                        "cpu", torch.float32, [], [])
+    hidden, pooled = examples.encode(["a photo of sks dog", "a photo of a dog"])
+    assert hidden.shape == (2, 77, 64) and pooled.shape == (2, 32)
+    reference = pipe.encode_prompt(["a photo of sks dog", "a photo of a dog"], device="cpu", do_classifier_free_guidance=False)
+    assert torch.allclose(hidden, reference[0], atol=1e-6) and torch.allclose(pooled, reference[2], atol=1e-6)
