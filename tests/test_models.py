@@ -42,3 +42,33 @@ def test_bad_model_paths(tmp_path):
     junk.write_bytes(b"garbage")
     with pytest.raises(UsageError, match="junk.safetensors"):
         load_pipeline(str(junk))
+
+
+def test_another_vae_from_a_local_folder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from dreambooth.models import load_vae
+
+    torch.manual_seed(5)
+    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32)
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = load_vae(str(tmp_path / "vae"))
+    assert torch.equal(loaded.encoder.conv_in.weight, vae.encoder.conv_in.weight)
+    with pytest.raises(UsageError, match="--vae"):
+        load_vae(str(tmp_path / "nothing-here"))
+
+
+def test_zero_terminal_snr_schedule_trains_toward_v(tmp_path):
+    """SD 2.x-v with a zero-terminal-SNR schedule: at the last timestep the latent is pure noise, so v = -x0."""
+    from diffusers import DDPMScheduler
+
+    from dreambooth.loss import training_target
+
+    pipe = build_tiny_pipeline("v_prediction")
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config, rescale_betas_zero_snr=True)  # as the model ships it
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)  # what training builds from the model's config
+    assert sched.alphas_cumprod[-1] < 1e-6
+    latents, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    target = training_target(sched, latents, noise, torch.tensor([999]))
+    assert torch.allclose(target, -latents, atol=1e-3)

@@ -11,7 +11,7 @@ from . import atomic, report
 from .config import GenerateConfig, check_generate, to_yaml
 from .errors import UsageError
 from .lora import find_weights, load_lora
-from .models import load_pipeline, native_resolution
+from .models import load_pipeline, load_vae, native_resolution
 from .sampling import draw
 
 
@@ -22,9 +22,12 @@ def generate(cfg: GenerateConfig) -> list[Path]:
         raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")
     if cfg.lora:
         weights = find_weights(cfg.lora, cfg.allow_pickle)  # fail on a bad path before the model loads
-        cfg = dataclasses.replace(cfg, model=cfg.model or trained_on(weights.parent))
+        saved = training_config(weights.parent)
+        cfg = dataclasses.replace(cfg, model=cfg.model or saved.get("model", ""), vae=cfg.vae or saved.get("vae", ""))
     cfg = dataclasses.replace(cfg, model=cfg.model or "tiny")
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
+    if cfg.vae:
+        pipe.vae = load_vae(cfg.vae)
     if cfg.lora:
         load_lora(pipe, cfg.lora, cfg.unet_scale, cfg.text_encoder_scale, cfg.allow_pickle, cfg.model)
     import torch
@@ -48,12 +51,13 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     return paths
 
 
-def trained_on(lora_dir: Path) -> str:
-    """The base model named in the config.yaml that `dreambooth train` wrote beside the weights."""
+def training_config(lora_dir: Path) -> dict:
+    """The config.yaml that `dreambooth train` wrote beside the weights (base model, VAE), or {}."""
     import yaml
 
     saved = lora_dir / "config.yaml"
     try:
-        return str((yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model", "")) if saved.is_file() else ""
-    except (yaml.YAMLError, OSError, AttributeError):
-        return ""
+        data = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+    except (yaml.YAMLError, OSError):
+        return {}
+    return {k: str(v) for k, v in data.items() if k in ("model", "vae") and v} if isinstance(data, dict) else {}

@@ -179,16 +179,18 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32, allow_pickle: 
     from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(model).expanduser()
-    kwargs = dict(torch_dtype=dtype)
+    # SD 1.x/2.x folders carry a safety checker (a second CLIP); SDXL pipelines ignore the keyword.
+    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise UsageError(f"--model {model}: pickle checkpoints can run code when read; convert it to .safetensors, or pass "
                          f"--allow-pickle if you trust it (it is then read with torch.load(weights_only=True))")
     if path.is_file():
         if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
             raise UsageError(f"--model {model}: a single-file model must be a .safetensors checkpoint")
-        cls = StableDiffusionXLPipeline if checkpoint_is_sdxl(path) else StableDiffusionPipeline
+        sdxl = checkpoint_is_sdxl(path)
+        cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
         try:
-            return supported(cls.from_single_file(str(path), **kwargs), model)
+            return supported(cls.from_single_file(str(path), **({"torch_dtype": dtype} if sdxl else kwargs)), model)
         except (OSError, ValueError) as e:
             raise UsageError(f"--model {model}: could not read it as an SD checkpoint ({first_line(e)}); "
                              f"pass a diffusers folder instead") from None

@@ -27,7 +27,7 @@ from .identifier import check_identifier
 from .latents import Examples, step_generator
 from .lora import add_lora, save_lora
 from .loss import dreambooth_loss, training_target
-from .models import describe, load_pipeline
+from .models import describe, load_pipeline, load_vae
 from .sampling import draw
 
 
@@ -181,6 +181,8 @@ def train(cfg: TrainConfig) -> Path:
     accelerator = make_accelerator(cfg)
     out = Path(cfg.output_dir).expanduser()
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
+    if cfg.vae:
+        pipe.vae = load_vae(cfg.vae)
     info = describe(pipe)
     cfg = dataclasses.replace(cfg, resolution=cfg.resolution or info["native_resolution"], lora_alpha=float(cfg.lora_alpha or cfg.rank),
                               class_dir=cfg.class_dir or (str(out / "class_images") if cfg.with_prior_preservation else ""))
