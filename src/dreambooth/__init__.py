@@ -5,10 +5,11 @@
     generate(GenerateConfig(model="tiny", lora=str(lora_dir), prompt="a photo of sks dog on the grass", output_dir="images"))
 """
 
-from .config import GenerateConfig, IdentifierConfig, TrainConfig
+from .config import BenchConfig, EvaluateConfig, GenerateConfig, IdentifierConfig, TrainConfig
 from .errors import TrainingError, UsageError
 
-__all__ = ["TrainConfig", "GenerateConfig", "IdentifierConfig", "train", "generate", "UsageError", "TrainingError"]
+__all__ = ["TrainConfig", "GenerateConfig", "IdentifierConfig", "EvaluateConfig", "BenchConfig", "train", "generate", "evaluate",
+           "bench", "UsageError", "TrainingError"]
 __version__ = "0.1.0"
 
 
@@ -22,3 +23,15 @@ def generate(cfg: GenerateConfig):
     from .generate import generate as _generate
 
     return _generate(cfg)
+
+
+def evaluate(cfg: EvaluateConfig):
+    from .evaluate import evaluate as _evaluate
+
+    return _evaluate(cfg)
+
+
+def bench(cfg: BenchConfig):
+    from .bench import bench as _bench
+
+    return _bench(cfg)

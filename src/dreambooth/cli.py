@@ -56,6 +56,13 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_config_flags(sub.add_parser("train", help="train a LoRA on a subject's photos"), C.TrainConfig)
     add_config_flags(sub.add_parser("generate", help="draw images with a trained LoRA"), C.GenerateConfig)
+    add_config_flags(sub.add_parser("evaluate", help="score generated images against the real ones (DINO, CLIP-I, CLIP-T, PRES, DIV)"),
+                     C.EvaluateConfig)
+    bench = sub.add_parser("bench", help="train, generate and score every subject of a DreamBench-layout dataset")
+    bench.add_argument("dataset", nargs="?", default=argparse.SUPPRESS, metavar="DATASET_DIR",
+                       help="DreamBench-layout folder (same as --dataset)")
+    add_config_flags(bench, C.BenchConfig)
+    add_config_flags(sub.add_parser("export", help="write a LoRA in the kohya (A1111 / ComfyUI) or diffusers layout"), C.ExportConfig)
     add_config_flags(sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig)
     demo = sub.add_parser("demo", help="train the embedded tiny model on the bundled subject, then generate")
     demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
@@ -67,6 +74,7 @@ def run_identifier(cfg: C.IdentifierConfig) -> None:
     from .identifier import candidates, tokenise
     from .models import load_tokenizer
 
+    C.check_identifier_config(cfg)
     tokenizer = load_tokenizer(cfg.model)
     if cfg.prompt:
         print(f"'{cfg.prompt}' ->")
@@ -108,6 +116,18 @@ def main(argv: list[str] | None = None) -> int:
             from .generate import generate
 
             generate(config_from_args(C.GenerateConfig, args))
+        elif args.command == "evaluate":
+            from .evaluate import evaluate
+
+            evaluate(config_from_args(C.EvaluateConfig, args))
+        elif args.command == "bench":
+            from .bench import bench
+
+            bench(config_from_args(C.BenchConfig, args))
+        elif args.command == "export":
+            from .export import export
+
+            export(config_from_args(C.ExportConfig, args))
         elif args.command == "identifier":
             run_identifier(config_from_args(C.IdentifierConfig, args))
         elif args.command == "demo":
@@ -119,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dreambooth: training stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("dreambooth: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -33,7 +33,9 @@ TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 @dataclass
 class TrainConfig:
-    model: str = opt("tiny", "base model: hub id, local diffusers folder, single-file .safetensors, or 'tiny' / 'tiny-v' (embedded)", ("pretrained_model_name_or_path",))
+    model: str = opt("tiny", "base model: hub id, local diffusers folder, single-file .safetensors, or an embedded one: "
+                             "'tiny' (SD 1.x-shaped), 'tiny-v' (v-prediction), 'tiny-sdxl'", ("pretrained_model_name_or_path",))
+    vae: str = opt("", "another VAE to use (hub id or folder), e.g. an fp16-safe SDXL VAE", ("pretrained_vae_model_name_or_path",))
     instance_dir: str = opt("", "folder of the subject's photos (3-10); a .txt beside an image is its caption", ("instance_data_dir",))
     instance_prompt: str = opt("", "prompt with the identifier and class noun, e.g. 'a photo of sks dog'")
     output_dir: str = opt("", "folder for the LoRA weights, config, model card and checkpoints")
@@ -80,12 +82,14 @@ class TrainConfig:
     guidance_scale: float = opt(7.5, "classifier-free guidance for class images and samples")
     allow_pickle: bool = opt(False, "read a .ckpt/.pt/.bin base model (with torch.load(weights_only=True)); only files you trust")
     detect_anomaly: bool = opt(False, "trace the operation that made a NaN/inf (slow; for debugging)")
+    export: str = opt("", "also write the LoRA for A1111 / ComfyUI: --export kohya (lora_kohya.safetensors)", choices=("", "kohya"))
 
 
 @dataclass
 class GenerateConfig:
     model: str = opt("", "base model: hub id, local diffusers folder, single-file .safetensors, or 'tiny' / 'tiny-v'; "
                          "default: the one the LoRA was trained on (its config.yaml), else 'tiny'", ("pretrained_model_name_or_path",))
+    vae: str = opt("", "another VAE to use (hub id or folder); default: the LoRA's training VAE, else the model's own")
     lora: str = opt("", "trained output folder or .safetensors file; empty = the base model alone")
     prompt: str = opt("", "what to draw, e.g. 'a photo of sks dog on the grass'")
     negative_prompt: str = opt("", "what to steer away from")
@@ -109,6 +113,20 @@ class IdentifierConfig:
     max_chars: int = opt(3, "longest candidate in characters")
     min_id: int = opt(35000, "rarest part of the vocabulary to draw from (BPE ids grow as merges get rarer)")
     seed: int = opt(0, "seed for drawing candidates")
+
+
+@dataclass
+class ExportConfig:
+    lora: str = opt("", "a `dreambooth train` folder or LoRA file (also cloneofsimo/lora's lora_weight.safetensors / .pt)")
+    format: str = opt("kohya", "layout to write: kohya (A1111 / ComfyUI) or diffusers", choices=("kohya", "diffusers"))
+    output: str = opt("", "file to write; default: lora_kohya.safetensors or pytorch_lora_weights.safetensors beside the input")
+    model: str = opt("", "base model the LoRA is for; default: the one in its config.yaml or header, else 'tiny'", ("pretrained_model_name_or_path",))
+    allow_pickle: bool = opt(False, "read .pt/.bin LoRA files (with torch.load(weights_only=True)); only files you trust")
+
+
+def check_export(cfg: ExportConfig) -> None:
+    if not cfg.lora:
+        raise UsageError("--lora is required: pass a `dreambooth train` folder or a LoRA file")
 
 
 def fields_of(cls) -> list[dataclasses.Field]:
@@ -239,6 +257,14 @@ def check_train(cfg: TrainConfig) -> None:
         raise UsageError("--target-modules: name at least one module, e.g. to_q to_k to_v to_out.0")
 
 
+def check_identifier_config(cfg: IdentifierConfig) -> None:
+    for name in ["count", "max_chars"]:
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.min_id < 0:
+        raise UsageError(f"--min-id {cfg.min_id}: must not be negative")
+
+
 def check_generate(cfg: GenerateConfig) -> None:
     if not cfg.prompt:
         raise UsageError("--prompt is required, e.g. --prompt 'a photo of sks dog on the grass'")
@@ -246,6 +272,75 @@ def check_generate(cfg: GenerateConfig) -> None:
         raise UsageError("--output-dir is required: pass a folder for the images")
     if cfg.resolution < 0 or cfg.resolution % 8:
         raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
+    if cfg.unet_scale < 0 or cfg.text_encoder_scale < 0 or cfg.guidance < 0:
+        raise UsageError("--unet-scale, --text-encoder-scale and --guidance must not be negative")
     for name in ["num_images", "steps", "batch_size"]:
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+
+
+METRICS = ("dino", "clip-i", "clip-t", "pres", "div")
+
+
+@dataclass
+class EvaluateConfig:
+    real: str = opt("", "folder of the subject's real photos")
+    generated: str = opt("", "folder of generated images, or of `dreambooth generate` output folders (one per prompt)")
+    prompts: str = opt("", "JSON file {image path relative to --generated: prompt}; default: `prompt:` of config.yaml in the image's folder")
+    identifier: str = opt("", "identifier word deleted from prompts for CLIP-T, e.g. sks; default: from the LoRA's training config")
+    class_generated: str = opt("", "images the fine-tuned model drew from the class prompt (e.g. 'a dog'), for PRES")
+    output: str = opt("", "JSON file for the scores (per image, per prompt, means)")
+    metrics: list[str] = opt(list(METRICS), "metrics to compute; PRES needs --class-generated and DIV --lpips-net, else they are skipped")
+    dino_model: str = opt("facebook/dino-vits16", "self-supervised ViT for DINO and PRES: hub id or local folder (safetensors)")
+    clip_model: str = opt("openai/clip-vit-base-patch32", "CLIP for CLIP-I and CLIP-T: hub id or local folder (safetensors)")
+    lpips_net: str = opt("", "LPIPS AlexNet weights (.safetensors, layout in the README) for DIV")
+    batch_size: int = opt(32, "images per embedding batch")
+    cache: bool = opt(True, "keep embeddings in embeddings-cache.safetensors beside --output; a rerun embeds only new or changed images")
+
+
+def check_evaluate(cfg: EvaluateConfig) -> None:
+    for name, what in [("real", "the folder of the subject's photos"), ("generated", "the folder of generated images"),
+                       ("output", "a JSON file for the scores, e.g. scores.json")]:
+        if not getattr(cfg, name):
+            raise UsageError(f"--{name} is required: pass {what}")
+    unknown = [m for m in cfg.metrics if m not in METRICS]
+    if unknown or not cfg.metrics:
+        raise UsageError(f"--metrics {' '.join(cfg.metrics)}: choose from {' '.join(METRICS)}")
+    if cfg.batch_size < 1:
+        raise UsageError(f"--batch-size {cfg.batch_size}: must be at least 1")
+
+
+@dataclass
+class BenchConfig:
+    dataset: str = opt("", "DreamBench-layout folder: <subject>/*.jpg and prompts_and_classes.txt")
+    output_dir: str = opt("", "folder for the runs, images, scores and bench.md / .csv / .json / .html")
+    subjects: list[str] = opt([], "subjects to run (folder names); default: every subject of the dataset")
+    num_prompts: int = opt(25, "the first N of each subject's 25 prompts")
+    images_per_prompt: int = opt(4, "images generated for each prompt (and for the class prompt, for PRES)")
+    model: str = opt("stable-diffusion-v1-5/stable-diffusion-v1-5", "base model: hub id, local diffusers folder, .safetensors file, or 'tiny'",
+                     ("pretrained_model_name_or_path",))
+    identifier: str = opt("sks", "rare-token identifier bound to each subject")
+    max_steps: int = opt(400, "training steps per subject", ("max_train_steps",))
+    with_prior_preservation: bool = opt(True, "train with the class prior 'a photo of a <class>'")
+    num_class_images: int = opt(100, "class images per class noun")
+    train_config: str = opt("", "YAML of further `dreambooth train` settings for every subject, e.g. rank, learning_rate")
+    loras: str = opt("", "folder of LoRAs already trained, one per subject (LORAS/<subject>/); those are not trained again")
+    steps: int = opt(30, "sampling steps", ("num_inference_steps",))
+    guidance: float = opt(7.5, "classifier-free guidance scale", ("guidance_scale",))
+    seed: int = opt(0, "training seed; image i of each prompt is drawn with seed + i")
+    batch_size: int = opt(4, "images per pipeline call")
+    dino_model: str = opt("facebook/dino-vits16", "self-supervised ViT for DINO and PRES: hub id or local folder (safetensors)")
+    clip_model: str = opt("openai/clip-vit-base-patch32", "CLIP for CLIP-I and CLIP-T: hub id or local folder (safetensors)")
+    lpips_net: str = opt("", "LPIPS AlexNet weights (.safetensors) for DIV; empty = no DIV")
+
+
+def check_bench(cfg: BenchConfig) -> None:
+    if not cfg.dataset:
+        raise UsageError("DATASET_DIR is required: pass the DreamBench folder (<subject>/*.jpg, prompts_and_classes.txt)")
+    if not cfg.output_dir:
+        raise UsageError("--output-dir is required: pass a folder for the runs and reports")
+    for name in ["num_prompts", "images_per_prompt", "max_steps", "num_class_images", "steps", "batch_size"]:
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if not cfg.identifier or len(cfg.identifier.split()) != 1:
+        raise UsageError(f"--identifier {cfg.identifier!r}: pass one word, e.g. sks")

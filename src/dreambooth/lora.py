@@ -75,10 +75,14 @@ def add_header_metadata(path: Path, extra: dict[str, str]) -> None:
     save_file(tensors, str(path), metadata={**meta, **extra})
 
 
+OLD_WEIGHT_NAMES = ("lora_weight.safetensors", "lora_weight.pt")  # cloneofsimo/lora's training script
+
+
 def find_weights(lora: str | Path, allow_pickle: bool = False) -> Path:
     path = Path(lora).expanduser()
     if path.is_dir():
-        path = path / WEIGHT_NAME
+        found = [path / n for n in (WEIGHT_NAME, *OLD_WEIGHT_NAMES) if (path / n).is_file()]
+        path = found[0] if found else path / WEIGHT_NAME
     if not path.is_file():
         raise UsageError(f"--lora {lora}: no {WEIGHT_NAME} there; pass a folder made by `dreambooth train` or the .safetensors file")
     if path.suffix.lower() != ".safetensors" and not allow_pickle:
@@ -126,6 +130,16 @@ def lora_modules(shapes: dict[str, tuple[int, ...]]) -> dict[tuple[str, str], tu
     return {k: tuple(v) for k, v in out.items()}
 
 
+def find_module(model: torch.nn.Module, path: str):
+    """`path` in `model`, allowing for CLIP's `text_model.` prefix, which newer transformers drop."""
+    for candidate in (path, path.removeprefix("text_model."), "text_model." + path):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    return None
+
+
 def check_fits(pipe, shapes: dict[str, tuple[int, ...]], meta: dict[str, str], lora: str, model: str) -> None:
     """Refuse a LoRA whose modules are missing from `pipe` or have other sizes there, naming both models."""
     from .models import describe
@@ -137,10 +151,7 @@ def check_fits(pipe, shapes: dict[str, tuple[int, ...]], meta: dict[str, str], l
         raise UsageError(f"--lora {lora}: made for {made_for} ({family}), but --model {model} is {here}; pass the --model it was trained on")
     for (component, module_path), (n_in, n_out) in lora_modules(shapes).items():
         target = getattr(pipe, component, None)
-        try:
-            layer = target.get_submodule(module_path) if target is not None else None
-        except AttributeError:
-            layer = None
+        layer = find_module(target, module_path) if target is not None else None
         have = (getattr(layer, "in_features", None), getattr(layer, "out_features", None)) if layer is not None else None
         if have != (n_in, n_out):
             where = f"{component}.{module_path}"
@@ -152,8 +163,14 @@ def check_fits(pipe, shapes: dict[str, tuple[int, ...]], meta: dict[str, str], l
 def load_lora(pipe, lora: str | Path, unet_scale: float = 1.0, text_encoder_scale: float = 1.0,
               allow_pickle: bool = False, model: str = "the base model") -> None:
     """Load a LoRA into `pipe` with separate strengths for its UNet and text-encoder parts."""
+    from . import cloneofsimo
+
     path = find_weights(lora, allow_pickle)
-    shapes, meta, state = read_lora(path)
+    if cloneofsimo.is_cloneofsimo(path):
+        state = cloneofsimo.convert(path, pipe, allow_pickle)
+        shapes, meta = {k: tuple(v.shape) for k, v in state.items()}, {}
+    else:
+        shapes, meta, state = read_lora(path)
     check_fits(pipe, shapes, meta, str(lora), model)
     try:
         if state is None:

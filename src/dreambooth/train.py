@@ -269,6 +269,10 @@ def train(cfg: TrainConfig) -> Path:
     except OSError as e:
         raise TrainingError(f"could not write the LoRA to {out} ({e.strerror}); the checkpoint of step {step} is kept: "
                             f"free space and run again with --resume") from None
+    if cfg.export:
+        from .export import export_with
+
+        export_with(pipe, out / "pytorch_lora_weights.safetensors", cfg.export)
     if cfg.num_samples:
         images = draw(pipe, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, cfg.seed, cfg.sample_steps,
                       cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=accelerator.autocast)
