@@ -43,7 +43,8 @@ def test_sdxl_lora_loads_in_plain_diffusers_with_both_text_encoders(sdxl_lora, t
     pipe.load_lora_weights(sdxl_lora)
     assert pipe.unet.peft_config and pipe.text_encoder.peft_config and pipe.text_encoder_2.peft_config
     assert np.abs(draw(pipe) - before).mean() > 1e-3
-    assert (sdxl_lora / "samples.png").is_file() and "tiny-sdxl" in (sdxl_lora / "README.md").read_text()
+    card = (sdxl_lora / "README.md").read_text()
+    assert (sdxl_lora / "samples.png").is_file() and "tiny-sdxl" in card and "StableDiffusionXLPipeline" in card
 
 
 def test_generate_uses_the_sdxl_base_it_was_trained_on(sdxl_lora, tmp_path):

@@ -18,7 +18,9 @@ def grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
 
 
 def model_card(cfg, model_info: dict, final_loss: float | None, has_samples: bool, seconds: float) -> str:
-    te = "UNet + text encoder" if cfg.train_text_encoder else "UNet"
+    sdxl = "sdxl" in model_info["family"]
+    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
+    te = ("UNet + both text encoders" if sdxl else "UNet + text encoder") if cfg.train_text_encoder else "UNet"
     prior = (f"yes: `{cfg.class_prompt}`, {cfg.num_class_images} class images, λ = {cfg.prior_loss_weight}"
              if cfg.with_prior_preservation else "no")
     lines = [
@@ -31,7 +33,8 @@ def model_card(cfg, model_info: dict, final_loss: float | None, has_samples: boo
         "",
         f"# DreamBooth LoRA: `{cfg.instance_prompt}`",
         "",
-        f"A LoRA for **{cfg.model}** ({model_info['family']}, {model_info['prediction_type']} prediction) "
+        f"A LoRA for **{cfg.model}** ({model_info['family']}, {model_info['prediction_type']} prediction; load it onto that "
+        f"base model only) "
         f"that binds the subject of {cfg.instance_dir} to the prompt `{cfg.instance_prompt}`.",
         "",
         "| setting | value |",
@@ -59,8 +62,8 @@ def model_card(cfg, model_info: dict, final_loss: float | None, has_samples: boo
         "or in plain diffusers (for a hub or local base model):",
         "",
         "```python",
-        "from diffusers import StableDiffusionPipeline",
-        f'pipe = StableDiffusionPipeline.from_pretrained("{cfg.model}")',
+        f"from diffusers import {pipeline}",
+        f'pipe = {pipeline}.from_pretrained("{cfg.model}")',
         'pipe.load_lora_weights("path/to/this/folder")',
         f'pipe("{cfg.instance_prompt} on the grass").images[0]',
         "```",
