@@ -126,3 +126,33 @@ def test_same_seed_and_config_give_the_same_class_images_lora_and_images(photos,
     other = train_mod.train(small(photos, tmp_path / "other", max_steps=4, num_samples=0, seed=4))
     c = load_file(str(other / WEIGHT_NAME))
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters
+
+
+def test_base_prediction_prior_needs_no_class_images_and_starts_at_zero_loss(photos, tmp_path):
+    import dataclasses
+
+    from dreambooth.data import load_folder
+    from dreambooth.latents import Examples
+    from dreambooth.models import build_tiny_sdxl_pipeline
+
+    cfg = small(photos, tmp_path / "run", prior_mode="base-prediction", max_steps=3, num_samples=0)
+    out = train_mod.train(cfg)
+    assert (out / WEIGHT_NAME).is_file() and not (out / "class_images").exists()
+    assert "targets from the base model's own predictions" in (out / "README.md").read_text()
+
+    # Before any step the LoRA is the identity, so the model's class predictions equal the base model's:
+    # the class half of the loss is exactly zero while the instance half is not.
+    pipe = build_tiny_sdxl_pipeline()
+    cfg = dataclasses.replace(cfg, model="tiny-sdxl", resolution=64, lora_alpha=4.0)
+    accelerator = train_mod.make_accelerator(cfg)
+    run = train_mod.setup(cfg, pipe, accelerator)
+    encoders = [run["models"].get(n, m) for n, m in train_mod.text_encoders(pipe).items()]
+    examples = Examples(cfg, pipe.vae, [pipe.tokenizer, pipe.tokenizer_2], encoders, "cpu", torch.float32, load_folder(photos), [])
+    total, instance, prior = train_mod.step_loss(cfg, run["models"]["unet"], run["noise_scheduler"], examples, 0)
+    assert prior.item() < 1e-10 and instance.item() > 0.01  # zero up to float rounding (other batch size)
+    # ... and once the LoRA has moved, the class half measures the drift from the base model
+    with torch.no_grad():
+        for p in run["models"]["unet"].parameters():
+            if p.requires_grad:
+                p.add_(0.05)
+    assert train_mod.step_loss(cfg, run["models"]["unet"], run["noise_scheduler"], examples, 0)[2].item() > 0

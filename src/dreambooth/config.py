@@ -47,6 +47,9 @@ class TrainConfig:
     class_dir: str = opt("", "folder of class images; missing ones are generated (default: OUTPUT_DIR/class_images)", ("class_data_dir",))
     num_class_images: int = opt(100, "number of class images to use (generated when missing)")
     prior_loss_weight: float = opt(1.0, "lambda: weight of the class loss")
+    prior_mode: str = opt("generated", "class targets: 'generated' class images (the paper), or 'base-prediction': the frozen "
+                                       "base model's own prediction for the class prompt on the photos' noised latents "
+                                       "(no class images needed)", choices=("generated", "base-prediction"))
     class_image_steps: int = opt(25, "sampling steps when generating class images")
     sample_batch_size: int = opt(4, "batch size when generating class images and samples")
     rank: int = opt(16, "LoRA rank", ("lora_rank",))

@@ -5,6 +5,7 @@ generators seeded by (seed, m): a resumed run draws exactly what an uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,19 @@ def stream_indices(pos: int, count: int, n: int, seed: int) -> list[int]:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + p // n))
         out.append(int(perm[p % n]))
     return out
+
+
+@contextlib.contextmanager
+def adapters_off(*models):
+    """Run the frozen base model: LoRA adapters of `models` (those that have any) switched off."""
+    adapted = [m for m in models if getattr(m, "peft_config", None)]
+    for m in adapted:
+        m.disable_adapters()
+    try:
+        yield
+    finally:
+        for m in adapted:
+            m.enable_adapters()
 
 
 @dataclass
@@ -47,6 +61,7 @@ class Examples:
         self.embeddings: dict = {}
 
     def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator):
+        which = "instance" if which == "prior" else which
         key = (which, idx, flip)
         if key in self.posteriors:
             return self.posteriors[key]
@@ -64,7 +79,7 @@ class Examples:
         return out
 
     def prompt(self, which: str, idx: int) -> str:
-        if which == "class":
+        if which in ("class", "prior"):
             return self.cfg.class_prompt
         return self.sets["instance"][idx].caption or self.cfg.instance_prompt
 
@@ -81,11 +96,26 @@ class Examples:
         pooled = None if self.embeddings[prompts[0]][1] is None else torch.stack([self.embeddings[p][1] for p in prompts])
         return hidden, pooled
 
+    def base_encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings from the text encoders with their adapters off: the frozen base model's view, cached."""
+        missing = [p for p in dict.fromkeys(prompts) if ("base", p) not in self.embeddings]
+        if missing:
+            with torch.no_grad(), adapters_off(*self.encoders):
+                hidden, pooled = encode_prompts(self.tokenizers, self.encoders, missing, self.device)
+            for i, p in enumerate(missing):
+                self.embeddings[("base", p)] = (hidden[i], None if pooled is None else pooled[i])
+        hidden = torch.stack([self.embeddings[("base", p)][0] for p in prompts])
+        first = self.embeddings[("base", prompts[0])][1]
+        return hidden, None if first is None else torch.stack([self.embeddings[("base", p)][1] for p in prompts])
+
     def batch(self, micro_step: int) -> Batch:
         cfg, bs = self.cfg, self.cfg.batch_size
         g = step_generator(cfg.seed, micro_step, stream=1)
         picks = [("instance", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["instance"]), cfg.seed)]
-        if cfg.with_prior_preservation:
+        if cfg.with_prior_preservation and cfg.prior_mode == "base-prediction":
+            # the class half: the same photos, read with the class prompt; the target comes from the base model
+            picks += [("prior", idx) for _, idx in picks]
+        elif cfg.with_prior_preservation:
             picks += [("class", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["class"]), cfg.seed + 1)]
         latents, time_ids = [], []
         for which, idx in picks:

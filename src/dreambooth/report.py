@@ -21,8 +21,11 @@ def model_card(cfg, model_info: dict, final_loss: float | None, has_samples: boo
     sdxl = "sdxl" in model_info["family"]
     pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
     te = ("UNet + both text encoders" if sdxl else "UNet + text encoder") if cfg.train_text_encoder else "UNet"
-    prior = (f"yes: `{cfg.class_prompt}`, {cfg.num_class_images} class images, λ = {cfg.prior_loss_weight}"
-             if cfg.with_prior_preservation else "no")
+    prior = "no"
+    if cfg.with_prior_preservation and cfg.prior_mode == "base-prediction":
+        prior = f"yes: `{cfg.class_prompt}`, targets from the base model's own predictions, λ = {cfg.prior_loss_weight}"
+    elif cfg.with_prior_preservation:
+        prior = f"yes: `{cfg.class_prompt}`, {cfg.num_class_images} class images, λ = {cfg.prior_loss_weight}"
     lines = [
         "---",
         f"base_model: {cfg.model}",

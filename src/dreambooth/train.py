@@ -24,7 +24,7 @@ from .config import TrainConfig, check_train, to_yaml
 from .data import load_folder
 from .errors import TrainingError, UsageError, warn
 from .identifier import check_identifier
-from .latents import Examples, step_generator
+from .latents import Examples, adapters_off, step_generator
 from .lora import add_lora, save_lora
 from .loss import dreambooth_loss, training_target
 from .models import describe, load_pipeline, load_vae
@@ -124,7 +124,22 @@ def step_loss(cfg: TrainConfig, unet, noise_scheduler, examples: Examples, micro
     torch.manual_seed(cfg.seed * 1_000_003 + micro_step)  # LoRA dropout draws from the global generator
     pred = unet(noisy, timesteps, hidden, added_cond_kwargs=extra).sample
     target = training_target(noise_scheduler, latents, noise, timesteps)
+    if cfg.with_prior_preservation and cfg.prior_mode == "base-prediction":
+        target = torch.cat([target[: -batch.num_class], base_prediction(unet, examples, batch, noisy, timesteps)])
     return dreambooth_loss(pred, target, batch.num_class, cfg.prior_loss_weight)
+
+
+def base_prediction(unet, examples: Examples, batch, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The frozen base model's output for the class half of the batch: what prior preservation keeps."""
+    n = batch.num_class
+    hidden, pooled = examples.base_encode(batch.prompts[-n:])
+    extra = None if pooled is None else {"text_embeds": pooled, "time_ids": batch.time_ids[-n:].to(pooled.dtype)}
+    with torch.no_grad(), adapters_off(unwrap(unet)):
+        return unet(noisy[-n:], timesteps[-n:], hidden, added_cond_kwargs=extra).sample
+
+
+def unwrap(model):
+    return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
 
 
 # ---------------------------------------------------------------- the run
@@ -185,14 +200,14 @@ def train(cfg: TrainConfig) -> Path:
         pipe.vae = load_vae(cfg.vae)
     info = describe(pipe)
     cfg = dataclasses.replace(cfg, resolution=cfg.resolution or info["native_resolution"], lora_alpha=float(cfg.lora_alpha or cfg.rank),
-                              class_dir=cfg.class_dir or (str(out / "class_images") if cfg.with_prior_preservation else ""))
+                              class_dir=cfg.class_dir or (str(out / "class_images") if cfg.with_prior_preservation and cfg.prior_mode == "generated" else ""))
     check_identifier(pipe.tokenizer, cfg.instance_prompt, cfg.class_prompt)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "config.yaml", to_yaml(cfg))
     print(f"{cfg.model}: {info['family']}, {info['prediction_type']} prediction; {len(photos)} photos at {cfg.resolution} px", flush=True)
 
     classes = []
-    if cfg.with_prior_preservation:
+    if cfg.with_prior_preservation and cfg.prior_mode == "generated":
         pipe.to(accelerator.device)
         ensure_class_images(pipe, cfg.class_prompt, cfg.class_dir, cfg.num_class_images, cfg.resolution, cfg.seed,
                             cfg.class_image_steps, cfg.sample_batch_size, cfg.guidance_scale)
