@@ -7,6 +7,14 @@ import pytest
 SAMPLE = Path(str(resources.files("dreambooth") / "assets" / "sample_subject" / "dog"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def class_image_bank(tmp_path_factory):
+    """Tests keep the shared class-image bank out of the user's cache."""
+    import os
+
+    os.environ["DREAMBOOTH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
 def photos(tmp_path) -> Path:
     """A copy of the bundled subject's photos."""

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import signal
 
 import pytest
@@ -23,7 +24,10 @@ def test_train_with_prior_preservation_and_text_encoder_writes_everything(photos
     weights = load_file(str(out / WEIGHT_NAME))
     assert any(k.startswith("unet.") for k in weights) and any(k.startswith("text_encoder.") for k in weights)
     assert all(torch.isfinite(v).all() for v in weights.values())
-    assert len(list((out / "class_images").glob("class-*.png"))) == 4
+    import yaml
+
+    class_dir = yaml.safe_load((out / "config.yaml").read_text())["class_dir"]
+    assert len(list(Path(class_dir).glob("class-*.png"))) == 4
     assert (out / "samples.png").is_file() and (out / "validation" / "step-000006.png").is_file()
     card = (out / "README.md").read_text()
     assert "a photo of sks dog" in card and "prior preservation | yes" in card and "samples.png" in card
@@ -114,7 +118,8 @@ def test_same_seed_and_config_give_the_same_class_images_lora_and_images(photos,
     from dreambooth.config import GenerateConfig
     from dreambooth.generate import generate
 
-    runs = [train_mod.train(small(photos, tmp_path / f"run{i}", max_steps=4, num_samples=2)) for i in range(2)]
+    runs = [train_mod.train(small(photos, tmp_path / f"run{i}", class_dir=str(tmp_path / f"run{i}" / "class_images"),
+                                  max_steps=4, num_samples=2)) for i in range(2)]
     a, b = (load_file(str(r / WEIGHT_NAME)) for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     for x, y in zip(*(sorted((r / "class_images").iterdir()) for r in runs)):
@@ -156,3 +161,20 @@ def test_base_prediction_prior_needs_no_class_images_and_starts_at_zero_loss(pho
             if p.requires_grad:
                 p.add_(0.05)
     assert train_mod.step_loss(cfg, run["models"]["unet"], run["noise_scheduler"], examples, 0)[2].item() > 0
+
+
+def test_class_image_bank_is_shared_by_later_runs(photos, tmp_path, monkeypatch):
+    import dreambooth.class_images as class_images
+
+    drawn = []
+    real_draw = class_images.draw
+    monkeypatch.setattr(class_images, "draw", lambda *a, **k: drawn.append(a[2]) or real_draw(*a, **k))
+    kw = dict(class_prompt="a photo of a bank dog", max_steps=1, num_samples=0, num_class_images=3)
+    train_mod.train(small(photos, tmp_path / "first", **kw))
+    assert sum(drawn) == 3
+    train_mod.train(small(photos, tmp_path / "second", **kw))  # another run, same class settings: nothing drawn
+    assert sum(drawn) == 3
+    train_mod.train(small(photos, tmp_path / "third", **{**kw, "num_class_images": 4}))  # one more image only
+    assert sum(drawn) == 4
+    train_mod.train(small(photos, tmp_path / "fourth", **{**kw, "seed": 9}))  # other seed, other images
+    assert sum(drawn) == 7

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import os
+import re
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -50,3 +54,23 @@ def consecutive_runs(indices: list[int]) -> list[list[int]]:
         else:
             runs.append([i])
     return runs
+
+
+def cache_root() -> Path:
+    if os.environ.get("DREAMBOOTH_CACHE"):
+        return Path(os.environ["DREAMBOOTH_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "dreambooth"
+
+
+def bank_dir(model: str, vae: str, class_prompt: str, resolution: int, steps: int, guidance: float, seed: int) -> Path:
+    """Where the class images of these settings live, shared by every run and subject that asks for the same.
+
+    Image i depends only on (base model, VAE, prompt, resolution, sampler, steps, guidance, seed + i), so
+    runs that agree on those share images; asking for more images adds to the same folder."""
+    def identity(name: str) -> str:
+        path = Path(name).expanduser()
+        return f"{path.resolve()}@{path.stat().st_mtime_ns}" if name and path.exists() else name
+
+    key = json.dumps([identity(model), identity(vae), class_prompt, resolution, "dpmsolver++", steps, guidance, seed])
+    slug = re.sub(r"[^a-z0-9]+", "-", class_prompt.lower()).strip("-")[:40] or "class"
+    return cache_root() / "class-images" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"

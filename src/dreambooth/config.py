@@ -44,7 +44,8 @@ class TrainConfig:
     random_flip: bool = opt(False, "flip images horizontally at random")
     with_prior_preservation: bool = opt(False, "add the class-specific prior-preservation loss")
     class_prompt: str = opt("", "prompt for the class prior, e.g. 'a photo of a dog'")
-    class_dir: str = opt("", "folder of class images; missing ones are generated (default: OUTPUT_DIR/class_images)", ("class_data_dir",))
+    class_dir: str = opt("", "folder of class images; missing ones are generated (default: a shared class-image bank in "
+                             "the user cache, keyed by model, prompt, resolution, sampler and seed)", ("class_data_dir",))
     num_class_images: int = opt(100, "number of class images to use (generated when missing)")
     prior_loss_weight: float = opt(1.0, "lambda: weight of the class loss")
     prior_mode: str = opt("generated", "class targets: 'generated' class images (the paper), or 'base-prediction': the frozen "

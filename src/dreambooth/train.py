@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import atomic, checkpoint, report
-from .class_images import ensure_class_images
+from .class_images import bank_dir, ensure_class_images
 from .config import TrainConfig, check_train, to_yaml
 from .data import load_folder
 from .errors import TrainingError, UsageError, warn
@@ -102,6 +102,13 @@ def setup(cfg: TrainConfig, pipe, accelerator):
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     return {"models": dict(zip(trained, models)), "optimizer": optimizer, "lr_scheduler": lr_scheduler,
             "noise_scheduler": noise_scheduler, "weight_dtype": weight_dtype}
+
+
+def default_class_dir(cfg: TrainConfig, info: dict) -> str:
+    if not (cfg.with_prior_preservation and cfg.prior_mode == "generated"):
+        return ""
+    resolution = cfg.resolution or info["native_resolution"]
+    return str(bank_dir(cfg.model, cfg.vae, cfg.class_prompt, resolution, cfg.class_image_steps, cfg.guidance_scale, cfg.seed))
 
 
 def text_encoders(pipe) -> dict:
@@ -200,7 +207,7 @@ def train(cfg: TrainConfig) -> Path:
         pipe.vae = load_vae(cfg.vae)
     info = describe(pipe)
     cfg = dataclasses.replace(cfg, resolution=cfg.resolution or info["native_resolution"], lora_alpha=float(cfg.lora_alpha or cfg.rank),
-                              class_dir=cfg.class_dir or (str(out / "class_images") if cfg.with_prior_preservation and cfg.prior_mode == "generated" else ""))
+                              class_dir=cfg.class_dir or default_class_dir(cfg, info))
     check_identifier(pipe.tokenizer, cfg.instance_prompt, cfg.class_prompt)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "config.yaml", to_yaml(cfg))
