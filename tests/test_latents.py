@@ -39,3 +39,20 @@ def test_sdxl_prompts_give_hidden_states_of_both_encoders_and_a_pooled_embedding
     assert hidden.shape == (2, 77, 64) and pooled.shape == (2, 32)
     reference = pipe.encode_prompt(["a photo of sks dog", "a photo of a dog"], device="cpu", do_classifier_free_guidance=False)
     assert torch.allclose(hidden, reference[0], atol=1e-6) and torch.allclose(pooled, reference[2], atol=1e-6)
+
+
+def test_precomputing_everything_up_front_changes_no_batch(photos):
+    from dreambooth.data import load_folder
+    from dreambooth.models import build_tiny_pipeline
+
+    pipe, images = build_tiny_pipeline(), load_folder(photos)
+    cfg = TrainConfig(resolution=64, random_flip=True, with_prior_preservation=True, class_prompt="a photo of a dog",
+                      instance_prompt="a photo of sks dog", batch_size=2)
+    ahead = Examples(cfg, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, images, images[:2])
+    lazy = Examples(cfg, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, images, images[:2])
+    ahead.precompute()
+    assert len(ahead.posteriors) == (5 + 2) * 2  # every image, both flips
+    for micro in range(6):
+        x, y = ahead.batch(micro), lazy.batch(micro)
+        assert torch.equal(x.latents, y.latents) and x.prompts == y.prompts
+        assert torch.equal(ahead.encode(x.prompts)[0], lazy.encode(y.prompts)[0])

@@ -10,7 +10,6 @@ interrupted run picks up where it stopped.
     OUT/<subject>/images/NN-<prompt>/   image-000.png ... and config.yaml (as `dreambooth generate` writes)
     OUT/<subject>/class/                images of the class prompt, for PRES
     OUT/<subject>/scores.json           evaluate's scores for the subject, and the settings that made them
-    OUT/class_images/<class>/           prior-preservation images, shared by the subjects of a class
 """
 
 from __future__ import annotations
@@ -112,8 +111,8 @@ def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, 
     wanted = dataclasses.replace(
         base, model=cfg.model, instance_dir=str(dataset / subject), instance_prompt=f"a photo of {cfg.identifier} {noun}",
         output_dir=str(lora_dir), with_prior_preservation=cfg.with_prior_preservation,
+        # Class images come from train's shared bank (keyed by model, prompt, sampler, seed): one set per class noun.
         class_prompt=f"a photo of a {noun}" if cfg.with_prior_preservation else "",
-        class_dir=str(out / "class_images" / slug(noun)) if cfg.with_prior_preservation else "",
         num_class_images=cfg.num_class_images, max_steps=cfg.max_steps, seed=cfg.seed,
     )
     done = (lora_dir / WEIGHT_NAME).is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -21,7 +22,7 @@ def existing(class_dir: Path) -> list[Path]:
 
 
 def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int, resolution: int, seed: int = 0,
-                        steps: int = 25, batch_size: int = 4, guidance_scale: float = 7.5) -> list[Path]:
+                        steps: int = 25, batch_size: int = 4, guidance_scale: float = 7.5, autocast=contextlib.nullcontext) -> list[Path]:
     """Make `class_dir` hold at least `num` images of `class_prompt`; return the first `num`.
 
     Image i is `class-{i:05d}.png`, drawn with seed `seed + i`, written atomically: an interrupted run
@@ -38,7 +39,8 @@ def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int
     for run in consecutive_runs(missing):
         for start in range(0, len(run), batch_size):
             chunk = run[start : start + batch_size]
-            images = draw(pipe, class_prompt, len(chunk), seed, steps, guidance_scale, resolution, batch_size, first_index=chunk[0])
+            images = draw(pipe, class_prompt, len(chunk), seed, steps, guidance_scale, resolution, batch_size,
+                          first_index=chunk[0], autocast=autocast)
             for i, image in zip(chunk, images):
                 atomic.save_image(image, class_dir / f"class-{i:05d}.png")
             bar.update(len(chunk))

@@ -67,6 +67,7 @@ class TrainConfig:
     batch_size: int = opt(1, "instance images per step (as many class images join them)", ("train_batch_size",))
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimiser step")
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet (and text encoder)")
+    compile: bool = opt(False, "torch.compile the UNet (slow first steps, faster after; mostly worth it on a GPU)")
     mixed_precision: str = opt("no", "autocast precision (fp16 needs a GPU)", choices=("no", "fp16", "bf16"))
     use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (CUDA only; AdamW elsewhere)")
     adam_beta1: float = opt(0.9, "AdamW beta1")

@@ -96,6 +96,20 @@ class Examples:
         pooled = None if self.embeddings[prompts[0]][1] is None else torch.stack([self.embeddings[p][1] for p in prompts])
         return hidden, pooled
 
+    def precompute(self) -> None:
+        """Encode every fixed-crop image (both flips when flipping) and, with frozen text encoders, every prompt."""
+        flips = (False, True) if self.cfg.random_flip else (False,)
+        for which, photos in self.sets.items():
+            if which == "class" or self.cfg.center_crop:
+                for idx in range(len(photos)):
+                    for flip in flips:
+                        self.posterior(which, idx, flip, None)
+        if not self.cfg.train_text_encoder:
+            prompts = [self.prompt("instance", i) for i in range(len(self.sets["instance"]))]
+            self.encode(prompts + ([self.cfg.class_prompt] if self.cfg.with_prior_preservation else []))
+        if self.cfg.with_prior_preservation and self.cfg.prior_mode == "base-prediction":
+            self.base_encode([self.cfg.class_prompt])
+
     def base_encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embeddings from the text encoders with their adapters off: the frozen base model's view, cached."""
         missing = [p for p in dict.fromkeys(prompts) if ("base", p) not in self.embeddings]

@@ -98,7 +98,11 @@ def setup(cfg: TrainConfig, pipe, accelerator):
             trained[name].gradient_checkpointing_enable()
     optimizer = make_optimizer(cfg, groups, accelerator.device)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps)
+    if accelerator.device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)  # cuDNN's fast convolution layout
     *models, optimizer = accelerator.prepare(*trained.values(), optimizer)
+    if cfg.compile:
+        models[0] = torch.compile(models[0])
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     return {"models": dict(zip(trained, models)), "optimizer": optimizer, "lr_scheduler": lr_scheduler,
             "noise_scheduler": noise_scheduler, "weight_dtype": weight_dtype}
@@ -109,6 +113,13 @@ def default_class_dir(cfg: TrainConfig, info: dict) -> str:
         return ""
     resolution = cfg.resolution or info["native_resolution"]
     return str(bank_dir(cfg.model, cfg.vae, cfg.class_prompt, resolution, cfg.class_image_steps, cfg.guidance_scale, cfg.seed))
+
+
+def sampling_precision(accelerator):
+    """Class images on a GPU are drawn in fp16: twice as fast, and the images are the same to the eye."""
+    if accelerator.device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext
 
 
 def text_encoders(pipe) -> dict:
@@ -217,7 +228,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.with_prior_preservation and cfg.prior_mode == "generated":
         pipe.to(accelerator.device)
         ensure_class_images(pipe, cfg.class_prompt, cfg.class_dir, cfg.num_class_images, cfg.resolution, cfg.seed,
-                            cfg.class_image_steps, cfg.sample_batch_size, cfg.guidance_scale)
+                            cfg.class_image_steps, cfg.sample_batch_size, cfg.guidance_scale, sampling_precision(accelerator))
         classes = load_folder(cfg.class_dir, "--class-dir")[: cfg.num_class_images]
 
     run = setup(cfg, pipe, accelerator)
@@ -227,6 +238,16 @@ def train(cfg: TrainConfig) -> Path:
     encoders = [prepared.get(name, m) for name, m in text_encoders(pipe).items()]
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if len(encoders) == 2 else [])
     examples = Examples(cfg, pipe.vae, tokenizers, encoders, accelerator.device, run["weight_dtype"], photos, classes)
+    if accelerator.device.type == "cuda":
+        # Everything the frozen VAE and text encoders will ever be asked during training, asked now;
+        # then they leave the GPU (and come back only to draw validation images).
+        examples.precompute()
+        frozen = ([] if not cfg.center_crop else [pipe.vae]) + ([] if cfg.train_text_encoder else list(text_encoders(pipe).values()))
+        offload = lambda: [m.to("cpu") for m in frozen]  # noqa: E731
+        onload = lambda: [m.to(accelerator.device) for m in frozen]  # noqa: E731
+        offload()
+    else:
+        offload = onload = lambda: None  # noqa: E731
 
     ckpt_dir = out / "checkpoints"
     checkpoint.remove_partial(ckpt_dir)
@@ -266,8 +287,10 @@ def train(cfg: TrainConfig) -> Path:
                 if checkpoint_now:
                     save_checkpoint(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
                 if cfg.validation_prompt and step % cfg.validation_steps == 0:
+                    onload()
                     images = draw(pipe, cfg.validation_prompt, cfg.num_validation_images, cfg.seed, cfg.sample_steps,
                                   cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=accelerator.autocast)
+                    offload()
                     atomic.save_image(report.grid(images), out / "validation" / f"step-{step:06d}.png")
                 if stop.requested:
                     raise KeyboardInterrupt
@@ -291,6 +314,7 @@ def train(cfg: TrainConfig) -> Path:
     except OSError as e:
         raise TrainingError(f"could not write the LoRA to {out} ({e.strerror}); the checkpoint of step {step} is kept: "
                             f"free space and run again with --resume") from None
+    onload()
     if cfg.export:
         from .export import export_with
 
