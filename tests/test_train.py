@@ -178,3 +178,33 @@ def test_class_image_bank_is_shared_by_later_runs(photos, tmp_path, monkeypatch)
     assert sum(drawn) == 4
     train_mod.train(small(photos, tmp_path / "fourth", **{**kw, "seed": 9}))  # other seed, other images
     assert sum(drawn) == 7
+
+
+def test_events_and_stop_from_another_thread(photos, tmp_path):
+    import threading
+
+    events, stop = [], threading.Event()
+
+    def listen(event):
+        events.append(event)
+        if event["kind"] == "step" and event["step"] == 3:
+            stop.set()  # a UI's Stop button
+
+    cfg = small(photos, tmp_path / "run", with_prior_preservation=False, max_steps=8, num_samples=0,
+                validation_prompt="a photo of sks dog", validation_steps=2)
+    worker_error = []
+    thread = threading.Thread(target=lambda: worker_error.append(pytest.raises(KeyboardInterrupt, train_mod.train, cfg, listen, stop)))
+    thread.start()
+    thread.join(120)
+    assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3]
+    assert [e["step"] for e in events if e["kind"] == "validation"] == [2]
+    assert (tmp_path / "run" / "checkpoints" / "step-000003").is_dir()
+    events.clear()
+    out = train_mod.train(dataclasses_replace(cfg, resume=True), events.append)
+    assert [e["step"] for e in events if e["kind"] == "step"] == [4, 5, 6, 7, 8] and events[-1] == {"kind": "done", "path": str(out)}
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)

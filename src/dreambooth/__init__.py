@@ -13,10 +13,10 @@ __all__ = ["TrainConfig", "GenerateConfig", "IdentifierConfig", "EvaluateConfig"
 __version__ = "0.1.0"
 
 
-def train(cfg: TrainConfig):
+def train(cfg: TrainConfig, on_event=None, stop_event=None):
     from .train import train as _train
 
-    return _train(cfg)
+    return _train(cfg, on_event, stop_event)
 
 
 def generate(cfg: GenerateConfig):

@@ -163,18 +163,25 @@ def unwrap(model):
 # ---------------------------------------------------------------- the run
 
 class StopRequest:
-    requested = False
+    """Set by Ctrl-C, or by a caller's `threading.Event` (a UI's Stop button)."""
+
+    def __init__(self, event=None):
+        self.event, self.ctrl_c = event, False
+
+    @property
+    def requested(self) -> bool:
+        return self.ctrl_c or (self.event is not None and self.event.is_set())
 
 
 @contextlib.contextmanager
-def stop_on_ctrl_c():
-    """First Ctrl-C: finish the current step, save a checkpoint, stop. Second: stop at once."""
-    stop = StopRequest()
+def stop_on_ctrl_c(event=None):
+    """First Ctrl-C (or `event` set): finish the current step, save a checkpoint, stop. Second Ctrl-C: stop at once."""
+    stop = StopRequest(event)
 
     def handler(signum, frame):
         if stop.requested:
             raise KeyboardInterrupt
-        stop.requested = True
+        stop.ctrl_c = True
         print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     try:
@@ -207,7 +214,14 @@ def save_checkpoint(ckpt_dir: Path, step: int, named: dict, optimizer, lr_schedu
                             f"free space and run again with --resume") from None
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
+    """Train; return the output folder.
+
+    `on_event(dict)` hears progress (for a UI): {"kind": "step", "step", "max_steps", "loss", "seconds"} after
+    each step, {"kind": "validation", "step", "path"} for each validation grid, {"kind": "done", "path"} at the end.
+    Setting `stop_event` (a threading.Event) stops after the current step with a checkpoint saved, and
+    raises KeyboardInterrupt, as Ctrl-C does."""
+    emit = on_event or (lambda event: None)
     check_train(cfg)
     check_paths(cfg)
     photos = load_folder(cfg.instance_dir, "--instance-dir")
@@ -264,7 +278,7 @@ def train(cfg: TrainConfig) -> Path:
     started, loss_value, in_step = time.time(), None, False
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step")
     try:
-        with stop_on_ctrl_c() as stop, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
+        with stop_on_ctrl_c(stop_event) as stop, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             while step < cfg.max_steps:
                 in_step = True
                 for micro in range(step * k, step * k + k):
@@ -292,6 +306,10 @@ def train(cfg: TrainConfig) -> Path:
                                   cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=accelerator.autocast)
                     offload()
                     atomic.save_image(report.grid(images), out / "validation" / f"step-{step:06d}.png")
+                    emit({"kind": "validation", "step": step, "path": str(out / "validation" / f"step-{step:06d}.png")})
+                if on_event:
+                    emit({"kind": "step", "step": step, "max_steps": cfg.max_steps, "loss": loss_value,
+                          "seconds": time.time() - started})
                 if stop.requested:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -325,4 +343,5 @@ def train(cfg: TrainConfig) -> Path:
         atomic.save_image(report.grid(images), out / "samples.png")
     atomic.write_text(out / "README.md", report.model_card(cfg, info, loss_value, cfg.num_samples > 0, seconds))
     print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {out}", flush=True)
+    emit({"kind": "done", "path": str(out)})
     return out
