@@ -22,11 +22,13 @@ def existing(class_dir: Path) -> list[Path]:
 
 
 def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int, resolution: int, seed: int = 0,
-                        steps: int = 25, batch_size: int = 4, guidance_scale: float = 7.5, autocast=contextlib.nullcontext) -> list[Path]:
+                        steps: int = 25, batch_size: int = 4, guidance_scale: float = 7.5, autocast=contextlib.nullcontext,
+                        shard: tuple[int, int] = (0, 1)) -> list[Path]:
     """Make `class_dir` hold at least `num` images of `class_prompt`; return the first `num`.
 
     Image i is `class-{i:05d}.png`, drawn with seed `seed + i`, written atomically: an interrupted run
-    resumes where it stopped and makes the same images it would have made.
+    resumes where it stopped and makes the same images it would have made, and processes sharing the work
+    (`shard` = (rank, number of processes)) make the images one process would.
     """
     class_dir = Path(class_dir)
     class_dir.mkdir(parents=True, exist_ok=True)
@@ -34,6 +36,8 @@ def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int
     names = {p.name for p in have}
     free = (i for i in itertools.count() if f"class-{i:05d}.png" not in names)
     missing = list(itertools.islice(free, max(0, num - len(have))))
+    rank, world = shard  # with several processes each draws every world-th missing image
+    missing = missing[rank::world]
     bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not missing)
     # Runs of consecutive indices are drawn together so image i always comes from seed + i.
     for run in consecutive_runs(missing):

@@ -1,7 +1,8 @@
 """Photos and class images -> the latents, prompts and conditioning of one micro-batch.
 
-Everything random at micro-step m (which photos, flips, crops, the latent sample) comes from
-generators seeded by (seed, m): a resumed run draws exactly what an uninterrupted one would."""
+Everything random about an example (which photo, flip, crop, latent sample, noise, timestep) comes from a
+generator seeded by (seed, its position in the stream): a resumed run draws exactly what an uninterrupted
+one would, and N processes draw what one process with N times the batch would."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from .data import resize_and_crop, to_tensor
 from .text_encoding import encode_prompts
 
 
-def step_generator(seed: int, micro_step: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 4 + stream)
+def example_generator(seed: int, kind: str, position: int) -> torch.Generator:
+    stream = {"instance": 0, "class": 1, "prior": 2}[kind]
+    return torch.Generator().manual_seed((seed * 1_000_003 + position) * 4 + stream)
 
 
 def stream_indices(pos: int, count: int, n: int, seed: int) -> list[int]:
@@ -46,6 +48,7 @@ class Batch:
     prompts: list[str]
     num_class: int
     time_ids: torch.Tensor  # SDXL micro-conditioning per example: original size, crop corner, target size
+    rngs: list  # each example's generator, to draw its noise and timestep next
 
 
 class Examples:
@@ -53,8 +56,10 @@ class Examples:
     reused; each step still samples a fresh latent from it, as encoding anew would. Prompt embeddings
     are cached while the text encoders are frozen."""
 
-    def __init__(self, cfg, vae, tokenizers: list, encoders: list, device, dtype, instance: list, classes: list):
+    def __init__(self, cfg, vae, tokenizers: list, encoders: list, device, dtype, instance: list, classes: list,
+                 rank: int = 0, world: int = 1):
         self.cfg, self.vae, self.tokenizers, self.encoders = cfg, vae, tokenizers, encoders
+        self.rank, self.world = rank, world  # this process's share of the stream of examples
         self.device, self.dtype = device, dtype
         self.sets = {"instance": instance, "class": classes}
         self.posteriors: dict = {}
@@ -123,21 +128,28 @@ class Examples:
         return hidden, None if first is None else torch.stack([self.embeddings[("base", p)][1] for p in prompts])
 
     def batch(self, micro_step: int) -> Batch:
+        """Micro-batch `micro_step` of this process. Its examples are positions of one global stream, and each
+        example draws its flip, crop, latent sample, noise and timestep from its own generator: N processes with
+        batch b see exactly the examples and randomness of one process with batch N*b."""
         cfg, bs = self.cfg, self.cfg.batch_size
-        g = step_generator(cfg.seed, micro_step, stream=1)
-        picks = [("instance", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["instance"]), cfg.seed)]
+        first = (micro_step * self.world + self.rank) * bs
+        instance = stream_indices(first, bs, len(self.sets["instance"]), cfg.seed)
+        picks = [("instance", i, first + j) for j, i in enumerate(instance)]
         if cfg.with_prior_preservation and cfg.prior_mode == "base-prediction":
             # the class half: the same photos, read with the class prompt; the target comes from the base model
-            picks += [("prior", idx) for _, idx in picks]
+            picks += [("prior", idx, pos) for _, idx, pos in picks]
         elif cfg.with_prior_preservation:
-            picks += [("class", i) for i in stream_indices(micro_step * bs, bs, len(self.sets["class"]), cfg.seed + 1)]
-        latents, time_ids = [], []
-        for which, idx in picks:
+            classes = stream_indices(first, bs, len(self.sets["class"]), cfg.seed + 1)
+            picks += [("class", i, first + j) for j, i in enumerate(classes)]
+        latents, time_ids, rngs = [], [], []
+        for which, idx, pos in picks:
+            g = example_generator(cfg.seed, which, pos)
             flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
             mean, std, ids = self.posterior(which, idx, flip, g)
             noise = torch.randn(mean.shape, generator=g).to(mean.device, mean.dtype)
             latents.append(mean + std * noise)
             time_ids.append(ids)
+            rngs.append(g)
         latents = torch.cat(latents) * self.vae.config.scaling_factor
-        prompts = [self.prompt(which, idx) for which, idx in picks]
-        return Batch(latents, prompts, len(picks) - bs, torch.cat(time_ids).to(self.device))
+        prompts = [self.prompt(which, idx) for which, idx, _ in picks]
+        return Batch(latents, prompts, len(picks) - bs, torch.cat(time_ids).to(self.device), rngs)

@@ -24,7 +24,7 @@ from .config import TrainConfig, check_train, to_yaml
 from .data import load_folder
 from .errors import TrainingError, UsageError, warn
 from .identifier import check_identifier
-from .latents import Examples, adapters_off, step_generator
+from .latents import Examples, adapters_off
 from .lora import add_lora, save_lora
 from .loss import dreambooth_loss, training_target
 from .models import describe, load_pipeline, load_vae
@@ -52,7 +52,9 @@ def make_accelerator(cfg: TrainConfig):
     # (Python API, tests, a UI worker) may ask for another precision or accumulation.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    # cpu=True lets accelerate run several CPU processes (gloo) when launched with torchrun / accelerate launch
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                       cpu=not torch.cuda.is_available())
 
 
 def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.device):
@@ -133,9 +135,9 @@ def step_loss(cfg: TrainConfig, unet, noise_scheduler, examples: Examples, micro
     """Loss of one micro-batch: noise the latents at random timesteps, predict, compare with the target."""
     batch = examples.batch(micro_step)
     latents = batch.latents
-    g = step_generator(cfg.seed, micro_step, stream=2)
-    noise = torch.randn(latents.shape, generator=g).to(latents.device, latents.dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(latents.device)
+    noise = torch.cat([torch.randn((1, *latents.shape[1:]), generator=g) for g in batch.rngs]).to(latents.device, latents.dtype)
+    steps = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in batch.rngs]).to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     hidden, pooled = examples.encode(batch.prompts)
     extra = None if pooled is None else {"text_embeds": pooled, "time_ids": batch.time_ids.to(pooled.dtype)}
@@ -152,8 +154,9 @@ def base_prediction(unet, examples: Examples, batch, noisy: torch.Tensor, timest
     n = batch.num_class
     hidden, pooled = examples.base_encode(batch.prompts[-n:])
     extra = None if pooled is None else {"text_embeds": pooled, "time_ids": batch.time_ids[-n:].to(pooled.dtype)}
-    with torch.no_grad(), adapters_off(unwrap(unet)):
-        return unet(noisy[-n:], timesteps[-n:], hidden, added_cond_kwargs=extra).sample
+    base = unwrap(unet)  # no DistributedDataParallel hooks for a forward that never goes backward
+    with torch.no_grad(), adapters_off(base):
+        return base(noisy[-n:], timesteps[-n:], hidden, added_cond_kwargs=extra).sample
 
 
 def unwrap(model):
@@ -233,16 +236,21 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
     info = describe(pipe)
     cfg = dataclasses.replace(cfg, resolution=cfg.resolution or info["native_resolution"], lora_alpha=float(cfg.lora_alpha or cfg.rank),
                               class_dir=cfg.class_dir or default_class_dir(cfg, info))
-    check_identifier(pipe.tokenizer, cfg.instance_prompt, cfg.class_prompt)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "config.yaml", to_yaml(cfg))
-    print(f"{cfg.model}: {info['family']}, {info['prediction_type']} prediction; {len(photos)} photos at {cfg.resolution} px", flush=True)
+    main = accelerator.is_main_process  # with several processes only the first writes anything
+    say = print if main else (lambda *a, **k: None)
+    if main:
+        check_identifier(pipe.tokenizer, cfg.instance_prompt, cfg.class_prompt)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out / "config.yaml", to_yaml(cfg))
+    say(f"{cfg.model}: {info['family']}, {info['prediction_type']} prediction; {len(photos)} photos at {cfg.resolution} px", flush=True)
 
     classes = []
     if cfg.with_prior_preservation and cfg.prior_mode == "generated":
         pipe.to(accelerator.device)
         ensure_class_images(pipe, cfg.class_prompt, cfg.class_dir, cfg.num_class_images, cfg.resolution, cfg.seed,
-                            cfg.class_image_steps, cfg.sample_batch_size, cfg.guidance_scale, sampling_precision(accelerator))
+                            cfg.class_image_steps, cfg.sample_batch_size, cfg.guidance_scale, sampling_precision(accelerator),
+                            shard=(accelerator.process_index, accelerator.num_processes))
+        accelerator.wait_for_everyone()
         classes = load_folder(cfg.class_dir, "--class-dir")[: cfg.num_class_images]
 
     run = setup(cfg, pipe, accelerator)
@@ -251,7 +259,8 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
     named = {name: accelerator.unwrap_model(m) for name, m in prepared.items()}
     encoders = [prepared.get(name, m) for name, m in text_encoders(pipe).items()]
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if len(encoders) == 2 else [])
-    examples = Examples(cfg, pipe.vae, tokenizers, encoders, accelerator.device, run["weight_dtype"], photos, classes)
+    examples = Examples(cfg, pipe.vae, tokenizers, encoders, accelerator.device, run["weight_dtype"], photos, classes,
+                        accelerator.process_index, accelerator.num_processes)
     if accelerator.device.type == "cuda":
         # Everything the frozen VAE and text encoders will ever be asked during training, asked now;
         # then they leave the GPU (and come back only to draw validation images).
@@ -272,11 +281,11 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
             warn(f"--resume: no checkpoint in {ckpt_dir}; starting from step 0")
         else:
             step = checkpoint.load(found, named, optimizer, lr_scheduler)
-            print(f"resumed from {found.name} (step {step})", flush=True)
+            say(f"resumed from {found.name} (step {step})", flush=True)
 
     k = cfg.gradient_accumulation_steps
     started, loss_value, in_step = time.time(), None, False
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step")
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step", disable=not main)
     try:
         with stop_on_ctrl_c(stop_event) as stop, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             while step < cfg.max_steps:
@@ -298,9 +307,9 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
                 if step % 10 == 0 or step == cfg.max_steps or checkpoint_now or stop.requested:
                     loss_value = finite_loss(loss, step)
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-                if checkpoint_now:
+                if checkpoint_now and main:
                     save_checkpoint(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
-                if cfg.validation_prompt and step % cfg.validation_steps == 0:
+                if main and cfg.validation_prompt and step % cfg.validation_steps == 0:
                     onload()
                     images = draw(pipe, cfg.validation_prompt, cfg.num_validation_images, cfg.seed, cfg.sample_steps,
                                   cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=accelerator.autocast)
@@ -315,15 +324,24 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
     except KeyboardInterrupt:
         bar.close()
         if in_step:  # a second Ctrl-C, mid-step: the weights are between two steps, so save nothing
-            print(f"\ninterrupted mid-step; the newest checkpoint in {ckpt_dir} is intact", flush=True)
-        else:
+            say(f"\ninterrupted mid-step; the newest checkpoint in {ckpt_dir} is intact", flush=True)
+        elif main:
             saved = save_checkpoint(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
             print(f"\ninterrupted at step {step}: saved {saved}; continue with --resume", flush=True)
         raise
     bar.close()
     seconds = time.time() - started
+    if main:
+        finish(cfg, pipe, info, out, step, named, optimizer, lr_scheduler, loss_value, seconds, accelerator, onload)
+    accelerator.wait_for_everyone()
+    emit({"kind": "done", "path": str(out)})
+    return out
 
-    save_checkpoint(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+
+def finish(cfg: TrainConfig, pipe, info: dict, out: Path, step: int, named: dict, optimizer, lr_scheduler,
+           loss_value, seconds: float, accelerator, onload) -> None:
+    """The last checkpoint, the LoRA file (and its exports), samples and the model card."""
+    save_checkpoint(out / "checkpoints", step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
     meta = {"base_model": cfg.model, "family": info["family"], "prediction_type": info["prediction_type"],
             "instance_prompt": cfg.instance_prompt, "rank": cfg.rank, "alpha": cfg.lora_alpha, "steps": step,
             "resolution": cfg.resolution, "text_encoder": cfg.train_text_encoder}
@@ -343,5 +361,3 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
         atomic.save_image(report.grid(images), out / "samples.png")
     atomic.write_text(out / "README.md", report.model_card(cfg, info, loss_value, cfg.num_samples > 0, seconds))
     print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {out}", flush=True)
-    emit({"kind": "done", "path": str(out)})
-    return out
