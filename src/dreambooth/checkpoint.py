@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import atomic
+from .errors import TrainingError
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -80,3 +81,14 @@ def load(path: Path, models: dict, optimizer, lr_scheduler) -> int:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     lr_scheduler.load_state_dict({**lr_scheduler.state_dict(), **meta["lr_scheduler"]})
     return int(meta["step"])
+
+
+def save_or_stop(ckpt_dir: Path, step: int, named: dict, optimizer, lr_scheduler, keep: int) -> Path:
+    """Save; when the disk refuses, stop training with one line saying what is kept."""
+    try:
+        return save(ckpt_dir, step, named, optimizer, lr_scheduler, keep)
+    except OSError as e:
+        previous = newest(ckpt_dir)
+        kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+        raise TrainingError(f"could not write the checkpoint of step {step} in {ckpt_dir} ({e.strerror}); {kept}: "
+                            f"free space and run again with --resume") from None

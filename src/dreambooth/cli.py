@@ -67,6 +67,12 @@ def build_parser() -> Parser:
     demo = sub.add_parser("demo", help="train the embedded tiny model on the bundled subject, then generate")
     demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
     demo.add_argument("--max-steps", type=int, default=200, help="training steps (default: 200)")
+    ui = sub.add_parser("ui", help="serve a web page to train, generate and evaluate (needs: pip install 'dreambooth[ui]')")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    ui.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    ui.add_argument("--workspace", default="dreambooth-workspace",
+                    help="folder for uploads, runs, images and scores; any LoRA folder in it is listed (default: dreambooth-workspace)")
+    ui.add_argument("--auth", default="", metavar="USER:PASSWORD", help="ask for this user and password (advised with --host)")
     return parser
 
 
@@ -132,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             run_identifier(config_from_args(C.IdentifierConfig, args))
         elif args.command == "demo":
             run_demo(args.output_dir, args.max_steps)
+        elif args.command == "ui":
+            from .ui import serve
+
+            serve(args.host, args.port, args.workspace, args.auth)
     except UsageError as e:
         print(f"dreambooth: error: {e}", file=sys.stderr)
         return 2

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from .errors import TrainingError
 
 
 def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -32,3 +36,12 @@ def dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, num_class: int, pr
     instance = F.mse_loss(pred[:n], target[:n])
     prior = F.mse_loss(pred[n:], target[n:])
     return instance + prior_loss_weight * prior, instance, prior
+
+
+def finite_loss(loss: torch.Tensor, step: int) -> float:
+    value = loss.detach().float().item()
+    if not math.isfinite(value):
+        raise TrainingError(f"loss became {value} at step {step}; likely causes: fp16 overflow (try --mixed-precision bf16 "
+                            f"or no) or a learning rate too high (--learning-rate); the last checkpoint is kept. "
+                            f"--detect-anomaly shows the operation that made it")
+    return value

@@ -1,17 +1,15 @@
 """DreamBooth + LoRA training: setup -> loop -> step.
 
-Everything random at micro-step m (which photos, flips, noise, timesteps, dropout) is drawn from
-generators seeded by (seed, m), so a run resumed from a checkpoint continues exactly as an
-uninterrupted one would.
+Nothing random lives in process state: each example's photo, flip, crop, noise and timestep come from a
+generator keyed by its position in the stream (latents.py), LoRA dropout from (seed, micro-step). So a run
+resumed from a checkpoint continues exactly as an uninterrupted one would, and N data-parallel processes
+train what one process with N times the batch would.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import signal
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +24,10 @@ from .errors import TrainingError, UsageError, warn
 from .identifier import check_identifier
 from .latents import Examples, adapters_off
 from .lora import add_lora, save_lora
-from .loss import dreambooth_loss, training_target
+from .loss import dreambooth_loss, finite_loss, training_target
 from .models import describe, load_pipeline, load_vae
 from .sampling import draw
+from .stopping import stop_on_ctrl_c
 
 
 # ---------------------------------------------------------------- setup
@@ -165,58 +164,6 @@ def unwrap(model):
 
 # ---------------------------------------------------------------- the run
 
-class StopRequest:
-    """Set by Ctrl-C, or by a caller's `threading.Event` (a UI's Stop button)."""
-
-    def __init__(self, event=None):
-        self.event, self.ctrl_c = event, False
-
-    @property
-    def requested(self) -> bool:
-        return self.ctrl_c or (self.event is not None and self.event.is_set())
-
-
-@contextlib.contextmanager
-def stop_on_ctrl_c(event=None):
-    """First Ctrl-C (or `event` set): finish the current step, save a checkpoint, stop. Second Ctrl-C: stop at once."""
-    stop = StopRequest(event)
-
-    def handler(signum, frame):
-        if stop.requested:
-            raise KeyboardInterrupt
-        stop.ctrl_c = True
-        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave signals to whoever owns them
-        yield stop
-        return
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def finite_loss(loss: torch.Tensor, step: int) -> float:
-    value = loss.detach().float().item()
-    if not math.isfinite(value):
-        raise TrainingError(f"loss became {value} at step {step}; likely causes: fp16 overflow (try --mixed-precision bf16 "
-                            f"or no) or a learning rate too high (--learning-rate); the last checkpoint is kept. "
-                            f"--detect-anomaly shows the operation that made it")
-    return value
-
-
-def save_checkpoint(ckpt_dir: Path, step: int, named: dict, optimizer, lr_scheduler, keep: int) -> Path:
-    try:
-        return checkpoint.save(ckpt_dir, step, named, optimizer, lr_scheduler, keep)
-    except OSError as e:
-        previous = checkpoint.newest(ckpt_dir)
-        kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
-        raise TrainingError(f"could not write the checkpoint of step {step} in {ckpt_dir} ({e.strerror}); {kept}: "
-                            f"free space and run again with --resume") from None
-
-
 def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
     """Train; return the output folder.
 
@@ -308,7 +255,7 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
                     loss_value = finite_loss(loss, step)
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
                 if checkpoint_now and main:
-                    save_checkpoint(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+                    checkpoint.save_or_stop(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
                 if main and cfg.validation_prompt and step % cfg.validation_steps == 0:
                     onload()
                     images = draw(pipe, cfg.validation_prompt, cfg.num_validation_images, cfg.seed, cfg.sample_steps,
@@ -326,7 +273,7 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
         if in_step:  # a second Ctrl-C, mid-step: the weights are between two steps, so save nothing
             say(f"\ninterrupted mid-step; the newest checkpoint in {ckpt_dir} is intact", flush=True)
         elif main:
-            saved = save_checkpoint(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+            saved = checkpoint.save_or_stop(ckpt_dir, step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
             print(f"\ninterrupted at step {step}: saved {saved}; continue with --resume", flush=True)
         raise
     bar.close()
@@ -341,7 +288,7 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
 def finish(cfg: TrainConfig, pipe, info: dict, out: Path, step: int, named: dict, optimizer, lr_scheduler,
            loss_value, seconds: float, accelerator, onload) -> None:
     """The last checkpoint, the LoRA file (and its exports), samples and the model card."""
-    save_checkpoint(out / "checkpoints", step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
+    checkpoint.save_or_stop(out / "checkpoints", step, named, optimizer, lr_scheduler, cfg.checkpoints_total_limit)
     meta = {"base_model": cfg.model, "family": info["family"], "prediction_type": info["prediction_type"],
             "instance_prompt": cfg.instance_prompt, "rank": cfg.rank, "alpha": cfg.lora_alpha, "steps": step,
             "resolution": cfg.resolution, "text_encoder": cfg.train_text_encoder}

@@ -1,0 +1,91 @@
+"""The workspace: where the page keeps uploads, runs, images and scores, and how it finds run folders.
+
+    WORKSPACE/uploads/<run>/photo-01.jpg ...   validated copies of the photos a run trains on
+    WORKSPACE/runs/<run>/                      `dreambooth train` output folders started from the page
+    WORKSPACE/images/<run>/NNN-<prompt>/       `dreambooth generate` output folders, one per Generate click
+    WORKSPACE/scores/<run>/scores.json         `dreambooth evaluate` scores of those images
+
+A run is any folder under the workspace that holds LoRA weights, so folders made by the command line
+(`dreambooth train --output-dir WORKSPACE/...`) show up too, and are used unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import yaml
+
+from ..lora import WEIGHT_NAME
+
+KOHYA_NAME = "lora_kohya.safetensors"
+SKIP = {"uploads", "images", "scores", "checkpoints", "validation", ".cache"}  # never hold a run; keeps the scan short
+MAX_DEPTH = 4
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
+
+
+def new_run_name(workspace: Path, class_noun: str) -> str:
+    """<class>-<date>-<time>, with a counter when two start in the same second."""
+    base = f"{slug(class_noun) or 'subject'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = base, 2
+    while (workspace / "runs" / name).exists() or (workspace / "uploads" / name).exists():
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
+def find_runs(workspace: Path) -> list[str]:
+    """Run folders (relative to the workspace, '/'-separated), newest first."""
+    found = []
+    for root, dirs, files in os.walk(workspace):
+        depth = len(Path(root).relative_to(workspace).parts)
+        dirs[:] = [] if depth >= MAX_DEPTH else [d for d in dirs if d not in SKIP and not d.startswith(".")]
+        if WEIGHT_NAME in files:
+            found.append(Path(root))
+    found.sort(key=lambda p: (p / WEIGHT_NAME).stat().st_mtime, reverse=True)
+    return [p.relative_to(workspace).as_posix() or "." for p in found]
+
+
+def run_path(workspace: Path, run: str) -> Path | None:
+    """The folder of a run the page listed; None for anything else the browser sends."""
+    if not run or run not in find_runs(workspace):
+        return None
+    return workspace / run
+
+
+def run_config(run_dir: Path) -> dict:
+    """The TrainConfig the run was made with (its config.yaml), or {}."""
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def lora_files(run_dir: Path) -> list[Path]:
+    """The LoRA in the diffusers layout, and in the kohya layout when the run exported it."""
+    return [p for p in (run_dir / WEIGHT_NAME, run_dir / KOHYA_NAME) if p.is_file()]
+
+
+def images_dir(workspace: Path, run: str) -> Path:
+    return workspace / "images" / (slug(run.replace("/", "-"), 80) or "run")
+
+
+def scores_file(workspace: Path, run: str) -> Path:
+    return workspace / "scores" / (slug(run.replace("/", "-"), 80) or "run") / "scores.json"
+
+
+def next_images_folder(workspace: Path, run: str, prompt: str) -> Path:
+    parent = images_dir(workspace, run)
+    taken = [int(m.group(1)) for p in parent.glob("*") if (m := re.match(r"(\d+)-", p.name))] if parent.is_dir() else []
+    return parent / f"{max(taken, default=0) + 1:03d}-{slug(prompt) or 'prompt'}"
+
+
+def bench_reports(workspace: Path) -> list[Path]:
+    """bench.html files `dreambooth bench` wrote somewhere under the workspace."""
+    found = [p for pattern in ("bench.html", "*/bench.html", "*/*/bench.html") for p in workspace.glob(pattern)]
+    return sorted(found)[:20]

@@ -1,0 +1,52 @@
+"""`dreambooth ui`: check the flags, make the page, serve it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UsageError, warn
+from .uploads import MAX_BYTES, MAX_PHOTOS
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def parse_auth(text: str) -> tuple[str, str] | None:
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise UsageError("--auth: pass user:password, e.g. --auth me:a-long-passphrase")
+    return user, password
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, workspace: str = "dreambooth-workspace", auth: str = "") -> None:
+    credentials = parse_auth(auth)
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: pass a port between 1 and 65535")
+    root = Path(workspace).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--workspace {workspace}: is a file; pass a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    # Before gradio is imported: it reads these once. No usage reports leave the machine, and uploads
+    # land in the workspace, not in the system's temporary folder.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(root / ".cache" / "gradio"))
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UsageError("the web page needs its extra packages: pip install 'dreambooth[ui]'") from None
+    if host not in LOCAL_HOSTS:
+        if credentials:
+            warn(f"--host {host}: the page is reachable from other machines; its password travels unencrypted over http")
+        else:
+            warn(f"--host {host}: anyone who can reach this machine can use the page and read the workspace; "
+                 f"add --auth user:password")
+    from .app import CSS, build_app, theme
+
+    app = build_app(root)
+    app.queue(default_concurrency_limit=1)
+    print(f"workspace {root}; at most {MAX_PHOTOS} photos of {MAX_BYTES // (1024 * 1024)} MB each per run", flush=True)
+    app.launch(server_name=host, server_port=port, auth=credentials, share=False, inbrowser=False, show_error=True,
+               allowed_paths=[str(root)], max_file_size=MAX_BYTES, footer_links=[], mcp_server=False, ssr_mode=False,
+               theme=theme(), css=CSS)

@@ -1,0 +1,165 @@
+"""The Train tab's actions: check photos, start / stop / resume a training job, report its progress."""
+
+from __future__ import annotations
+
+import html
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+from ..config import TrainConfig, check_train
+from ..errors import UsageError
+from . import runs
+from .jobs import FINISHED, Jobs, status_line
+from .uploads import MAX_PHOTOS, MIN_PHOTOS, Rejected, check_photo, folder_sources, shown_name, store_photos
+
+
+@lru_cache(maxsize=1)
+def clip_tokenizer():
+    # SD 1.x, 2.x and SDXL all use CLIP's BPE vocabulary, so the embedded tokenizer answers for every base
+    # model without downloading one.
+    from ..models import load_tokenizer
+
+    return load_tokenizer("tiny")
+
+
+def suggest(seed: int) -> str:
+    """A rare one-token identifier, as `dreambooth identifier` lists them; another one for each seed."""
+    from ..identifier import candidates
+
+    found = candidates(clip_tokenizer(), count=1, seed=int(seed))
+    return found[0][0] if found else "sks"
+
+
+def instance_prompt(identifier: str, class_noun: str) -> str:
+    return f"a photo of {identifier.strip()} {class_noun.strip()}".strip()
+
+
+def tokens_markdown(identifier: str, class_noun: str) -> str:
+    """How the instance prompt tokenises; a warning when the identifier is not one token."""
+    from ..identifier import tokenise
+
+    prompt = instance_prompt(identifier, class_noun)
+    parts = []
+    for word, tokens in tokenise(clip_tokenizer(), prompt):
+        pieces = " + ".join(f"`{t}`({i})" for t, i in tokens)
+        parts.append(f"**{html.escape(word)}** → {pieces}")
+    text = f"Instance prompt: *{html.escape(prompt)}*  \n" + " · ".join(parts)
+    ident = identifier.strip()
+    if ident:
+        n = len(tokenise(clip_tokenizer(), ident)[0][1]) if len(ident.split()) == 1 else 0
+        if n != 1:
+            text += f"  \nWarning: the identifier should be one rare token; **{html.escape(ident)}** is not"
+    return text
+
+
+def check_uploads(files: list[str] | None) -> str:
+    """What the page says right after photos are dropped: each unusable file by name, and the count."""
+    files = files or []
+    problems, good = [], 0
+    for f in files:
+        try:
+            check_photo(Path(f))
+            good += 1
+        except Rejected as e:
+            problems.append(f"Warning: {html.escape(shown_name(Path(f).name))} {e}; it will be skipped")
+    lines = [f"{good} usable photo{'s' if good != 1 else ''}" + (f" (at most {MAX_PHOTOS} are used)" if good > MAX_PHOTOS else "")]
+    if files and good < MIN_PHOTOS:
+        lines.append(f"3–5 photos of the subject give a better likeness than {good}")
+    return "  \n".join(problems + lines) if files else ""
+
+
+def start(workspace: Path, jobs: Jobs, files, folder, class_noun, identifier, model, prior, class_prompt, num_class_images,
+          steps, rank, lr, te_lr, resolution, train_te, validation_every, kohya) -> str:
+    """Validate everything that needs no model, store the photos, queue the job; the message for the page."""
+    class_noun, identifier, folder = (class_noun or "").strip(), (identifier or "").strip(), (folder or "").strip()
+    if not class_noun:
+        return "Error: Name the subject's class, e.g. dog"
+    if len(identifier.split()) != 1:
+        return "Error: the identifier must be one word, e.g. the suggested one"
+    prompt = instance_prompt(identifier, class_noun)
+    try:
+        every = int(validation_every or 0)
+        cfg = TrainConfig(
+            model=(model or "").strip() or "tiny", instance_prompt=prompt, with_prior_preservation=bool(prior),
+            class_prompt=(class_prompt or "").strip() or f"a photo of a {class_noun}", num_class_images=int(num_class_images),
+            max_steps=int(steps), rank=int(rank), learning_rate=float(lr), text_encoder_lr=float(te_lr),
+            resolution=int(resolution or 0), train_text_encoder=bool(train_te), validation_prompt=prompt if every > 0 else "",
+            validation_steps=max(every, 1), num_validation_images=2, export="kohya" if kohya else "",
+            instance_dir="-", output_dir="-")  # placeholders: the real folders are named once the photos are in
+        check_train(cfg)
+    except (UsageError, TypeError, ValueError) as e:
+        return f"Error: {e}"
+    sources = [(Path(f).name, Path(f)) for f in files or []]
+    problems = []
+    if folder:
+        found, problems = folder_sources(folder)
+        sources += found
+    if not sources:
+        return "  \n".join(f"Error: {html.escape(p)}" for p in problems) or "Error: Add 3–10 photos of the subject, or name a folder of them"
+    name = runs.new_run_name(workspace, class_noun)
+    upload_dir = workspace / "uploads" / name
+    stored, rejected = store_photos(sources, upload_dir)
+    problems += rejected
+    notes = "".join(f"  \nWarning: {html.escape(p)}" for p in problems)
+    if not stored:
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        return f"Error: No usable photo, training not started{notes}"
+    cfg.instance_dir, cfg.output_dir = str(upload_dir), str(workspace / "runs" / name)
+    job = jobs.submit(name, cfg, problems)
+    return f"{name}: queued with {len(stored)} photo{'s' if len(stored) != 1 else ''}{notes}"
+
+
+def current(jobs: Jobs):
+    """The job the page shows: the running one, else the newest."""
+    all_jobs = jobs.snapshot()
+    running = [j for j in all_jobs if j.state == "running"]
+    return (running or all_jobs or [None])[-1], all_jobs
+
+
+def stop(jobs: Jobs) -> str:
+    job, all_jobs = current(jobs)
+    waiting = [j for j in all_jobs if j.state in ("running", "queued")]
+    if not waiting:
+        return "Nothing is training"
+    target = next((j for j in waiting if j.state == "running"), waiting[-1])
+    jobs.stop(target.id)
+    return f"Stopping {target.name} after this step (a checkpoint is saved)" if target.state == "running" else f"Cancelled {target.name}"
+
+
+def resume(jobs: Jobs) -> str:
+    stopped = [j for j in jobs.snapshot() if j.state in ("stopped", "failed")]
+    if not stopped:
+        return "No stopped run to resume"
+    job = jobs.resume(stopped[-1].id)
+    return f"{job.name}: resumes from its newest checkpoint" if job else "No stopped run to resume"
+
+
+def progress(jobs: Jobs, shown: list) -> tuple:
+    """Polled by a timer: (status HTML, validation images or no change, queue, what the gallery shows)."""
+    import gradio as gr
+
+    job, all_jobs = current(jobs)
+    if job is None:
+        status = "<div class='train-status'>No training yet.</div>"
+        return status, gr.skip(), "", shown
+    line = status_line(job, jobs.place(job.id))
+    value, top = (job.step, max(job.max_steps, 1))
+    bar = f"<progress value='{value}' max='{top}'></progress>"
+    notes = "".join(f"<div class='note'>{html.escape(n)}</div>" for n in job.notes)
+    status = f"<div class='train-status' data-state='{job.state}'>{bar}<div class='line'>{html.escape(line)}</div>{notes}</div>"
+    rows = []
+    for j in reversed(all_jobs[-10:]):
+        place = jobs.place(j.id)
+        where = f"place {place}" if place else (f"{j.step}/{j.max_steps}" if j.state not in ("queued", "cancelled") else "")
+        rows.append(f"| {j.id} | {j.name} | {j.state} | {where} |")
+    queue = "| job | run | state | step / place |\n|---|---|---|---|\n" + "\n".join(rows)
+    images = [p for p in job.validations if Path(p).is_file()]
+    key = [job.id, *images]
+    gallery = gr.skip() if key == shown else [(p, Path(p).stem) for p in images]
+    return status, gallery, queue, key
+
+
+def finished_runs(jobs: Jobs) -> int:
+    """How many jobs have ended: the Generate and Evaluate run lists refresh when it changes."""
+    return sum(1 for j in jobs.snapshot() if j.state in FINISHED)

@@ -1,0 +1,90 @@
+"""Photos sent to the page -> validated copies under generated names in the workspace.
+
+Nothing the browser sends is trusted: a file's name is only shown back to the user, never used to
+build a path; its content must decode as an image (as `dreambooth train` will read it), and size and
+count are capped so one upload cannot fill the disk or memory.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from ..data import IMAGE_SUFFIXES, TooLarge, open_photo
+
+MAX_PHOTOS = 10  # the paper uses 3-5 photos; more than 10 adds little and makes the upload a disk-filling vector
+MIN_PHOTOS = 3
+MAX_BYTES = 20 * 1024 * 1024  # a 20 MB JPEG is already a 50+ megapixel photo
+# Pillow's format name -> the suffix the stored copy gets, so the name matches what the bytes are.
+SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "MPO": ".jpg"}
+
+
+class Rejected(ValueError):
+    """A file that is not used; the message says why, for the page."""
+
+
+def shown_name(name: str) -> str:
+    """The file's own name, for messages only: no folders, no control characters, not too long."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    base = "".join(ch for ch in base if ch.isprintable())
+    return (base[:77] + "...") if len(base) > 80 else (base or "(no name)")
+
+
+def check_photo(path: Path) -> str:
+    """The suffix for the photo's real format, or Rejected with the reason."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise Rejected("could not be read") from None
+    if size > MAX_BYTES:
+        raise Rejected(f"is {size / 1e6:.0f} MB, over the {MAX_BYTES // (1024 * 1024)} MB limit; downsize it")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise Rejected(f"is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    try:
+        image = open_photo(path)  # a full decode, as training does, so a truncated file fails here
+    except TooLarge as e:
+        raise Rejected(f"{e} is too large; downsize it") from None
+    except (OSError, ValueError, SyntaxError):
+        raise Rejected("is not a readable image") from None
+    if min(image.size) < 8:
+        raise Rejected(f"{image.size[0]}x{image.size[1]} px is too small to train on")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return SUFFIX_OF_FORMAT.get(im.format or "", ".png")
+
+
+def store_photos(sources: list[tuple[str, Path]], dest: Path) -> tuple[list[Path], list[str]]:
+    """Copy the usable photos of `sources` ((name shown to the user, file)) to dest/photo-NN.<ext>.
+
+    Returns the stored paths and one message per file left out, naming it. The copy keeps the original
+    bytes (and so the EXIF orientation that training applies)."""
+    stored, problems = [], []
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, path in sources:
+        shown = shown_name(name)
+        if len(stored) >= MAX_PHOTOS:
+            problems.append(f"{shown} left out: at most {MAX_PHOTOS} photos are used")
+            continue
+        try:
+            suffix = check_photo(Path(path))
+        except Rejected as e:
+            problems.append(f"{shown} {e}; skipped")
+            continue
+        target = dest / f"photo-{len(stored) + 1:02d}{suffix}"
+        shutil.copyfile(path, target)
+        stored.append(target)
+    return stored, problems
+
+
+def folder_sources(folder: str) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The image files of a folder on the server, as store_photos' sources; problems if it is not one."""
+    root = Path(folder.strip()).expanduser()
+    if not root.is_dir():
+        return [], [f"{folder}: no such folder on this machine"]
+    try:
+        files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        return [], [f"{folder}: cannot list it ({e.strerror})"]
+    return [(p.name, p) for p in files], []
