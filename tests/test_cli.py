@@ -96,3 +96,15 @@ def test_train_then_generate_from_the_command_line(photos, tmp_path, capsys):
     assert sorted(p.name for p in images.iterdir()) == ["config.yaml", "grid.png", "image-000.png", "image-001.png", "image-002.png"]
     assert Image.open(images / "grid.png").size == (3 * 64, 64)
     assert "text_encoder_scale: 0.5" in (images / "config.yaml").read_text()
+
+
+def test_python_api_as_documented_runs_twice_in_one_process(photos, tmp_path):
+    from dreambooth import GenerateConfig, TrainConfig
+    from dreambooth.generate import generate
+    from dreambooth.train import train
+
+    for i in range(2):
+        lora = train(TrainConfig(instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / f"r{i}"),
+                                 rank=2, max_steps=1, num_samples=0))
+        assert len(generate(GenerateConfig(lora=str(lora), prompt="a photo of sks dog", num_images=1, steps=2,
+                                           output_dir=str(tmp_path / f"g{i}")))) == 1

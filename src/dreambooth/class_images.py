@@ -23,7 +23,7 @@ def existing(class_dir: Path) -> list[Path]:
 
 def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int, resolution: int, seed: int = 0,
                         steps: int = 25, batch_size: int = 4, guidance_scale: float = 7.5, autocast=contextlib.nullcontext,
-                        shard: tuple[int, int] = (0, 1)) -> list[Path]:
+                        shard: tuple[int, int] = (0, 1), barrier=lambda: None) -> list[Path]:
     """Make `class_dir` hold at least `num` images of `class_prompt`; return the first `num`.
 
     Image i is `class-{i:05d}.png`, drawn with seed `seed + i`, written atomically: an interrupted run
@@ -36,7 +36,9 @@ def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int
     names = {p.name for p in have}
     free = (i for i in itertools.count() if f"class-{i:05d}.png" not in names)
     missing = list(itertools.islice(free, max(0, num - len(have))))
-    rank, world = shard  # with several processes each draws every world-th missing image
+    # With several processes each draws every world-th missing image; all must list the folder before any writes.
+    barrier()
+    rank, world = shard
     missing = missing[rank::world]
     bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not missing)
     # Runs of consecutive indices are drawn together so image i always comes from seed + i.

@@ -196,7 +196,7 @@ def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
         pipe.to(accelerator.device)
         ensure_class_images(pipe, cfg.class_prompt, cfg.class_dir, cfg.num_class_images, cfg.resolution, cfg.seed,
                             cfg.class_image_steps, cfg.sample_batch_size, cfg.guidance_scale, sampling_precision(accelerator),
-                            shard=(accelerator.process_index, accelerator.num_processes))
+                            shard=(accelerator.process_index, accelerator.num_processes), barrier=accelerator.wait_for_everyone)
         accelerator.wait_for_everyone()
         classes = load_folder(cfg.class_dir, "--class-dir")[: cfg.num_class_images]
 

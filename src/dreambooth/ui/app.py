@@ -103,7 +103,7 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
                     gen_message = gr.Markdown(elem_id="gen-message")
                     gallery = gr.Gallery(label="Images", columns=2, elem_id="gallery")
                     lora_files = gr.File(label="LoRA files", file_count="multiple", interactive=False, elem_id="lora-files")
-                    image_files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+                    image_files = gr.File(label="Images to download", file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Tab("Evaluate", id="evaluate") as evaluate_tab_ui:
             e = EvaluateConfig()
             with gr.Row():

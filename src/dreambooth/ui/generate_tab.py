@@ -39,5 +39,5 @@ def make_images(workspace: Path, run, prompt, negative, num_images, steps, guida
         paths = generate(cfg)
     except (UsageError, ValueError, TypeError) as e:
         return [], [], f"Error: {e}"
-    files = [str(p) for p in paths] + [str(p) for p in runs.lora_files(run_dir)]
+    files = [str(p) for p in paths] + ([str(out / "grid.png")] if (out / "grid.png").is_file() else [])
     return [(str(p), p.name) for p in paths], files, f"{len(paths)} images in {out.relative_to(workspace)}"

@@ -38,9 +38,7 @@ class Job:
 
 
 def default_train(cfg, on_event, stop_event):
-    # The submodule, as the command line does: importing it replaces the package's `train` attribute
-    # (the lazy wrapper in dreambooth/__init__.py) with the module, so `from .. import train` fails the second time.
-    from ..train import train
+    from ..train import train  # imported here: the page opens without loading torch
 
     return train(cfg, on_event, stop_event)
 
