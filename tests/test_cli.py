@@ -108,3 +108,16 @@ def test_python_api_as_documented_runs_twice_in_one_process(photos, tmp_path):
                                  rank=2, max_steps=1, num_samples=0))
         assert len(generate(GenerateConfig(lora=str(lora), prompt="a photo of sks dog", num_images=1, steps=2,
                                            output_dir=str(tmp_path / f"g{i}")))) == 1
+
+
+def test_evaluate_export_and_bench_bad_inputs(photos, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    bad(["evaluate", "--real", str(tmp_path / "nope"), "--generated", str(photos), "--output", str(out)], capsys, "--real")
+    (tmp_path / "empty").mkdir()
+    bad(["evaluate", "--real", str(photos), "--generated", str(tmp_path / "empty"), "--output", str(out)], capsys, "--generated")
+    bad(["evaluate", "--real", str(photos), "--generated", str(photos), "--output", str(out), "--metrics", "fid"], capsys, "--metrics")
+    bad(["evaluate", "--real", str(photos)], capsys, "--generated")
+    assert not out.exists()
+    bad(["export", "--lora", str(tmp_path / "nope")], capsys, "--lora")
+    bad(["export", "--lora", str(photos), "--format", "onnx"], capsys, "--format")
+    bad(["bench", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "b")], capsys, "--dataset")
