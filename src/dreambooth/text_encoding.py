@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 
 def tokenize(tokenizer, prompts: list[str], device) -> torch.Tensor:
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
+    # Training asks for the same few prompts every step: keep their token ids.
+    cache = TOKEN_IDS.setdefault(tokenizer, {})
+    missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+    if missing:
+        ids = tokenizer(missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        cache.update(zip(missing, ids))
+    return torch.stack([cache[p] for p in prompts]).to(device)
+
+
+TOKEN_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per tokenizer object, gone with it
 
 
 def encode_prompts(tokenizers: list, encoders: list, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
