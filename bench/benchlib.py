@@ -290,3 +290,21 @@ def fmt_load(load) -> str:
 def write_json(path: str | Path | None, data: dict) -> None:
     if path:
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def reference_flags(instance_dir, instance_prompt: str, class_prompt: str, num_class_images: int, steps: int) -> list[str]:
+    """The reference command's settings, in the flag names both tools accept: the same run for each."""
+    return [
+        "--instance_data_dir", str(instance_dir),
+        "--instance_prompt", instance_prompt,
+        "--class_prompt", class_prompt,
+        "--resolution", "64",
+        "--train_batch_size", "1",
+        "--with_prior_preservation",
+        "--num_class_images", str(num_class_images),
+        "--train_text_encoder",
+        "--rank", "16",
+        "--max_train_steps", str(steps),
+        "--learning_rate", "5e-4",
+        "--seed", "0",
+    ]

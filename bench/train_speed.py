@@ -95,22 +95,13 @@ def setting_a(args, work: Path) -> dict:
     train_cmd = cli(args) + [
         "train",
         "--pretrained_model_name_or_path", "tiny",
-        "--instance_data_dir", str(args.instance_dir),
-        "--instance_prompt", INSTANCE_PROMPT,
-        "--class_prompt", CLASS_PROMPT,
+        *B.reference_flags(args.instance_dir, INSTANCE_PROMPT, CLASS_PROMPT, args.num_class_images, args.steps),
         "--output_dir", str(out),
-        "--resolution", "64",
-        "--train_batch_size", "1",
-        "--with_prior_preservation",
-        "--num_class_images", str(args.num_class_images),
-        "--train_text_encoder",
-        "--rank", "16",
-        "--max_train_steps", str(args.steps),
-        "--learning_rate", "5e-4",
         "--learning_rate_text", "5e-4",  # diffusers' script trains the text-encoder LoRA at --learning_rate too
-        "--seed", "0",
     ]
     env = child_env(args)
+    # An empty class-image bank, so the whole job includes making the class images, as the baseline's does.
+    env["DREAMBOOTH_CACHE"] = str(work / "cache")
     print(f"\n$ {B.fmt_cmd(train_cmd)}", flush=True)
     train = B.run_timed(train_cmd, work / "train.log", env=env, echo=args.echo)
     if train.rc != 0:
