@@ -19,13 +19,12 @@ import json
 import re
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
 from . import atomic, bench_report, dreambench
-from .config import BenchConfig, EvaluateConfig, GenerateConfig, TrainConfig, all_names, check_bench, fields_of, from_dict, to_dict, to_yaml
+from .config import BenchConfig, EvaluateConfig, GenerateConfig, TrainConfig, all_names, check_bench, fields_of, from_dict, read_yaml, saved_settings, to_dict, to_yaml
 from .errors import UsageError
-from .eval_inputs import find_images, folder_settings
+from .eval_inputs import find_images
 from .evaluate import CACHE_NAME, Evaluator
 from .lora import WEIGHT_NAME
 
@@ -41,15 +40,7 @@ def train_settings(path: str) -> TrainConfig:
     """Training settings for every subject: TrainConfig defaults (no model-card samples) <- --train-config."""
     data = {}
     if path:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise UsageError(f"--train-config {path}: no such file; pass a YAML file of `dreambooth train` settings")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError):
-            raise UsageError(f"--train-config {path}: is not valid YAML; fix the file") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"--train-config {path}: expected a mapping of `dreambooth train` settings")
+        data = read_yaml(path, flag="--train-config")
         owned = {name for f in fields_of(TrainConfig) if f.name in BENCH_OWNED for name in all_names(f)}
         for key in data:
             if str(key) in owned:
@@ -118,7 +109,7 @@ def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, 
     done = (lora_dir / WEIGHT_NAME).is_file()
     started = (lora_dir / "checkpoints").is_dir() and any((lora_dir / "checkpoints").iterdir())
     if done or started:
-        changed = differences(folder_settings(lora_dir), wanted)
+        changed = differences(saved_settings(lora_dir), wanted)
         if changed:
             raise UsageError(f"--output-dir {cfg.output_dir}: {lora_dir} was trained with other settings ({'; '.join(changed[:3])}); "
                              f"delete that folder to train it again, or pass another --output-dir")
@@ -135,7 +126,7 @@ def image_files(folder: Path, n: int) -> list[Path]:
 
 def drawn(folder: Path, prompt: str, cfg: BenchConfig, lora: Path) -> bool:
     """The folder holds the images these settings would draw (its config.yaml says how they were made)."""
-    saved = folder_settings(folder)
+    saved = saved_settings(folder)
     wanted = {"model": cfg.model, "lora": str(lora), "prompt": prompt, "num_images": cfg.images_per_prompt,
               "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed}
     return all(saved.get(k) == v for k, v in wanted.items()) and all(p.is_file() for p in image_files(folder, cfg.images_per_prompt))

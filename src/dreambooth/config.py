@@ -210,21 +210,35 @@ def from_dict(cls, values: dict, source: str = "config"):
     return cls(**kwargs)
 
 
-def read_yaml(path: str | Path) -> dict:
-    p = Path(path)
+def read_yaml(path: str | Path, flag: str = "--config") -> dict:
+    """A YAML mapping of settings; errors name `flag` and the file."""
+    p = Path(path).expanduser()
     if not p.is_file():
-        raise UsageError(f"--config {path}: no such file; pass the path of a YAML file")
+        raise UsageError(f"{flag} {path}: no such file; pass the path of a YAML file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         line = f" line {where.line + 1}" if where else ""
-        raise UsageError(f"--config {path}:{line} is not valid YAML; fix the file") from None
+        raise UsageError(f"{flag} {path}:{line} is not valid YAML; fix the file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: expected a mapping of keys to values at the top level")
+        raise UsageError(f"{flag} {path}: expected a mapping of keys to values at the top level")
     return data
+
+
+SAVED_NAME = "config.yaml"  # what train, generate and bench write beside their outputs
+
+
+def saved_settings(folder: str | Path) -> dict:
+    """The config.yaml a command wrote in `folder`, as a mapping; {} when it is missing or unreadable."""
+    path = Path(folder) / SAVED_NAME
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def to_dict(cfg) -> dict:

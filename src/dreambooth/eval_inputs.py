@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
-import yaml
 
+from .config import saved_settings
 from .data import IMAGE_SUFFIXES
 from .errors import UsageError
 from .identifier import guess_identifier
 
 GRID_NAME = "grid.png"  # `dreambooth generate` writes it beside the images it drew; it is not one of them
-SETTINGS_NAME = "config.yaml"
 
 
 def find_images(folder: str | Path, flag: str, nested: bool = False) -> list[Path]:
@@ -32,16 +31,6 @@ def find_images(folder: str | Path, flag: str, nested: bool = False) -> list[Pat
         where = " or its subfolders" if nested else ""
         raise UsageError(f"{flag} {folder}: no images in it{where} (.png, .jpg, ...); pass the folder that holds them")
     return found
-
-
-def folder_settings(folder: Path) -> dict:
-    """The config.yaml that `dreambooth generate` (or `train`) wrote in `folder`, or {} when there is none."""
-    path = folder / SETTINGS_NAME
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def relative_name(path: Path, root: Path) -> str:
@@ -75,7 +64,7 @@ def read_prompt_file(path: str, root: Path, images: list[Path]) -> dict[Path, st
 def prompts_of(images: list[Path], root: Path, prompts_file: str = "") -> dict[Path, str | None]:
     """Each image's prompt: from --prompts, else the `prompt:` of config.yaml in its folder, else None."""
     given = read_prompt_file(prompts_file, root, images) if prompts_file else {}
-    settings = {folder: folder_settings(folder) for folder in dict.fromkeys(p.parent for p in images)}
+    settings = {folder: saved_settings(folder) for folder in dict.fromkeys(p.parent for p in images)}
     out = {}
     for p in images:
         prompt = given.get(p) or settings[p.parent].get("prompt")
@@ -87,11 +76,11 @@ def identifier_from_runs(images: list[Path]) -> str:
     """The identifier of the LoRA the images were drawn with: generate's config.yaml names the LoRA folder,
     whose own config.yaml holds the instance and class prompts. Empty when that trail is missing."""
     for folder in dict.fromkeys(p.parent for p in images):
-        lora = folder_settings(folder).get("lora")
+        lora = saved_settings(folder).get("lora")
         if not lora:
             continue
         path = Path(str(lora)).expanduser()
-        trained = folder_settings(path if path.is_dir() else path.parent)
+        trained = saved_settings(path if path.is_dir() else path.parent)
         found = guess_identifier(str(trained.get("instance_prompt") or ""), str(trained.get("class_prompt") or ""))
         if found:
             return found

@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import atomic, report
-from .config import GenerateConfig, check_generate, to_yaml
+from .config import GenerateConfig, check_generate, saved_settings, to_yaml
 from .errors import UsageError
 from .lora import find_weights, load_lora
 from .models import load_pipeline, load_vae, native_resolution
@@ -52,12 +52,5 @@ def generate(cfg: GenerateConfig) -> list[Path]:
 
 
 def training_config(lora_dir: Path) -> dict:
-    """The config.yaml that `dreambooth train` wrote beside the weights (base model, VAE), or {}."""
-    import yaml
-
-    saved = lora_dir / "config.yaml"
-    try:
-        data = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
-    except (yaml.YAMLError, OSError):
-        return {}
-    return {k: str(v) for k, v in data.items() if k in ("model", "vae") and v} if isinstance(data, dict) else {}
+    """Base model and VAE from the config.yaml that `dreambooth train` wrote beside the weights, or {}."""
+    return {k: str(v) for k, v in saved_settings(lora_dir).items() if k in ("model", "vae") and v}

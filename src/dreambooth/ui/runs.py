@@ -16,8 +16,8 @@ import re
 import time
 from pathlib import Path
 
-import yaml
 
+from ..config import saved_settings
 from ..lora import WEIGHT_NAME
 
 KOHYA_NAME = "lora_kohya.safetensors"
@@ -59,11 +59,7 @@ def run_path(workspace: Path, run: str) -> Path | None:
 
 def run_config(run_dir: Path) -> dict:
     """The TrainConfig the run was made with (its config.yaml), or {}."""
-    try:
-        data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return saved_settings(run_dir)
 
 
 def lora_files(run_dir: Path) -> list[Path]:

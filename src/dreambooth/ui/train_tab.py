@@ -106,7 +106,7 @@ def start(workspace: Path, jobs: Jobs, files, folder, class_noun, identifier, mo
         shutil.rmtree(upload_dir, ignore_errors=True)
         return f"Error: No usable photo, training not started{notes}"
     cfg.instance_dir, cfg.output_dir = str(upload_dir), str(workspace / "runs" / name)
-    job = jobs.submit(name, cfg, problems)
+    jobs.submit(name, cfg, problems)
     return f"{name}: queued with {len(stored)} photo{'s' if len(stored) != 1 else ''}{notes}"
 
 
