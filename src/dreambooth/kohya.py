@@ -14,30 +14,18 @@ import re
 import torch
 
 from .errors import UsageError
-from .lora import LAYOUTS
+from .lora import parse_key
 
 PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
 BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "tiny": "sd_v1", "tiny-sdxl": "sdxl_base_v1-0"}
 
 
-PROCESSOR_KEYS = {
-    **{f".processor.{p}_lora.": f".{m}.lora." for p, m in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out", "to_out.0"))},
-    **{f".self_attn.{p}_lora.": f".self_attn.{m}.lora." for p, m in (("to_q", "q_proj"), ("to_k", "k_proj"), ("to_v", "v_proj"), ("to_out", "out_proj"))},
-}
-
-
 def split_key(key: str) -> tuple[str, str, str]:
     """'unet.<module>.lora.down.weight' (or peft's lora_A / lora_B) -> ('unet', '<module>', 'down')."""
-    component, _, rest = key.partition(".")
-    # diffusers' converter for non-diffusers files still speaks the old attention-processor layout
-    for old, new in PROCESSOR_KEYS.items():
-        rest = rest.replace(old, new)
-    for down, up in LAYOUTS:
-        if rest.endswith(down):
-            return component, rest[: -len(down)], "down"
-        if rest.endswith(up):
-            return component, rest[: -len(up)], "up"
-    raise UsageError(f"LoRA key {key!r} is in no layout this tool knows; export it from a `dreambooth train` folder")
+    parsed = parse_key(key)
+    if parsed is None:
+        raise UsageError(f"LoRA key {key!r} is in no layout this tool knows; export it from a `dreambooth train` folder")
+    return parsed
 
 
 def sgm_unet_path(module: str, layers_per_block: int) -> str:

@@ -117,16 +117,35 @@ LAYOUTS = (  # (down, up) key endings: peft, diffusers, diffusers' older text-en
 )
 
 
+# diffusers' converter for non-diffusers files still speaks the old attention-processor layout
+PROCESSOR_KEYS = {
+    **{f".processor.{p}_lora.": f".{m}.lora." for p, m in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out", "to_out.0"))},
+    **{f".self_attn.{p}_lora.": f".self_attn.{m}.lora." for p, m in (("to_q", "q_proj"), ("to_k", "k_proj"), ("to_v", "v_proj"), ("to_out", "out_proj"))},
+}
+
+
+def parse_key(key: str) -> tuple[str, str, str] | None:
+    """'unet.<module>.lora.down.weight' (or another layout's) -> ('unet', '<module>', 'down'); None if unknown."""
+    component, _, rest = key.partition(".")
+    for old, new in PROCESSOR_KEYS.items():
+        rest = rest.replace(old, new)
+    for down, up in LAYOUTS:
+        if rest.endswith(down):
+            return component, rest[: -len(down)], "down"
+        if rest.endswith(up):
+            return component, rest[: -len(up)], "up"
+    return None
+
+
 def lora_modules(shapes: dict[str, tuple[int, ...]]) -> dict[tuple[str, str], tuple[int, int]]:
-    """(component, module path) -> (in_features, out_features) for the diffusers / peft key layouts."""
+    """(component, module path) -> (in_features, out_features), for the keys in a known layout."""
     out: dict[tuple[str, str], list] = {}
     for key, shape in shapes.items():
-        component, _, rest = key.partition(".")
-        for down, up in LAYOUTS:
-            if rest.endswith(down):
-                out.setdefault((component, rest[: -len(down)]), [None, None])[0] = shape[1]
-            elif rest.endswith(up):
-                out.setdefault((component, rest[: -len(up)]), [None, None])[1] = shape[0]
+        parsed = parse_key(key)
+        if parsed is not None:
+            component, module, part = parsed
+            entry = out.setdefault((component, module), [None, None])
+            entry[0 if part == "down" else 1] = shape[1] if part == "down" else shape[0]
     return {k: tuple(v) for k, v in out.items()}
 
 
