@@ -91,15 +91,7 @@ class Examples:
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.cfg.train_text_encoder:
             return encode_prompts(self.tokenizers, self.encoders, prompts, self.device)
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.embeddings]
-        if missing:
-            with torch.no_grad():
-                hidden, pooled = encode_prompts(self.tokenizers, self.encoders, missing, self.device)
-            for i, p in enumerate(missing):
-                self.embeddings[p] = (hidden[i], None if pooled is None else pooled[i])
-        hidden = torch.stack([self.embeddings[p][0] for p in prompts])
-        pooled = None if self.embeddings[prompts[0]][1] is None else torch.stack([self.embeddings[p][1] for p in prompts])
-        return hidden, pooled
+        return self.cached(prompts, base=False)
 
     def precompute(self) -> None:
         """Encode every fixed-crop image (both flips when flipping) and, with frozen text encoders, every prompt."""
@@ -116,16 +108,21 @@ class Examples:
             self.base_encode([self.cfg.class_prompt])
 
     def base_encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embeddings from the text encoders with their adapters off: the frozen base model's view, cached."""
-        missing = [p for p in dict.fromkeys(prompts) if ("base", p) not in self.embeddings]
+        """Embeddings from the text encoders with their adapters off: the frozen base model's view.
+        With frozen encoders that is what `encode` gives, so both share one cache then."""
+        return self.cached(prompts, base=self.cfg.train_text_encoder)
+
+    def cached(self, prompts: list[str], base: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings of `prompts`, each computed once (with adapters off when `base`)."""
+        missing = [p for p in dict.fromkeys(prompts) if (base, p) not in self.embeddings]
         if missing:
-            with torch.no_grad(), adapters_off(*self.encoders):
+            with torch.no_grad(), (adapters_off(*self.encoders) if base else contextlib.nullcontext()):
                 hidden, pooled = encode_prompts(self.tokenizers, self.encoders, missing, self.device)
             for i, p in enumerate(missing):
-                self.embeddings[("base", p)] = (hidden[i], None if pooled is None else pooled[i])
-        hidden = torch.stack([self.embeddings[("base", p)][0] for p in prompts])
-        first = self.embeddings[("base", prompts[0])][1]
-        return hidden, None if first is None else torch.stack([self.embeddings[("base", p)][1] for p in prompts])
+                self.embeddings[(base, p)] = (hidden[i], None if pooled is None else pooled[i])
+        hidden = torch.stack([self.embeddings[(base, p)][0] for p in prompts])
+        first = self.embeddings[(base, prompts[0])][1]
+        return hidden, None if first is None else torch.stack([self.embeddings[(base, p)][1] for p in prompts])
 
     def batch(self, micro_step: int) -> Batch:
         """Micro-batch `micro_step` of this process. Its examples are positions of one global stream, and each
