@@ -308,3 +308,25 @@ def reference_flags(instance_dir, instance_prompt: str, class_prompt: str, num_c
         "--learning_rate", "5e-4",
         "--seed", "0",
     ]
+
+
+def add_run_flags(p) -> None:
+    """The flags both training benchmarks share: the reference run's size and where its files go."""
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu hides GPUs from the jobs (CUDA_VISIBLE_DEVICES='')")
+    p.add_argument("--quick", action="store_true", help="smoke run: 20 steps, 4 class images")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--num-class-images", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=None, help="steps left out of the steady-state rate (default: 10%% of --steps, at least 5)")
+    p.add_argument("--instance-dir", default=str(SAMPLE_SUBJECT), help="subject photos (default: the bundled dog)")
+    p.add_argument("--workdir", default="", help="folder for outputs and logs (default: a temporary folder, removed unless --keep)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    p.add_argument("--json", default="", help="also write every figure to this JSON file")
+    p.add_argument("--echo", action="store_true", help="show the jobs' own output as they run")
+
+
+def settle_run_flags(args) -> None:
+    if args.quick:
+        args.steps, args.num_class_images = 20, 4
+    if args.warmup is None:
+        args.warmup = max(5, args.steps // 10)
+    args.images_per_step = 1 + 1  # batch 1 + 1 class image

@@ -43,23 +43,10 @@ def main() -> None:
     p.add_argument("--python", required=True, help="interpreter of an environment in which that script runs")
     p.add_argument("--model-dir", required=True, help="diffusers folder of the tiny model (written if missing)")
     p.add_argument("--our-python", default=sys.executable, help="interpreter with `dreambooth`, to write --model-dir (default: this one)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu hides GPUs from the job (CUDA_VISIBLE_DEVICES='')")
-    p.add_argument("--quick", action="store_true", help="smoke run: 20 steps, 4 class images")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--num-class-images", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=None, help="steps left out of the steady-state rate (default: 10%% of --steps, at least 5)")
-    p.add_argument("--instance-dir", default=str(B.SAMPLE_SUBJECT))
-    p.add_argument("--workdir", default="", help="folder for outputs and logs (default: a temporary folder, removed unless --keep)")
-    p.add_argument("--keep", action="store_true")
-    p.add_argument("--json", default="")
-    p.add_argument("--echo", action="store_true", help="show the job's own output as it runs")
+    B.add_run_flags(p)
     p.add_argument("extra", nargs="*", help="more arguments for the script, after --")
     args = p.parse_args()
-    if args.quick:
-        args.steps, args.num_class_images = 20, 4
-    if args.warmup is None:
-        args.warmup = max(5, args.steps // 10)
-    args.images_per_step = 1 + 1
+    B.settle_run_flags(args)
 
     model_dir = Path(args.model_dir)
     if not (model_dir / "model_index.json").is_file():

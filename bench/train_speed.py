@@ -225,25 +225,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--python", default=sys.executable, help="interpreter that has `dreambooth` importable (default: this one)")
     p.add_argument("--pythonpath", default="", help="prepended to PYTHONPATH of the jobs, e.g. the src/ folder of a checkout")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu hides GPUs from the jobs (CUDA_VISIBLE_DEVICES='')")
+    B.add_run_flags(p)
     p.add_argument("--setting", default="", choices=("", "a", "b", "all"), help="a: tiny model; b: SD 1.5 UNet step (default: a on cpu, all on cuda)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 20 steps, 4 class images")
     p.add_argument("--smoke", action="store_true", help="setting (b) at a tiny resolution with few steps (for CPU)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--num-class-images", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=None, help="steps left out of the steady-state rate (default: 10%% of --steps, at least 5)")
     p.add_argument("--gpu-batches", type=int, nargs="+", default=[1, 8], help="batch sizes of setting (b)")
-    p.add_argument("--instance-dir", default=str(B.SAMPLE_SUBJECT), help="subject photos (default: the bundled dog)")
-    p.add_argument("--workdir", default="", help="folder for outputs and logs (default: a temporary folder, removed unless --keep)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    p.add_argument("--json", default="", help="also write every figure to this JSON file")
-    p.add_argument("--echo", action="store_true", help="show the jobs' own output as they run")
     args = p.parse_args()
-    if args.quick:
-        args.steps, args.num_class_images = 20, 4
-    if args.warmup is None:
-        args.warmup = max(5, args.steps // 10)
-    args.images_per_step = 1 + 1  # batch 1 + 1 class image
+    B.settle_run_flags(args)
     setting = args.setting or ("a" if args.device == "cpu" else "all")
 
     if args.workdir:
