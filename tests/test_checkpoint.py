@@ -59,35 +59,40 @@ def same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_kill_9_mid_run_then_resume_gives_the_same_lora(uninterrupted, tmp_path):
+def interrupt(class_dir, out, once_saved: int, sig):
+    """Start a real training process, send it `sig` once checkpoint `once_saved` exists; (argv, proc, stdout, stderr)."""
     from conftest import SAMPLE
 
-    expected, class_dir = uninterrupted
-    out = tmp_path / "run"
     argv = flags(SAMPLE, class_dir, out)
     proc = start(argv)
-    wait_for(out / "checkpoints" / "step-000015", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    wait_for(out / "checkpoints" / f"step-{once_saved:06d}", proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return argv, proc, stdout, stderr
+
+
+def resume(argv):
+    done = subprocess.run([sys.executable, "-m", "dreambooth.cli", *argv, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_kill_9_mid_run_then_resume_gives_the_same_lora(uninterrupted, tmp_path):
+    expected, class_dir = uninterrupted
+    out = tmp_path / "run"
+    argv, proc, _, _ = interrupt(class_dir, out, 15, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / WEIGHT_NAME).exists()  # it really died before the end
 
-    done = subprocess.run([sys.executable, "-m", "dreambooth.cli", *argv, "--resume"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = resume(argv)
     assert "resumed from step-0000" in done.stdout
     assert same_weights(load_file(str(out / WEIGHT_NAME)), expected)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(uninterrupted, tmp_path):
-    from conftest import SAMPLE
-
     expected, class_dir = uninterrupted
     out = tmp_path / "run"
-    argv = flags(SAMPLE, class_dir, out)
-    proc = start(argv)
-    wait_for(out / "checkpoints" / "step-000010", proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    argv, proc, stdout, stderr = interrupt(class_dir, out, 10, signal.SIGINT)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     step = int(stdout.split("interrupted at step ")[1].split(":")[0])
@@ -95,8 +100,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(uninterrupted, tmp_path):
     state = json.loads((out / "checkpoints" / f"step-{step:06d}" / "state.json").read_text())
     assert state["step"] == step
 
-    done = subprocess.run([sys.executable, "-m", "dreambooth.cli", *argv, "--resume"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    resume(argv)
     assert same_weights(load_file(str(out / WEIGHT_NAME)), expected)
 
 
