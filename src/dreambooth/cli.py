@@ -64,6 +64,8 @@ def build_parser() -> Parser:
     add_config_flags(bench, C.BenchConfig)
     add_config_flags(sub.add_parser("export", help="write a LoRA in the kohya (A1111 / ComfyUI) or diffusers layout"), C.ExportConfig)
     add_config_flags(sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig)
+    add_config_flags(sub.add_parser("pretrain-world", help="train the world's base model from scratch on rendered scenes"),
+                     C.PretrainWorldConfig)
     demo = sub.add_parser("demo", help="train the embedded tiny model on the bundled subject, then generate")
     demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
     demo.add_argument("--max-steps", type=int, default=200, help="training steps (default: 200)")
@@ -136,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             export(config_from_args(C.ExportConfig, args))
         elif args.command == "identifier":
             run_identifier(config_from_args(C.IdentifierConfig, args))
+        elif args.command == "pretrain-world":
+            from .world.pretrain import pretrain_world
+
+            cfg = config_from_args(C.PretrainWorldConfig, args)
+            C.check_pretrain_world(cfg)
+            pretrain_world(cfg)
         elif args.command == "demo":
             run_demo(args.output_dir, args.max_steps)
         elif args.command == "ui":

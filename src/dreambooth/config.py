@@ -129,6 +129,26 @@ class ExportConfig:
     allow_pickle: bool = opt(False, "read .pt/.bin LoRA files (with torch.load(weights_only=True)); only files you trust")
 
 
+@dataclass
+class PretrainWorldConfig:
+    output_dir: str = opt("world-pretrain", "folder for the stages' checkpoints and the finished model (output_dir/model)")
+    seed: int = opt(0, "seed for weights, renders, captions and noise")
+    autoencoder_steps: int = opt(1500, "autoencoder training steps")
+    diffusion_steps: int = opt(5000, "UNet + text encoder training steps")
+    reader_steps: int = opt(1500, "steps of the classifier that reads class, colour, pattern and context from images")
+    batch_size: int = opt(64, "renders per step")
+    learning_rate: float = opt(1e-3, "peak learning rate of every stage (cosine decay)")
+    checkpoint_minutes: float = opt(5.0, "minutes between diffusion checkpoints (a killed run resumes from the last)")
+
+
+def check_pretrain_world(cfg: PretrainWorldConfig) -> None:
+    for name in ("autoencoder_steps", "diffusion_steps", "reader_steps", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not cfg.learning_rate > 0:
+        raise UsageError("--learning-rate must be positive")
+
+
 def check_export(cfg: ExportConfig) -> None:
     if not cfg.lora:
         raise UsageError("--lora is required: pass a `dreambooth train` folder or a LoRA file")

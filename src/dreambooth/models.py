@@ -12,6 +12,7 @@ import torch
 from .errors import UsageError
 
 TINY_MODELS = {"tiny": "epsilon", "tiny-v": "v_prediction", "tiny-sdxl": "epsilon"}
+WORLD = "world"  # the base model trained on the procedural world (dreambooth.world), shipped in the package
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -27,6 +28,10 @@ def quiet_libraries() -> None:
 
 def tokenizer_dir() -> Path:
     return Path(str(resources.files("dreambooth") / "assets" / "clip_tokenizer"))
+
+
+def world_dir() -> Path:
+    return Path(str(resources.files("dreambooth") / "assets" / "world"))
 
 
 def load_clip_tokenizer():
@@ -176,6 +181,8 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32, allow_pickle: 
         return build_tiny_sdxl_pipeline().to(dtype=dtype)
     if model in TINY_MODELS:
         return build_tiny_pipeline(TINY_MODELS[model]).to(dtype=dtype)
+    if model == WORLD:
+        model = str(world_dir())
     from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(model).expanduser()
@@ -241,7 +248,7 @@ def load_tokenizer(model: str):
         return load_clip_tokenizer()
     from transformers import CLIPTokenizer
 
-    path = Path(model).expanduser()
+    path = world_dir() if model == WORLD else Path(model).expanduser()
     try:
         if path.is_file():
             return load_pipeline(model).tokenizer

@@ -1,0 +1,67 @@
+"""The world's own scores for a model: draw the paper's kinds of prompts, read every sample, count.
+
+- subject fidelity: share of `a photo of sks dog` samples that are the subject (its class, colour and pattern);
+- context fidelity: share of `a photo of sks dog on the beach` (each context) samples read in that context, and
+  subject in context: ... that are also the subject;
+- class fidelity and class drift: share of `a photo of a dog` samples that are a dog, and that are the subject
+  (the paper's language drift: the class collapsing onto the subject);
+- class diversity: entropy of the (colour, pattern) of the class samples that show the class, as a share of its largest possible value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from ..sampling import draw
+from .readers import read
+from .render import COLOURS, CONTEXTS, HELD_OUT, PATTERNS
+
+SCORES = ("subject_fidelity", "context_fidelity", "subject_in_context", "class_fidelity", "class_drift", "class_diversity")
+
+
+def prompts(cls: str, identifier: str = "sks", contexts: tuple[str, ...] = tuple(c for c in CONTEXTS if c != "plain")) -> dict[str, str]:
+    """name -> prompt: 'subject', one 'context:<name>' per context, and 'class'."""
+    out = {"subject": f"a photo of {identifier} {cls}"}
+    out.update({f"context:{c}": f"a photo of {identifier} {cls} {CONTEXTS[c]}" for c in contexts})
+    out["class"] = f"a photo of a {cls}"
+    return out
+
+
+def is_subject(reading: dict, cls: str) -> bool:
+    return reading["cls"] == cls and (reading["colour"], reading["pattern"]) == HELD_OUT[cls]
+
+
+def diversity(readings: list[dict]) -> float:
+    counts = Counter((r["colour"], r["pattern"]) for r in readings)
+    n = sum(counts.values())
+    entropy = -sum(c / n * math.log(c / n) for c in counts.values())
+    return entropy / math.log(len(COLOURS) * len(PATTERNS))
+
+
+def score(readings: dict[str, list[dict]], cls: str) -> dict[str, float]:
+    """Scores from the readings of each prompt's samples (keys as `prompts` names them)."""
+    def share(rs, pred):
+        return sum(map(pred, rs)) / len(rs)
+
+    contexts = [k.split(":", 1)[1] for k in readings if k.startswith("context:")]
+    out = {"subject_fidelity": share(readings["subject"], lambda r: is_subject(r, cls))}
+    if contexts:
+        out["context_fidelity"] = sum(share(readings[f"context:{c}"], lambda r: r["context"] == c) for c in contexts) / len(contexts)
+        out["subject_in_context"] = sum(share(readings[f"context:{c}"], lambda r: r["context"] == c and is_subject(r, cls))
+                                        for c in contexts) / len(contexts)
+    out["class_fidelity"] = share(readings["class"], lambda r: r["cls"] == cls)
+    out["class_drift"] = share(readings["class"], lambda r: is_subject(r, cls))
+    of_class = [r for r in readings["class"] if r["cls"] == cls]
+    out["class_diversity"] = diversity(of_class) if of_class else 0.0
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def sample_and_score(pipe, reader, cls: str, n: int = 32, seed: int = 1000, steps: int = 25, guidance: float = 4.0,
+                     identifier: str = "sks", contexts=None) -> tuple[dict[str, float], dict[str, list]]:
+    """Draw `n` samples of each prompt (same seeds for every model, so before/after compare like for like), read, score."""
+    asked = prompts(cls, identifier) if contexts is None else prompts(cls, identifier, tuple(contexts))
+    images = {name: draw(pipe, p, n, seed, steps, guidance, 32, batch_size=n) for name, p in asked.items()}
+    readings = {name: read(reader, imgs) for name, imgs in images.items()}
+    return score(readings, cls), images
+

@@ -1,0 +1,43 @@
+import math
+
+import pytest
+
+from dreambooth.world import scores as S
+
+
+def r(cls="dog", colour="purple", pattern="dotted", context="plain"):
+    return {"cls": cls, "colour": colour, "pattern": pattern, "context": context}
+
+
+def test_prompts_name_the_identifier_the_contexts_and_the_class():
+    p = S.prompts("dog", contexts=("beach", "snow"))
+    assert p == {"subject": "a photo of sks dog", "context:beach": "a photo of sks dog on the beach",
+                 "context:snow": "a photo of sks dog in the snow", "class": "a photo of a dog"}
+
+
+def test_scores_count_what_the_reader_saw():
+    readings = {
+        "subject": [r(), r(), r(colour="red"), r(cls="cat")],  # 2 of 4 are the subject
+        "context:beach": [r(context="beach"), r(context="beach", colour="blue"), r(), r()],  # 2 on the beach, 1 the subject there
+        "class": [r(), r(colour="red", pattern="plain"), r(colour="blue", pattern="striped"), r(cls="vase")],
+    }
+    s = S.score(readings, "dog")
+    assert s["subject_fidelity"] == 0.5
+    assert s["context_fidelity"] == 0.5
+    assert s["subject_in_context"] == 0.25
+    assert s["class_fidelity"] == 0.75
+    assert s["class_drift"] == 0.25  # the first class sample turned into the subject
+    # three dogs, three different (colour, pattern) pairs of 24 possible: ln 3 / ln 24 (the vase does not count)
+    assert s["class_diversity"] == pytest.approx(math.log(3) / math.log(24), abs=1e-4)
+
+
+def test_diversity_is_zero_for_one_look_and_one_for_all_looks():
+    assert S.diversity([r()] * 10) == 0
+    every = [r(colour=c, pattern=p) for c in S.COLOURS for p in S.PATTERNS]
+    assert S.diversity(every) == pytest.approx(1.0)
+
+
+def test_a_subject_needs_class_colour_and_pattern():
+    assert S.is_subject(r(), "dog")
+    assert not S.is_subject(r(pattern="striped"), "dog")
+    assert not S.is_subject(r(cls="cat"), "dog")
