@@ -121,3 +121,11 @@ def test_evaluate_export_and_bench_bad_inputs(photos, tmp_path, capsys):
     bad(["export", "--lora", str(tmp_path / "nope")], capsys, "--lora")
     bad(["export", "--lora", str(photos), "--format", "onnx"], capsys, "--format")
     bad(["bench", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "b")], capsys, "--dataset")
+
+
+def test_world_commands_bad_inputs(tmp_path, capsys):
+    bad(["demo", "--max-steps", "0"], capsys, "--max-steps")
+    bad(["demo", "--subject", "horse"], capsys, "--subject")
+    bad(["pretrain-world", "--output-dir", str(tmp_path / "w"), "--diffusion-steps", "0"], capsys, "--diffusion-steps")
+    bad(["pretrain-world", "--output-dir", str(tmp_path / "w"), "--learning-rate", "-1"], capsys, "--learning-rate")
+    assert not (tmp_path / "w").exists()

@@ -35,3 +35,29 @@ def test_v_prediction_target_for_an_sd2_style_config():
     s = (1 - sched.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
     expected = a * noise - s * latents  # v = sqrt(abar) * eps - sqrt(1 - abar) * x0
     assert torch.allclose(training_target(sched, latents, noise, t), expected, atol=1e-6)
+
+
+def test_min_snr_weights_follow_the_target_kind():
+    from diffusers import DDPMScheduler
+
+    from dreambooth.loss import snr_weights
+
+    t = torch.tensor([10, 500, 990])
+    for kind, denominator in (("epsilon", 0), ("v_prediction", 1)):
+        sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=kind)
+        a = sched.alphas_cumprod[t]
+        snr = a / (1 - a)
+        assert torch.allclose(snr_weights(sched, t, 5.0), snr.clamp(max=5) / (snr + denominator))
+        assert snr_weights(sched, t, 0.0) is None
+    w = snr_weights(sched, t, 5.0)
+    assert w[0] < 0.1 and w[2] > 0.9  # low-noise steps count far less; v at high noise counts fully
+
+
+def test_weighted_loss_with_unit_weights_is_the_plain_loss():
+    pred, target = torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3)
+    plain = dreambooth_loss(pred, target, num_class=2, prior_loss_weight=0.7)
+    weighted = dreambooth_loss(pred, target, num_class=2, prior_loss_weight=0.7, weights=torch.ones(4))
+    for a, b in zip(plain, weighted):
+        assert torch.allclose(a, b)
+    halved = dreambooth_loss(pred, target, num_class=2, prior_loss_weight=0.7, weights=torch.tensor([1.0, 1.0, 0.5, 0.5]))
+    assert torch.allclose(halved[2], plain[2] / 2) and torch.allclose(halved[1], plain[1])

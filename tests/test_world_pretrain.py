@@ -24,6 +24,7 @@ def test_pretraining_writes_a_diffusers_pipeline_with_its_reader_and_recipe(tmp_
     reader = json.loads((folder / "reader" / "reader.json").read_text())
     assert set(reader["accuracy"]["artefacts"]) == {"cls", "colour", "pattern", "context"}
     assert "dreambooth pretrain-world --output-dir OUT --seed 0 --autoencoder-steps 2" in (folder / "MADE_BY.md").read_text()
+    assert not [p for p in folder.rglob("*.json") if str(tmp_path) in p.read_text()]  # no path of this machine
     image = pipe("a photo of a dog", num_inference_steps=2, guidance_scale=2.0).images[0]
     assert image.size == (32, 32)
 

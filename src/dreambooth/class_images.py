@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from . import atomic
 from .data import IMAGE_SUFFIXES
+from .models import WORLD, world_dir
 from .sampling import draw
 
 
@@ -76,6 +77,8 @@ def bank_dir(model: str, vae: str, class_prompt: str, resolution: int, steps: in
     Image i depends only on (base model, VAE, prompt, resolution, sampler, steps, guidance, seed + i), so
     runs that agree on those share images; asking for more images adds to the same folder."""
     def identity(name: str) -> str:
+        if name == WORLD:  # the shipped world model changes with the package: key it by its weights file
+            name = str(world_dir() / "unet" / "diffusion_pytorch_model.safetensors")
         path = Path(name).expanduser()
         return f"{path.resolve()}@{path.stat().st_mtime_ns}" if name and path.exists() else name
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from importlib import resources
-from pathlib import Path
 
 from . import config as C
 from .errors import TrainingError, UsageError
+
+DEMO_STEPS = 1000
+WORLD_CLASSES = ("dog", "cat", "teapot", "vase", "backpack")  # dreambooth.world.render.CLASSES, without importing numpy here
 
 
 class Parser(argparse.ArgumentParser):
@@ -66,9 +67,12 @@ def build_parser() -> Parser:
     add_config_flags(sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig)
     add_config_flags(sub.add_parser("pretrain-world", help="train the world's base model from scratch on rendered scenes"),
                      C.PretrainWorldConfig)
-    demo = sub.add_parser("demo", help="train the embedded tiny model on the bundled subject, then generate")
+    demo = sub.add_parser("demo", help="DreamBooth in the world on a CPU: render a subject, score the base model, train a LoRA "
+                                       "with prior preservation, generate it in new contexts, score again")
     demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
-    demo.add_argument("--max-steps", type=int, default=200, help="training steps (default: 200)")
+    demo.add_argument("--max-steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
+    demo.add_argument("--subject", default="dog", choices=WORLD_CLASSES, help="class of the subject (default: dog)")
+    demo.add_argument("--samples", type=int, default=32, help="samples per prompt for the scores (default: 32)")
     ui = sub.add_parser("ui", help="serve a web page to train, generate and evaluate (needs: pip install 'dreambooth[ui]')")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
@@ -95,22 +99,6 @@ def run_identifier(cfg: C.IdentifierConfig) -> None:
     print(f"rare one-token identifiers (id >= {cfg.min_id}, <= {cfg.max_chars} letters, not English words):")
     for word, token_id in found:
         print(f"  {word:<6} {token_id}")
-
-
-def run_demo(output_dir: str, max_steps: int) -> None:
-    from .generate import generate
-    from .train import train
-
-    subject = Path(str(resources.files("dreambooth") / "assets" / "sample_subject" / "dog"))
-    out = Path(output_dir)
-    lora_dir = train(C.TrainConfig(
-        model="tiny", instance_dir=str(subject), instance_prompt="a photo of sks dog", output_dir=str(out / "lora"),
-        with_prior_preservation=True, class_prompt="a photo of a dog", num_class_images=20, train_text_encoder=True,
-        learning_rate=1e-3, text_encoder_lr=1e-3, max_steps=max_steps, checkpoint_every=50, num_samples=4, seed=0,
-    ))
-    generate(C.GenerateConfig(model="tiny", lora=str(lora_dir), prompt="a photo of sks dog on the grass",
-                              num_images=4, output_dir=str(out / "images")))
-    print(f"demo done: model card {lora_dir / 'README.md'}, images {out / 'images'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             C.check_pretrain_world(cfg)
             pretrain_world(cfg)
         elif args.command == "demo":
-            run_demo(args.output_dir, args.max_steps)
+            from .world.demo import run_demo
+
+            if args.max_steps < 1 or args.samples < 1:
+                raise UsageError("--max-steps and --samples must be at least 1")
+            run_demo(args.output_dir, args.max_steps, args.subject, args.samples)
         elif args.command == "ui":
             from .ui import serve
 

@@ -34,7 +34,8 @@ TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 @dataclass
 class TrainConfig:
     model: str = opt("tiny", "base model: hub id, local diffusers folder, single-file .safetensors, or an embedded one: "
-                             "'tiny' (SD 1.x-shaped), 'tiny-v' (v-prediction), 'tiny-sdxl'", ("pretrained_model_name_or_path",))
+                             "'world' (trained on the procedural world, 32 px), 'tiny' (SD 1.x-shaped, random weights), "
+                             "'tiny-v' (v-prediction), 'tiny-sdxl'", ("pretrained_model_name_or_path",))
     vae: str = opt("", "another VAE to use (hub id or folder), e.g. an fp16-safe SDXL VAE", ("pretrained_vae_model_name_or_path",))
     instance_dir: str = opt("", "folder of the subject's photos (3-10); a .txt beside an image is its caption", ("instance_data_dir",))
     instance_prompt: str = opt("", "prompt with the identifier and class noun, e.g. 'a photo of sks dog'")
@@ -74,6 +75,8 @@ class TrainConfig:
     adam_beta2: float = opt(0.999, "AdamW beta2")
     adam_weight_decay: float = opt(1e-2, "AdamW weight decay")
     adam_epsilon: float = opt(1e-8, "AdamW epsilon")
+    snr_gamma: float = opt(0.0, "min-SNR-gamma loss weights (Hang et al. 2023); 0 = plain MSE, 5 is usual; use what the base "
+                                "was trained with ('world': 5)")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 = off")
     seed: int = opt(0, "seed for class images, noise, timesteps and crops")
     checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps; 0 = only at the end", ("checkpointing_steps",))
@@ -92,7 +95,7 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
-    model: str = opt("", "base model: hub id, local diffusers folder, single-file .safetensors, or 'tiny' / 'tiny-v'; "
+    model: str = opt("", "base model: hub id, local diffusers folder, single-file .safetensors, or 'world' / 'tiny' / 'tiny-v'; "
                          "default: the one the LoRA was trained on (its config.yaml), else 'tiny'", ("pretrained_model_name_or_path",))
     vae: str = opt("", "another VAE to use (hub id or folder); default: the LoRA's training VAE, else the model's own")
     lora: str = opt("", "trained output folder or .safetensors file; empty = the base model alone")
@@ -283,7 +286,7 @@ def check_train(cfg: TrainConfig) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    non_negative = ["lora_alpha", "lora_dropout", "prior_loss_weight", "lr_warmup_steps", "max_grad_norm", "checkpoint_every", "num_samples", "num_validation_images", "adam_weight_decay", "checkpoints_total_limit"]
+    non_negative = ["lora_alpha", "lora_dropout", "prior_loss_weight", "snr_gamma", "lr_warmup_steps", "max_grad_norm", "checkpoint_every", "num_samples", "num_validation_images", "adam_weight_decay", "checkpoints_total_limit"]
     for name in non_negative:
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must not be negative")

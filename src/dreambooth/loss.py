@@ -22,13 +22,40 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, times
     raise ValueError(f"unknown prediction_type {kind!r}")
 
 
-def dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, num_class: int, prior_loss_weight: float):
-    """Instance MSE + lambda * class MSE.
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor | None:
+    """Min-SNR-gamma weights (Hang et al., 2023), one per example, or None when gamma is 0.
+
+    In the units of the model's target: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v, and min(SNR, gamma)
+    for the sample itself. A model pretrained with these weights (the world's base) barely learned the
+    low-noise steps' exact noise, so fine-tuning it without them spends the LoRA on fitting that noise."""
+    if not gamma:
+        return None
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alpha_bar / (1 - alpha_bar)
+    capped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    return capped / snr if kind == "epsilon" else capped / (snr + 1) if kind == "v_prediction" else capped
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return F.mse_loss(pred, target)
+    return (weights * (pred - target).pow(2).mean(dim=tuple(range(1, pred.ndim)))).mean()
+
+
+def dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, num_class: int, prior_loss_weight: float,
+                    weights: torch.Tensor | None = None):
+    """Instance MSE + lambda * class MSE, each example's MSE times its weight when `weights` are given.
 
     The batch holds the instance examples first and `num_class` class examples last
     (0 without prior preservation). Returns (total, instance, prior) losses.
     """
     pred, target = pred.float(), target.float()
+    if weights is not None:
+        n = pred.shape[0] - num_class
+        instance = weighted_mse(pred[:n], target[:n], weights[:n])
+        prior = weighted_mse(pred[n:], target[n:], weights[n:]) if num_class else torch.zeros_like(instance)
+        return instance + prior_loss_weight * prior, instance, prior
     if num_class == 0:
         loss = F.mse_loss(pred, target)
         return loss, loss, torch.zeros_like(loss)

@@ -24,7 +24,7 @@ from .errors import TrainingError, UsageError, warn
 from .identifier import check_identifier
 from .latents import Examples, adapters_off
 from .lora import add_lora, save_lora
-from .loss import dreambooth_loss, finite_loss, training_target
+from .loss import dreambooth_loss, finite_loss, snr_weights, training_target
 from .models import describe, load_pipeline, load_vae
 from .sampling import draw
 from .stopping import stop_on_ctrl_c
@@ -147,7 +147,8 @@ def step_loss(cfg: TrainConfig, unet, noise_scheduler, examples: Examples, micro
     target = training_target(noise_scheduler, latents, noise, timesteps)
     if cfg.with_prior_preservation and cfg.prior_mode == "base-prediction":
         target = torch.cat([target[: -batch.num_class], base_prediction(unet, examples, batch, noisy, timesteps)])
-    return dreambooth_loss(pred, target, batch.num_class, cfg.prior_loss_weight)
+    weights = snr_weights(noise_scheduler, timesteps, cfg.snr_gamma)
+    return dreambooth_loss(pred, target, batch.num_class, cfg.prior_loss_weight, weights)
 
 
 def base_prediction(unet, examples: Examples, batch, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,9 @@ from .render import HELD_OUT, render, subject_scenes
 from .scores import SCORES
 
 UPSCALE = 3  # 32 px images are shown 96 px wide
+# Text-encoder LoRA strength when drawing: at 1.0 the identifier also drowns the context words ("on the beach").
+# Measured on one run: 1.0 -> subject in 88 % of samples, subject in the asked context in 16 %; 0.8 -> 81 % and 32 %.
+TEXT_ENCODER_SCALE = 0.8
 
 
 def demo_train_config(cls: str, photos: Path, out: Path, max_steps: int, prior: bool = True) -> TrainConfig:
@@ -26,7 +29,7 @@ def demo_train_config(cls: str, photos: Path, out: Path, max_steps: int, prior: 
         model="world", instance_dir=str(photos), instance_prompt=f"a photo of sks {cls}", output_dir=str(out),
         resolution=32, with_prior_preservation=prior, class_prompt=f"a photo of a {cls}", num_class_images=100,
         sample_batch_size=50, train_text_encoder=True, learning_rate=1e-3, text_encoder_lr=1e-3, rank=8,
-        max_steps=max_steps, batch_size=2, guidance_scale=4.0, num_samples=0, seed=0,
+        max_steps=max_steps, batch_size=2, guidance_scale=4.0, num_samples=0, seed=0, snr_gamma=5.0,
     )
 
 
@@ -40,7 +43,8 @@ def big(image: Image.Image) -> Image.Image:
     return image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.NEAREST)
 
 
-def run_demo(output_dir: str, max_steps: int = 1000, cls: str = "dog", n: int = 32) -> dict:
+def run_demo(output_dir: str, max_steps: int = 1000, cls: str = "dog", n: int = 32, contexts=None) -> dict:
+    """`contexts`: the contexts to ask for the subject in (default: all but plain)."""
     from ..lora import load_lora
     from ..models import WORLD, load_pipeline, world_dir
     from ..train import train
@@ -54,11 +58,11 @@ def run_demo(output_dir: str, max_steps: int = 1000, cls: str = "dog", n: int = 
     reader, info = readers.load(world_dir() / "reader")
     pipe = load_pipeline(WORLD)
     print(f"scoring the base model ({n} samples per prompt)", flush=True)
-    before, before_images = sample_and_score(pipe, reader, cls, n)
+    before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
     lora_dir = train(demo_train_config(cls, photos, out / "lora", max_steps))
-    load_lora(pipe, lora_dir, model=WORLD)
+    load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=WORLD)
     print(f"scoring the fine-tuned model ({n} samples per prompt)", flush=True)
-    after, after_images = sample_and_score(pipe, reader, cls, n)
+    after, after_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
     scores = {"before": before, "after": after, "reader_accuracy": info["accuracy"]}
     atomic.write_text(out / "scores.json", json.dumps(scores, indent=1))
     write_report(out, cls, photos, before_images, after_images, scores)

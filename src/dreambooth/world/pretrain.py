@@ -7,6 +7,7 @@ diffusers StableDiffusionPipeline folder in fp16 with the reader beside it.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -144,6 +145,10 @@ def save_model(pipe, reader_dir: Path | None, cfg: PretrainWorldConfig, folder: 
     tmp = atomic.temp_dir_beside(folder)
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     pipe.to(torch.float32)
+    for config in tmp.glob("*/config.json"):  # from_pretrained recorded the stage folder: a path of this machine
+        settings = json.loads(config.read_text())
+        if settings.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     (tmp / MADE_BY).write_text(made_by(cfg))
     if reader_dir is not None:
         import shutil

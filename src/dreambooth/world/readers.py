@@ -28,11 +28,11 @@ class Reader(torch.nn.Module):
         for c_out, stride in ((width, 1), (width, 2), (2 * width, 2), (4 * width, 2)):
             layers += [torch.nn.Conv2d(c_in, c_out, 3, stride, 1), torch.nn.GroupNorm(8, c_out), torch.nn.SiLU()]
             c_in = c_out
-        self.features = torch.nn.Sequential(*layers)
-        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(c_in, len(v)) for k, v in HEADS.items()})
+        self.features = torch.nn.Sequential(*layers, torch.nn.Flatten())  # 4x4 cells: where things are tells a shape
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(c_in * 16, len(v)) for k, v in HEADS.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self.features(x).mean(dim=(2, 3))
+        f = self.features(x)
         return {k: head(f) for k, head in self.heads.items()}
 
 
