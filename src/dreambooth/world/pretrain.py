@@ -19,26 +19,10 @@ from .. import atomic, checkpoint
 from ..config import PretrainWorldConfig
 from ..text_encoding import encode_prompts
 from . import model as M
+from .fit import cosine, fit, progress, to_tensor
 from .render import SIZE, batch, caption
 
 MADE_BY = "MADE_BY.md"
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (n, h, w, 3) -> float (n, 3, h, w) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-
-
-def cosine(optimizer, warmup: int, total: int):
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-
-    return get_cosine_schedule_with_warmup(optimizer, warmup, total)
-
-
-def progress(stage: str, step: int, total: int, loss: float, started: float, first: int) -> None:
-    rate = (step - first) / max(time.time() - started, 1e-6)
-    left = (total - step) / rate / 60 if rate > 0 else float("nan")
-    print(f"{stage} {step}/{total}  loss {loss:.4f}  {rate:.2f} steps/s  ~{left:.1f} min left", flush=True)
 
 
 def train_autoencoder(cfg: PretrainWorldConfig, folder: Path):
@@ -48,21 +32,14 @@ def train_autoencoder(cfg: PretrainWorldConfig, folder: Path):
     if (folder / "config.json").is_file():
         return AutoencoderKL.from_pretrained(folder)
     vae = M.build_autoencoder(cfg.seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.learning_rate)
-    schedule = cosine(optimizer, 100, cfg.autoencoder_steps)
-    started, total = time.time(), 0.0
-    for step in range(1, cfg.autoencoder_steps + 1):
-        _, images = batch(np.random.default_rng([cfg.seed, 1, step]), cfg.batch_size)
-        x = to_tensor(images)
+
+    def loss_at(step):
+        x = to_tensor(batch(np.random.default_rng([cfg.seed, 1, step]), cfg.batch_size)[1])
         posterior = vae.encode(x).latent_dist
         out = vae.decode(posterior.sample()).sample
-        loss = F.mse_loss(out, x) + 0.5 * F.l1_loss(out, x) + 1e-6 * posterior.kl().mean()
-        loss.backward()
-        optimizer.step(), schedule.step(), optimizer.zero_grad(set_to_none=True)
-        total += loss.item()
-        if step % 100 == 0:
-            progress("autoencoder", step, cfg.autoencoder_steps, total / 100, started, 0)
-            total = 0.0
+        return F.mse_loss(out, x) + 0.5 * F.l1_loss(out, x) + 1e-6 * posterior.kl().mean()
+
+    fit("autoencoder", vae, cfg.autoencoder_steps, cfg.learning_rate, loss_at)
     with torch.no_grad():
         _, images = batch(np.random.default_rng([cfg.seed, 2]), 512)
         std = vae.encode(to_tensor(images)).latent_dist.mean.std().item()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .. import atomic
+from .fit import fit, to_tensor
 from .render import CLASSES, COLOURS, CONTEXTS, PATTERNS, batch
 
 HEADS = {"cls": CLASSES, "colour": tuple(COLOURS), "pattern": PATTERNS, "context": tuple(CONTEXTS)}
@@ -38,13 +39,6 @@ class Reader(torch.nn.Module):
 
 def labels(scenes) -> dict[str, torch.Tensor]:
     return {k: torch.tensor([names.index(getattr(s, k)) for s in scenes]) for k, names in HEADS.items()}
-
-
-def to_tensor(images) -> torch.Tensor:
-    """uint8 (n, h, w, 3) or PIL images -> float (n, 3, h, w) in [-1, 1]."""
-    if not isinstance(images, np.ndarray):
-        images = np.stack([np.asarray(im.convert("RGB").resize((32, 32))) for im in images])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 def artefacts(x: torch.Tensor, vae, generator: torch.Generator) -> torch.Tensor:
@@ -85,27 +79,17 @@ def train_reader(cfg, folder: Path, vae) -> Path:
     """Train on streamed renders (held-out combinations included: a reader must see the subjects); save with accuracy."""
     if (folder / INFO).is_file():
         return folder
-    from .pretrain import cosine, progress
-
-    import time
-
     torch.manual_seed(cfg.seed + 3)
     reader = Reader()
-    optimizer = torch.optim.AdamW(reader.parameters(), lr=cfg.learning_rate)
-    schedule = cosine(optimizer, 100, cfg.reader_steps)
     generator = torch.Generator().manual_seed(cfg.seed + 4)
-    started, total = time.time(), 0.0
-    for step in range(1, cfg.reader_steps + 1):
+
+    def loss_at(step):
         scenes, images = batch(np.random.default_rng([cfg.seed, 4, step]), cfg.batch_size, held_out=True)
         out = reader(artefacts(to_tensor(images), vae, generator))
         truth = labels(scenes)
-        loss = sum(F.cross_entropy(out[k], truth[k]) for k in HEADS)
-        loss.backward()
-        optimizer.step(), schedule.step(), optimizer.zero_grad(set_to_none=True)
-        total += loss.item()
-        if step % 100 == 0:
-            progress("reader", step, cfg.reader_steps, total / 100, started, 0)
-            total = 0.0
+        return sum(F.cross_entropy(out[k], truth[k]) for k in HEADS)
+
+    fit("reader", reader, cfg.reader_steps, cfg.learning_rate, loss_at)
     measured = accuracy(reader, vae, cfg.seed)
     print(f"reader accuracy on 1024 fresh renders: {json.dumps(measured)}", flush=True)
     save(reader, folder, {"accuracy": measured, "heads": HEADS})
