@@ -7,12 +7,14 @@ import time
 import numpy as np
 import torch
 
+from .. import data
+
 
 def to_tensor(images) -> torch.Tensor:
     """uint8 (n, h, w, 3) or PIL images -> float (n, 3, h, w) in [-1, 1]."""
     if not isinstance(images, np.ndarray):
-        images = np.stack([np.asarray(im.convert("RGB").resize((32, 32))) for im in images])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        images = [im.convert("RGB").resize((32, 32)) for im in images]
+    return torch.stack([data.to_tensor(im) for im in images])
 
 
 def cosine(optimizer, warmup: int, total: int):
