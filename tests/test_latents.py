@@ -56,3 +56,24 @@ def test_precomputing_everything_up_front_changes_no_batch(photos):
         x, y = ahead.batch(micro), lazy.batch(micro)
         assert torch.equal(x.latents, y.latents) and x.prompts == y.prompts
         assert torch.equal(ahead.encode(x.prompts)[0], lazy.encode(y.prompts)[0])
+
+
+def test_adapters_off_runs_the_base_model_and_restores_the_adapter():
+    from dreambooth.latents import adapters_off
+    from dreambooth.lora import add_lora
+    from dreambooth.models import build_tiny_pipeline
+
+    unet = build_tiny_pipeline().unet
+    x, t, h = torch.randn(1, 4, 32, 32), torch.tensor([500]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        base = unet(x, t, h).sample
+        params = add_lora(unet, 4, 4.0, 0.0, ["to_q", "to_k", "to_v", "to_out.0"])
+        for p in params:
+            torch.nn.init.normal_(p)  # the fresh adapter is a no-op (lora_B = 0): make it change the output
+        tuned = unet(x, t, h).sample
+        assert not torch.allclose(tuned, base)
+        for _ in range(2):  # the second time through uses the cached list of adapter layers
+            with adapters_off(unet):
+                assert torch.equal(unet(x, t, h).sample, base)
+            assert torch.equal(unet(x, t, h).sample, tuned)
+    assert all(p.requires_grad for p in params)  # still trainable after the base model's turn

@@ -7,6 +7,7 @@ one would, and N processes draw what one process with N times the batch would.""
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -29,17 +30,33 @@ def stream_indices(pos: int, count: int, n: int, seed: int) -> list[int]:
     return out
 
 
+_TUNER_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tuner_layers(model) -> list:
+    """peft's adapter-carrying layers of `model`, listed once per set of adapters. diffusers' and transformers'
+    disable_adapters walk every module and check peft's version on each call: a fifth of a base-prediction
+    step on a small model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    key = tuple(getattr(model, "peft_config", {}) or {})
+    cached = _TUNER_LAYERS.get(model)
+    if cached is None or cached[0] != key:
+        cached = _TUNER_LAYERS[model] = (key, [m for m in model.modules() if isinstance(m, BaseTunerLayer)])
+    return cached[1]
+
+
 @contextlib.contextmanager
 def adapters_off(*models):
     """Run the frozen base model: LoRA adapters of `models` (those that have any) switched off."""
-    adapted = [m for m in models if getattr(m, "peft_config", None)]
-    for m in adapted:
-        m.disable_adapters()
+    layers = [layer for m in models if getattr(m, "peft_config", None) for layer in tuner_layers(m)]
+    for layer in layers:
+        layer.enable_adapters(False)
     try:
         yield
     finally:
-        for m in adapted:
-            m.enable_adapters()
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 @dataclass
