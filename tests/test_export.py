@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dreambooth.cloneofsimo import convert
-from dreambooth.config import ExportConfig, GenerateConfig, TrainConfig
+from dreambooth.config import ExportConfig, TrainConfig
 from dreambooth.errors import UsageError
 from dreambooth.export import check_round_trip, export
 from dreambooth.lora import load_lora

@@ -2,7 +2,7 @@ import torch
 from PIL import Image
 
 from dreambooth.config import TrainConfig
-from dreambooth.data import Photo, resize_and_crop
+from dreambooth.data import Photo
 from dreambooth.latents import Examples, stream_indices
 from dreambooth.models import build_tiny_sdxl_pipeline
 

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import torch
 from safetensors.torch import load_file
 
 ARGS = ["--instance-prompt", "a photo of sks dog", "--max-steps", "4", "--num-samples", "0", "--rank", "4",
