@@ -186,6 +186,25 @@ def machine_busy_seconds() -> float | None:
         return None
 
 
+def cuda_peak_wrapper(run_line: str) -> str:
+    """`python -c` code that runs `run_line` (a runpy call) and prints CUDA's peak allocation at exit."""
+    return ("import atexit, runpy, sys\n"
+            "def _peak():\n"
+            "    t = sys.modules.get('torch')\n"
+            "    if t is not None and t.cuda.is_available() and t.cuda.is_initialized():\n"
+            "        print(f'BENCH cuda_max_allocated_bytes={t.cuda.max_memory_allocated()}', flush=True)\n"
+            "atexit.register(_peak)\n" + run_line + "\n")
+
+
+def cuda_peak(run: "Run") -> float | None:
+    """MiB, as printed by a cuda_peak_wrapper child; None when it printed none."""
+    for _, text, *_ in run.events:
+        m = re.search(r"BENCH cuda_max_allocated_bytes=(\d+)", text)
+        if m:
+            return int(m.group(1)) / 2**20
+    return None
+
+
 def run_timed(cmd: list[str], log_path: Path, env: dict | None = None, cwd: str | Path | None = None, echo: bool = False) -> Run:
     """Run `cmd`; stamp each output segment with the time its first byte was read."""
     run = Run(cmd=list(cmd), log_path=str(log_path), load_before=loadavg())
@@ -292,13 +311,14 @@ def write_json(path: str | Path | None, data: dict) -> None:
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
-def reference_flags(instance_dir, instance_prompt: str, class_prompt: str, num_class_images: int, steps: int) -> list[str]:
+def reference_flags(instance_dir, instance_prompt: str, class_prompt: str, num_class_images: int, steps: int,
+                    resolution: int = 64, mixed_precision: str = "no") -> list[str]:
     """The reference command's settings, in the flag names both tools accept: the same run for each."""
     return [
         "--instance_data_dir", str(instance_dir),
         "--instance_prompt", instance_prompt,
         "--class_prompt", class_prompt,
-        "--resolution", "64",
+        "--resolution", str(resolution),
         "--train_batch_size", "1",
         "--with_prior_preservation",
         "--num_class_images", str(num_class_images),
@@ -307,6 +327,7 @@ def reference_flags(instance_dir, instance_prompt: str, class_prompt: str, num_c
         "--max_train_steps", str(steps),
         "--learning_rate", "5e-4",
         "--seed", "0",
+        "--mixed_precision", mixed_precision,
     ]
 
 
@@ -315,6 +336,8 @@ def add_run_flags(p) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu hides GPUs from the jobs (CUDA_VISIBLE_DEVICES='')")
     p.add_argument("--quick", action="store_true", help="smoke run: 20 steps, 4 class images")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--resolution", type=int, default=64, help="512 for an SD 1.5-shaped model (bench/save_sd15_model.py)")
+    p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="both tools' --mixed_precision")
     p.add_argument("--num-class-images", type=int, default=100)
     p.add_argument("--warmup", type=int, default=None, help="steps left out of the steady-state rate (default: 10%% of --steps, at least 5)")
     p.add_argument("--instance-dir", default=str(SAMPLE_SUBJECT), help="subject photos (default: the bundled dog)")

@@ -55,15 +55,7 @@ GENERATE_PROMPT = "a photo of sks dog on the grass"
 
 # Runs the CLI as `python -m dreambooth.cli` would, and prints CUDA's peak allocation at exit.
 # Used only with --device cuda (on CPU the plain `-m dreambooth.cli` command is run).
-CUDA_WRAPPER = (
-    "import atexit, runpy, sys\n"
-    "def _peak():\n"
-    "    t = sys.modules.get('torch')\n"
-    "    if t is not None and t.cuda.is_available() and t.cuda.is_initialized():\n"
-    "        print(f'BENCH cuda_max_allocated_bytes={t.cuda.max_memory_allocated()}', flush=True)\n"
-    "atexit.register(_peak)\n"
-    "runpy.run_module('dreambooth.cli', run_name='__main__', alter_sys=True)\n"
-)
+CUDA_WRAPPER = B.cuda_peak_wrapper("runpy.run_module('dreambooth.cli', run_name='__main__', alter_sys=True)")
 
 
 def child_env(args) -> dict:
@@ -82,20 +74,13 @@ def cli(args) -> list[str]:
     return [args.python, "-m", "dreambooth.cli"]
 
 
-def cuda_peak(run: B.Run) -> float | None:
-    for _, text, *_ in run.events:
-        m = re.search(r"BENCH cuda_max_allocated_bytes=(\d+)", text)
-        if m:
-            return int(m.group(1)) / 2**20
-    return None
-
-
 def setting_a(args, work: Path) -> dict:
     out, gen = work / "lora", work / "generate"
     train_cmd = cli(args) + [
         "train",
-        "--pretrained_model_name_or_path", "tiny",
-        *B.reference_flags(args.instance_dir, INSTANCE_PROMPT, CLASS_PROMPT, args.num_class_images, args.steps),
+        "--pretrained_model_name_or_path", args.model,
+        *B.reference_flags(args.instance_dir, INSTANCE_PROMPT, CLASS_PROMPT, args.num_class_images, args.steps,
+                           args.resolution, args.mixed_precision),
         "--output_dir", str(out),
         "--learning_rate_text", "5e-4",  # diffusers' script trains the text-encoder LoRA at --learning_rate too
     ]
@@ -113,13 +98,14 @@ def setting_a(args, work: Path) -> dict:
         m = re.search(r"trained (\d+) steps in ([\d.]+) s", text) or m
     if m:
         res["tool_reported_training_s"] = float(m.group(2))
-    t_loaded = train.first_line(r"^tiny: ")
+    t_loaded = train.first_line("^" + re.escape(args.model) + ": ")
     if t_loaded is not None:
         res["imports_and_model_load_s"] = t_loaded
     if args.device == "cuda":
-        res["cuda_max_allocated_mib"] = cuda_peak(train)
+        res["cuda_max_allocated_mib"] = B.cuda_peak(train)
 
-    gen_cmd = cli(args) + ["generate", "--lora", str(out), "--prompt", GENERATE_PROMPT, "--output-dir", str(gen)]
+    gen_cmd = cli(args) + ["generate", "--lora", str(out), "--prompt", GENERATE_PROMPT, "--output-dir", str(gen),
+                           "--resolution", str(args.resolution)]
     print(f"$ {B.fmt_cmd(gen_cmd)}", flush=True)
     g = B.run_timed(gen_cmd, work / "generate.log", env=env, echo=args.echo)
     if g.rc != 0:
@@ -133,7 +119,7 @@ def setting_a(args, work: Path) -> dict:
         "max_rss_mib": g.max_rss_mib, "load_before": g.load_before, "load_after": g.load_after,
     }
     if args.device == "cuda":
-        res["generate"]["cuda_max_allocated_mib"] = cuda_peak(g)
+        res["generate"]["cuda_max_allocated_mib"] = B.cuda_peak(g)
     return res
 
 
@@ -226,6 +212,8 @@ def main() -> None:
     p.add_argument("--python", default=sys.executable, help="interpreter that has `dreambooth` importable (default: this one)")
     p.add_argument("--pythonpath", default="", help="prepended to PYTHONPATH of the jobs, e.g. the src/ folder of a checkout")
     B.add_run_flags(p)
+    p.add_argument("--model", default="tiny", help="setting (a)'s base model: tiny, or a diffusers folder such as one from "
+                                                   "bench/save_sd15_model.py (with --resolution 512)")
     p.add_argument("--setting", default="", choices=("", "a", "b", "all"), help="a: tiny model; b: SD 1.5 UNet step (default: a on cpu, all on cuda)")
     p.add_argument("--smoke", action="store_true", help="setting (b) at a tiny resolution with few steps (for CPU)")
     p.add_argument("--gpu-batches", type=int, nargs="+", default=[1, 8], help="batch sizes of setting (b)")
@@ -243,13 +231,14 @@ def main() -> None:
     versions = B.probe_python(args.python, env=child_env(args))
     print(B.describe_env(machine, versions))
     print(f"command : {B.fmt_cmd([sys.executable] + sys.argv)}")
-    report = {"tool": "dreambooth", "machine": machine, "versions": versions, "bench_command": B.fmt_cmd([sys.executable] + sys.argv),
+    report = {"tool": "dreambooth", "model": args.model, "resolution": args.resolution, "mixed_precision": args.mixed_precision, "machine": machine, "versions": versions, "bench_command": B.fmt_cmd([sys.executable] + sys.argv),
               "device": args.device, "steps": args.steps, "num_class_images": args.num_class_images, "warmup": args.warmup}
     try:
         if setting in ("a", "all"):
             res = setting_a(args, work)
             report["a"] = res
-            print_training(res, f"setting (a): tiny model, 64 px, batch 1 + 1 class image, TE LoRA, rank 16, {args.steps} steps, {args.device}")
+            print_training(res, f"setting (a): {args.model}, {args.resolution} px, batch 1 + 1 class image, TE LoRA, rank 16, "
+                                f"{args.steps} steps, {args.num_class_images} class images, {args.device}, precision {args.mixed_precision}")
             g = res["generate"]
             print(f"generate            : {g['images']} images, {g['s_per_image']:.3f} s/image (sampling at default steps), "
                   f"{g['wall_s']:.1f} s wall incl. start-up, {g['max_rss_mib']:.0f} MiB max RSS")

@@ -1,0 +1,61 @@
+"""Write a Stable Diffusion 1.5-shaped pipeline folder with random weights, for timing whole jobs.
+
+    python bench/save_sd15_model.py OUT_DIR [--dtype fp16|fp32]
+
+UNet (859.5 M parameters), VAE (83.7 M) and CLIP ViT-L/14 text encoder (123.1 M) are built from the
+configurations in gpu_step.py, the tokenizer is the real SD 1.x one the package ships, the scheduler is
+SD 1.5's. Same shapes as the real model, so the same cost per step, per class image and per sample: both
+`dreambooth train --model OUT_DIR` and diffusers' scripts (`--pretrained_model_name_or_path OUT_DIR`) load
+it, and neither needs a download. Random weights draw noise: the folder is for speed and memory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_step import SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE  # noqa: E402
+
+SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                      skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+
+
+def build(seed: int = 0):
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from dreambooth.models import load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**SD15_UNET)
+    vae = AutoencoderKL(**SD15_VAE, scaling_factor=0.18215)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER, bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir")
+    p.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"), help="stored precision (SD 1.5's own files are fp16)")
+    args = p.parse_args()
+    started = time.time()
+    pipe = build()
+    if args.dtype == "fp16":
+        pipe.to(torch.float16)
+    pipe.save_pretrained(args.out_dir, safe_serialization=True)
+    count = {name: sum(t.numel() for t in getattr(pipe, name).parameters()) / 1e6 for name in ("unet", "vae", "text_encoder")}
+    print(f"SD 1.5-shaped pipeline, random weights ({', '.join(f'{k} {v:.1f} M' for k, v in count.items())}, {args.dtype}) "
+          f"saved to {args.out_dir} in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
