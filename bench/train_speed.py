@@ -231,7 +231,8 @@ def main() -> None:
     versions = B.probe_python(args.python, env=child_env(args))
     print(B.describe_env(machine, versions))
     print(f"command : {B.fmt_cmd([sys.executable] + sys.argv)}")
-    report = {"tool": "dreambooth", "model": args.model, "resolution": args.resolution, "mixed_precision": args.mixed_precision, "machine": machine, "versions": versions, "bench_command": B.fmt_cmd([sys.executable] + sys.argv),
+    report = {"tool": "dreambooth", "model": args.model, "resolution": args.resolution, "mixed_precision": args.mixed_precision,
+              "machine": machine, "versions": versions, "bench_command": B.fmt_cmd([sys.executable] + sys.argv),
               "device": args.device, "steps": args.steps, "num_class_images": args.num_class_images, "warmup": args.warmup}
     try:
         if setting in ("a", "all"):
