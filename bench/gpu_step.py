@@ -65,6 +65,10 @@ SD15_TEXT_ENCODER = dict(  # CLIP ViT-L/14 text tower
     projection_dim=768,
 )
 
+SD15_NOISE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+# SD 1.5's own sampling scheduler (PNDM) adds these to the noise schedule
+SD15_SCHEDULER = dict(**SD15_NOISE, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+
 SD15_VAE = dict(
     in_channels=3,
     out_channels=3,
@@ -156,7 +160,7 @@ def build(args, device: torch.device, dtype: torch.dtype):
         if text_encoder is not None:
             text_encoder.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(groups, weight_decay=1e-2, eps=1e-8, fused=device.type == "cuda") if device.type != "meta" else None
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    scheduler = DDPMScheduler(**SD15_NOISE)
     count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
     trainable = sum(p.numel() for g in groups for p in g["params"])
     sizes = {"unet_params": count(unet), "text_encoder_params": count(text_encoder), "vae_params": count(vae), "lora_params": trainable}

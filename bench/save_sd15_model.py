@@ -19,10 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_step import SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE  # noqa: E402
-
-SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                      skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+from gpu_step import SD15_SCHEDULER, SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE  # noqa: E402
 
 
 def build(seed: int = 0):
