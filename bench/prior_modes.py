@@ -28,10 +28,10 @@ import torch
 
 def drift(lora_dir: Path, model: str, prompt: str, samples: int = 16) -> float:
     """E ||eps_lora(x_t, t, c) - eps_base(x_t, t, c)||^2 over fixed random latents and timesteps."""
-    from dreambooth.latents import adapters_off
-    from dreambooth.lora import load_lora
+    from dreambooth.lora.adapter import adapters_off
+    from dreambooth.lora.files import load_lora
     from dreambooth.models import load_pipeline, native_resolution
-    from dreambooth.text_encoding import encode_prompts
+    from dreambooth.families.sd import encode_prompts
 
     pipe = load_pipeline(model)
     load_lora(pipe, lora_dir)
@@ -54,11 +54,12 @@ def world_modes(steps: int, samples: int, cls: str = "dog", contexts=("beach", "
     """The demo's subject and settings, trained once per mode, each LoRA scored by the world's reader."""
     import dataclasses
 
-    from dreambooth.lora import load_lora
-    from dreambooth.models import WORLD, load_pipeline, world_dir
-    from dreambooth.train import train
+    from dreambooth.lora.files import load_lora
+    from dreambooth.models import load_pipeline
+    from dreambooth.training.loop import train
+    from dreambooth.world import MODEL as WORLD, TEXT_ENCODER_SCALE, folder as world_dir
     from dreambooth.world import readers
-    from dreambooth.world.demo import TEXT_ENCODER_SCALE, demo_train_config, write_photos
+    from dreambooth.world.demo import demo_train_config, write_photos
     from dreambooth.world.scores import sample_and_score
 
     names = ("subject_fidelity", "subject_in_context", "class_drift", "class_diversity")
@@ -97,7 +98,7 @@ def main() -> None:
     import diffusers
 
     from dreambooth.config import TrainConfig
-    from dreambooth.train import train
+    from dreambooth.training.loop import train
 
     if args.model == "world":
         print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, Python {sys.version.split()[0]}, "

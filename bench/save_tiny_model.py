@@ -17,7 +17,7 @@ def main() -> None:
     p.add_argument("out_dir")
     p.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "v_prediction"))
     args = p.parse_args()
-    from dreambooth.models import build_tiny_pipeline
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
 
     out = Path(args.out_dir)
     build_tiny_pipeline(args.prediction_type).save_pretrained(out, safe_serialization=True)

@@ -30,7 +30,7 @@ def convert(heads_path: str, trunk_path: str, out_path: str) -> None:
     state.update({f"lin{i}.model.1.weight": heads[f"lin{i}.model.1.weight"] for i in range(5)})
     save_file({k: v.float().contiguous() for k, v in state.items()}, out_path)
 
-    from dreambooth.lpips import load_lpips
+    from dreambooth.evaluation.lpips import load_lpips
 
     load_lpips(out_path)  # the file has exactly the layout the evaluator expects
     print(f"{len(state)} tensors -> {out_path}")

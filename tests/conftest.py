@@ -26,7 +26,7 @@ def photos(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """The tiny model saved as a local diffusers folder, as a user's downloaded model would be."""
-    from dreambooth.models import build_tiny_pipeline
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("models") / "tiny-sd"
     build_tiny_pipeline().save_pretrained(path)

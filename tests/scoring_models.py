@@ -15,8 +15,8 @@ def build_scoring_models(folder: Path) -> dict[str, str]:
     from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
 
     import transformers
-    from dreambooth.lpips import LPIPS
-    from dreambooth.models import load_clip_tokenizer
+    from dreambooth.evaluation.lpips import LPIPS
+    from dreambooth.families.clip import load_clip_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -1,7 +1,6 @@
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
 
 from dreambooth.cli import main
@@ -39,8 +38,10 @@ def test_folder_with_no_usable_image(tmp_path, capsys):
     folder.mkdir()
     (folder / "a.jpg").write_bytes(b"\x00" * 100)
     (folder / "b.png").write_text("hello")
-    line = bad(train_args(folder, tmp_path / "out"), capsys, "no usable image")
-    err = capsys.readouterr().err
+    code, _, err = run(train_args(folder, tmp_path / "out"), capsys)
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert code == 2 and "no usable image" in err.splitlines()[-1]
+    assert len(warnings) == 2 and "a.jpg: not a readable image" in warnings[0] and "b.png: not a readable image" in warnings[1]
     assert not (tmp_path / "out").exists()
 
 
@@ -100,8 +101,8 @@ def test_train_then_generate_from_the_command_line(photos, tmp_path, capsys):
 
 def test_python_api_as_documented_runs_twice_in_one_process(photos, tmp_path):
     from dreambooth import GenerateConfig, TrainConfig
-    from dreambooth.generate import generate
-    from dreambooth.train import train
+    from dreambooth.generation import generate
+    from dreambooth.training.loop import train
 
     for i in range(2):
         lora = train(TrainConfig(instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / f"r{i}"),

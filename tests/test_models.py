@@ -2,25 +2,28 @@ import pytest
 import torch
 
 from dreambooth.errors import UsageError
-from dreambooth.models import build_tiny_pipeline, describe, load_pipeline
+from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+from dreambooth.models import describe, load_pipeline
 
 
 def test_tiny_is_deterministic_and_described():
     a, b = build_tiny_pipeline(), build_tiny_pipeline()
     for m in ("unet", "vae", "text_encoder"):
         assert all(torch.equal(x, y) for x, y in zip(getattr(a, m).state_dict().values(), getattr(b, m).state_dict().values()))
-    assert describe(a) == {"family": "tiny", "prediction_type": "epsilon", "native_resolution": 64}
-    assert describe(load_pipeline("tiny-v"))["prediction_type"] == "v_prediction"
+    info = describe(a)
+    assert (info.family.name, info.version, info.prediction_type, info.native_resolution) == ("sd", "", "epsilon", 64)
+    named = describe(load_pipeline("tiny-v"), "tiny-v")
+    assert (named.version, named.prediction_type) == ("tiny-v", "v_prediction")
 
 
 def test_local_diffusers_folder_loads_with_its_prediction_type(tiny_base, tmp_path):
     pipe = load_pipeline(str(tiny_base))
-    assert describe(pipe)["prediction_type"] == "epsilon"
+    assert describe(pipe).prediction_type == "epsilon"
     ref = build_tiny_pipeline()
     assert torch.equal(pipe.unet.conv_in.weight, ref.unet.conv_in.weight)
     v = tmp_path / "tiny-v"
     build_tiny_pipeline("v_prediction").save_pretrained(v)
-    assert describe(load_pipeline(str(v)))["prediction_type"] == "v_prediction"
+    assert describe(load_pipeline(str(v))).prediction_type == "v_prediction"
 
 
 def test_offline_hub_id_gives_one_line_with_the_fix(monkeypatch):
@@ -63,7 +66,7 @@ def test_zero_terminal_snr_schedule_trains_toward_v(tmp_path):
     """SD 2.x-v with a zero-terminal-SNR schedule: at the last timestep the latent is pure noise, so v = -x0."""
     from diffusers import DDPMScheduler
 
-    from dreambooth.loss import training_target
+    from dreambooth.objectives.ddpm import training_target
 
     pipe = build_tiny_pipeline("v_prediction")
     pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config, rescale_betas_zero_snr=True)  # as the model ships it

@@ -1,20 +1,58 @@
-"""dreambooth: personalise a Stable Diffusion model to one subject (DreamBooth + LoRA).
+"""dreambooth: personalise a text-to-image diffusion model to one subject (DreamBooth + LoRA).
 
-Each command is a function in the module of the same name, taking its config dataclass:
+Each command is a function here, taking its config dataclass:
 
-    from dreambooth import TrainConfig, GenerateConfig
-    from dreambooth.train import train
-    from dreambooth.generate import generate
+    from dreambooth import TrainConfig, GenerateConfig, train, generate
 
     lora_dir = train(TrainConfig(model="tiny", instance_dir="photos", instance_prompt="a photo of sks dog", output_dir="run"))
     generate(GenerateConfig(lora=str(lora_dir), prompt="a photo of sks dog on the grass", output_dir="images"))
 
-(The package exports no `train` function itself: importing the `dreambooth.train` module would replace it.)
+`dreambooth.config.settings(TrainConfig, model="world", ...)` builds a config over an embedded model's recommended
+settings, as the command line does. The functions import torch only when called.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
 
 from .config import BenchConfig, EvaluateConfig, ExportConfig, GenerateConfig, IdentifierConfig, TrainConfig
 from .errors import TrainingError, UsageError
 
 __all__ = ["TrainConfig", "GenerateConfig", "IdentifierConfig", "EvaluateConfig", "BenchConfig", "ExportConfig",
-           "UsageError", "TrainingError"]
+           "UsageError", "TrainingError", "train", "generate", "evaluate", "bench", "export"]
 __version__ = "0.1.0"
+
+
+def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
+    """Train a LoRA; return its output folder (see dreambooth.training.loop.train)."""
+    from .training.loop import train as run
+
+    return run(cfg, on_event, stop_event)
+
+
+def generate(cfg: GenerateConfig) -> list[Path]:
+    """Draw images with a base model and a LoRA; return the image paths."""
+    from .generation import generate as run
+
+    return run(cfg)
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """Score generated images against the real ones; return the scores."""
+    from .evaluation.evaluate import evaluate as run
+
+    return run(cfg)
+
+
+def bench(cfg: BenchConfig) -> Path:
+    """Run the paper's benchmark on a DreamBench-layout folder; return the output folder."""
+    from .evaluation.bench import bench as run
+
+    return run(cfg)
+
+
+def export(cfg: ExportConfig) -> Path:
+    """Write a LoRA in another layout; return the written file."""
+    from .lora.export import export as run
+
+    return run(cfg)

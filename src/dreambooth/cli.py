@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import sys
 
 from . import config as C
 from .errors import TrainingError, UsageError
-
-DEMO_STEPS = 1000
-WORLD_CLASSES = ("dog", "cat", "teapot", "vase", "backpack")  # dreambooth.world.render.CLASSES, without importing numpy here
-
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, no usage dump
@@ -28,6 +25,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         names = ["--" + n for n in C.all_names(f)]
         kind = C.field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = default.value if isinstance(default, enum.Enum) else default
         help_text = f"{f.metadata['help']} (default: {default!r})"
         if kind is bool:
             parser.add_argument(*names, dest=f.name, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
@@ -42,18 +40,20 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def config_from_args(cls, args: argparse.Namespace):
-    """defaults <- YAML file <- flags."""
+    """defaults <- the embedded model's recommended settings <- YAML file <- flags."""
     values = vars(args).copy()
     yaml_path = values.pop("config", None)
     values.pop("command", None)
-    base = C.from_dict(cls, C.read_yaml(yaml_path), source=f"--config {yaml_path}") if yaml_path else cls()
+    from_file = C.parse(cls, C.read_yaml(yaml_path), source=f"--config {yaml_path}") if yaml_path else {}
     by_name = {f.name: f for f in C.fields_of(cls)}
-    flags = {k: C.coerce(cls, by_name[k], v, C.flag_name(by_name[k])) for k, v in values.items()}
-    return dataclasses.replace(base, **flags)
+    flags = {k: C.coerce(cls, by_name[k], v, C.flag_name(by_name[k])) for k, v in values.items() if k in by_name}
+    return C.settings(cls, **{**from_file, **flags})
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="dreambooth", description="Personalise Stable Diffusion to one subject (DreamBooth + LoRA).")
+    from .world import commands as world_commands
+
+    parser = Parser(prog="dreambooth", description="Personalise a text-to-image model to one subject (DreamBooth + LoRA).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_config_flags(sub.add_parser("train", help="train a LoRA on a subject's photos"), C.TrainConfig)
     add_config_flags(sub.add_parser("generate", help="draw images with a trained LoRA"), C.GenerateConfig)
@@ -65,14 +65,7 @@ def build_parser() -> Parser:
     add_config_flags(bench, C.BenchConfig)
     add_config_flags(sub.add_parser("export", help="write a LoRA in the kohya (A1111 / ComfyUI) or diffusers layout"), C.ExportConfig)
     add_config_flags(sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig)
-    add_config_flags(sub.add_parser("pretrain-world", help="train the world's base model from scratch on rendered scenes"),
-                     C.PretrainWorldConfig)
-    demo = sub.add_parser("demo", help="DreamBooth in the world on a CPU: render a subject, score the base model, train a LoRA "
-                                       "with prior preservation, generate it in new contexts, score again")
-    demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
-    demo.add_argument("--max-steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
-    demo.add_argument("--subject", default="dog", choices=WORLD_CLASSES, help="class of the subject (default: dog)")
-    demo.add_argument("--samples", type=int, default=32, help="samples per prompt for the scores (default: 32)")
+    world_commands.add_parsers(sub, add_config_flags)
     ui = sub.add_parser("ui", help="serve a web page to train, generate and evaluate (needs: pip install 'dreambooth[ui]')")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
@@ -83,7 +76,7 @@ def build_parser() -> Parser:
 
 
 def run_identifier(cfg: C.IdentifierConfig) -> None:
-    from .identifier import candidates, tokenise
+    from .training.identifier import candidates, tokenise
     from .models import load_tokenizer
 
     C.check_identifier_config(cfg)
@@ -101,47 +94,29 @@ def run_identifier(cfg: C.IdentifierConfig) -> None:
         print(f"  {word:<6} {token_id}")
 
 
+def run_command(args: argparse.Namespace) -> None:
+    """One command: its config from the flags (and YAML), then its function."""
+    import dreambooth as api
+
+    commands = {"train": (C.TrainConfig, api.train), "generate": (C.GenerateConfig, api.generate),
+                "evaluate": (C.EvaluateConfig, api.evaluate), "bench": (C.BenchConfig, api.bench),
+                "export": (C.ExportConfig, api.export), "identifier": (C.IdentifierConfig, run_identifier)}
+    if args.command in commands:
+        cls, function = commands[args.command]
+        function(config_from_args(cls, args))
+    elif args.command == "ui":
+        from .ui import serve
+
+        serve(args.host, args.port, args.workspace, args.auth)
+    else:
+        from .world import commands as world_commands
+
+        world_commands.run(args, lambda cls: config_from_args(cls, args))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        if args.command == "train":
-            from .train import train
-
-            train(config_from_args(C.TrainConfig, args))
-        elif args.command == "generate":
-            from .generate import generate
-
-            generate(config_from_args(C.GenerateConfig, args))
-        elif args.command == "evaluate":
-            from .evaluate import evaluate
-
-            evaluate(config_from_args(C.EvaluateConfig, args))
-        elif args.command == "bench":
-            from .bench import bench
-
-            bench(config_from_args(C.BenchConfig, args))
-        elif args.command == "export":
-            from .export import export
-
-            export(config_from_args(C.ExportConfig, args))
-        elif args.command == "identifier":
-            run_identifier(config_from_args(C.IdentifierConfig, args))
-        elif args.command == "pretrain-world":
-            from .world.pretrain import pretrain_world
-
-            cfg = config_from_args(C.PretrainWorldConfig, args)
-            C.check_pretrain_world(cfg)
-            pretrain_world(cfg)
-        elif args.command == "demo":
-            from .world.demo import run_demo
-
-            if args.max_steps < 1 or args.samples < 1:
-                raise UsageError("--max-steps and --samples must be at least 1")
-            run_demo(args.output_dir, args.max_steps, args.subject, args.samples)
-        elif args.command == "ui":
-            from .ui import serve
-
-            serve(args.host, args.port, args.workspace, args.auth)
+        run_command(build_parser().parse_args(argv))
     except UsageError as e:
         print(f"dreambooth: error: {e}", file=sys.stderr)
         return 2

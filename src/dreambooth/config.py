@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import math
 import typing
 from dataclasses import dataclass, field
@@ -16,26 +17,44 @@ from pathlib import Path
 
 import yaml
 
+from .models import embedded_help, recommended
 from .errors import UsageError
+
+
+class PriorMode(str, enum.Enum):
+    """Where prior preservation's class targets come from."""
+
+    GENERATED = "generated"  # class images drawn by the base model (the paper)
+    BASE_PREDICTION = "base-prediction"  # the frozen base model's prediction on the photos' own noised latents
+
+
+class Precision(str, enum.Enum):
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @property
+    def dtype(self):
+        import torch
+
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.value, torch.float32)
 
 
 def opt(default, help: str, aliases: tuple[str, ...] = (), choices: tuple | None = None, flag: str | None = None):
     """A config field: its default, its help text, extra flag names, allowed values."""
+    if isinstance(default, enum.Enum):
+        choices = tuple(m.value for m in type(default))
     meta = {"help": help, "aliases": aliases, "choices": choices, "flag": flag}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-
-
 @dataclass
 class TrainConfig:
     model: str = opt("tiny", "base model: hub id, local diffusers folder, single-file .safetensors, or an embedded one: "
-                             "'world' (trained on the procedural world, 32 px), 'tiny' (SD 1.x-shaped, random weights), "
-                             "'tiny-v' (v-prediction), 'tiny-sdxl'", ("pretrained_model_name_or_path",))
+                             f"{embedded_help()}; an embedded model's recommended settings are the defaults for it",
+                     ("pretrained_model_name_or_path",))
     vae: str = opt("", "another VAE to use (hub id or folder), e.g. an fp16-safe SDXL VAE", ("pretrained_vae_model_name_or_path",))
     instance_dir: str = opt("", "folder of the subject's photos (3-10); a .txt beside an image is its caption", ("instance_data_dir",))
     instance_prompt: str = opt("", "prompt with the identifier and class noun, e.g. 'a photo of sks dog'")
@@ -49,18 +68,20 @@ class TrainConfig:
                              "the user cache, keyed by model, prompt, resolution, sampler and seed)", ("class_data_dir",))
     num_class_images: int = opt(100, "number of class images to use (generated when missing)")
     prior_loss_weight: float = opt(1.0, "lambda: weight of the class loss")
-    prior_mode: str = opt("generated", "class targets: 'generated' class images (the paper), or 'base-prediction': the frozen "
+    prior_mode: PriorMode = opt(PriorMode.GENERATED, "class targets: 'generated' class images (the paper), or 'base-prediction': the frozen "
                                        "base model's own prediction for the class prompt on the photos' noised latents "
-                                       "(no class images needed)", choices=("generated", "base-prediction"))
+                                       "(no class images needed)")
     class_image_steps: int = opt(25, "sampling steps when generating class images")
     sample_batch_size: int = opt(4, "batch size when generating class images and samples")
     rank: int = opt(16, "LoRA rank", ("lora_rank",))
     lora_alpha: float = opt(0.0, "LoRA alpha; 0 = same as rank")
     lora_dropout: float = opt(0.0, "LoRA dropout")
-    target_modules: list[str] = opt(UNET_TARGETS, "UNet modules that get LoRA adapters")
+    target_modules: list[str] = opt([], "denoiser modules that get LoRA adapters; default: the family's (SD, SDXL: "
+                                        "to_q to_k to_v to_out.0)")
     train_text_encoder: bool = opt(False, "also train a LoRA on the text encoder")
     text_encoder_lr: float = opt(1e-4, "learning rate of the text-encoder LoRA", ("learning_rate_text",))
-    text_encoder_target_modules: list[str] = opt(TEXT_ENCODER_TARGETS, "text-encoder modules that get LoRA adapters")
+    text_encoder_target_modules: list[str] = opt([], "text-encoder modules that get LoRA adapters; default: the family's "
+                                                     "(CLIP: q_proj k_proj v_proj out_proj)")
     learning_rate: float = opt(5e-4, "learning rate of the UNet LoRA")
     lr_scheduler: str = opt("constant", "learning-rate schedule", choices=("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"))
     lr_warmup_steps: int = opt(0, "warmup steps of the schedule")
@@ -69,14 +90,14 @@ class TrainConfig:
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimiser step")
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet (and text encoder)")
     compile: bool = opt(False, "torch.compile the UNet (slow first steps, faster after; mostly worth it on a GPU)")
-    mixed_precision: str = opt("no", "autocast precision (fp16 needs a GPU)", choices=("no", "fp16", "bf16"))
+    mixed_precision: Precision = opt(Precision.NO, "autocast precision (fp16 needs a GPU)")
     use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (CUDA only; AdamW elsewhere)")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.999, "AdamW beta2")
     adam_weight_decay: float = opt(1e-2, "AdamW weight decay")
     adam_epsilon: float = opt(1e-8, "AdamW epsilon")
     snr_gamma: float = opt(0.0, "min-SNR-gamma loss weights (Hang et al. 2023); 0 = plain MSE, 5 is usual; use what the base "
-                                "was trained with ('world': 5)")
+                                "was trained with")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 = off")
     seed: int = opt(0, "seed for class images, noise, timesteps and crops")
     checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps; 0 = only at the end", ("checkpointing_steps",))
@@ -92,10 +113,19 @@ class TrainConfig:
     detect_anomaly: bool = opt(False, "trace the operation that made a NaN/inf (slow; for debugging)")
     export: str = opt("", "also write the LoRA for A1111 / ComfyUI: --export kohya (lora_kohya.safetensors)", choices=("", "kohya"))
 
+    def __post_init__(self):
+        # modes given as plain strings (the Python API) become their types; the CLI and YAML checked them already
+        self.prior_mode = PriorMode(self.prior_mode)
+        self.mixed_precision = Precision(self.mixed_precision)
+
+    def prior(self) -> PriorMode | None:
+        """The prior-preservation mode in force, None without prior preservation: the one place the two flags meet."""
+        return self.prior_mode if self.with_prior_preservation else None
+
 
 @dataclass
 class GenerateConfig:
-    model: str = opt("", "base model: hub id, local diffusers folder, single-file .safetensors, or 'world' / 'tiny' / 'tiny-v'; "
+    model: str = opt("", "base model: hub id, local diffusers folder, single-file .safetensors, or an embedded one ('tiny', ...); "
                          "default: the one the LoRA was trained on (its config.yaml), else 'tiny'", ("pretrained_model_name_or_path",))
     vae: str = opt("", "another VAE to use (hub id or folder); default: the LoRA's training VAE, else the model's own")
     lora: str = opt("", "trained output folder or .safetensors file; empty = the base model alone")
@@ -145,9 +175,7 @@ class PretrainWorldConfig:
 
 
 def check_pretrain_world(cfg: PretrainWorldConfig) -> None:
-    for name in ("autoencoder_steps", "diffusion_steps", "reader_steps", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    check_each(cfg, ["autoencoder_steps", "diffusion_steps", "reader_steps", "batch_size"], lambda v: v >= 1, "must be at least 1")
     if not cfg.learning_rate > 0:
         raise UsageError("--learning-rate must be positive")
 
@@ -165,8 +193,17 @@ def field_type(cls, f: dataclasses.Field):
     return typing.get_type_hints(cls)[f.name]
 
 
-def flag_name(f: dataclasses.Field) -> str:
-    return "--" + f.name.replace("_", "-")
+def flag_name(f: dataclasses.Field | str) -> str:
+    name = f if isinstance(f, str) else f.name
+    return "--" + name.replace("_", "-")
+
+
+def check_each(cfg, names: list[str], ok, rule: str) -> None:
+    """Refuse the first of the fields `names` whose value fails `ok`, naming its flag and the `rule`."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise UsageError(f"{flag_name(name)} {value}: {rule}")
 
 
 def all_names(f: dataclasses.Field) -> list[str]:
@@ -180,6 +217,12 @@ def all_names(f: dataclasses.Field) -> list[str]:
 def coerce(cls, f: dataclasses.Field, value, where: str):
     """Check and convert one value to the field's type; `where` names the flag or key in errors."""
     kind = field_type(cls, f)
+    choices = f.metadata.get("choices")
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        text = value.value if isinstance(value, enum.Enum) else str(value)
+        if text not in choices:
+            raise UsageError(f"{where}: {text!r} is not one of {', '.join(choices)}")
+        return kind(text)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -213,14 +256,13 @@ def coerce(cls, f: dataclasses.Field, value, where: str):
     except (TypeError, ValueError):
         name = getattr(kind, "__name__", str(kind))
         raise UsageError(f"{where}: {value!r} is not a valid {name}; fix the value") from None
-    choices = f.metadata.get("choices")
     if choices and out not in choices:
         raise UsageError(f"{where}: {out!r} is not one of {', '.join(choices)}")
     return out
 
 
-def from_dict(cls, values: dict, source: str = "config"):
-    """Build a config from a mapping whose keys may use any spelling of a field's name."""
+def parse(cls, values: dict, source: str = "config") -> dict:
+    """Checked values by field name, from a mapping whose keys may use any spelling of a field's name."""
     lookup = {name: f for f in fields_of(cls) for name in all_names(f)}
     kwargs = {}
     for key, value in values.items():
@@ -230,7 +272,25 @@ def from_dict(cls, values: dict, source: str = "config"):
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UsageError(f"{source}: unknown key '{key}'{hint}; remove it or fix its name")
         kwargs[f.name] = coerce(cls, f, value, f"{source}: key '{key}'")
-    return cls(**kwargs)
+    return kwargs
+
+
+def from_dict(cls, values: dict, source: str = "config"):
+    """A config from a mapping (any spelling of the names), over the defaults for its model."""
+    return settings(cls, **parse(cls, values, source))
+
+
+def settings(cls, **values):
+    """defaults <- the embedded model's recommended settings <- `values`. What the CLI, YAML files and the bench
+    build configs with; `TrainConfig(...)` alone takes the general defaults."""
+    command = {TrainConfig: "train", GenerateConfig: "generate"}.get(cls)
+    if command is None:
+        return cls(**values)
+    model = values.get("model", "")
+    if not model and values.get("lora"):  # generate's model defaults to the one the LoRA was trained on
+        lora = Path(values["lora"]).expanduser()
+        model = str(saved_settings(lora if lora.is_dir() else lora.parent).get("model", ""))
+    return cls(**{**recommended(model or cls().model, command), **values})
 
 
 def read_yaml(path: str | Path, flag: str = "--config") -> dict:
@@ -265,7 +325,8 @@ def saved_settings(folder: str | Path) -> dict:
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The settings as plain values (modes as their names), as config.yaml holds them."""
+    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
 def to_yaml(cfg) -> str:
@@ -277,34 +338,23 @@ def check_train(cfg: TrainConfig) -> None:
     need = [("instance_dir", "the folder of the subject's photos"), ("instance_prompt", "e.g. 'a photo of sks dog'"), ("output_dir", "a folder for the results")]
     for name, what in need:
         if not getattr(cfg, name):
-            raise UsageError(f"--{name.replace('_', '-')} is required: pass {what}")
+            raise UsageError(f"{flag_name(name)} is required: pass {what}")
     if cfg.resolution < 0 or cfg.resolution % 8:
         raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
     if cfg.with_prior_preservation and not cfg.class_prompt:
         raise UsageError("--with-prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of a dog'")
-    positive = ["rank", "max_steps", "batch_size", "gradient_accumulation_steps", "num_class_images", "class_image_steps", "sample_batch_size", "sample_steps", "validation_steps"]
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    non_negative = ["lora_alpha", "lora_dropout", "prior_loss_weight", "snr_gamma", "lr_warmup_steps", "max_grad_norm", "checkpoint_every", "num_samples", "num_validation_images", "adam_weight_decay", "checkpoints_total_limit"]
-    for name in non_negative:
-        if getattr(cfg, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must not be negative")
-    if not cfg.lora_dropout < 1:
-        raise UsageError(f"--lora-dropout {cfg.lora_dropout}: must be below 1")
-    for name in ["learning_rate", "text_encoder_lr"]:
-        if not 0 < getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be between 0 and 1, e.g. 1e-4")
-    if not cfg.target_modules:
-        raise UsageError("--target-modules: name at least one module, e.g. to_q to_k to_v to_out.0")
+    check_each(cfg, ["rank", "max_steps", "batch_size", "gradient_accumulation_steps", "num_class_images", "class_image_steps",
+                     "sample_batch_size", "sample_steps", "validation_steps"], lambda v: v >= 1, "must be at least 1")
+    check_each(cfg, ["lora_alpha", "lora_dropout", "prior_loss_weight", "snr_gamma", "lr_warmup_steps", "max_grad_norm",
+                     "checkpoint_every", "num_samples", "num_validation_images", "adam_weight_decay", "checkpoints_total_limit"],
+               lambda v: v >= 0, "must not be negative")
+    check_each(cfg, ["lora_dropout"], lambda v: v < 1, "must be below 1")
+    check_each(cfg, ["learning_rate", "text_encoder_lr"], lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 1e-4")
 
 
 def check_identifier_config(cfg: IdentifierConfig) -> None:
-    for name in ["count", "max_chars"]:
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if cfg.min_id < 0:
-        raise UsageError(f"--min-id {cfg.min_id}: must not be negative")
+    check_each(cfg, ["count", "max_chars"], lambda v: v >= 1, "must be at least 1")
+    check_each(cfg, ["min_id"], lambda v: v >= 0, "must not be negative")
 
 
 def check_generate(cfg: GenerateConfig) -> None:
@@ -316,12 +366,18 @@ def check_generate(cfg: GenerateConfig) -> None:
         raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
     if cfg.unet_scale < 0 or cfg.text_encoder_scale < 0 or cfg.guidance < 0:
         raise UsageError("--unet-scale, --text-encoder-scale and --guidance must not be negative")
-    for name in ["num_images", "steps", "batch_size"]:
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    check_each(cfg, ["num_images", "steps", "batch_size"], lambda v: v >= 1, "must be at least 1")
 
 
-METRICS = ("dino", "clip-i", "clip-t", "pres", "div")
+METRICS = ("dino", "clip-i", "clip-t", "pres", "div")  # as --metrics spells them; the paper's names in upper case
+
+
+def metric_key(metric: str) -> str:
+    """A metric as scores.json and the reports key it: 'clip-i' -> 'clip_i'."""
+    return metric.replace("-", "_")
+
+
+METRIC_NAMES = {metric_key(m): m.upper() for m in METRICS}  # key -> the paper's name, in the paper's order
 
 
 @dataclass
@@ -344,12 +400,11 @@ def check_evaluate(cfg: EvaluateConfig) -> None:
     for name, what in [("real", "the folder of the subject's photos"), ("generated", "the folder of generated images"),
                        ("output", "a JSON file for the scores, e.g. scores.json")]:
         if not getattr(cfg, name):
-            raise UsageError(f"--{name} is required: pass {what}")
+            raise UsageError(f"{flag_name(name)} is required: pass {what}")
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown or not cfg.metrics:
         raise UsageError(f"--metrics {' '.join(cfg.metrics)}: choose from {' '.join(METRICS)}")
-    if cfg.batch_size < 1:
-        raise UsageError(f"--batch-size {cfg.batch_size}: must be at least 1")
+    check_each(cfg, ["batch_size"], lambda v: v >= 1, "must be at least 1")
 
 
 @dataclass
@@ -381,8 +436,7 @@ def check_bench(cfg: BenchConfig) -> None:
         raise UsageError("DATASET_DIR is required: pass the DreamBench folder (<subject>/*.jpg, prompts_and_classes.txt)")
     if not cfg.output_dir:
         raise UsageError("--output-dir is required: pass a folder for the runs and reports")
-    for name in ["num_prompts", "images_per_prompt", "max_steps", "num_class_images", "steps", "batch_size"]:
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    check_each(cfg, ["num_prompts", "images_per_prompt", "max_steps", "num_class_images", "steps", "batch_size"],
+               lambda v: v >= 1, "must be at least 1")
     if not cfg.identifier or len(cfg.identifier.split()) != 1:
         raise UsageError(f"--identifier {cfg.identifier!r}: pass one word, e.g. sks")

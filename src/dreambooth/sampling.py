@@ -1,11 +1,15 @@
-"""Pipeline -> images: seeded, batched, with a fast solver. Used for class images, validation
-images, model-card samples and `dreambooth generate`."""
+"""Pipeline -> images: seeded, batched, with a fast solver, and image grids. Used for class images, validation
+images, model-card samples, `dreambooth generate` and the reports."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
+from PIL import Image
+
+from .families import components, family_of
 
 
 def fast_sampler(pipe):
@@ -35,7 +39,7 @@ def draw(pipe, prompt: str, num: int, seed: int, steps: int, guidance: float, re
     pipe.set_progress_bar_config(disable=True)
     images = []
     try:
-        with eval_mode(pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)), torch.no_grad(), autocast():
+        with eval_mode(*components(pipe, family_of(pipe)).values()), torch.no_grad(), autocast():
             for start in range(0, num, batch_size):
                 n = min(batch_size, num - start)
                 generators = [torch.Generator().manual_seed(seed + first_index + start + i) for i in range(n)]
@@ -54,3 +58,13 @@ def draw(pipe, prompt: str, num: int, seed: int, steps: int, guidance: float, re
     finally:
         pipe.scheduler = sampler
     return images
+
+
+def grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
+    cols = cols or min(len(images), 4)
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    out = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        out.paste(im.convert("RGB").resize((w, h)), ((i % cols) * w, (i // cols) * h))
+    return out

@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..config import EvaluateConfig, GenerateConfig, TrainConfig
+from ..models import EMBEDDED, embedded_help
 from . import evaluate_tab, generate_tab, runs, train_tab
 from .jobs import Jobs
 from .uploads import MAX_PHOTOS
@@ -22,8 +23,9 @@ table.scores tr.ref { color: #666; }
 iframe.bench { width: 100%; height: 600px; border: 1px solid #ddd; }
 """
 
-MODELS = ["tiny", "world", "stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1-base",
-          "stabilityai/stable-diffusion-xl-base-1.0"]
+# the embedded models (but the v-prediction test model), then the common hub bases
+MODELS = [name for name in EMBEDDED if name != "tiny-v"] + [
+    "stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-xl-base-1.0"]
 
 
 def theme():
@@ -56,7 +58,7 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
                     seed_state = gr.State(0)
                     tokens = gr.Markdown(train_tab.tokens_markdown(train_tab.suggest(0), "dog"), elem_id="tokens")
                     model = gr.Dropdown(MODELS, value="tiny", allow_custom_value=True, elem_id="model",
-                                        label="Base model: 'tiny' (test model), 'world' (the procedural world's base, 32 px), a hub id, a local diffusers folder or .safetensors file")
+                                        label=f"Base model: {embedded_help()}, a hub id, a local diffusers folder or .safetensors file")
                 with gr.Column():
                     with gr.Row():
                         prior = gr.Checkbox(label="Prior preservation", value=True, elem_id="prior")

@@ -6,7 +6,8 @@ import html
 import json
 from pathlib import Path
 
-from ..bench_report import METRICS, REFERENCE, SOURCE, fmt
+from ..config import METRIC_NAMES
+from ..evaluation.bench_report import REFERENCE, SOURCE, fmt
 from ..config import EvaluateConfig
 from ..errors import UsageError
 from . import runs
@@ -16,7 +17,7 @@ SCORED = ("dino", "clip_i", "clip_t")  # PRES and DIV need class-prompt images a
 
 def scores_table(run: str, result: dict | None) -> str:
     """The run's means (when scored) above the DreamBooth paper's reference rows."""
-    names = [name for key, name in METRICS if key in SCORED]
+    names = [METRIC_NAMES[key] for key in SCORED]
     head = "".join(f"<th>{n}</th>" for n in ["", *names])
     rows = []
     if result:
@@ -44,7 +45,7 @@ def show(workspace: Path, run: str) -> str:
 
 def score(workspace: Path, run: str, dino_model: str, clip_model: str) -> tuple[str, str]:
     """Run `dreambooth evaluate` on the images the page drew with this run: (message, table)."""
-    from ..evaluate import evaluate  # the submodule, as the command line does (see jobs.default_train)
+    from ..evaluation.evaluate import evaluate  # the submodule, as the command line does (see jobs.default_train)
 
     run_dir = runs.run_path(workspace, run)
     if run_dir is None:
@@ -54,7 +55,7 @@ def score(workspace: Path, run: str, dino_model: str, clip_model: str) -> tuple[
     if not generated.is_dir():
         return "Error: No images of this run yet: draw some in the Generate tab first", scores_table(run, None)
     cfg = EvaluateConfig(real=real, generated=str(generated), output=str(runs.scores_file(workspace, run)),
-                         metrics=["dino", "clip-i", "clip-t"], dino_model=(dino_model or "").strip() or EvaluateConfig.dino_model,
+                         metrics=[key.replace("_", "-") for key in SCORED], dino_model=(dino_model or "").strip() or EvaluateConfig.dino_model,
                          clip_model=(clip_model or "").strip() or EvaluateConfig.clip_model)
     try:
         result = evaluate(cfg)

@@ -38,7 +38,7 @@ class Job:
 
 
 def default_train(cfg, on_event, stop_event):
-    from ..train import train  # imported here: the page opens without loading torch
+    from ..training.loop import train  # imported here: the page opens without loading torch
 
     return train(cfg, on_event, stop_event)
 

@@ -18,20 +18,17 @@ from pathlib import Path
 
 
 from ..config import saved_settings
-from ..lora import WEIGHT_NAME
+from ..lora.files import WEIGHT_NAME
+from ..training.photos import slug
 
 KOHYA_NAME = "lora_kohya.safetensors"
 SKIP = {"uploads", "images", "scores", "checkpoints", "validation", ".cache"}  # never hold a run; keeps the scan short
 MAX_DEPTH = 4
 
 
-def slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
-
-
 def new_run_name(workspace: Path, class_noun: str) -> str:
     """<class>-<date>-<time>, with a counter when two start in the same second."""
-    base = f"{slug(class_noun) or 'subject'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = f"{slug(class_noun, 40, 'subject')}-{time.strftime('%Y%m%d-%H%M%S')}"
     name, n = base, 2
     while (workspace / "runs" / name).exists() or (workspace / "uploads" / name).exists():
         name, n = f"{base}-{n}", n + 1
@@ -68,17 +65,17 @@ def lora_files(run_dir: Path) -> list[Path]:
 
 
 def images_dir(workspace: Path, run: str) -> Path:
-    return workspace / "images" / (slug(run.replace("/", "-"), 80) or "run")
+    return workspace / "images" / slug(run.replace("/", "-"), 80, "run")
 
 
 def scores_file(workspace: Path, run: str) -> Path:
-    return workspace / "scores" / (slug(run.replace("/", "-"), 80) or "run") / "scores.json"
+    return workspace / "scores" / slug(run.replace("/", "-"), 80, "run") / "scores.json"
 
 
 def next_images_folder(workspace: Path, run: str, prompt: str) -> Path:
     parent = images_dir(workspace, run)
     taken = [int(m.group(1)) for p in parent.glob("*") if (m := re.match(r"(\d+)-", p.name))] if parent.is_dir() else []
-    return parent / f"{max(taken, default=0) + 1:03d}-{slug(prompt) or 'prompt'}"
+    return parent / f"{max(taken, default=0) + 1:03d}-{slug(prompt, 40)}"
 
 
 def bench_reports(workspace: Path) -> list[Path]:

@@ -16,8 +16,8 @@ from .uploads import MAX_PHOTOS, MIN_PHOTOS, Rejected, check_photo, folder_sourc
 
 @lru_cache(maxsize=1)
 def clip_tokenizer():
-    # SD 1.x, 2.x and SDXL all use CLIP's BPE vocabulary, so the embedded tokenizer answers for every base
-    # model without downloading one.
+    # The families so far all read prompts with CLIP's BPE vocabulary, so the embedded tokenizer answers for
+    # every base model without downloading one.
     from ..models import load_tokenizer
 
     return load_tokenizer("tiny")
@@ -25,7 +25,7 @@ def clip_tokenizer():
 
 def suggest(seed: int) -> str:
     """A rare one-token identifier, as `dreambooth identifier` lists them; another one for each seed."""
-    from ..identifier import candidates
+    from ..training.identifier import candidates
 
     found = candidates(clip_tokenizer(), count=1, seed=int(seed))
     return found[0][0] if found else "sks"
@@ -37,7 +37,7 @@ def instance_prompt(identifier: str, class_noun: str) -> str:
 
 def tokens_markdown(identifier: str, class_noun: str) -> str:
     """How the instance prompt tokenises; a warning when the identifier is not one token."""
-    from ..identifier import tokenise
+    from ..training.identifier import tokenise
 
     prompt = instance_prompt(identifier, class_noun)
     parts = []

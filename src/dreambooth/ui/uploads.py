@@ -11,7 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..data import IMAGE_SUFFIXES, TooLarge, open_photo
+from ..training.photos import IMAGE_SUFFIXES, TooLarge, open_photo
 
 MAX_PHOTOS = 10  # the paper uses 3-5 photos; more than 10 adds little and makes the upload a disk-filling vector
 MIN_PHOTOS = 3

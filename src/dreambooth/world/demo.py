@@ -12,25 +12,20 @@ from pathlib import Path
 
 from PIL import Image
 
-from .. import atomic, report
-from ..config import TrainConfig
+from .. import atomic
+from ..sampling import grid
+from ..config import TrainConfig, settings
+from . import MODEL, TEXT_ENCODER_SCALE, folder
 from .render import HELD_OUT, render, subject_scenes
 from .scores import SCORES
 
 UPSCALE = 3  # 32 px images are shown 96 px wide
-# Text-encoder LoRA strength when drawing: at 1.0 the identifier also drowns the context words ("on the beach").
-# Measured on one run: 1.0 -> subject in 88 % of samples, subject in the asked context in 16 %; 0.8 -> 81 % and 32 %.
-TEXT_ENCODER_SCALE = 0.8
 
 
 def demo_train_config(cls: str, photos: Path, out: Path, max_steps: int, prior: bool = True) -> TrainConfig:
-    """The settings the demo and the world's tests train with (measured to work on the world's base)."""
-    return TrainConfig(
-        model="world", instance_dir=str(photos), instance_prompt=f"a photo of sks {cls}", output_dir=str(out),
-        resolution=32, with_prior_preservation=prior, class_prompt=f"a photo of a {cls}", num_class_images=100,
-        sample_batch_size=50, train_text_encoder=True, learning_rate=1e-3, text_encoder_lr=1e-3, rank=8,
-        max_steps=max_steps, batch_size=2, guidance_scale=4.0, num_samples=0, seed=0, snr_gamma=5.0,
-    )
+    """The settings the demo and the world's tests train with: the world model's recommended ones (the registry's)."""
+    return settings(TrainConfig, model=MODEL, instance_dir=str(photos), instance_prompt=f"a photo of sks {cls}", output_dir=str(out),
+                    with_prior_preservation=prior, class_prompt=f"a photo of a {cls}", max_steps=max_steps, num_samples=0, seed=0)
 
 
 def write_photos(cls: str, folder: Path, n: int = 5, seed: int = 0) -> Path:
@@ -45,9 +40,9 @@ def big(image: Image.Image) -> Image.Image:
 
 def run_demo(output_dir: str, max_steps: int = 1000, cls: str = "dog", n: int = 32, contexts=None) -> dict:
     """`contexts`: the contexts to ask for the subject in (default: all but plain)."""
-    from ..lora import load_lora
-    from ..models import WORLD, load_pipeline, world_dir
-    from ..train import train
+    from ..lora.files import load_lora
+    from ..models import load_pipeline
+    from ..training.loop import train
     from . import readers
     from .scores import sample_and_score
 
@@ -55,12 +50,12 @@ def run_demo(output_dir: str, max_steps: int = 1000, cls: str = "dog", n: int = 
     photos = write_photos(cls, out / "subject")
     colour, pattern = HELD_OUT[cls]
     print(f"subject: a {colour} {pattern} {cls}, never seen by the base model; photos in {photos}", flush=True)
-    reader, info = readers.load(world_dir() / "reader")
-    pipe = load_pipeline(WORLD)
+    reader, info = readers.load(folder() / "reader")
+    pipe = load_pipeline(MODEL)
     print(f"scoring the base model ({n} samples per prompt)", flush=True)
     before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
     lora_dir = train(demo_train_config(cls, photos, out / "lora", max_steps))
-    load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=WORLD)
+    load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
     print(f"scoring the fine-tuned model ({n} samples per prompt)", flush=True)
     after, after_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
     scores = {"before": before, "after": after, "reader_accuracy": info["accuracy"]}
@@ -74,15 +69,15 @@ def run_demo(output_dir: str, max_steps: int = 1000, cls: str = "dog", n: int = 
 
 def write_report(out: Path, cls: str, photos: Path, before: dict, after: dict, scores: dict, per_row: int = 8) -> None:
     (out / "report").mkdir(parents=True, exist_ok=True)
-    atomic.save_image(big(report.grid([Image.open(p) for p in sorted(photos.glob("*.png"))], cols=8)),
+    atomic.save_image(big(grid([Image.open(p) for p in sorted(photos.glob("*.png"))], cols=8)),
                       out / "report" / "photos.png")
     rows = []
     for name in before:
         for when, images in (("before", before), ("after", after)):
-            atomic.save_image(big(report.grid(images[name][:per_row], cols=per_row)),
+            atomic.save_image(big(grid(images[name][:per_row], cols=per_row)),
                               out / "report" / f"{name.replace(':', '-')}-{when}.png")
         rows.append(name)
-    atomic.save_image(report.grid([big(report.grid(after[name][:per_row], cols=per_row)) for name in rows], cols=1),
+    atomic.save_image(grid([big(grid(after[name][:per_row], cols=per_row)) for name in rows], cols=1),
                       out / "grid.png")
     from .scores import prompts
 

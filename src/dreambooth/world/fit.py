@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from .. import data
+from ..training import photos as data
 
 
 def to_tensor(images) -> torch.Tensor:

@@ -55,7 +55,7 @@ def build_scheduler():
 
 
 def build_tokenizer():
-    from ..models import load_clip_tokenizer
+    from ..families.clip import load_clip_tokenizer
 
     tokenizer = load_clip_tokenizer()
     tokenizer.model_max_length = MAX_TOKENS

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import atomic, checkpoint
+from .. import atomic
+from ..training import checkpoint
 from ..config import PretrainWorldConfig
-from ..loss import snr_weights, training_target, weighted_mse
-from ..text_encoding import encode_prompts
+from ..objectives.ddpm import snr_weights, training_target
+from ..training.loss import weighted_mse
+from ..families.sd import encode_prompts
 from . import model as M
 from .fit import cosine, fit, progress, to_tensor
 from .render import SIZE, batch, caption
@@ -58,7 +60,7 @@ def diffusion_loss(unet, text_encoder, tokenizer, vae, scheduler, images, captio
     noise = torch.randn(latents.shape, generator=generator)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, t)
-    cond, _ = encode_prompts([tokenizer], [text_encoder], captions, "cpu")
+    cond = encode_prompts([tokenizer], [text_encoder], captions, "cpu")["hidden"]
     pred = unet(noisy, t, cond).sample
     return weighted_mse(pred, training_target(scheduler, latents, noise, t), snr_weights(scheduler, t, 5.0))
 

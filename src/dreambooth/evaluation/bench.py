@@ -1,0 +1,231 @@
+"""`dreambooth bench`: the DreamBooth paper's protocol on a DreamBench-layout dataset.
+
+For each subject: train a LoRA (or reuse one), draw N images for each of its 25 prompts and for the class
+prompt `a <class>` (for PRES), score them against the subject's photos; then one row per subject, the mean
+and the paper's reference rows (bench.md / .csv / .json / .html). A subject whose scores.json was made
+with the same settings is not run again; a trained LoRA and finished prompt folders are reused, so an
+interrupted run picks up where it stopped.
+
+    OUT/<subject>/lora/                 the trained LoRA (train's output folder)
+    OUT/<subject>/images/NN-<prompt>/   image-000.png ... and config.yaml (as `dreambooth generate` writes)
+    OUT/<subject>/class/                images of the class prompt, for PRES
+    OUT/<subject>/scores.json           evaluate's scores for the subject, and the settings that made them
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .. import atomic
+from ..config import BenchConfig, EvaluateConfig, GenerateConfig, TrainConfig, all_names, check_bench, fields_of, from_dict, read_yaml, saved_settings, to_dict, to_yaml
+from ..errors import UsageError
+from ..lora.files import WEIGHT_NAME
+from ..training.photos import slug
+from . import bench_report, dreambench
+from .evaluate import CACHE_NAME, Evaluator
+from .inputs import find_images
+
+BENCH_OWNED = ("model", "instance_dir", "instance_prompt", "output_dir", "with_prior_preservation", "class_prompt",
+               "class_dir", "num_class_images", "max_steps", "seed", "resume")
+
+
+def train_settings(path: str) -> TrainConfig:
+    """Training settings for every subject: TrainConfig defaults (no model-card samples) <- --train-config."""
+    data = {}
+    if path:
+        data = read_yaml(path, flag="--train-config")
+        owned = {name for f in fields_of(TrainConfig) if f.name in BENCH_OWNED for name in all_names(f)}
+        for key in data:
+            if str(key) in owned:
+                raise UsageError(f"--train-config {path}: '{key}' is set by the bench for each subject; "
+                                 f"remove it (bench flags: --model, --max-steps, --num-class-images, --seed, ...)")
+    return from_dict(TrainConfig, {"num_samples": 0, **data}, source=f"--train-config {path}")
+
+
+def pick_subjects(cfg: BenchConfig, benchmark: dreambench.Benchmark, dataset: Path) -> list[str]:
+    present = dreambench.subjects_present(benchmark, dataset)
+    if not cfg.subjects:
+        if not present:
+            raise UsageError(f"--dataset {cfg.dataset}: none of the subjects in {dreambench.PROMPTS_FILE} has a folder there")
+        return present
+    for s in cfg.subjects:
+        if s not in benchmark.classes:
+            raise UsageError(f"--subjects {s}: not in {dreambench.PROMPTS_FILE}; choose from {', '.join(benchmark.classes)}")
+        if s not in present:
+            raise UsageError(f"--subjects {s}: no folder {dataset / s} with its photos; add it or leave the subject out")
+    return list(dict.fromkeys(cfg.subjects))
+
+
+def eval_config(cfg: BenchConfig) -> EvaluateConfig:
+    return EvaluateConfig(dino_model=cfg.dino_model, clip_model=cfg.clip_model, lpips_net=cfg.lpips_net)
+
+
+def settings_of(cfg: BenchConfig, base: TrainConfig) -> dict:
+    """Everything that changes a subject's scores; a finished subject is reused only when they are equal."""
+    keep = ("num_prompts", "images_per_prompt", "model", "identifier", "max_steps", "with_prior_preservation", "num_class_images",
+            "loras", "steps", "guidance", "seed", "dino_model", "clip_model", "lpips_net")
+    train_extra = {k: v for k, v in to_dict(base).items() if k not in BENCH_OWNED}
+    return {**{k: getattr(cfg, k) for k in keep}, "train": train_extra}
+
+
+# ---------------------------------------------------------------- one subject
+
+NOT_COMPARED = ("output_dir", "instance_dir", "class_dir", "resume", "checkpoint_every", "checkpoints_total_limit", "num_samples",
+                "validation_prompt", "validation_steps", "num_validation_images", "sample_steps")
+
+
+def differences(saved: dict, wanted: TrainConfig) -> list[str]:
+    """Settings in which a LoRA folder's config.yaml differs from the training the bench would run."""
+    out = []
+    for key, value in to_dict(wanted).items():
+        if key in NOT_COMPARED or key not in saved or (key in ("resolution", "lora_alpha") and not value):
+            continue  # resolution 0 and lora_alpha 0 mean "the model's size" and "= rank": train writes the real values
+        if saved[key] != value:
+            out.append(f"{key} {saved[key]!r}, not {value!r}")
+    return out
+
+
+def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, dataset: Path, out: Path) -> Path:
+    """The subject's LoRA: from --loras, from an earlier run with the same settings, or trained now."""
+    if cfg.loras:
+        given = Path(cfg.loras).expanduser() / subject
+        if (given / WEIGHT_NAME).is_file():
+            return given
+    lora_dir = out / subject / "lora"
+    wanted = dataclasses.replace(
+        base, model=cfg.model, instance_dir=str(dataset / subject), instance_prompt=f"a photo of {cfg.identifier} {noun}",
+        output_dir=str(lora_dir), with_prior_preservation=cfg.with_prior_preservation,
+        # Class images come from train's shared bank (keyed by model, prompt, sampler, seed): one set per class noun.
+        class_prompt=f"a photo of a {noun}" if cfg.with_prior_preservation else "",
+        num_class_images=cfg.num_class_images, max_steps=cfg.max_steps, seed=cfg.seed,
+    )
+    done = (lora_dir / WEIGHT_NAME).is_file()
+    started = (lora_dir / "checkpoints").is_dir() and any((lora_dir / "checkpoints").iterdir())
+    if done or started:
+        changed = differences(saved_settings(lora_dir), wanted)
+        if changed:
+            raise UsageError(f"--output-dir {cfg.output_dir}: {lora_dir} was trained with other settings ({'; '.join(changed[:3])}); "
+                             f"delete that folder to train it again, or pass another --output-dir")
+        if done:
+            return lora_dir
+    from ..training.loop import train
+
+    return train(dataclasses.replace(wanted, resume=started))
+
+
+def image_files(folder: Path, n: int) -> list[Path]:
+    return [folder / f"image-{i:03d}.png" for i in range(n)]
+
+
+def drawn(folder: Path, prompt: str, cfg: BenchConfig, lora: Path) -> bool:
+    """The folder holds the images these settings would draw (its config.yaml says how they were made)."""
+    saved = saved_settings(folder)
+    wanted = {"model": cfg.model, "lora": str(lora), "prompt": prompt, "num_images": cfg.images_per_prompt,
+              "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed}
+    return all(saved.get(k) == v for k, v in wanted.items()) and all(p.is_file() for p in image_files(folder, cfg.images_per_prompt))
+
+
+def draw_missing(cfg: BenchConfig, lora: Path, jobs: list[tuple[Path, str]], bar) -> None:
+    """Draw the (folder, prompt) jobs not done yet, loading the base model and LoRA once for all of them."""
+    pending = [(folder, prompt) for folder, prompt in jobs if not drawn(folder, prompt, cfg, lora)]
+    bar.update((len(jobs) - len(pending)) * cfg.images_per_prompt)
+    if not pending:
+        return
+    import torch
+
+    from ..lora.files import load_lora
+    from ..models import load_pipeline, native_resolution
+    from ..sampling import draw
+
+    pipe = load_pipeline(cfg.model)
+    load_lora(pipe, lora)
+    if torch.cuda.is_available():
+        pipe.to("cuda")
+    resolution = native_resolution(pipe)
+    for folder, prompt in pending:
+        (folder / "config.yaml").unlink(missing_ok=True)  # written last: its presence means the folder is complete
+        images = draw(pipe, prompt, cfg.images_per_prompt, cfg.seed, cfg.steps, cfg.guidance, resolution, cfg.batch_size,
+                      on_batch=lambda b: bar.update(len(b)))
+        for image, path in zip(images, image_files(folder, cfg.images_per_prompt)):
+            atomic.save_image(image, path)
+        settings = GenerateConfig(model=cfg.model, lora=str(lora), prompt=prompt, num_images=cfg.images_per_prompt, steps=cfg.steps,
+                                  guidance=cfg.guidance, seed=cfg.seed, resolution=resolution, batch_size=cfg.batch_size,
+                                  output_dir=str(folder))
+        atomic.write_text(folder / "config.yaml", to_yaml(settings))
+    del pipe
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_subject(cfg: BenchConfig, base: TrainConfig, benchmark: dreambench.Benchmark, subject: str, dataset: Path, out: Path,
+                evaluator: Evaluator, settings: dict, bar) -> dict:
+    sdir, noun = out / subject, benchmark.classes[subject]
+    real = find_images(dataset / subject, "--dataset")
+    bar.set_description(f"{subject}: training")
+    lora = train_subject(cfg, base, subject, noun, dataset, out)
+    prompts = benchmark.prompts(subject, cfg.identifier)[: cfg.num_prompts]
+    jobs = [(sdir / "images" / f"{i:02d}-{slug(p)}", p) for i, p in enumerate(prompts)]
+    class_job = (sdir / "class", f"a {noun}")
+    bar.set_description(f"{subject}: drawing")
+    draw_missing(cfg, lora, [*jobs, class_job], bar)
+
+    bar.set_description(f"{subject}: scoring")
+    by_image = {path: prompt for folder, prompt in jobs for path in image_files(folder, cfg.images_per_prompt)}
+    class_images = image_files(class_job[0], cfg.images_per_prompt)
+    result = evaluator.score(real, list(by_image), sdir / "images", by_image, cfg.identifier, class_images)
+    evaluator.cache.save()
+    result.update(subject=subject, class_noun=noun, kind=benchmark.kind(subject), class_prompt=class_job[1],
+                  real=str(dataset / subject), settings=settings)
+    bench_report.subject_images(sdir, real, [image_files(folder, 1)[0] for folder, _ in jobs])
+    atomic.write_text(sdir / "scores.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return bench_report.row(result)
+
+
+def finished(sdir: Path, settings: dict) -> dict | None:
+    """The subject's summary row when its scores.json was made with these settings, else None."""
+    try:
+        result = json.loads((sdir / "scores.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("settings") != settings:
+        return None
+    return bench_report.row(result)
+
+
+# ---------------------------------------------------------------- the run
+
+def bench(cfg: BenchConfig) -> Path:
+    check_bench(cfg)
+    dataset = Path(cfg.dataset).expanduser()
+    benchmark = dreambench.read(dataset)
+    subjects = pick_subjects(cfg, benchmark, dataset)
+    base = train_settings(cfg.train_config)
+    out = Path(cfg.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")
+    if cfg.loras and not Path(cfg.loras).expanduser().is_dir():
+        raise UsageError(f"--loras {cfg.loras}: no such folder; pass the folder that holds one LoRA folder per subject")
+    evaluator = Evaluator(eval_config(cfg), out / CACHE_NAME)
+    evaluator.load()  # a missing scoring model fails now, not after the first subject has trained
+    settings = settings_of(cfg, base)
+    sizes = {s: (len(benchmark.prompts(s, cfg.identifier)[: cfg.num_prompts]) + 1) * cfg.images_per_prompt for s in subjects}
+    rows = []
+    bar = tqdm(total=sum(sizes.values()), desc="bench", unit="img")
+    try:
+        for subject in subjects:
+            row = finished(out / subject, settings)
+            if row is not None:
+                bar.update(sizes[subject])
+            else:
+                row = run_subject(cfg, base, benchmark, subject, dataset, out, evaluator, settings, bar)
+            rows.append(row)
+            bench_report.write(out, rows, settings)  # the reports follow the run: an interrupted run still has them
+    finally:
+        bar.close()
+    print(bench_report.markdown_table(rows))
+    print(f"bench: {len(rows)} subjects -> {out / 'bench.md'}, bench.csv, bench.json, bench.html", flush=True)
+    return out

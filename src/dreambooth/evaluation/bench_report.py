@@ -1,0 +1,135 @@
+"""The bench's reports: one row per subject, the mean row and the paper's reference rows, as Markdown, CSV,
+JSON and an HTML page that shows each subject's real photos beside its generated images."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+from PIL import ImageOps
+
+from .. import atomic
+from ..config import METRIC_NAMES
+from ..sampling import grid
+from .embeddings import open_rgb
+from .metrics import mean
+
+SOURCE = "Ruiz et al. 2022"
+# The DreamBooth paper: Table 1 (subject fidelity, prompt fidelity) and Table 3 (prior-preservation ablation, Imagen).
+REFERENCE = [
+    {"name": "Real images", "dino": 0.774, "clip_i": 0.885, "clip_t": None, "pres": None, "div": None},
+    {"name": "DreamBooth (Imagen)", "dino": 0.696, "clip_i": 0.812, "clip_t": 0.306, "pres": None, "div": None},
+    {"name": "DreamBooth (Stable Diffusion)", "dino": 0.668, "clip_i": 0.803, "clip_t": 0.305, "pres": None, "div": None},
+    {"name": "Textual Inversion (Stable Diffusion)", "dino": 0.569, "clip_i": 0.780, "clip_t": 0.255, "pres": None, "div": None},
+    {"name": "DreamBooth (Imagen) with prior preservation", "dino": None, "clip_i": None, "clip_t": None, "pres": 0.493, "div": 0.391},
+    {"name": "DreamBooth (Imagen) without prior preservation", "dino": None, "clip_i": None, "clip_t": None, "pres": 0.664, "div": 0.371},
+]
+THUMB = 128
+
+
+def row(result: dict) -> dict:
+    """A subject's summary row from its scores.json."""
+    return {"subject": result["subject"], "class": result["class_noun"], "kind": result["kind"],
+            **{key: result["means"].get(key) for key, _ in METRIC_NAMES.items()}}
+
+
+def mean_row(rows: list[dict]) -> dict:
+    return {"subject": "mean", "class": "", "kind": f"{len(rows)} subjects", **{k: mean(r[k] for r in rows) for k, _ in METRIC_NAMES.items()}}
+
+
+def fmt(value) -> str:
+    return f"{value:.3f}" if value is not None else "–"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| | class | kind | " + " | ".join(name for _, name in METRIC_NAMES.items()) + " |"
+    lines = [head, "|---|---|---|" + "---:|" * len(METRIC_NAMES)]
+    for r in [*rows, mean_row(rows)]:
+        name = f"**{r['subject']}**" if r["subject"] == "mean" else r["subject"]
+        lines.append(f"| {name} | {r['class']} | {r['kind']} | " + " | ".join(fmt(r[k]) for k, _ in METRIC_NAMES.items()) + " |")
+    for ref in REFERENCE:
+        lines.append(f"| *{ref['name']}* | | {SOURCE} | " + " | ".join(fmt(ref[k]) for k, _ in METRIC_NAMES.items()) + " |")
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict], settings: dict) -> str:
+    return "\n".join([
+        "# DreamBench results",
+        "",
+        f"Base model `{settings['model']}`, {settings['max_steps']} training steps, prior preservation "
+        f"{'on' if settings['with_prior_preservation'] else 'off'}, identifier `{settings['identifier']}`; "
+        f"{settings['images_per_prompt']} images for each of {settings['num_prompts']} prompts per subject, "
+        f"{settings['steps']} sampling steps, guidance {settings['guidance']}, seed {settings['seed']}.",
+        "",
+        "DINO, CLIP-I: mean cosine similarity of generated and real images (higher = closer to the subject). "
+        "CLIP-T: generated image vs its prompt without the identifier. PRES: DINO of class-prompt images vs the "
+        "subject (lower = class prior kept). DIV: mean LPIPS between images of the same prompt (higher = more diverse). "
+        f"Reference rows in italics are the paper's ({SOURCE}).",
+        "",
+        markdown_table(rows),
+        "",
+    ])
+
+
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["row", "class", "kind", *[k for k, _ in METRIC_NAMES.items()]])
+    for r in [*rows, mean_row(rows)]:
+        writer.writerow([r["subject"], r["class"], r["kind"], *["" if r[k] is None else f"{r[k]:.4f}" for k, _ in METRIC_NAMES.items()]])
+    for ref in REFERENCE:
+        writer.writerow([ref["name"], "", f"reference ({SOURCE})", *["" if ref[k] is None else ref[k] for k, _ in METRIC_NAMES.items()]])
+    return buf.getvalue()
+
+
+def html_page(rows: list[dict], settings: dict) -> str:
+    e = html.escape
+
+    def cells(values, tag="td"):
+        return "".join(f"<{tag}>{e(str(v))}</{tag}>" for v in values)
+
+    table = [f"<tr>{cells(['', 'class', 'kind', *[n for _, n in METRIC_NAMES.items()]], 'th')}</tr>"]
+    for r in [*rows, mean_row(rows)]:
+        table.append(f"<tr>{cells([r['subject'], r['class'], r['kind'], *[fmt(r[k]) for k, _ in METRIC_NAMES.items()]])}</tr>")
+    for ref in REFERENCE:
+        table.append(f"<tr class='ref'>{cells([ref['name'], '', SOURCE, *[fmt(ref[k]) for k, _ in METRIC_NAMES.items()]])}</tr>")
+    sections = []
+    for r in rows:
+        scores = " · ".join(f"{name} {fmt(r[k])}" for k, name in METRIC_NAMES.items())
+        sections.append(
+            f"<section><h2>{e(r['subject'])} <small>({e(r['class'])}, {e(r['kind'])})</small></h2><p>{e(scores)}</p>"
+            f"<div class='pair'><figure><img src='{e(r['subject'])}/real.png' alt='real photos'><figcaption>real photos</figcaption></figure>"
+            f"<figure><img src='{e(r['subject'])}/generated.png' alt='generated images'>"
+            f"<figcaption>generated, first image of each prompt</figcaption></figure></div></section>")
+    return "\n".join([
+        "<!doctype html>", "<html><head><meta charset='utf-8'><title>DreamBench results</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:4px 10px;"
+        "border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}tr.ref{color:#666;"
+        "font-style:italic}.pair{display:flex;gap:2em;align-items:flex-start}figure{margin:0}img{max-width:100%}</style>",
+        "</head><body>", "<h1>DreamBench results</h1>",
+        f"<p>Base model <code>{e(str(settings['model']))}</code>, {settings['max_steps']} training steps, "
+        f"{settings['images_per_prompt']} images × {settings['num_prompts']} prompts per subject. "
+        f"Reference rows: {SOURCE}.</p>",
+        f"<table>{''.join(table)}</table>", *sections, "</body></html>", "",
+    ])
+
+
+def write(out: Path, rows: list[dict], settings: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"settings": settings, "subjects": rows, "mean": mean_row(rows), "reference": {"source": SOURCE, "rows": REFERENCE}}
+    atomic.write_text(out / "bench.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_text(out / "bench.csv", csv_text(rows))
+    atomic.write_text(out / "bench.md", markdown(rows, settings))
+    atomic.write_text(out / "bench.html", html_page(rows, settings))
+
+
+def subject_images(sdir: Path, real: list[Path], generated: list[Path]) -> None:
+    """real.png (the photos in a row) and generated.png (one image per prompt, 5 a row) for the HTML page."""
+    def thumbs(paths):
+        return [ImageOps.fit(open_rgb(p), (THUMB, THUMB)) for p in paths]
+
+    atomic.save_image(grid(thumbs(real), cols=min(len(real), 5)), sdir / "real.png")
+    atomic.save_image(grid(thumbs(generated), cols=min(len(generated), 5)), sdir / "generated.png")

@@ -1,0 +1,44 @@
+"""CLIP text encoders and the tokenizer the package ships (SD 1.x's, derived from OpenAI CLIP's BPE vocabulary):
+shared by the families that condition on CLIP, and by their tiny test models."""
+
+from __future__ import annotations
+
+import weakref
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+TOKEN_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per tokenizer object, gone with it
+
+
+def tokenizer_dir() -> Path:
+    return Path(str(resources.files("dreambooth") / "assets" / "clip_tokenizer"))
+
+
+def load_clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(tokenizer_dir())
+
+
+def tokenize(tokenizer, prompts: list[str], device) -> torch.Tensor:
+    # Training asks for the same few prompts every step: keep their token ids.
+    cache = TOKEN_IDS.setdefault(tokenizer, {})
+    missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+    if missing:
+        ids = tokenizer(missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        cache.update(zip(missing, ids))
+    return torch.stack([cache[p] for p in prompts]).to(device)
+
+
+def tiny_text_encoder(tokenizer, projection: bool, seed: int):
+    """A 2-layer, 32-wide CLIP text encoder over the real vocabulary, random weights (seeded)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)

@@ -1,0 +1,67 @@
+"""LoRA adapters (peft) on a model: add them, switch them off to run the frozen base, find a module by path."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+import torch
+
+from ..errors import UsageError
+
+ADAPTER = "subject"
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str]) -> list[torch.nn.Parameter]:
+    """Freeze `model`, attach a LoRA adapter to `targets`, return the new trainable parameters (fp32)."""
+    from peft import LoraConfig
+
+    model.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets)
+    try:
+        model.add_adapter(config)
+    except ValueError as e:
+        raise UsageError(f"--target-modules {' '.join(targets)}: {str(e).splitlines()[0]}; name modules the model has") from None
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()  # fp32 master weights even when the base runs in half precision
+    return params
+
+
+_TUNER_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tuner_layers(model) -> list:
+    """peft's adapter-carrying layers of `model`, listed once per set of adapters. diffusers' and transformers'
+    disable_adapters walk every module and check peft's version on each call: about 4 % of a base-prediction
+    step on the world model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    key = tuple(model.peft_config)
+    cached = _TUNER_LAYERS.get(model)
+    if cached is None or cached[0] != key:
+        cached = _TUNER_LAYERS[model] = (key, [m for m in model.modules() if isinstance(m, BaseTunerLayer)])
+    return cached[1]
+
+
+@contextlib.contextmanager
+def adapters_off(*models):
+    """Run the frozen base model: LoRA adapters of `models` (those that have any) switched off."""
+    layers = [layer for m in models if getattr(m, "peft_config", None) for layer in tuner_layers(m)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def find_module(model: torch.nn.Module, path: str):
+    """`path` in `model`, allowing for CLIP's `text_model.` prefix, which newer transformers drop."""
+    for candidate in (path, path.removeprefix("text_model."), "text_model." + path):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    return None

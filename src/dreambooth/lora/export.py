@@ -1,0 +1,97 @@
+"""`dreambooth export`: a trained LoRA (or an old cloneofsimo/lora file) in another layout, checked by
+reading it back through diffusers' own loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import atomic
+from ..config import ExportConfig, check_export
+from ..errors import UsageError
+from ..models import describe, load_pipeline
+from .files import find_weights, read_lora, training_config
+from .kohya import split_key, to_kohya
+
+
+def normalised(state: dict[str, torch.Tensor]) -> dict[tuple[str, str, str], torch.Tensor]:
+    """(component, module, down/up) -> tensor, whatever the key layout and CLIP prefix."""
+    return {(c, m.removeprefix("text_model."), part): t for k, t in state.items() for c, m, part in [split_key(k)]}
+
+
+def read_native(path: Path, pipe, allow_pickle: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from . import cloneofsimo
+
+    if cloneofsimo.is_cloneofsimo(path):
+        return cloneofsimo.convert(path, pipe, allow_pickle), {}
+    _, meta, state = read_lora(path)
+    if state is None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    return state, meta
+
+
+def check_round_trip(written: Path, pipe, expected: dict[str, torch.Tensor]) -> None:
+    """Every tensor must come back, unchanged, through diffusers' non-diffusers LoRA loader."""
+    loaded = type(pipe).lora_state_dict(str(written), unet_config=pipe.unet.config)
+    state = loaded[0]
+    got, want = normalised(state), normalised(expected)
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        example = (missing or extra)[0]
+        raise UsageError(f"export check failed: {len(missing)} weights lost and {len(extra)} unexpected when diffusers "
+                         f"reads {written} (e.g. {'.'.join(example[:2])}); the file was not kept")
+    for key, tensor in want.items():
+        if not torch.equal(got[key].to(tensor.dtype), tensor):
+            raise UsageError(f"export check failed: {'.'.join(key[:2])} changed on the way through diffusers' loader")
+
+
+def export(cfg: ExportConfig) -> Path:
+    check_export(cfg)
+    path = find_weights(cfg.lora, cfg.allow_pickle)
+    model = cfg.model or base_model_of(path)
+    pipe = load_pipeline(model, allow_pickle=cfg.allow_pickle)
+    return export_with(pipe, path, cfg.format, cfg.output, cfg.allow_pickle, model)
+
+
+def export_with(pipe, path: Path, fmt: str, output: str = "", allow_pickle: bool = False, model: str = "") -> Path:
+    """Write the LoRA at `path` in layout `fmt` for the base model `pipe` (whose UNet layout names the modules)."""
+    state, meta = read_native(path, pipe, allow_pickle)
+    out = Path(output) if output else path.parent / ("lora_kohya.safetensors" if fmt == "kohya" else "pytorch_lora_weights.safetensors")
+    if out.exists() and out.resolve() == path.resolve():
+        raise UsageError(f"--output {out}: is the input file; pass another path")
+    if out.is_dir():
+        raise UsageError(f"--output {out}: is a folder; pass a .safetensors file path")
+    if fmt == "kohya":
+        base = describe(pipe, model)
+        denoiser = getattr(pipe, base.family.denoiser)
+        tensors, header = to_kohya(state, meta, base.family, base.version, denoiser.config)
+    else:
+        tensors, header = {k: v.contiguous() for k, v in state.items()}, {k: v for k, v in meta.items() if k.startswith("dreambooth.")}
+        header["format"] = "pt"
+    from safetensors.torch import save
+
+    tmp = out.with_name(f".{out.name}.check.safetensors")
+    try:
+        tmp.write_bytes(save(tensors, metadata=header))
+        check_round_trip(tmp, pipe, state)
+        atomic.write_bytes(out, tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"{fmt} LoRA ({len(tensors)} tensors, every one read back by diffusers) -> {out}", flush=True)
+    return out
+
+
+def base_model_of(path: Path) -> str:
+    return training_config(path.parent).get("model", "") or read_header_base(path) or "tiny"
+
+
+def read_header_base(path: Path) -> str:
+    if path.suffix.lower() != ".safetensors":
+        return ""
+    try:
+        return read_lora(path)[1].get("dreambooth.base_model", "")
+    except UsageError:
+        return ""

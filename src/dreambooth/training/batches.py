@@ -1,0 +1,141 @@
+"""Photos and class images -> the latents, prompts and conditioning of one micro-batch.
+
+Everything random about an example (which photo, flip, crop, latent sample, noise, timestep) comes from a
+generator seeded by (seed, its position in the stream): a resumed run draws exactly what an uninterrupted
+one would, and N processes draw what one process with N times the batch would."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from ..config import PriorMode, TrainConfig
+from ..families import Family, PromptEmbeddings
+from ..lora.adapter import adapters_off
+from .photos import resize_and_crop, to_tensor
+
+
+def example_generator(seed: int, kind: str, position: int) -> torch.Generator:
+    stream = {"instance": 0, "class": 1, "prior": 2}[kind]
+    return torch.Generator().manual_seed((seed * 1_000_003 + position) * 4 + stream)
+
+
+def stream_indices(pos: int, count: int, n: int, seed: int) -> list[int]:
+    """Items pos..pos+count-1 of an endless stream of shuffled epochs over n items."""
+    out = []
+    for p in range(pos, pos + count):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + p // n))
+        out.append(int(perm[p % n]))
+    return out
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # instance examples first, then class examples
+    prompts: list[str]
+    num_class: int
+    geometry: torch.Tensor  # per example: original height and width, the crop's top and left, target height and width
+    rngs: list  # each example's generator, to draw its noise and timestep next
+
+
+class Examples:
+    """Draws micro-batches. With a centre crop the VAE posterior of each (image, flip) is computed once and
+    reused; each step still samples a fresh latent from it, as encoding anew would. Prompt embeddings
+    are cached while the text encoders are frozen."""
+
+    def __init__(self, cfg: TrainConfig, family: Family, vae, tokenizers: list, encoders: list, device, dtype, instance: list,
+                 classes: list, rank: int = 0, num_processes: int = 1):
+        self.cfg, self.family, self.vae, self.tokenizers, self.encoders = cfg, family, vae, tokenizers, encoders
+        self.rank, self.num_processes = rank, num_processes  # this process's share of the stream of examples
+        self.device, self.dtype = device, dtype
+        self.sets = {"instance": instance, "class": classes}
+        self.posteriors: dict = {}
+        self.embeddings: dict = {}
+
+    def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator):
+        which = "instance" if which == "prior" else which
+        key = (which, idx, flip)
+        if key in self.posteriors:
+            return self.posteriors[key]
+        photo = self.sets[which][idx]
+        fixed = self.cfg.center_crop or which == "class"
+        image, (top, left) = resize_and_crop(photo.image, self.cfg.resolution, fixed, g, flip)
+        pixels = to_tensor(image)[None].to(self.device, self.dtype)
+        with torch.no_grad():
+            dist = self.vae.encode(pixels).latent_dist
+        res = self.cfg.resolution
+        geometry = torch.tensor([[photo.image.height, photo.image.width, top, left, res, res]], dtype=torch.float32)
+        out = (dist.mean, dist.std, geometry)
+        if fixed:
+            self.posteriors[key] = out
+        return out
+
+    def prompt(self, which: str, idx: int) -> str:
+        if which in ("class", "prior"):
+            return self.cfg.class_prompt
+        return self.sets["instance"][idx].caption or self.cfg.instance_prompt
+
+    def encode(self, prompts: list[str]) -> PromptEmbeddings:
+        if self.cfg.train_text_encoder:
+            return self.family.encode_prompts(self.tokenizers, self.encoders, prompts, self.device)
+        return self.cached(prompts, base=False)
+
+    def precompute(self) -> None:
+        """Encode every fixed-crop image (both flips when flipping) and, with frozen text encoders, every prompt."""
+        flips = (False, True) if self.cfg.random_flip else (False,)
+        for which, photos in self.sets.items():
+            if which == "class" or self.cfg.center_crop:
+                for idx in range(len(photos)):
+                    for flip in flips:
+                        self.posterior(which, idx, flip, None)
+        if not self.cfg.train_text_encoder:
+            prompts = [self.prompt("instance", i) for i in range(len(self.sets["instance"]))]
+            self.encode(prompts + ([self.cfg.class_prompt] if self.cfg.prior() else []))
+        if self.cfg.prior() is PriorMode.BASE_PREDICTION:
+            self.base_encode([self.cfg.class_prompt])
+
+    def base_encode(self, prompts: list[str]) -> PromptEmbeddings:
+        """Embeddings from the text encoders with their adapters off: the frozen base model's view.
+        With frozen encoders that is what `encode` gives, so both share one cache then."""
+        return self.cached(prompts, base=self.cfg.train_text_encoder)
+
+    def cached(self, prompts: list[str], base: bool) -> PromptEmbeddings:
+        """Embeddings of `prompts`, each computed once (with adapters off when `base`)."""
+        missing = [p for p in dict.fromkeys(prompts) if (base, p) not in self.embeddings]
+        if missing:
+            with torch.no_grad(), (adapters_off(*self.encoders) if base else contextlib.nullcontext()):
+                embedded = self.family.encode_prompts(self.tokenizers, self.encoders, missing, self.device)
+            for i, p in enumerate(missing):
+                self.embeddings[(base, p)] = {name: tensor[i] for name, tensor in embedded.items()}
+        names = self.embeddings[(base, prompts[0])]
+        return {name: torch.stack([self.embeddings[(base, p)][name] for p in prompts]) for name in names}
+
+    def batch(self, micro_step: int) -> Batch:
+        """Micro-batch `micro_step` of this process. Its examples are positions of one global stream, and each
+        example draws its flip, crop, latent sample, noise and timestep from its own generator: N processes with
+        batch b see exactly the examples and randomness of one process with batch N*b."""
+        cfg, bs = self.cfg, self.cfg.batch_size
+        first = (micro_step * self.num_processes + self.rank) * bs
+        instance = stream_indices(first, bs, len(self.sets["instance"]), cfg.seed)
+        picks = [("instance", i, first + j) for j, i in enumerate(instance)]
+        prior = cfg.prior()
+        if prior is PriorMode.BASE_PREDICTION:
+            # the class half: the same photos, read with the class prompt; the target comes from the base model
+            picks += [("prior", idx, pos) for _, idx, pos in picks]
+        elif prior is PriorMode.GENERATED:
+            classes = stream_indices(first, bs, len(self.sets["class"]), cfg.seed + 1)
+            picks += [("class", i, first + j) for j, i in enumerate(classes)]
+        latents, geometry, rngs = [], [], []
+        for which, idx, pos in picks:
+            g = example_generator(cfg.seed, which, pos)
+            flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
+            mean, std, ids = self.posterior(which, idx, flip, g)
+            noise = torch.randn(mean.shape, generator=g).to(mean.device, mean.dtype)
+            latents.append(mean + std * noise)
+            geometry.append(ids)
+            rngs.append(g)
+        latents = torch.cat(latents) * self.vae.config.scaling_factor
+        prompts = [self.prompt(which, idx) for which, idx, _ in picks]
+        return Batch(latents, prompts, len(picks) - bs, torch.cat(geometry).to(self.device), rngs)

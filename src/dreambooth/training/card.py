@@ -1,0 +1,69 @@
+"""The model card written beside a trained LoRA: what it was trained on and how, and how to use it."""
+
+from __future__ import annotations
+
+from ..config import PriorMode, TrainConfig
+from ..models import Base
+
+
+def prior_words(cfg: TrainConfig) -> str:
+    mode = cfg.prior()
+    if mode is PriorMode.BASE_PREDICTION:
+        return f"yes: `{cfg.class_prompt}`, targets from the base model's own predictions, λ = {cfg.prior_loss_weight}"
+    if mode is PriorMode.GENERATED:
+        return f"yes: `{cfg.class_prompt}`, {cfg.num_class_images} class images, λ = {cfg.prior_loss_weight}"
+    return "no"
+
+
+def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_samples: bool, seconds: float) -> str:
+    pipeline = base.family.pipeline_class
+    te = base.family.adapters_words[1 if cfg.train_text_encoder else 0]
+    prior = prior_words(cfg)
+    lines = [
+        "---",
+        f"base_model: {cfg.model}",
+        "library_name: diffusers",
+        "tags: [text-to-image, stable-diffusion, lora, dreambooth]",
+        f"instance_prompt: {cfg.instance_prompt}",
+        "---",
+        "",
+        f"# DreamBooth LoRA: `{cfg.instance_prompt}`",
+        "",
+        f"A LoRA for **{cfg.model}** ({base.summary()}; load it onto that base model only) "
+        f"that binds the subject of {cfg.instance_dir} to the prompt `{cfg.instance_prompt}`.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| adapters | {te}, rank {cfg.rank}, alpha {cfg.lora_alpha or cfg.rank} |",
+        f"| prior preservation | {prior} |",
+        f"| steps × batch | {cfg.max_steps} × {cfg.batch_size} (accumulation {cfg.gradient_accumulation_steps}) |",
+        f"| learning rate | {cfg.learning_rate} UNet, {cfg.text_encoder_lr if cfg.train_text_encoder else '–'} text encoder, {cfg.lr_scheduler} |",
+        f"| resolution | {cfg.resolution} px |",
+        f"| precision | {cfg.mixed_precision} |",
+        f"| seed | {cfg.seed} |",
+        f"| final loss | {final_loss:.4f} |" if final_loss is not None else "| final loss | – |",
+        f"| training time | {seconds:.0f} s |",
+        "",
+    ]
+    if has_samples:
+        lines += ["![samples](samples.png)", ""]
+    lines += [
+        "## Use",
+        "",
+        "```bash",
+        f'dreambooth generate --lora path/to/this/folder --prompt "{cfg.instance_prompt} on the grass" --output-dir out',
+        "```",
+        "",
+        "or in plain diffusers (for a hub or local base model):",
+        "",
+        "```python",
+        f"from diffusers import {pipeline}",
+        f'pipe = {pipeline}.from_pretrained("{cfg.model}")',
+        'pipe.load_lora_weights("path/to/this/folder")',
+        f'pipe("{cfg.instance_prompt} on the grass").images[0]',
+        "```",
+        "",
+        "The full settings are in `config.yaml`.",
+        "",
+    ]
+    return "\n".join(lines)

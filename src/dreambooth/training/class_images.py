@@ -1,0 +1,79 @@
+"""Class-prior images: generate those missing with the base model, keep those already there."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .. import atomic
+from ..models import identity
+from ..sampling import draw
+from .photos import IMAGE_SUFFIXES, slug
+
+
+def existing(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int, resolution: int, seed: int = 0,
+                        steps: int = 25, batch_size: int = 4, guidance_scale: float = 7.5, autocast=contextlib.nullcontext,
+                        shard: tuple[int, int] = (0, 1), barrier=lambda: None) -> list[Path]:
+    """Make `class_dir` hold at least `num` images of `class_prompt`; return the first `num`.
+
+    Image i is `class-{i:05d}.png`, drawn with seed `seed + i`, written atomically: an interrupted run
+    resumes where it stopped and makes the same images it would have made, and processes sharing the work
+    (`shard` = (rank, number of processes)) make the images one process would.
+    """
+    class_dir = Path(class_dir)
+    class_dir.mkdir(parents=True, exist_ok=True)
+    have = existing(class_dir)
+    names = {p.name for p in have}
+    free = (i for i in itertools.count() if f"class-{i:05d}.png" not in names)
+    missing = list(itertools.islice(free, max(0, num - len(have))))
+    # With several processes each draws every n-th missing image; all must list the folder before any writes.
+    barrier()
+    rank, num_processes = shard
+    missing = missing[rank::num_processes]
+    bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not missing)
+    # Runs of consecutive indices are drawn together so image i always comes from seed + i.
+    for run in consecutive_runs(missing):
+        for start in range(0, len(run), batch_size):
+            chunk = run[start : start + batch_size]
+            images = draw(pipe, class_prompt, len(chunk), seed, steps, guidance_scale, resolution, batch_size,
+                          first_index=chunk[0], autocast=autocast)
+            for i, image in zip(chunk, images):
+                atomic.save_image(image, class_dir / f"class-{i:05d}.png")
+            bar.update(len(chunk))
+    bar.close()
+    return existing(class_dir)[:num]
+
+
+def consecutive_runs(indices: list[int]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def cache_root() -> Path:
+    if os.environ.get("DREAMBOOTH_CACHE"):
+        return Path(os.environ["DREAMBOOTH_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "dreambooth"
+
+
+def bank_dir(model: str, vae: str, class_prompt: str, resolution: int, steps: int, guidance: float, seed: int) -> Path:
+    """Where the class images of these settings live, shared by every run and subject that asks for the same.
+
+    Image i depends only on (base model, VAE, prompt, resolution, sampler, steps, guidance, seed + i), so
+    runs that agree on those share images; asking for more images adds to the same folder."""
+    key = json.dumps([identity(model), identity(vae), class_prompt, resolution, "dpmsolver++", steps, guidance, seed])
+    return cache_root() / "class-images" / f"{slug(class_prompt, 40, 'class')}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"

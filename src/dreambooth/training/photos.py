@@ -1,0 +1,127 @@
+"""Image folder -> validated RGB images (EXIF, any Pillow mode, optional captions) -> training tensors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..errors import UsageError, warn
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class Photo:
+    path: Path
+    image: Image.Image  # RGB, upright
+    caption: str | None  # from a .txt beside the image, if any
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is laid on white, as a photo of the object would be."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+MAX_PIXELS = 64_000_000  # a 64-megapixel photo decodes to ~200 MB; a header claiming more is refused unread
+
+
+class TooLarge(ValueError):
+    pass
+
+
+def open_photo(path: Path) -> Image.Image:
+    """Decode fully (so truncated files fail here, not mid-training), upright, RGB."""
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError:  # Pillow refuses headers past twice its own limit
+        raise TooLarge(f"its header claims more than {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels, which") from None
+    with opened as im:
+        if im.size[0] * im.size[1] > MAX_PIXELS:
+            raise TooLarge(f"{im.size[0]}x{im.size[1]} px")
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return to_rgb(im)
+
+
+def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]:
+    """Every readable image in `folder`, sorted by name; unreadable files are skipped with a warning."""
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise UsageError(f"{flag} {folder}: no such folder; pass the folder that holds the photos")
+    if not root.is_dir():
+        raise UsageError(f"{flag} {folder}: is a file, not a folder; pass the folder that holds the photos")
+    try:
+        entries = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        raise UsageError(f"{flag} {folder}: cannot list it ({e.strerror}); check its permissions") from None
+    photos = []
+    for path in entries:
+        if not path.is_file():  # a folder named x.jpg, a broken link or a link loop
+            warn(f"skipping {path}: not a regular file")
+            continue
+        try:
+            image = open_photo(path)
+        except TooLarge as e:
+            warn(f"skipping {path}: {e} is larger than {MAX_PIXELS // 1_000_000} megapixels; downsize it")
+            continue
+        except (OSError, ValueError, SyntaxError) as e:
+            warn(f"skipping {path}: not a readable image ({type(e).__name__})")
+            continue
+        if min(image.size) < 8:
+            warn(f"skipping {path}: {image.size[0]}x{image.size[1]} px is too small to train on")
+            continue
+        caption_file = path.with_suffix(".txt")
+        try:
+            caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else None
+        except OSError as e:
+            warn(f"ignoring caption {caption_file}: {e.strerror}")
+            caption = None
+        photos.append(Photo(path, image, caption or None))
+    if not photos:
+        raise UsageError(f"{flag} {folder}: no usable image in it (.jpg, .png, .webp, ...); add the subject's photos")
+    return photos
+
+
+def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool, generator: torch.Generator | None = None,
+                    flip: bool = False) -> tuple[Image.Image, tuple[int, int]]:
+    """Shorter side to `resolution`, optionally mirrored, then a square crop: centred, or at a seeded random place.
+
+    Returns the crop and its (top, left) corner in the resized (mirrored) image, which some families are conditioned on."""
+    w, h = image.size
+    scale = resolution / min(w, h)
+    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    if flip:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    if center_crop:
+        left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    else:
+        left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
+        top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
+    return image.crop((left, top, left + resolution, top + resolution)), (top, left)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> CHW float tensor in [-1, 1], the VAE's input range."""
+    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def slug(text: str, limit: int = 48, empty: str = "prompt") -> str:
+    """A prompt as a folder-name part: lower-case letters and digits joined by '-', at most `limit` characters."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or empty

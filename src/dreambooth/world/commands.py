@@ -1,0 +1,37 @@
+"""The world's commands: `dreambooth demo` and `dreambooth pretrain-world`, added to the CLI's parser."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import PretrainWorldConfig, check_pretrain_world
+from ..errors import UsageError
+
+DEMO_STEPS = 1000
+CLASSES = ("dog", "cat", "teapot", "vase", "backpack")  # render.CLASSES, without importing numpy for --help
+
+
+def add_parsers(sub, add_config_flags) -> None:
+    add_config_flags(sub.add_parser("pretrain-world", help="train the world's base model from scratch on rendered scenes"),
+                     PretrainWorldConfig)
+    demo = sub.add_parser("demo", help="DreamBooth in the world on a CPU: render a subject, score the base model, train a LoRA "
+                                       "with prior preservation, generate it in new contexts, score again")
+    demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
+    demo.add_argument("--max-steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
+    demo.add_argument("--subject", default="dog", choices=CLASSES, help="class of the subject (default: dog)")
+    demo.add_argument("--samples", type=int, default=32, help="samples per prompt for the scores (default: 32)")
+
+
+def run(args: argparse.Namespace, config_of) -> None:
+    if args.command == "pretrain-world":
+        from .pretrain import pretrain_world
+
+        cfg = config_of(PretrainWorldConfig)
+        check_pretrain_world(cfg)
+        pretrain_world(cfg)
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        if args.max_steps < 1 or args.samples < 1:
+            raise UsageError("--max-steps and --samples must be at least 1")
+        run_demo(args.output_dir, args.max_steps, args.subject, args.samples)

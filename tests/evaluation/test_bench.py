@@ -1,0 +1,125 @@
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from scoring_models import build_scoring_models, noise_image
+
+import dreambooth.evaluation.bench as bench_mod
+from dreambooth.evaluation import dreambench
+from dreambooth.cli import main
+from dreambooth.config import BenchConfig
+from dreambooth.errors import UsageError
+
+DATA = Path(__file__).parents[1] / "data"
+LIVE = {"cat", "cat2", "dog", "dog2", "dog3", "dog5", "dog6", "dog7", "dog8"}
+
+
+def test_prompt_lists_of_the_dreambench_file():
+    bench = dreambench.parse((DATA / "prompts_and_classes.txt").read_text())
+    assert len(bench.object_prompts) == 25 and len(bench.live_prompts) == 25
+    assert len(bench.classes) == 30 and bench.classes["bear_plushie"] == "stuffed animal"
+    assert {s for s in bench.classes if bench.is_live(s)} == LIVE
+    live, thing = bench.prompts("dog2", "sks"), bench.prompts("bear_plushie", "sks")
+    assert live[0] == "a sks dog in the jungle" and thing[0] == "a sks stuffed animal in the jungle"
+    assert live[10] == "a sks dog wearing a red hat" and thing[10] == "a sks stuffed animal with a wheat field in the background"
+    assert live[-1] == "a cube shaped sks dog" and thing[-1] == "a cube shaped sks stuffed animal"
+    assert all("sks" in p and "{" not in p for p in live + thing)
+    with pytest.raises(UsageError, match="Object Prompts"):
+        dreambench.parse("Classes\nsubject_name,class\ndog,dog\n", "x.txt")
+
+
+@pytest.fixture(scope="module")
+def scorers(tmp_path_factory) -> dict:
+    return build_scoring_models(tmp_path_factory.mktemp("scorers"))
+
+
+@pytest.fixture
+def dataset(tmp_path, photos) -> Path:
+    """Two subjects in the DreamBench layout: the bundled dog (live) and a made-up teapot (object)."""
+    root = tmp_path / "dreambench"
+    root.mkdir()
+    shutil.copy(DATA / "prompts_and_classes.txt", root)
+    shutil.copytree(photos, root / "dog")
+    for i in range(3):
+        noise_image(root / "teapot" / f"{i:02d}.jpg", i)
+    return root
+
+
+def small(dataset: Path, out: Path, scorers: dict, **kw) -> BenchConfig:
+    train_yaml = out.parent / "train.yaml"
+    train_yaml.write_text("class_image_steps: 1\nrank: 2\n")
+    base = dict(dataset=str(dataset), output_dir=str(out), subjects=["dog", "teapot"], num_prompts=2, images_per_prompt=2,
+                model="tiny", max_steps=1, num_class_images=1, steps=1, train_config=str(train_yaml), **scorers)
+    return BenchConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_two_subject_bench_end_to_end_then_resumed(dataset, scorers, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    bench_mod.bench(small(dataset, out, scorers))
+
+    summary = json.loads((out / "bench.json").read_text())
+    assert [r["subject"] for r in summary["subjects"]] == ["dog", "teapot"]
+    assert [r["kind"] for r in summary["subjects"]] == ["live", "object"]
+    for r in [*summary["subjects"], summary["mean"]]:
+        assert all(-1 <= r[k] <= 1 for k in ("dino", "clip_i", "clip_t", "pres")) and r["div"] >= 0
+    assert summary["mean"]["dino"] == pytest.approx((summary["subjects"][0]["dino"] + summary["subjects"][1]["dino"]) / 2)
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    assert [r["row"] for r in rows[:3]] == ["dog", "teapot", "mean"] and len(rows) == 3 + 6
+    assert rows[5]["row"] == "DreamBooth (Stable Diffusion)" and rows[5]["dino"] == "0.668" and rows[5]["clip_t"] == "0.305"
+    assert "| *DreamBooth (Imagen) with prior preservation* | | Ruiz et al. 2022 | – | – | – | 0.493 | 0.391 |" in (out / "bench.md").read_text()
+    page = (out / "bench.html").read_text()
+    assert "dog/real.png" in page and "teapot/generated.png" in page and "0.774" in page
+    assert Image.open(out / "dog" / "real.png").size == (5 * 128, 128)  # the five photos in a row
+    assert Image.open(out / "dog" / "generated.png").size == (2 * 128, 128)  # one image per prompt
+
+    scores = json.loads((out / "dog" / "scores.json").read_text())
+    assert [g["prompt"] for g in scores["prompts"]] == ["a sks dog in the jungle", "a sks dog in the snow"]
+    assert {row["scored_prompt"] for row in scores["images"]} == {"a dog in the jungle", "a dog in the snow"}
+    assert scores["counts"] == {"real": 5, "generated": 4, "class_generated": 2, "with_prompt": 4}
+    assert "prompt: a dog" in (out / "dog" / "class" / "config.yaml").read_text()
+    trained = (out / "dog" / "lora" / "config.yaml").read_text()
+    assert "instance_prompt: a photo of sks dog" in trained and "class_prompt: a photo of a dog" in trained and "rank: 2" in trained
+
+    def must_not_run(*a, **k):
+        raise AssertionError("redone")
+
+    # Finished subjects are skipped whole; with their scores gone only scoring runs again.
+    monkeypatch.setattr(bench_mod, "train_subject", must_not_run)
+    monkeypatch.setattr(bench_mod, "run_subject", must_not_run)
+    bench_mod.bench(small(dataset, out, scorers))
+    assert json.loads((out / "bench.json").read_text())["subjects"] == summary["subjects"]
+    monkeypatch.undo()
+    monkeypatch.setattr("dreambooth.training.loop.train", must_not_run)
+    monkeypatch.setattr("dreambooth.sampling.draw", must_not_run)
+    (out / "teapot" / "scores.json").unlink()
+    bench_mod.bench(small(dataset, out, scorers))
+    assert json.loads((out / "teapot" / "scores.json").read_text())["means"] == pytest.approx(
+        {k: v for k, v in summary["subjects"][1].items() if k in ("dino", "clip_i", "clip_t", "pres", "div")})
+
+    # Other training settings never silently reuse a LoRA trained with the old ones.
+    with pytest.raises(UsageError, match="dog/lora was trained with other settings .*max_steps 1, not 3"):
+        bench_mod.bench(small(dataset, out, scorers, max_steps=3))
+
+
+def test_bench_bad_inputs_fail_before_any_model_loads(dataset, tmp_path, capsys):
+    out = str(tmp_path / "out")
+
+    def bad(argv, *names):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and all(n in err for n in names), err
+
+    bad(["bench", "--output-dir", out], "DATASET_DIR")
+    bad(["bench", str(tmp_path / "nowhere"), "--output-dir", out], "--dataset", "no such folder")
+    bad(["bench", str(dataset), "--output-dir", out, "--subjects", "dog", "unicorn"], "--subjects unicorn")
+    bad(["bench", str(dataset), "--output-dir", out, "--subjects", "cat"], "--subjects cat", "no folder")
+    (tmp_path / "t.yaml").write_text("max_steps: 5\n")
+    bad(["bench", str(dataset), "--output-dir", out, "--train-config", str(tmp_path / "t.yaml")], "--train-config", "max_steps")
+    (tmp_path / "t.yaml").write_text("rank: big\n")
+    bad(["bench", str(dataset), "--output-dir", out, "--train-config", str(tmp_path / "t.yaml")], "--train-config", "rank")
+    bad(["bench", "--dataset", str(dataset), "--output-dir", out, "--images-per-prompt", "0"], "--images-per-prompt")
+    assert not Path(out).exists()

@@ -1,0 +1,122 @@
+"""kohya export (SD 1.x and SDXL) checked through diffusers' own loader; cloneofsimo/lora files brought along."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dreambooth.lora.cloneofsimo import convert
+from dreambooth.config import ExportConfig, TrainConfig
+from dreambooth.errors import UsageError
+from dreambooth.lora.export import check_round_trip, export
+from dreambooth.lora.files import load_lora
+from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+from dreambooth.families.sdxl import build_tiny as build_tiny_sdxl_pipeline
+from dreambooth.training.loop import train
+
+
+def draw(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("a photo of sks dog", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+
+@pytest.mark.parametrize("model, build", [("tiny", build_tiny_pipeline), ("tiny-sdxl", build_tiny_sdxl_pipeline)])
+def test_kohya_export_reads_back_fully_and_draws_the_same(model, build, photos, tmp_path):
+    run = train(TrainConfig(model=model, instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / "run"),
+                            train_text_encoder=True, rank=4, lora_alpha=8, learning_rate=1e-2, text_encoder_lr=1e-2, max_steps=4,
+                            num_samples=0, export="kohya"))
+    kohya = load_file(str(run / "lora_kohya.safetensors"))
+    assert all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in kohya)
+    if model == "tiny-sdxl":
+        assert any(k.startswith("lora_unet_input_blocks_") for k in kohya) and any(k.startswith("lora_te2_") for k in kohya)
+    assert all(v.item() == 8.0 for k, v in kohya.items() if k.endswith(".alpha"))
+
+    native, exported = build(), build()
+    load_lora(native, run)
+    exported.load_lora_weights(str(run), weight_name="lora_kohya.safetensors")
+    a, b = draw(native), draw(exported)
+    assert np.allclose(a, b, atol=1e-5)
+    assert np.abs(a - draw(build())).mean() > 1e-4  # and the LoRA does something
+
+
+def test_round_trip_check_catches_dropped_weights(photos, tmp_path):
+    run = train(TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / "run"),
+                            rank=2, max_steps=1, num_samples=0, export="kohya"))
+    native = load_file(str(run / "pytorch_lora_weights.safetensors"))
+    native["unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2.lora.down.weight"] = torch.zeros(2, 64)
+    native["unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2.lora.up.weight"] = torch.zeros(64, 2)
+    with pytest.raises(UsageError, match="2 weights lost"):
+        check_round_trip(run / "lora_kohya.safetensors", build_tiny_pipeline(), native)
+
+
+# The order cloneofsimo/lora injected (and so saved) the tiny UNet's layers in, written out by hand:
+# down blocks, then up blocks, then the mid block; in each transformer block attn1, ff (GEGLU), attn2.
+TINY_ORDER = [
+    f"{block}.transformer_blocks.0.{layer}"
+    for block in ["down_blocks.1.attentions.0", "up_blocks.0.attentions.0", "up_blocks.0.attentions.1", "mid_block.attentions.0"]
+    for layer in ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj",
+                  "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"]
+]
+TE_ORDER = [f"text_model.encoder.layers.{i}.self_attn.{p}" for i in range(2) for p in ["k_proj", "v_proj", "q_proj", "out_proj"]]
+
+
+def old_layout_fixture(tmp_path, fmt: str):
+    """A LoRA as cloneofsimo/lora's script saved it, and the same weights keyed by module for reference."""
+    from dreambooth.lora.adapter import find_module
+
+    pipe, g = build_tiny_pipeline(), torch.Generator().manual_seed(0)
+    reference, pairs = {}, {"unet": [], "text_encoder": []}
+    for component, order in (("unet", TINY_ORDER), ("text_encoder", TE_ORDER)):
+        for module in order:
+            layer = find_module(getattr(pipe, component), module)
+            down = torch.randn(2, layer.in_features, generator=g) * 0.3
+            up = torch.randn(layer.out_features, 2, generator=g) * 0.3
+            pairs[component].append((up, down))
+            reference[f"{component}.{module.removeprefix('text_model.')}.lora_A.weight"] = down
+            reference[f"{component}.{module.removeprefix('text_model.')}.lora_B.weight"] = up
+    if fmt == "safetensors":
+        tensors, meta = {}, {"unet": json.dumps(["CrossAttention", "Attention", "GEGLU"]), "text_encoder": json.dumps(["CLIPAttention"])}
+        for component, items in pairs.items():
+            for i, (up, down) in enumerate(items):
+                tensors[f"{component}:{i}:up"], tensors[f"{component}:{i}:down"] = up, down
+                meta[f"{component}:{i}:rank"] = "2"
+        save_file(tensors, str(tmp_path / "lora_weight.safetensors"), metadata=meta)
+        return tmp_path / "lora_weight.safetensors", reference
+    torch.save([t for up, down in pairs["unet"] for t in (up, down)], tmp_path / "lora_weight.pt")
+    torch.save([t for up, down in pairs["text_encoder"] for t in (up, down)], tmp_path / "lora_weight.text_encoder.pt")
+    return tmp_path / "lora_weight.pt", reference
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_cloneofsimo_files_map_to_the_right_modules(fmt, tmp_path):
+    path, reference = old_layout_fixture(tmp_path, fmt)
+    state = convert(path, build_tiny_pipeline(), allow_pickle=True)
+    got = {k.replace("text_encoder.text_model.", "text_encoder."): v for k, v in state.items()}
+    assert got.keys() == reference.keys()
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+
+    ref_file = tmp_path / "reference.safetensors"
+    save_file(reference, str(ref_file))
+    direct, converted = build_tiny_pipeline(), build_tiny_pipeline()
+    direct.load_lora_weights(str(tmp_path), weight_name="reference.safetensors")
+    load_lora(converted, path, allow_pickle=True)
+    assert np.allclose(draw(direct), draw(converted), atol=1e-5)
+
+
+def test_old_pt_needs_the_pickle_flag_and_export_converts_it(tmp_path, capsys):
+    path, reference = old_layout_fixture(tmp_path, "pt")
+    with pytest.raises(UsageError, match="--allow-pickle"):
+        load_lora(build_tiny_pipeline(), path)
+    out = export(ExportConfig(lora=str(path), format="diffusers", model="tiny", allow_pickle=True))
+    assert out.name == "pytorch_lora_weights.safetensors"
+    pipe = build_tiny_pipeline()
+    pipe.load_lora_weights(str(out.parent))
+    assert pipe.unet.peft_config and pipe.text_encoder.peft_config
+
+
+def test_old_file_for_another_model_is_refused(tmp_path):
+    path, _ = old_layout_fixture(tmp_path, "safetensors")
+    with pytest.raises(UsageError, match="this model has"):
+        convert(path, build_tiny_sdxl_pipeline())

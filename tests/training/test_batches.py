@@ -1,0 +1,81 @@
+import torch
+from PIL import Image
+
+from dreambooth.config import TrainConfig
+from dreambooth.training.photos import Photo
+from dreambooth.training.batches import Examples, stream_indices
+from dreambooth.families import sd, sdxl
+from dreambooth.families.sdxl import build_tiny as build_tiny_sdxl_pipeline
+
+
+def test_stream_visits_every_item_once_per_epoch():
+    seen = stream_indices(0, 15, 5, seed=3)
+    for epoch in range(3):
+        assert sorted(seen[epoch * 5 : epoch * 5 + 5]) == [0, 1, 2, 3, 4]
+    assert stream_indices(7, 4, 5, seed=3) == seen[7:11]  # any slice of the stream, e.g. after a resume
+
+
+def test_sdxl_geometry_records_the_real_crop():
+    pipe = build_tiny_sdxl_pipeline()
+    wide = Image.new("RGB", (300, 120), "red")
+    wide.paste((0, 0, 255), (150, 0, 300, 120))
+    cfg = TrainConfig(resolution=64, center_crop=False, random_flip=True, batch_size=1, seed=5)
+    examples = Examples(cfg, sdxl.FAMILY, pipe.vae, [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
+                        "cpu", torch.float32, [Photo(None, wide, None)], [])
+    corners = set()
+    for micro in range(8):
+        batch = examples.batch(micro)
+        h, w, top, left, th, tw = batch.geometry[0].tolist()
+        assert (h, w, th, tw) == (120, 300, 64, 64)
+        assert top == 0 and 0 <= left <= 160 - 64  # 300x120 resized to 160x64
+        corners.add(left)
+    assert len(corners) > 1  # random crops, each recorded
+
+
+def test_sdxl_prompts_give_hidden_states_of_both_encoders_and_a_pooled_embedding():
+    pipe = build_tiny_sdxl_pipeline()
+    examples = Examples(TrainConfig(), sdxl.FAMILY, pipe.vae, [pipe.tokenizer, pipe.tokenizer_2],
+                        [pipe.text_encoder, pipe.text_encoder_2], "cpu", torch.float32, [], [])
+    embedded = examples.encode(["a photo of sks dog", "a photo of a dog"])
+    hidden, pooled = embedded["hidden"], embedded["pooled"]
+    assert hidden.shape == (2, 77, 64) and pooled.shape == (2, 32)
+    reference = pipe.encode_prompt(["a photo of sks dog", "a photo of a dog"], device="cpu", do_classifier_free_guidance=False)
+    assert torch.allclose(hidden, reference[0], atol=1e-6) and torch.allclose(pooled, reference[2], atol=1e-6)
+
+
+def test_precomputing_everything_up_front_changes_no_batch(photos):
+    from dreambooth.training.photos import load_folder
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+
+    pipe, images = build_tiny_pipeline(), load_folder(photos)
+    cfg = TrainConfig(resolution=64, random_flip=True, with_prior_preservation=True, class_prompt="a photo of a dog",
+                      instance_prompt="a photo of sks dog", batch_size=2)
+    ahead = Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, images, images[:2])
+    lazy = Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, images, images[:2])
+    ahead.precompute()
+    assert len(ahead.posteriors) == (5 + 2) * 2  # every image, both flips
+    for micro in range(6):
+        x, y = ahead.batch(micro), lazy.batch(micro)
+        assert torch.equal(x.latents, y.latents) and x.prompts == y.prompts
+        assert torch.equal(ahead.encode(x.prompts)["hidden"], lazy.encode(y.prompts)["hidden"])
+
+
+def test_adapters_off_runs_the_base_model_and_restores_the_adapter():
+    from dreambooth.lora.adapter import adapters_off
+    from dreambooth.lora.adapter import add_lora
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+
+    unet = build_tiny_pipeline().unet
+    x, t, h = torch.randn(1, 4, 32, 32), torch.tensor([500]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        base = unet(x, t, h).sample
+        params = add_lora(unet, 4, 4.0, 0.0, ["to_q", "to_k", "to_v", "to_out.0"])
+        for p in params:
+            torch.nn.init.normal_(p)  # the fresh adapter is a no-op (lora_B = 0): make it change the output
+        tuned = unet(x, t, h).sample
+        assert not torch.allclose(tuned, base)
+        for _ in range(2):  # the second time through uses the cached list of adapter layers
+            with adapters_off(unet):
+                assert torch.equal(unet(x, t, h).sample, base)
+            assert torch.equal(unet(x, t, h).sample, tuned)
+    assert all(p.requires_grad for p in params)  # still trainable after the base model's turn

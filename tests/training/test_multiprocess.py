@@ -1,0 +1,43 @@
+"""Data-parallel training on accelerate: two CPU processes (gloo) equal one process with twice the batch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--instance-prompt", "a photo of sks dog", "--max-steps", "4", "--num-samples", "0", "--rank", "4",
+        "--train-text-encoder", "--with-prior-preservation", "--class-prompt", "a photo of a dog", "--num-class-images", "4",
+        "--class-image-steps", "3",
+        # a large Adam epsilon makes the update proportional to the gradient, so float noise is not blown up
+        "--learning-rate", "0.5", "--text-encoder-lr", "0.5", "--adam-epsilon", "1", "--max-grad-norm", "0"]
+
+
+def run(cmd, tmp_path, env_cache):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DREAMBOOTH_CACHE": str(env_cache)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_two_processes_match_one_process_with_twice_the_batch(photos, tmp_path):
+    common = ["train", "--instance-dir", str(photos), *ARGS]
+    two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "dreambooth.cli", *common, "--batch-size", "1", "--output-dir", "two"], tmp_path, tmp_path / "cache-two")
+    assert two.stdout.count("LoRA saved") == 1  # only the main process writes
+    one = run([sys.executable, "-m", "dreambooth.cli", *common, "--batch-size", "2", "--output-dir", "one"], tmp_path, tmp_path / "cache-one")
+    assert "LoRA saved" in one.stdout
+
+    a = load_file(str(tmp_path / "two" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "one" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert max(b[k].abs().max().item() for k in b) > 0.1  # the weights did move
+
+    # the two processes split the class images between them and made the same ones one process makes
+    banks = [next((tmp_path / c / "class-images").iterdir()) for c in ("cache-two", "cache-one")]
+    made = [sorted(p.name for p in bank.iterdir()) for bank in banks]
+    assert made[0] == made[1] == [f"class-{i:05d}.png" for i in range(4)]

@@ -1,0 +1,361 @@
+"""The web page (`dreambooth ui`): upload validation and the job queue without a browser, then the whole
+page in headless Chromium against a live server: photos -> training -> images -> LoRA download."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dreambooth.config import TrainConfig
+from dreambooth.ui import runs
+from dreambooth.ui.jobs import Job, Jobs, seconds_left, status_line
+from dreambooth.ui.uploads import MAX_BYTES, MAX_PHOTOS, Rejected, check_photo, shown_name, store_photos
+
+SAMPLE = sorted((Path(__file__).parents[2] / "src" / "dreambooth" / "assets" / "sample_subject" / "dog").glob("*.jpg"))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+# ---------------------------------------------------------------- uploads
+
+def test_store_photos_renames_and_skips_bad_files(tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not an image")
+    png = tmp_path / "shot.jpeg"  # a PNG under a JPEG name: stored with the suffix of what it is
+    Image.new("RGB", (32, 32), "red").save(png, format="PNG")
+    sources = [("../../etc/evil.jpg", SAMPLE[0]), ("notes.jpg", fake), ("shot.jpeg", png)]
+    stored, problems = store_photos(sources, tmp_path / "dest")
+    assert [p.name for p in stored] == ["photo-01.jpg", "photo-02.png"]
+    assert all(p.parent == tmp_path / "dest" for p in stored)
+    assert problems == ["notes.jpg is not a readable image; skipped"]
+
+
+def test_store_photos_caps_the_count(tmp_path):
+    sources = [(f"{i}.jpg", SAMPLE[i % len(SAMPLE)]) for i in range(MAX_PHOTOS + 2)]
+    stored, problems = store_photos(sources, tmp_path / "dest")
+    assert len(stored) == MAX_PHOTOS and problems == [f"{i}.jpg left out: at most {MAX_PHOTOS} photos are used" for i in (10, 11)]
+
+
+def test_check_photo_refuses_big_tiny_and_non_images(tmp_path):
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(MAX_BYTES + 1)
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (4, 4)).save(tiny)
+    text = tmp_path / "a.txt"
+    text.write_text("hello")
+    for path, words in [(big, "MB"), (tiny, "too small"), (text, "not an image file")]:
+        with pytest.raises(Rejected, match=words):
+            check_photo(path)
+    assert check_photo(SAMPLE[0]) == ".jpg"
+
+
+def test_shown_name_keeps_only_the_file_name():
+    assert shown_name("C:\\Users\\me\\dog.jpg") == "dog.jpg"
+    assert shown_name("/a/b/\x1b[31mred.jpg") == "[31mred.jpg"
+    assert len(shown_name("x" * 500)) == 80
+
+
+def test_run_paths_come_only_from_the_listing(tmp_path):
+    run = tmp_path / "cli-run"
+    run.mkdir()
+    (run / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (tmp_path / "runs" / "x" / "checkpoints" / "c").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "checkpoints" / "c" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    assert runs.find_runs(tmp_path) == ["cli-run"]
+    assert runs.run_path(tmp_path, "cli-run") == run
+    assert runs.run_path(tmp_path, "../cli-run") is None and runs.run_path(tmp_path, str(run)) is None
+
+
+# ---------------------------------------------------------------- the job queue
+
+def fake_train(log, gate=None):
+    """Stands in for dreambooth.train: reports steps, honours the stop event, can wait on a gate."""
+    def train(cfg, on_event, stop_event):
+        log.append(cfg.output_dir)
+        for step in range(1, cfg.max_steps + 1):
+            if gate is not None:
+                gate.wait(5)
+            on_event({"kind": "step", "step": step, "max_steps": cfg.max_steps, "loss": 0.5, "seconds": step * 0.01})
+            if stop_event.is_set():
+                raise KeyboardInterrupt
+        on_event({"kind": "done", "path": cfg.output_dir})
+        return Path(cfg.output_dir)
+    return train
+
+
+def wait_for(condition, timeout=5.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_jobs_run_one_at_a_time_in_order():
+    log, gate = [], threading.Event()
+    jobs = Jobs(fake_train(log, gate))
+    a = jobs.submit("a", TrainConfig(output_dir="a", max_steps=3))
+    b = jobs.submit("b", TrainConfig(output_dir="b", max_steps=3))
+    c = jobs.submit("c", TrainConfig(output_dir="c", max_steps=3))
+    assert wait_for(lambda: jobs.snapshot()[0].state == "running")
+    assert [j.state for j in jobs.snapshot()] == ["running", "queued", "queued"]
+    assert (jobs.place(a.id), jobs.place(b.id), jobs.place(c.id)) == (0, 1, 2)
+    assert "place 2 in line" in status_line(jobs.snapshot()[2], jobs.place(c.id))
+    jobs.stop(b.id)  # a queued job is cancelled and never starts
+    gate.set()
+    assert wait_for(lambda: all(j.state in ("done", "cancelled") for j in jobs.snapshot()))
+    assert [j.state for j in jobs.snapshot()] == ["done", "cancelled", "done"] and log == ["a", "c"]
+    assert jobs.snapshot()[0].step == 3 and jobs.snapshot()[0].output == "a"
+
+
+def test_stop_then_resume_continues_the_same_run():
+    log, gate = [], threading.Event()
+    jobs = Jobs(fake_train(log, gate))
+    job = jobs.submit("a", TrainConfig(output_dir="a", max_steps=50))
+    assert wait_for(lambda: jobs.snapshot()[0].state == "running")
+    jobs.stop(job.id)
+    gate.set()
+    assert wait_for(lambda: jobs.snapshot()[0].state == "stopped")
+    assert "Resume" in jobs.snapshot()[0].message
+    again = jobs.resume(job.id)
+    assert again is not None and again.cfg.resume and again.cfg.output_dir == "a"
+    assert wait_for(lambda: jobs.snapshot()[1].state == "done")
+    assert jobs.resume(again.id) is None  # a finished run has nothing to resume
+
+
+def test_a_failing_job_does_not_stop_the_worker():
+    def train(cfg, on_event, stop_event):
+        if cfg.output_dir == "bad":
+            raise RuntimeError("boom\nsecond line")
+        return Path(cfg.output_dir)
+
+    jobs = Jobs(train)
+    jobs.submit("bad", TrainConfig(output_dir="bad"))
+    jobs.submit("good", TrainConfig(output_dir="good"))
+    assert wait_for(lambda: [j.state for j in jobs.snapshot()] == ["failed", "done"])
+    assert jobs.snapshot()[0].message == "RuntimeError: boom"
+
+
+def test_time_left_leaves_out_loading():
+    job = Job(1, "a", TrainConfig(), max_steps=10, state="running")
+    assert "preparing" in status_line(job)
+    job.first, job.step, job.seconds, job.loss = (0, 0.0), 4, 8.0, 0.25
+    assert seconds_left(job) == pytest.approx(12.0)
+    assert status_line(job) == "a: step 4/10 · loss 0.2500 · 12 s left"
+
+
+# ---------------------------------------------------------------- the page in a browser
+
+def browser_missing() -> str:
+    for module in ("gradio", "playwright"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"needs the ui extra and playwright (pip install -e '.[test]'): no {module}"
+    if not os.path.exists(CHROMIUM):
+        return "needs Chromium (apt-get install -y chromium)"
+    return ""
+
+
+needs_browser = pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "ok")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`dreambooth ui` on a free port, as a user starts it; its log is printed when a test fails."""
+    workspace = tmp_path_factory.mktemp("workspace")
+    log = open(workspace.parent / "ui.log", "w")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dreambooth.cli", "ui", "--port", str(port), "--workspace", str(workspace)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                break
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            pytest.fail("the page did not come up in 60 s")
+        if proc.poll() is not None:
+            pytest.fail(f"dreambooth ui exited: {(workspace.parent / 'ui.log').read_text()[-2000:]}")
+        yield url, workspace
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+        pg = context.new_page()
+        pg.set_default_timeout(30_000)
+        outside = []  # the page must make no calls beyond its own server (fonts, analytics, CDNs)
+        pg.on("request", lambda r: None if r.url.startswith((server[0], "data:", "blob:")) else outside.append(r.url))
+        pg.goto(server[0])
+        pg.wait_for_selector("#photos")
+        yield pg
+        browser.close()
+        assert outside == []
+
+
+def shoot(page, tmp_path, name: str) -> None:
+    """Screenshots are test output; DREAMBOOTH_UI_SCREENSHOTS=docs also writes the README's copies there."""
+    page.screenshot(path=str(tmp_path / f"ui-{name}.png"), full_page=True)
+    folder = os.environ.get("DREAMBOOTH_UI_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / f"ui-{name}.png", Path(folder) / f"ui-{name}.png")
+
+
+@needs_browser
+@pytest.mark.slow
+def test_only_unreadable_photos_start_nothing(page, tmp_path):
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is text, not a photo")
+    page.set_input_files("#photos input[type=file]", [str(fake)])
+    page.wait_for_selector("#photo-check:has-text('holiday.jpg')")
+    page.click("#start")
+    message = page.locator("#train-message")
+    message.locator("text=training not started").wait_for()
+    assert "holiday.jpg" in message.inner_text()
+    page.reload()
+    page.wait_for_selector("#photos")
+
+
+@needs_browser
+@pytest.mark.slow
+def test_train_generate_download(page, server, tmp_path):
+    url, workspace = server
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("plain text with an image's name")
+    page.set_input_files("#photos input[type=file]", [str(p) for p in SAMPLE] + [str(fake)])
+    page.wait_for_selector("#photo-check:has-text('notes.jpg')")  # the bad file, named, before training
+    assert "5 usable photos" in page.inner_text("#photo-check")
+    assert "a photo of" in page.inner_text("#tokens")
+    for box, value in [("#steps", "6"), ("#num-class", "2"), ("#validation-every", "3")]:
+        page.fill(f"{box} input", value)
+    assert page.is_checked("#prior input")
+    page.click("#start")
+    page.wait_for_selector("#train-message:has-text('queued with 5 photos')")
+    assert "notes.jpg" in page.inner_text("#train-message")
+
+    seen = set()
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        state = page.get_attribute("#train-status .train-status", "data-state") if page.locator("#train-status .train-status").count() else None
+        value = page.get_attribute("#train-status progress", "value") if page.locator("#train-status progress").count() else None
+        seen.add(value)
+        if state in ("done", "failed", "stopped"):
+            break
+        time.sleep(0.25)
+    status = page.inner_text("#train-status")
+    assert state == "done", status
+    assert page.get_attribute("#train-status progress", "value") == page.get_attribute("#train-status progress", "max") == "6"
+    page.wait_for_selector("#validations img")  # validation grids at steps 3 and 6
+    shoot(page, tmp_path, "train")
+    run = runs.find_runs(workspace)[0]
+    assert run.startswith("runs/dog-") and (workspace / run / "config.yaml").is_file()
+    assert len(list((workspace / "uploads" / Path(run).name).iterdir())) == 5
+
+    page.get_by_role("tab", name="Generate").click()
+    page.wait_for_selector("#gen-prompt textarea")
+    page.wait_for_function("document.querySelector('#gen-prompt textarea').value.includes('a photo of')")
+    page.fill("#gen-prompt textarea", page.input_value("#gen-prompt textarea") + " on the grass")
+    page.fill("#gen-num input", "2")
+    page.fill("#gen-steps input", "4")
+    page.click("#generate")
+    page.wait_for_selector("#gen-message:has-text('2 images')", timeout=60_000)
+    assert page.locator("#gallery img").count() >= 2
+    shoot(page, tmp_path, "generate")
+    with page.expect_download() as info:
+        page.click("#lora-files td[aria-label='pytorch_lora_weights.safetensors'] + td a")
+    lora = tmp_path / "download" / "pytorch_lora_weights.safetensors"
+    info.value.save_as(lora)
+
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
+    assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+
+    page.get_by_role("tab", name="Evaluate").click()
+    page.click("#score")
+    page.wait_for_selector("#eval-message:has-text('Error')", timeout=60_000)
+    text = page.inner_text("#eval-message")
+    assert len(text.strip().splitlines()) == 1 and "dino" in text.lower(), text  # evaluate's one-line message
+    assert "DreamBooth (Stable Diffusion)" in page.inner_text("#scores")
+    shoot(page, tmp_path, "evaluate")
+
+    # A `dreambooth bench` report anywhere in the workspace is shown in the Evaluate tab.
+    from dreambooth.evaluation import bench_report
+
+    settings = {"model": "tiny", "max_steps": 6, "with_prior_preservation": True, "identifier": "sks", "images_per_prompt": 2,
+                "num_prompts": 1, "steps": 4, "guidance": 7.5, "seed": 0}
+    bench_report.write(workspace / "bench", [{"subject": "dog", "class": "dog", "kind": "live", "dino": 0.5, "clip_i": 0.6,
+                                               "clip_t": 0.2, "pres": None, "div": None}], settings)
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_role("tab", name="Evaluate").click()
+    page.frame_locator("#bench-report iframe").locator("h1:has-text('DreamBench results')").wait_for()
+
+
+@pytest.mark.slow
+def test_stop_and_resume_a_real_training(photos, tmp_path):
+    """The worker thread stops dreambooth.train with a checkpoint, and Resume finishes the same run."""
+    from dreambooth.lora.files import WEIGHT_NAME
+
+    jobs = Jobs()
+    cfg = TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / "run"),
+                      max_steps=40, num_samples=0)
+    job = jobs.submit("run", cfg)
+    assert wait_for(lambda: jobs.snapshot()[0].step >= 2, timeout=120)
+    jobs.stop(job.id)
+    assert wait_for(lambda: jobs.snapshot()[0].state == "stopped", timeout=60), jobs.snapshot()[0].message
+    stopped_at = jobs.snapshot()[0].step
+    assert stopped_at < 40 and list((tmp_path / "run" / "checkpoints").iterdir())
+    jobs.resume(job.id)
+    assert wait_for(lambda: jobs.snapshot()[1].state in ("done", "failed"), timeout=180)
+    resumed = jobs.snapshot()[1]
+    assert resumed.state == "done", resumed.message
+    assert resumed.first[0] >= stopped_at and resumed.step == 40 and (tmp_path / "run" / WEIGHT_NAME).is_file()
+
+
+def test_ui_command_checks_its_flags(capsys):
+    from dreambooth.cli import main
+    from dreambooth.ui.server import parse_auth
+
+    assert parse_auth("me:pass:word") == ("me", "pass:word") and parse_auth("") is None
+    assert main(["ui", "--auth", "nopassword"]) == 2
+    assert "--auth: pass user:password" in capsys.readouterr().err
+    assert main(["ui", "--port", "0"]) == 2
