@@ -7,9 +7,9 @@ name in snake_case, and the aliases its declaration lists (diffusers' and the no
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import enum
 import sys
+from collections.abc import Callable
 
 from . import config as C
 from .errors import TrainingError, UsageError
@@ -24,7 +24,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     for f in C.fields_of(cls):
         names = ["--" + n for n in C.all_names(f)]
         kind = C.field_type(cls, f)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = C.default_of(f)
         default = default.value if isinstance(default, enum.Enum) else default
         help_text = f"{f.metadata['help']} (default: {default!r})"
         if kind is bool:
@@ -98,7 +98,7 @@ def run_command(args: argparse.Namespace) -> None:
     """One command: its config from the flags (and YAML), then its function."""
     import dreambooth as api
 
-    commands = {"train": (C.TrainConfig, api.train), "generate": (C.GenerateConfig, api.generate),
+    commands: dict[str, tuple[type, Callable]] = {"train": (C.TrainConfig, api.train), "generate": (C.GenerateConfig, api.generate),
                 "evaluate": (C.EvaluateConfig, api.evaluate), "bench": (C.BenchConfig, api.bench),
                 "export": (C.ExportConfig, api.export), "identifier": (C.IdentifierConfig, run_identifier)}
     if args.command in commands:

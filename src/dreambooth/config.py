@@ -189,6 +189,12 @@ def fields_of(cls) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls))
 
 
+def default_of(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def field_type(cls, f: dataclasses.Field):
     return typing.get_type_hints(cls)[f.name]
 
@@ -217,12 +223,13 @@ def all_names(f: dataclasses.Field) -> list[str]:
 def coerce(cls, f: dataclasses.Field, value, where: str):
     """Check and convert one value to the field's type; `where` names the flag or key in errors."""
     kind = field_type(cls, f)
-    choices = f.metadata.get("choices")
+    choices = f.metadata.get("choices") or ()
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         text = value.value if isinstance(value, enum.Enum) else str(value)
         if text not in choices:
             raise UsageError(f"{where}: {text!r} is not one of {', '.join(choices)}")
         return kind(text)
+    out: object
     try:
         if kind is bool:
             if isinstance(value, bool):

@@ -59,37 +59,36 @@ def test_lora_for_another_base_is_refused(trained):
         load_lora(pipe, trained)
 
 
-def test_lora_of_another_generation_is_refused_naming_both(trained, tmp_path):
+def with_header(trained, path, **changes):
+    """A copy of the trained LoRA file with header entries changed (None removes one)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    source = str(trained / "pytorch_lora_weights.safetensors")
+    with safe_open(source, framework="pt") as f:
+        meta = {**f.metadata(), **changes}
+    save_file(load_file(source), str(path), metadata={k: v for k, v in meta.items() if v is not None})
+    return path
+
+
+def test_lora_of_another_generation_is_refused_naming_both(trained, tmp_path):
     from dreambooth.families.sd import build_tiny as build_tiny_pipeline
 
-    tensors = load_file(str(trained / "pytorch_lora_weights.safetensors"))
-    from safetensors import safe_open
-
-    with safe_open(str(trained / "pytorch_lora_weights.safetensors"), framework="pt") as f:
-        meta = f.metadata()
-    save_file(tensors, str(tmp_path / "sd2.safetensors"), metadata={**meta, "dreambooth.version": "sd2"})
+    sd2 = with_header(trained, tmp_path / "sd2.safetensors", **{"dreambooth.version": "sd2"})
     pipe = build_tiny_pipeline()
     pipe.text_encoder.config.hidden_size = 768  # reads as an SD 1.x model
     with pytest.raises(UsageError, match=r"made for .*tiny-sd \(sd2\), but --model the base model is sd1"):
-        load_lora(pipe, tmp_path / "sd2.safetensors")
-    load_lora(build_tiny_pipeline(), tmp_path / "sd2.safetensors")  # a model of no known generation is checked by shapes
+        load_lora(pipe, sd2)
+    load_lora(build_tiny_pipeline(), sd2)  # a model of no known generation is checked by its shapes alone
 
 
 def test_lora_header_of_an_older_version_names_its_family(trained, tmp_path):
     """Files written before families were plug-ins hold the generation (e.g. 'tiny-sdxl') as their family."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     from dreambooth.families.sd import build_tiny as build_tiny_pipeline
 
-    with safe_open(str(trained / "pytorch_lora_weights.safetensors"), framework="pt") as f:
-        meta = {k: v for k, v in f.metadata().items() if k != "dreambooth.version"}
-    tensors = load_file(str(trained / "pytorch_lora_weights.safetensors"))
-    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={**meta, "dreambooth.family": "tiny-sdxl"})
+    old = with_header(trained, tmp_path / "old.safetensors", **{"dreambooth.family": "tiny-sdxl", "dreambooth.version": None})
     with pytest.raises(UsageError, match=r"\(tiny-sdxl\), but --model the base model is sd"):
-        load_lora(build_tiny_pipeline(), tmp_path / "old.safetensors")
+        load_lora(build_tiny_pipeline(), old)
 
 
 def test_pickle_lora_needs_the_flag_and_is_read_weights_only(tiny_base, trained, tmp_path):

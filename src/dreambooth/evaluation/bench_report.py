@@ -8,6 +8,7 @@ import html
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from PIL import ImageOps
 
@@ -19,7 +20,7 @@ from .metrics import mean
 
 SOURCE = "Ruiz et al. 2022"
 # The DreamBooth paper: Table 1 (subject fidelity, prompt fidelity) and Table 3 (prior-preservation ablation, Imagen).
-REFERENCE = [
+REFERENCE: list[dict[str, Any]] = [
     {"name": "Real images", "dino": 0.774, "clip_i": 0.885, "clip_t": None, "pres": None, "div": None},
     {"name": "DreamBooth (Imagen)", "dino": 0.696, "clip_i": 0.812, "clip_t": 0.306, "pres": None, "div": None},
     {"name": "DreamBooth (Stable Diffusion)", "dino": 0.668, "clip_i": 0.803, "clip_t": 0.305, "pres": None, "div": None},

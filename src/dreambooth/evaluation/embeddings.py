@@ -44,12 +44,12 @@ def dino_pixels(image: Image.Image) -> torch.Tensor:
     short, long = min(w, h), max(w, h)
     new_short, new_long = DINO_RESIZE, int(DINO_RESIZE * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    image = image.convert("RGB").resize((new_w, new_h), Image.BICUBIC)
+    image = image.convert("RGB").resize((new_w, new_h), Image.Resampling.BICUBIC)
     top, left = int(round((new_h - DINO_CROP) / 2.0)), int(round((new_w - DINO_CROP) / 2.0))
     image = image.crop((left, top, left + DINO_CROP, top + DINO_CROP))
-    arr = np.asarray(image, dtype=np.float32) / 255.0
-    arr = (arr - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    unit = np.asarray(image, dtype=np.float32) / 255.0
+    normalised = (unit - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
+    return torch.from_numpy(normalised).permute(2, 0, 1).contiguous()
 
 
 # ---------------------------------------------------------------- loading
@@ -207,7 +207,7 @@ class EmbeddingCache:
     def embed_images(self, encoder, paths: list[Path], batch_size: int) -> torch.Tensor:
         """[len(paths), dim] float32 on the CPU; only images not cached yet go through the model, in batches."""
         keys = [self.key(encoder.key, p) for p in paths]
-        first = {}
+        first: dict = {}
         for i, k in enumerate(keys):
             if k not in self.items:
                 first.setdefault(k, i)

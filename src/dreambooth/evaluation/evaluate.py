@@ -4,6 +4,7 @@ paper's metrics (DINO, CLIP-I, CLIP-T, PRES, DIV); print a table and write the s
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +29,8 @@ class Evaluator:
         self.cache = EmbeddingCache(cache_file)
         # The small file first: a wrong --lpips-net fails before the big models load.
         self.lpips = lpips.load_lpips(cfg.lpips_net) if cfg.lpips_net and "div" in self.wanted else None
-        self._dino = self._clip = None
+        self._dino: DinoEncoder | None = None
+        self._clip: ClipEncoder | None = None
 
     @property
     def dino(self) -> DinoEncoder:
@@ -52,8 +54,8 @@ class Evaluator:
     def embed(self, encoder, paths: list[Path]) -> torch.Tensor:
         return self.cache.embed_images(encoder, paths, self.cfg.batch_size)
 
-    def score(self, real: list[Path], generated: list[Path], root: Path, prompts: dict[Path, str | None],
-              identifier: str = "", class_generated: list[Path] = ()) -> dict:
+    def score(self, real: list[Path], generated: list[Path], root: Path, prompts: Mapping[Path, str | None],
+              identifier: str = "", class_generated: Sequence[Path] = ()) -> dict:
         """Scores per image, per prompt and overall. Pairs are all generated x all real images."""
         rows = [{"file": relative_name(p, root), "prompt": prompts.get(p)} for p in generated]
         means: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
@@ -67,14 +69,14 @@ class Evaluator:
         if "clip_t" in self.wanted:
             with_prompt = [i for i, p in enumerate(generated) if prompts.get(p)]
             if with_prompt:
-                texts = [remove_identifier(prompts[generated[i]], identifier) for i in with_prompt]
+                texts = [remove_identifier(str(prompts[generated[i]]), identifier) for i in with_prompt]
                 unique = sorted(set(texts))
                 text_emb = self.clip.embed_texts(unique)
                 image_emb = self.embed(self.clip, [generated[i] for i in with_prompt])
-                sims = rowwise_cosine(image_emb, text_emb[[unique.index(t) for t in texts]]).tolist()
-                for i, text, s in zip(with_prompt, texts, sims):
+                text_sims = rowwise_cosine(image_emb, text_emb[[unique.index(t) for t in texts]]).tolist()
+                for i, text, s in zip(with_prompt, texts, text_sims):
                     rows[i].update(scored_prompt=text, clip_t=s)
-                means["clip_t"] = mean(sims)
+                means["clip_t"] = mean(text_sims)
             else:
                 skipped["clip_t"] = "no prompts: pass --prompts or generate with `dreambooth generate`"
         if "pres" in self.wanted:
@@ -95,7 +97,7 @@ class Evaluator:
         per_prompt = []
         for label, paths in groups.items():
             members = [by_file[relative_name(p, root)] for p in paths]
-            entry = {"prompt": members[0]["prompt"], "folder": None if members[0]["prompt"] else label, "images": len(paths)}
+            entry: dict[str, object] = {"prompt": members[0]["prompt"], "folder": None if members[0]["prompt"] else label, "images": len(paths)}
             for key in ("dino", "clip_i", "clip_t"):
                 if key in means and means[key] is not None:
                     entry[key] = mean(m.get(key) for m in members)
@@ -114,7 +116,7 @@ class Evaluator:
         }
 
 
-def group_by_prompt(generated: list[Path], root: Path, prompts: dict[Path, str | None]) -> dict[str, list[Path]]:
+def group_by_prompt(generated: list[Path], root: Path, prompts: Mapping[Path, str | None]) -> dict[str, list[Path]]:
     """Images drawn from the same prompt; images without a prompt are grouped by folder."""
     groups: dict[str, list[Path]] = {}
     for p in generated:

@@ -40,6 +40,9 @@ class Head(nn.Module):
 
 
 class LPIPS(nn.Module):
+    shift: torch.Tensor  # buffers: ImageNet normalisation in the [-1, 1] input range
+    scale: torch.Tensor
+
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
@@ -66,10 +69,8 @@ class LPIPS(nn.Module):
 
     def distance(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
         """LPIPS between the images whose taps are `a` and `b` (same batch size): [N]."""
-        total = 0
-        for i, (fa, fb) in enumerate(zip(a, b)):
-            total = total + getattr(self, f"lin{i}")((fa - fb) ** 2).mean(dim=(2, 3))
-        return total[:, 0]
+        per_tap = [getattr(self, f"lin{i}")((fa - fb) ** 2).mean(dim=(2, 3)) for i, (fa, fb) in enumerate(zip(a, b))]
+        return torch.stack(per_tap).sum(dim=0)[:, 0]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.distance(self.taps(x), self.taps(y))
@@ -122,7 +123,7 @@ def pairwise(net: LPIPS, images: list, device: torch.device | None = None, chunk
     device = device or torch.device("cpu")
     net = net.to(device)
     size = images[0].size
-    batch = torch.stack([image_tensor(im if im.size == size else im.resize(size, Image.BICUBIC)) for im in images])
+    batch = torch.stack([image_tensor(im if im.size == size else im.resize(size, Image.Resampling.BICUBIC)) for im in images])
     taps = net.taps(batch.to(device))  # each image's features once; pairs only index them
     rows, cols = torch.triu_indices(len(images), len(images), offset=1).to(device)
     out = []

@@ -63,7 +63,9 @@ def family_of_file(path: Path) -> Family:
     for family in all_families():
         if family.recognise_file(path):
             return family
-    return by_name("sd")
+    from . import sd
+
+    return sd.FAMILY
 
 
 def by_name(name: str) -> Family | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from typing import Any
 
 import torch
 
@@ -12,12 +13,14 @@ from ..errors import UsageError
 ADAPTER = "subject"
 
 
-def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str]) -> list[torch.nn.Parameter]:
+def add_lora(model: Any, rank: int, alpha: float, dropout: float, targets: list[str]) -> list[torch.nn.Parameter]:
     """Freeze `model`, attach a LoRA adapter to `targets`, return the new trainable parameters (fp32)."""
     from peft import LoraConfig
 
     model.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets)
+    # peft annotates lora_alpha as int; a float alpha is what the user asked for, and peft computes with it as given
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank,  # type: ignore[arg-type]
+                        lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets)
     try:
         model.add_adapter(config)
     except ValueError as e:

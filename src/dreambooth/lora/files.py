@@ -4,6 +4,7 @@ model before loading."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,11 +24,11 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
 
 
-def adapter_metadata(model: torch.nn.Module) -> dict:
+def adapter_metadata(model: Any) -> dict:
     return model.peft_config["default"].to_dict()
 
 
-def save_lora(out_dir: str | Path, pipeline_cls, adapted: dict[str, torch.nn.Module], metadata: dict[str, str] | None = None) -> Path:
+def save_lora(out_dir: str | Path, pipeline_cls, adapted: dict[str, torch.nn.Module], metadata: dict[str, object] | None = None) -> Path:
     """Write OUT_DIR/pytorch_lora_weights.safetensors atomically; diffusers' `load_lora_weights` reads it.
 
     `adapted` maps component names (unet, text_encoder, ...) to models carrying an adapter;
@@ -167,9 +168,11 @@ def load_lora(pipe, lora: str | Path, unet_scale: float = 1.0, text_encoder_scal
     from . import cloneofsimo
 
     path = find_weights(lora, allow_pickle)
+    state: dict | None  # the tensors when they had to be converted or unpickled; None: diffusers reads the file
+    meta: dict[str, str] = {}
     if cloneofsimo.is_cloneofsimo(path):
         state = cloneofsimo.convert(path, pipe, allow_pickle)
-        shapes, meta = {k: tuple(v.shape) for k, v in state.items()}, {}
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
     else:
         shapes, meta, state = read_lora(path)
     check_fits(pipe, shapes, meta, str(lora), model)

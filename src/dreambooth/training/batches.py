@@ -54,7 +54,7 @@ class Examples:
         self.posteriors: dict = {}
         self.embeddings: dict = {}
 
-    def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator):
+    def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator | None):
         which = "instance" if which == "prior" else which
         key = (which, idx, flip)
         if key in self.posteriors:

@@ -89,8 +89,8 @@ class Run:
     examples: Examples
     trainable: list[torch.nn.Parameter]  # listed once, not every step
     out: Path
-    offload: Callable[[], None]  # frozen parts off the GPU while training ...
-    onload: Callable[[], None]  # ... and back for drawing
+    offload: Callable[[], object]  # frozen parts off the GPU while training ...
+    onload: Callable[[], object]  # ... and back for drawing
 
     @property
     def main(self) -> bool:
@@ -258,7 +258,8 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
     encoders = [models.get(name, m) for name, m in text_encoders(pipe, family).items()]
     examples = Examples(cfg, family, pipe.vae, tokenizers(pipe, family), encoders, device, weight_dtype, photos, classes,
                         accelerator.process_index, accelerator.num_processes)
-    offload = onload = lambda: None  # noqa: E731
+    offload: Callable[[], object] = lambda: None  # noqa: E731
+    onload: Callable[[], object] = lambda: None  # noqa: E731
     if device.type == "cuda":
         # Everything the frozen VAE and text encoders will ever be asked during training, asked now;
         # then they leave the GPU (and come back only to draw validation images).

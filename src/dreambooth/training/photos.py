@@ -49,13 +49,12 @@ def open_photo(path: Path) -> Image.Image:
     try:
         opened = Image.open(path)
     except Image.DecompressionBombError:  # Pillow refuses headers past twice its own limit
-        raise TooLarge(f"its header claims more than {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels, which") from None
+        raise TooLarge(f"its header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} megapixels, which") from None
     with opened as im:
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise TooLarge(f"{im.size[0]}x{im.size[1]} px")
         im.load()
-        im = ImageOps.exif_transpose(im)
-        return to_rgb(im)
+        return to_rgb(ImageOps.exif_transpose(im))
 
 
 def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]:
@@ -105,9 +104,9 @@ def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool, gene
     w, h = image.size
     scale = resolution / min(w, h)
     new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-    image = image.resize((new_w, new_h), Image.BICUBIC)
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     if flip:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if center_crop:
         left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
     else:

@@ -13,6 +13,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import TrainingError, UsageError
 
@@ -23,7 +24,7 @@ FINISHED = ("done", "stopped", "failed", "cancelled")
 class Job:
     id: int
     name: str
-    cfg: object  # a TrainConfig
+    cfg: Any  # a TrainConfig
     notes: list[str] = field(default_factory=list)  # e.g. photos left out, shown with the job
     state: str = "queued"  # queued -> running -> done | stopped | failed; queued -> cancelled
     step: int = 0
@@ -44,7 +45,7 @@ def default_train(cfg, on_event, stop_event):
 
 
 class Jobs:
-    def __init__(self, train_fn=default_train):
+    def __init__(self, train_fn=default_train) -> None:
         self._train = train_fn
         self._lock = threading.Lock()
         self._jobs: list[Job] = []

@@ -91,7 +91,7 @@ def start(workspace: Path, jobs: Jobs, files, folder, class_noun, identifier, mo
     except (UsageError, TypeError, ValueError) as e:
         return f"Error: {e}"
     sources = [(Path(f).name, Path(f)) for f in files or []]
-    problems = []
+    problems: list[str] = []
     if folder:
         found, problems = folder_sources(folder)
         sources += found
@@ -114,7 +114,8 @@ def current(jobs: Jobs):
     """The job the page shows: the running one, else the newest."""
     all_jobs = jobs.snapshot()
     running = [j for j in all_jobs if j.state == "running"]
-    return (running or all_jobs or [None])[-1], all_jobs
+    shown = running or all_jobs
+    return (shown[-1] if shown else None), all_jobs
 
 
 def stop(jobs: Jobs) -> str:

@@ -60,7 +60,8 @@ def store_photos(sources: list[tuple[str, Path]], dest: Path) -> tuple[list[Path
 
     Returns the stored paths and one message per file left out, naming it. The copy keeps the original
     bytes (and so the EXIF orientation that training applies)."""
-    stored, problems = [], []
+    stored: list[Path] = []
+    problems: list[str] = []
     dest.mkdir(parents=True, exist_ok=True)
     for name, path in sources:
         shown = shown_name(name)

@@ -35,7 +35,7 @@ def write_photos(cls: str, folder: Path, n: int = 5, seed: int = 0) -> Path:
 
 
 def big(image: Image.Image) -> Image.Image:
-    return image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.NEAREST)
+    return image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.Resampling.NEAREST)
 
 
 def run_demo(output_dir: str, max_steps: int = 1000, cls: str = "dog", n: int = 32, contexts=None) -> dict:

@@ -20,7 +20,10 @@ from .render import COLOURS, CONTEXTS, HELD_OUT, PATTERNS
 SCORES = ("subject_fidelity", "context_fidelity", "subject_in_context", "class_fidelity", "class_drift", "class_diversity")
 
 
-def prompts(cls: str, identifier: str = "sks", contexts: tuple[str, ...] = tuple(c for c in CONTEXTS if c != "plain")) -> dict[str, str]:
+NEW_CONTEXTS = tuple(c for c in CONTEXTS if c != "plain")  # the photos show the subject on plain backgrounds
+
+
+def prompts(cls: str, identifier: str = "sks", contexts: tuple[str, ...] = NEW_CONTEXTS) -> dict[str, str]:
     """name -> prompt: 'subject', one 'context:<name>' per context, and 'class'."""
     out = {"subject": f"a photo of {identifier} {cls}"}
     out.update({f"context:{c}": f"a photo of {identifier} {cls} {CONTEXTS[c]}" for c in contexts})
