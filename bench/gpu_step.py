@@ -1,24 +1,28 @@
 """One DreamBooth-LoRA training step of the Stable Diffusion 1.5 architecture, timed; FLOPs and MFU.
 
-The SD 1.5 UNet (and, unless --no-text-encoder, its CLIP ViT-L/14 text encoder) are built from their
-configurations written out below, with random weights: no download, same shapes and so the same
-cost as the real model. LoRA adapters (peft, rank 16) go on the UNet's attention projections
-(to_q, to_k, to_v, to_out.0) and the text encoder's (q_proj, k_proj, v_proj, out_proj), as
-`dreambooth train --train-text-encoder` does. The frozen weights are cast to --dtype, the LoRA
-weights stay fp32 and the step runs under autocast (what `--mixed-precision bf16` does).
+The step timed is the tool's own: `dreambooth.training.loop.optimizer_step`, the function `dreambooth train`
+runs each step (prompt encoding, noising, UNet forward, DreamBooth loss, backward, grad-norm clip, AdamW,
+zero_grad, schedule step), on a run set up by the tool's `prepare` from a TrainConfig. On a GPU, `prepare`
+computes the frozen parts' outputs up front as `dreambooth train` does: the VAE posteriors of the
+centre-cropped photos (and the prompt embeddings when the text encoder is frozen); the timed steps reuse
+them. Elsewhere the same caches are filled before timing, so every device times the steady state.
 
-One step = text encoder forward (with LoRA) -> noise latents at random timesteps -> UNet forward ->
-MSE loss (instance + prior halves when --prior) -> backward -> grad-norm clip -> AdamW -> zero_grad.
-Latents are random (the tool encodes each photo with the VAE once and reuses it; --vae-encode adds
-an SD 1.5 VAE encode of 512 px images to every step, as diffusers' script does).
+The model is an SD 1.5-shaped pipeline built from the configurations written out below, with random
+weights: no download, same shapes and so the same cost as the real model (UNet 859.5 M parameters, CLIP
+ViT-L/14 text encoder 123.1 M, VAE 83.7 M; the real SD 1.x tokenizer the package ships). The photos are the
+package's sample subject (5 photos of a dog). With --prior (the default) the same photos stand in for class
+images, so the UNet batch is 2 x --batch as with real class images, and none are drawn. --dtype is
+`--mixed-precision`: frozen weights in that precision, fp32 LoRA weights, autocast.
 
 FLOPs of one step are counted with torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions,
 attention; forward and backward); MFU = FLOPs/step x steps/s / the device's peak dense FLOP/s at
---dtype (a small table below, or --peak-tflops).
+--dtype (a small table below, or --peak-tflops). --count-only runs the same function once with the models and
+every tensor on the meta device (shapes, no storage), at fp32: the count does not depend on the precision.
+The tool trains on the device accelerate picks (CUDA when there is one); --device must agree with it.
 
     python bench/gpu_step.py --device cuda --batch 1            # 512 px, bf16
     python bench/gpu_step.py --device cuda --batch 8 --json out.json
-    python bench/gpu_step.py --device cpu --smoke               # tiny resolution, 2 steps: checks the code path
+    python bench/gpu_step.py --device cpu --smoke               # 64 px, 1 + 2 steps: checks the code path
     python bench/gpu_step.py --count-only --batch 8             # FLOPs of one 512 px step, on any machine
 """
 
@@ -29,7 +33,9 @@ import contextlib
 import json
 import resource
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -92,8 +98,98 @@ PEAK_TFLOPS = {
     "A10": {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2},
 }
 
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # --dtype -> --mixed-precision
+
+
+def build_sd15_pipeline(seed: int = 0, device: torch.device | str | None = None):
+    """An SD 1.5-shaped StableDiffusionPipeline with random weights and the real SD 1.x tokenizer.
+
+    device="meta" gives the shapes without storage (no memory, no time): enough to count FLOPs."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from dreambooth.families.clip import load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer()
+    torch.manual_seed(seed)
+    # Only the models go on `device`: the scheduler's tables must stay real for the noise schedule to be read.
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        unet = UNet2DConditionModel(**SD15_UNET)
+        vae = AutoencoderKL(**SD15_VAE, scaling_factor=0.18215)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER, bos_token_id=tokenizer.bos_token_id,
+                                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+def sample_photos() -> list:
+    from importlib import resources
+
+    from dreambooth.training.photos import load_folder
+
+    return load_folder(Path(str(resources.files("dreambooth") / "assets" / "sample_subject" / "dog")))
+
+
+def train_config(args, work: Path, mixed_precision: str):
+    from dreambooth.config import TrainConfig
+
+    return TrainConfig(
+        model="sd15-shaped (random weights)",
+        instance_prompt="a photo of sks dog",
+        class_prompt="a photo of a dog",
+        output_dir=str(work / "out"),
+        class_dir=str(work / "class"),  # never read: the class photos are passed in; set so no cache path is derived
+        resolution=args.resolution,
+        center_crop=not args.vae_encode,  # a random crop is encoded anew every step; a centre crop once
+        with_prior_preservation=args.prior,
+        prior_mode="generated",
+        rank=args.rank,
+        lora_alpha=float(args.rank),
+        train_text_encoder=args.text_encoder,
+        learning_rate=5e-4,
+        text_encoder_lr=5e-4,
+        batch_size=args.batch,
+        gradient_checkpointing=args.gradient_checkpointing,
+        mixed_precision=mixed_precision,
+        max_steps=args.warmup + args.steps + 1,  # the last one is the step whose FLOPs are counted
+        num_samples=0,
+        seed=0,
+    )
+
+
+def set_up(args, device: torch.device, mixed_precision: str, work: Path):
+    """The tool's run for these flags: its accelerator, adapters, optimiser, schedule and example stream."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    from dreambooth.models import describe
+    from dreambooth.training.loop import make_accelerator, prepare, resolved
+
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    cfg = train_config(args, work, mixed_precision)
+    accelerator = make_accelerator(cfg)
+    if device.type == "meta":
+        # The accelerator of a CPU run, told to place everything on meta: `prepare` and the step then build
+        # every tensor without storage, and the FLOPs counted are those of the code that trains.
+        accelerator.state.device = device
+    elif accelerator.device.type != device.type:
+        raise SystemExit(f"--device {device}: the tool trains on {accelerator.device} on this machine "
+                         f"(for the CPU on a CUDA machine, run with CUDA_VISIBLE_DEVICES=)")
+    pipe = build_sd15_pipeline(device="meta" if device.type == "meta" else None)
+    sizes = {f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters())
+             for name in ("unet", "text_encoder", "vae")}
+    base = describe(pipe, cfg.model)
+    cfg = resolved(cfg, base)
+    photos = sample_photos()
+    run = prepare(cfg, pipe, base, photos, photos if args.prior else [], accelerator)
+    if device.type != "cuda":
+        # `dreambooth train` off a GPU fills the same caches lazily, as each photo first comes up; filled now,
+        # the timed (and counted) steps are the steady state, as on a GPU.
+        run.examples.precompute()
+    sizes["lora_params"] = sum(p.numel() for p in run.trainable)
+    return run, sizes
 
 
 def peak_tflops(device: torch.device, dtype_name: str) -> tuple[float | None, str]:
@@ -124,65 +220,51 @@ def cpu_attention_flops() -> dict:
     return mapping
 
 
-def add_lora(model: torch.nn.Module, rank: int, targets: list[str]) -> list[torch.nn.Parameter]:
-    from peft import LoraConfig
+def count_flops(run, step: int) -> tuple[int, dict]:
+    """FLOPs of one more optimiser step (forward and backward; the optimiser's element-wise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    model.requires_grad_(False)
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
-    return params
+    from dreambooth.training.loop import optimizer_step
+
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_attention_flops())
+    with counter:
+        optimizer_step(run, step)
+    by_op = {str(k): v for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return counter.get_total_flops(), by_op
 
 
-def build(args, device: torch.device, dtype: torch.dtype):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    # On "meta" (--count-only) the models have shapes but no storage: FLOPs are counted, nothing is computed.
-    where = torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
-    with where:
-        unet = UNet2DConditionModel(**SD15_UNET)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)) if args.text_encoder else None
-        vae = AutoencoderKL(**SD15_VAE) if args.vae_encode else None
-    unet.to(device, dtype)
-    groups = [{"params": add_lora(unet, args.rank, UNET_TARGETS), "lr": 5e-4}]
-    unet.train()
-    if text_encoder is not None:
-        text_encoder.to(device, dtype)
-        groups.append({"params": add_lora(text_encoder, args.rank, TEXT_ENCODER_TARGETS), "lr": 5e-4})
-        text_encoder.train()
-    if vae is not None:
-        vae.to(device, dtype).requires_grad_(False).eval()
-    if args.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        if text_encoder is not None:
-            text_encoder.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2, eps=1e-8, fused=device.type == "cuda") if device.type != "meta" else None
-    scheduler = DDPMScheduler(**SD15_NOISE)
-    count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
-    trainable = sum(p.numel() for g in groups for p in g["params"])
-    sizes = {"unet_params": count(unet), "text_encoder_params": count(text_encoder), "vae_params": count(vae), "lora_params": trainable}
-    return unet, text_encoder, vae, optimizer, scheduler, [p for g in groups for p in g["params"]], sizes
+def write(out: dict, path: str) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=2)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=1, help="instance images per step; with --prior as many class images join them")
+    p.add_argument("--batch", type=int, default=1,
+                   help="instance images per step (--batch-size); with --prior as many class images join them")
     p.add_argument("--resolution", type=int, default=512, help="image size in pixels (latents are 1/8 of it)")
-    p.add_argument("--dtype", default="", choices=("", "fp32", "bf16", "fp16"), help="precision of the frozen weights and autocast (default: bf16 on cuda, fp32 elsewhere)")
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=True, help="prior preservation: the UNet batch is 2 x --batch")
-    p.add_argument("--text-encoder", action=argparse.BooleanOptionalAction, default=True, help="train a text-encoder LoRA too")
-    p.add_argument("--vae-encode", action="store_true", help="encode fresh 512 px images with the VAE every step")
+    p.add_argument("--dtype", default="", choices=("", "fp32", "bf16", "fp16"),
+                   help="--mixed-precision no/bf16/fp16: precision of the frozen weights and autocast "
+                        "(default: bf16 on cuda, fp32 elsewhere)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
+    p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=True,
+                   help="prior preservation (generated mode; the sample photos stand in for class images): "
+                        "the UNet batch is 2 x --batch")
+    p.add_argument("--text-encoder", action=argparse.BooleanOptionalAction, default=True,
+                   help="train a text-encoder LoRA too (--train-text-encoder)")
+    p.add_argument("--vae-encode", action="store_true",
+                   help="--no-center-crop: each instance photo's random crop is encoded with the VAE every step "
+                        "(class images keep their cached centre crops)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: looked up by GPU name)")
     p.add_argument("--smoke", action="store_true", help="64 px, 1 warm-up + 2 timed steps: checks the code path on a CPU")
-    p.add_argument("--count-only", action="store_true", help="only count the FLOPs of one step (forward + backward), on the meta device: no compute, any machine")
+    p.add_argument("--count-only", action="store_true",
+                   help="only count the FLOPs of one step (forward + backward) of the tool's step, on the meta device: "
+                        "no compute, any machine (fp32; the count does not depend on the precision)")
     p.add_argument("--json", default="", help="write the figures to this file")
     args = p.parse_args()
     if args.smoke:
@@ -191,102 +273,56 @@ def main() -> None:
         raise SystemExit("--resolution must be a multiple of 64 (three 2x downsamplings of the 1/8 latents)")
     device = torch.device("meta" if args.count_only else args.device)
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
-
-    from diffusers.utils import logging as dlog
-
-    dlog.set_verbosity_error()
-    t0 = time.perf_counter()
-    unet, text_encoder, vae, optimizer, scheduler, params, sizes = build(args, device, dtype)
-    build_s = time.perf_counter() - t0
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    if device.type == "meta":
+        # accelerate wraps the models in autocast for its device type, and there is none for meta
+        dtype_name = "fp32"
     n = args.batch * (2 if args.prior else 1)
-    latent = args.resolution // 8
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    ids = torch.randint(0, SD15_TEXT_ENCODER["vocab_size"], (n, 77), generator=gen).to(device)
-    latents0 = torch.randn(n, 4, latent, latent, generator=gen).to(device, dtype)
-    pixels = torch.rand(n, 3, args.resolution, args.resolution, generator=gen).to(device, dtype) * 2 - 1 if vae is not None else None
-    hidden_fixed = torch.randn(n, 77, SD15_TEXT_ENCODER["hidden_size"], generator=gen).to(device, dtype)
 
-    def step(update: bool = True):
-        amp = (torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32) if device.type != "meta"
-               else contextlib.nullcontext())
-        with amp:
-            if vae is not None:
-                with torch.no_grad():
-                    latents = vae.encode(pixels).latent_dist.sample() * 0.18215
-            else:
-                latents = latents0
-            hidden = text_encoder(ids)[0] if text_encoder is not None else hidden_fixed
-            noise = torch.randn_like(latents)
-            timesteps = torch.randint(0, 1000, (n,), device=device)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            pred = unet(noisy, timesteps, hidden).sample
-        if args.prior:
-            pred, pred_prior = pred.float().chunk(2)
-            target, target_prior = noise.float().chunk(2)
-            loss = torch.nn.functional.mse_loss(pred, target) + torch.nn.functional.mse_loss(pred_prior, target_prior)
-        else:
-            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
-        if not update:  # --count-only: the optimiser adds no matmul/conv/attention FLOPs
-            loss.backward()
-            return loss
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
+    from dreambooth.errors import UsageError
+    from dreambooth.training.loop import optimizer_step
 
-    def sync():
+    with tempfile.TemporaryDirectory(prefix="gpu-step-") as tmp:
+        t0 = time.perf_counter()
+        try:
+            run, sizes = set_up(args, device, PRECISION[dtype_name], Path(tmp))
+        except UsageError as e:
+            raise SystemExit(str(e)) from None
+        build_s = time.perf_counter() - t0
+
+        if args.count_only:
+            flops, by_op = count_flops(run, 0)
+            out = {"count_only": True, "resolution": args.resolution, "batch": args.batch, "prior": args.prior, "unet_batch": n,
+                   "text_encoder": args.text_encoder, "vae_encode": args.vae_encode, "rank": args.rank, **sizes,
+                   "flops_per_step": flops, "flops_by_op": by_op,
+                   "note": "dreambooth.training.loop.optimizer_step on the meta device, fp32; attention is counted as its "
+                           "math decomposition (bmm): the fused kernels' formulas give the same forward count, and for the "
+                           "backward add the scores they recompute, so a GPU or CPU run counts slightly more"}
+            print(json.dumps(out, indent=1))
+            write(out, args.json)
+            return
+
+        def sync():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        for i in range(args.warmup):
+            optimizer_step(run, i)
+        sync()
+        warmup_s = time.perf_counter() - t0
 
-    from torch.utils.flop_counter import FlopCounterMode
+        t0 = time.perf_counter()
+        for i in range(args.warmup, args.warmup + args.steps):
+            loss = optimizer_step(run, i)
+        sync()
+        timed_s = time.perf_counter() - t0
+        loss_value = float(loss.detach())  # read once: reading it every step would wait for the device each time
+        cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
-    if args.count_only:
-        counter = FlopCounterMode(display=False, custom_mapping=cpu_attention_flops())
-        with counter:
-            step(update=False)
-        by_op = {str(k): v for k, v in counter.get_flop_counts().get("Global", {}).items()}
-        out = {"count_only": True, "resolution": args.resolution, "batch": args.batch, "prior": args.prior, "unet_batch": n,
-               "text_encoder": args.text_encoder, "vae_encode": args.vae_encode, "rank": args.rank, **sizes,
-               "flops_per_step": counter.get_total_flops(), "flops_by_op": by_op,
-               "note": "meta device: attention counted as its math decomposition (bmm); same count as the fused kernels' formulas"}
-        print(json.dumps(out, indent=1))
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(out, f, indent=2)
-        return
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
-    sync()
-    warmup_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    sync()
-    timed_s = time.perf_counter() - t0
-    loss_value = float(loss.detach())
-    cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-
-    counter = FlopCounterMode(display=False, custom_mapping=cpu_attention_flops())
-    with counter:
-        step()
-    sync()
-    flops = counter.get_total_flops()
-    by_op = {str(k): v for k, v in counter.get_flop_counts().get("Global", {}).items()}
+        flops, by_op = count_flops(run, args.warmup + args.steps)
+        sync()
 
     steps_per_s = args.steps / timed_s
     peak, peak_note = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else peak_tflops(device, dtype_name)
@@ -305,6 +341,7 @@ def main() -> None:
         "gradient_checkpointing": args.gradient_checkpointing,
         "rank": args.rank,
         **sizes,
+        "step": "dreambooth.training.loop.optimizer_step",
         "build_s": build_s,
         "warmup_steps": args.warmup,
         "warmup_s": warmup_s,
@@ -326,9 +363,7 @@ def main() -> None:
         "command": " ".join([sys.executable] + sys.argv),
     }
     print(json.dumps({k: v for k, v in out.items() if k != "flops_by_op"}, indent=1))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+    write(out, args.json)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
     python bench/save_sd15_model.py OUT_DIR [--dtype fp16|fp32]
 
-UNet (859.5 M parameters), VAE (83.7 M) and CLIP ViT-L/14 text encoder (123.1 M) are built from the
-configurations in gpu_step.py, the tokenizer is the real SD 1.x one the package ships, the scheduler is
-SD 1.5's. Same shapes as the real model, so the same cost per step, per class image and per sample: both
+UNet (859.5 M parameters), VAE (83.7 M) and CLIP ViT-L/14 text encoder (123.1 M) are built by
+gpu_step.py's `build_sd15_pipeline` (the model it times), the tokenizer is the real SD 1.x one the package
+ships, the scheduler is SD 1.5's. Same shapes as the real model, so the same cost per step, per class image and per sample: both
 `dreambooth train --model OUT_DIR` and diffusers' scripts (`--pretrained_model_name_or_path OUT_DIR`) load
 it, and neither needs a download. Random weights draw noise: the folder is for speed and memory only.
 """
@@ -19,24 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_step import SD15_SCHEDULER, SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE  # noqa: E402
-
-
-def build(seed: int = 0):
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from dreambooth.models import load_clip_tokenizer
-
-    tokenizer = load_clip_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**SD15_UNET)
-    vae = AutoencoderKL(**SD15_VAE, scaling_factor=0.18215)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER, bos_token_id=tokenizer.bos_token_id,
-                                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+from gpu_step import build_sd15_pipeline  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +28,7 @@ def main() -> None:
     p.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"), help="stored precision (SD 1.5's own files are fp16)")
     args = p.parse_args()
     started = time.time()
-    pipe = build()
+    pipe = build_sd15_pipeline()
     if args.dtype == "fp16":
         pipe.to(torch.float16)
     pipe.save_pretrained(args.out_dir, safe_serialization=True)
