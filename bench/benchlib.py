@@ -32,6 +32,7 @@ BAR = re.compile(r"(?P<desc>[^\r\n|]*?):\s+(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(
 
 # ---------------------------------------------------------------- machine
 
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -120,8 +121,10 @@ def describe_env(machine: dict, versions: dict) -> str:
         f"machine : {machine['cpu']}, {machine['cores']} cores ({machine['cores_usable']} usable), {machine['ram_gib']} GiB RAM",
         f"os      : {machine['os']}",
         f"python  : {v.get('python')} ({v.get('executable')})",
-        "versions: " + ", ".join(f"{k} {v.get(k)}" for k in ["torch", "torchvision", "diffusers", "transformers", "peft", "accelerate"]
-                                  if v.get(k)),
+        "versions: "
+        + ", ".join(
+            f"{k} {v.get(k)}" for k in ["torch", "torchvision", "diffusers", "transformers", "peft", "accelerate"] if v.get(k)
+        ),
         f"torch   : {v.get('torch_threads')} intra-op threads; CUDA: {v.get('cuda_device') or 'none'}",
         f"date    : {machine['date']}",
     ]
@@ -129,6 +132,7 @@ def describe_env(machine: dict, versions: dict) -> str:
 
 
 # ---------------------------------------------------------------- running a job
+
 
 @dataclass
 class Run:
@@ -188,12 +192,14 @@ def machine_busy_seconds() -> float | None:
 
 def cuda_peak_wrapper(run_line: str) -> str:
     """`python -c` code that runs `run_line` (a runpy call) and prints CUDA's peak allocation at exit."""
-    return ("import atexit, runpy, sys\n"
-            "def _peak():\n"
-            "    t = sys.modules.get('torch')\n"
-            "    if t is not None and t.cuda.is_available() and t.cuda.is_initialized():\n"
-            "        print(f'BENCH cuda_max_allocated_bytes={t.cuda.max_memory_allocated()}', flush=True)\n"
-            "atexit.register(_peak)\n" + run_line + "\n")
+    return (
+        "import atexit, runpy, sys\n"
+        "def _peak():\n"
+        "    t = sys.modules.get('torch')\n"
+        "    if t is not None and t.cuda.is_available() and t.cuda.is_initialized():\n"
+        "        print(f'BENCH cuda_max_allocated_bytes={t.cuda.max_memory_allocated()}', flush=True)\n"
+        "atexit.register(_peak)\n" + run_line + "\n"
+    )
 
 
 def cuda_peak(run: "Run") -> float | None:
@@ -253,6 +259,7 @@ def run_timed(cmd: list[str], log_path: Path, env: dict | None = None, cwd: str 
 
 # ---------------------------------------------------------------- figures from the progress bars
 
+
 def span(bar: list[tuple]) -> tuple[float, float] | None:
     """(first refresh, first refresh showing n == total) of a bar."""
     if not bar:
@@ -291,11 +298,17 @@ def steady_rate(bar: list[tuple], warmup: int) -> dict:
         b = a + 10
         if b in seen and seen[b] > seen[a]:
             windows.append(10 / (seen[b] - seen[a]))
-    return {"n1": n1, "n2": n2, "t1": round(seen[n1], 3), "t2": round(seen[n2], 3), "steps_per_s": rate,
-            "median_10step_window_steps_per_s": statistics.median(windows) if windows else None,
-            "cpu_s_per_step": cpu / (n2 - n1) if cpu is not None else None,
-            "cpu_cores_busy": cpu / (seen[n2] - seen[n1]) if cpu is not None else None,
-            "other_processes_cores": max(0.0, others) if others is not None else None}
+    return {
+        "n1": n1,
+        "n2": n2,
+        "t1": round(seen[n1], 3),
+        "t2": round(seen[n2], 3),
+        "steps_per_s": rate,
+        "median_10step_window_steps_per_s": statistics.median(windows) if windows else None,
+        "cpu_s_per_step": cpu / (n2 - n1) if cpu is not None else None,
+        "cpu_cores_busy": cpu / (seen[n2] - seen[n1]) if cpu is not None else None,
+        "other_processes_cores": max(0.0, others) if others is not None else None,
+    }
 
 
 def fmt_cmd(cmd: list[str]) -> str:
@@ -311,37 +324,61 @@ def write_json(path: str | Path | None, data: dict) -> None:
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
-def reference_flags(instance_dir, instance_prompt: str, class_prompt: str, num_class_images: int, steps: int,
-                    resolution: int = 64, mixed_precision: str = "no") -> list[str]:
+def reference_flags(
+    instance_dir,
+    instance_prompt: str,
+    class_prompt: str,
+    num_class_images: int,
+    steps: int,
+    resolution: int = 64,
+    mixed_precision: str = "no",
+) -> list[str]:
     """The reference command's settings, in the flag names both tools accept: the same run for each."""
     return [
-        "--instance_data_dir", str(instance_dir),
-        "--instance_prompt", instance_prompt,
-        "--class_prompt", class_prompt,
-        "--resolution", str(resolution),
-        "--train_batch_size", "1",
+        "--instance_data_dir",
+        str(instance_dir),
+        "--instance_prompt",
+        instance_prompt,
+        "--class_prompt",
+        class_prompt,
+        "--resolution",
+        str(resolution),
+        "--train_batch_size",
+        "1",
         "--with_prior_preservation",
-        "--num_class_images", str(num_class_images),
+        "--num_class_images",
+        str(num_class_images),
         "--train_text_encoder",
-        "--rank", "16",
-        "--max_train_steps", str(steps),
-        "--learning_rate", "5e-4",
-        "--seed", "0",
-        "--mixed_precision", mixed_precision,
+        "--rank",
+        "16",
+        "--max_train_steps",
+        str(steps),
+        "--learning_rate",
+        "5e-4",
+        "--seed",
+        "0",
+        "--mixed_precision",
+        mixed_precision,
     ]
 
 
 def add_run_flags(p) -> None:
     """The flags both training benchmarks share: the reference run's size and where its files go."""
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu hides GPUs from the jobs (CUDA_VISIBLE_DEVICES='')")
+    p.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="cpu hides GPUs from the jobs (CUDA_VISIBLE_DEVICES='')"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 20 steps, 4 class images")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--resolution", type=int, default=64, help="512 for an SD 1.5-shaped model (bench/save_sd15_model.py)")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="both tools' --mixed_precision")
     p.add_argument("--num-class-images", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=None, help="steps left out of the steady-state rate (default: 10%% of --steps, at least 5)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="steps left out of the steady-state rate (default: 10%% of --steps, at least 5)"
+    )
     p.add_argument("--instance-dir", default=str(SAMPLE_SUBJECT), help="subject photos (default: the bundled dog)")
-    p.add_argument("--workdir", default="", help="folder for outputs and logs (default: a temporary folder, removed unless --keep)")
+    p.add_argument(
+        "--workdir", default="", help="folder for outputs and logs (default: a temporary folder, removed unless --keep)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     p.add_argument("--json", default="", help="also write every figure to this JSON file")
     p.add_argument("--echo", action="store_true", help="show the jobs' own output as they run")

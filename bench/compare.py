@@ -65,8 +65,11 @@ def main() -> None:
         if all(v is None for v in values):
             continue
         print(f"| {name} | " + " | ".join(cell(v, digits) for v in values) + " |")
-    loads = [f"{'/'.join(str(x) for x in get(r, 'a', 'load_before', default=[]))} → "
-             f"{'/'.join(str(x) for x in get(r, 'a', 'load_after', default=[]))}" for r in runs]
+    loads = [
+        f"{'/'.join(str(x) for x in get(r, 'a', 'load_before', default=[]))} → "
+        f"{'/'.join(str(x) for x in get(r, 'a', 'load_after', default=[]))}"
+        for r in runs
+    ]
     print("| load average 1/5/15 min, before → after | " + " | ".join(loads) + " |")
     if len(runs) >= 2:
         a, b = runs[0], runs[1]

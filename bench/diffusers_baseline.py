@@ -41,9 +41,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--script", required=True, help="path of diffusers' examples/dreambooth/train_dreambooth_lora.py")
     p.add_argument("--python", required=True, help="interpreter of an environment in which that script runs")
-    p.add_argument("--model-dir", required=True, help="diffusers folder of the model: the tiny one is written there if missing; "
-                                                      "for SD 1.5's shape write it with bench/save_sd15_model.py")
-    p.add_argument("--our-python", default=sys.executable, help="interpreter with `dreambooth`, to write --model-dir (default: this one)")
+    p.add_argument(
+        "--model-dir",
+        required=True,
+        help="diffusers folder of the model: the tiny one is written there if missing; "
+        "for SD 1.5's shape write it with bench/save_sd15_model.py",
+    )
+    p.add_argument(
+        "--our-python", default=sys.executable, help="interpreter with `dreambooth`, to write --model-dir (default: this one)"
+    )
     B.add_run_flags(p)
     p.add_argument("extra", nargs="*", help="more arguments for the script, after --")
     args = p.parse_args()
@@ -65,21 +71,44 @@ def main() -> None:
     print(B.describe_env(machine, versions))
     print(f"command : {B.fmt_cmd([sys.executable] + sys.argv)}")
     # On CUDA the script runs inside a wrapper that prints its peak allocation at exit (as train_speed.py does for ours).
-    launcher = [args.python, "-c", B.cuda_peak_wrapper("sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")] \
-        if args.device == "cuda" else [args.python]
+    launcher = (
+        [args.python, "-c", B.cuda_peak_wrapper("sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")]
+        if args.device == "cuda"
+        else [args.python]
+    )
     cmd = [
-        *launcher, str(Path(args.script).resolve()),
-        "--pretrained_model_name_or_path", str(model_dir.resolve()),
-        *B.reference_flags(args.instance_dir, INSTANCE_PROMPT, CLASS_PROMPT, args.num_class_images, args.steps,
-                           args.resolution, args.mixed_precision),
-        "--class_data_dir", str(work / "class"),
-        "--output_dir", str(work / "out"),
+        *launcher,
+        str(Path(args.script).resolve()),
+        "--pretrained_model_name_or_path",
+        str(model_dir.resolve()),
+        *B.reference_flags(
+            args.instance_dir,
+            INSTANCE_PROMPT,
+            CLASS_PROMPT,
+            args.num_class_images,
+            args.steps,
+            args.resolution,
+            args.mixed_precision,
+        ),
+        "--class_data_dir",
+        str(work / "class"),
+        "--output_dir",
+        str(work / "out"),
         *args.extra,
     ]
-    report = {"tool": "diffusers train_dreambooth_lora.py", "model": str(model_dir), "resolution": args.resolution,
-              "mixed_precision": args.mixed_precision, "machine": machine, "versions": versions,
-              "bench_command": B.fmt_cmd([sys.executable] + sys.argv), "device": args.device, "steps": args.steps,
-              "num_class_images": args.num_class_images, "warmup": args.warmup}
+    report = {
+        "tool": "diffusers train_dreambooth_lora.py",
+        "model": str(model_dir),
+        "resolution": args.resolution,
+        "mixed_precision": args.mixed_precision,
+        "machine": machine,
+        "versions": versions,
+        "bench_command": B.fmt_cmd([sys.executable] + sys.argv),
+        "device": args.device,
+        "steps": args.steps,
+        "num_class_images": args.num_class_images,
+        "warmup": args.warmup,
+    }
     try:
         print(f"\n$ {B.fmt_cmd(cmd)}", flush=True)
         run = B.run_timed(cmd, work / "train.log", env=env, cwd=work, echo=args.echo)
@@ -91,9 +120,12 @@ def main() -> None:
         if args.device == "cuda":
             res["cuda_max_allocated_mib"] = B.cuda_peak(run)
         report["a"] = res
-        print_training(res, f"diffusers train_dreambooth_lora.py: {model_dir.name}, {args.resolution} px, batch 1 + 1 class image, "
-                            f"TE LoRA, rank 16, {args.steps} steps, {args.num_class_images} class images, {args.device}, "
-                            f"precision {args.mixed_precision}")
+        print_training(
+            res,
+            f"diffusers train_dreambooth_lora.py: {model_dir.name}, {args.resolution} px, batch 1 + 1 class image, "
+            f"TE LoRA, rank 16, {args.steps} steps, {args.num_class_images} class images, {args.device}, "
+            f"precision {args.mixed_precision}",
+        )
         print(f"train command       : {res['train_command']}")
     finally:
         B.write_json(args.json, report)

@@ -116,11 +116,24 @@ def build_sd15_pipeline(seed: int = 0, device: torch.device | str | None = None)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         unet = UNet2DConditionModel(**SD15_UNET)
         vae = AutoencoderKL(**SD15_VAE, scaling_factor=0.18215)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER, bos_token_id=tokenizer.bos_token_id,
-                                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                **SD15_TEXT_ENCODER,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def sample_photos() -> list:
@@ -175,11 +188,14 @@ def set_up(args, device: torch.device, mixed_precision: str, work: Path):
         # every tensor without storage, and the FLOPs counted are those of the code that trains.
         accelerator.state.device = device
     elif accelerator.device.type != device.type:
-        raise SystemExit(f"--device {device}: the tool trains on {accelerator.device} on this machine "
-                         f"(for the CPU on a CUDA machine, run with CUDA_VISIBLE_DEVICES=)")
+        raise SystemExit(
+            f"--device {device}: the tool trains on {accelerator.device} on this machine "
+            f"(for the CPU on a CUDA machine, run with CUDA_VISIBLE_DEVICES=)"
+        )
     pipe = build_sd15_pipeline(device="meta" if device.type == "meta" else None)
-    sizes = {f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters())
-             for name in ("unet", "text_encoder", "vae")}
+    sizes = {
+        f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")
+    }
     base = describe(pipe, cfg.model)
     cfg = resolved(cfg, base)
     photos = sample_photos()
@@ -212,11 +228,13 @@ def cpu_attention_flops() -> dict:
     aten = torch.ops.aten
     mapping = {}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = (
-            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v))
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = lambda q, k, v, *args, out_shape=None, **kwargs: (
+            sdpa_flop_count(q, k, v)
+        )
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
-            lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v))
+            lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v)
+        )
     return mapping
 
 
@@ -242,29 +260,50 @@ def write(out: dict, path: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=1,
-                   help="instance images per step (--batch-size); with --prior as many class images join them")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="instance images per step (--batch-size); with --prior as many class images join them",
+    )
     p.add_argument("--resolution", type=int, default=512, help="image size in pixels (latents are 1/8 of it)")
-    p.add_argument("--dtype", default="", choices=("", "fp32", "bf16", "fp16"),
-                   help="--mixed-precision no/bf16/fp16: precision of the frozen weights and autocast "
-                        "(default: bf16 on cuda, fp32 elsewhere)")
+    p.add_argument(
+        "--dtype",
+        default="",
+        choices=("", "fp32", "bf16", "fp16"),
+        help="--mixed-precision no/bf16/fp16: precision of the frozen weights and autocast "
+        "(default: bf16 on cuda, fp32 elsewhere)",
+    )
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
-    p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=True,
-                   help="prior preservation (generated mode; the sample photos stand in for class images): "
-                        "the UNet batch is 2 x --batch")
-    p.add_argument("--text-encoder", action=argparse.BooleanOptionalAction, default=True,
-                   help="train a text-encoder LoRA too (--train-text-encoder)")
-    p.add_argument("--vae-encode", action="store_true",
-                   help="--no-center-crop: each instance photo's random crop is encoded with the VAE every step "
-                        "(class images keep their cached centre crops)")
+    p.add_argument(
+        "--prior",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="prior preservation (generated mode; the sample photos stand in for class images): the UNet batch is 2 x --batch",
+    )
+    p.add_argument(
+        "--text-encoder",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train a text-encoder LoRA too (--train-text-encoder)",
+    )
+    p.add_argument(
+        "--vae-encode",
+        action="store_true",
+        help="--no-center-crop: each instance photo's random crop is encoded with the VAE every step "
+        "(class images keep their cached centre crops)",
+    )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: looked up by GPU name)")
     p.add_argument("--smoke", action="store_true", help="64 px, 1 warm-up + 2 timed steps: checks the code path on a CPU")
-    p.add_argument("--count-only", action="store_true",
-                   help="only count the FLOPs of one step (forward + backward) of the tool's step, on the meta device: "
-                        "no compute, any machine (fp32; the count does not depend on the precision)")
+    p.add_argument(
+        "--count-only",
+        action="store_true",
+        help="only count the FLOPs of one step (forward + backward) of the tool's step, on the meta device: "
+        "no compute, any machine (fp32; the count does not depend on the precision)",
+    )
     p.add_argument("--json", default="", help="write the figures to this file")
     args = p.parse_args()
     if args.smoke:
@@ -291,12 +330,22 @@ def main() -> None:
 
         if args.count_only:
             flops, by_op = count_flops(run, 0)
-            out = {"count_only": True, "resolution": args.resolution, "batch": args.batch, "prior": args.prior, "unet_batch": n,
-                   "text_encoder": args.text_encoder, "vae_encode": args.vae_encode, "rank": args.rank, **sizes,
-                   "flops_per_step": flops, "flops_by_op": by_op,
-                   "note": "dreambooth.training.loop.optimizer_step on the meta device, fp32; attention is counted as its "
-                           "math decomposition (bmm): the fused kernels' formulas give the same forward count, and for the "
-                           "backward add the scores they recompute, so a GPU or CPU run counts slightly more"}
+            out = {
+                "count_only": True,
+                "resolution": args.resolution,
+                "batch": args.batch,
+                "prior": args.prior,
+                "unet_batch": n,
+                "text_encoder": args.text_encoder,
+                "vae_encode": args.vae_encode,
+                "rank": args.rank,
+                **sizes,
+                "flops_per_step": flops,
+                "flops_by_op": by_op,
+                "note": "dreambooth.training.loop.optimizer_step on the meta device, fp32; attention is counted as its "
+                "math decomposition (bmm): the fused kernels' formulas give the same forward count, and for the "
+                "backward add the scores they recompute, so a GPU or CPU run counts slightly more",
+            }
             print(json.dumps(out, indent=1))
             write(out, args.json)
             return

@@ -33,8 +33,10 @@ def main() -> None:
         pipe.to(torch.float16)
     pipe.save_pretrained(args.out_dir, safe_serialization=True)
     count = {name: sum(t.numel() for t in getattr(pipe, name).parameters()) / 1e6 for name in ("unet", "vae", "text_encoder")}
-    print(f"SD 1.5-shaped pipeline, random weights ({', '.join(f'{k} {v:.1f} M' for k, v in count.items())}, {args.dtype}) "
-          f"saved to {args.out_dir} in {time.time() - started:.0f} s")
+    print(
+        f"SD 1.5-shaped pipeline, random weights ({', '.join(f'{k} {v:.1f} M' for k, v in count.items())}, {args.dtype}) "
+        f"saved to {args.out_dir} in {time.time() - started:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -11,22 +11,32 @@ from PIL import Image
 
 
 def build_scoring_models(folder: Path) -> dict[str, str]:
+    import transformers
     from safetensors.torch import save_file
     from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
 
-    import transformers
     from dreambooth.evaluation.lpips import LPIPS
     from dreambooth.families.clip import load_clip_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    vit = ViTConfig(image_size=224, patch_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    vit = ViTConfig(
+        image_size=224, patch_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
     ViTModel(vit, add_pooling_layer=False).save_pretrained(folder / "dino")
 
     tokenizer = load_clip_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     vision = dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     torch.manual_seed(1)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder / "clip")
@@ -41,7 +51,11 @@ def build_scoring_models(folder: Path) -> dict[str, str]:
             head = getattr(net, f"lin{i}").model[1]
             head.weight.abs_()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "lpips.safetensors"))
-    return {"dino_model": str(folder / "dino"), "clip_model": str(folder / "clip"), "lpips_net": str(folder / "lpips.safetensors")}
+    return {
+        "dino_model": str(folder / "dino"),
+        "clip_model": str(folder / "clip"),
+        "lpips_net": str(folder / "lpips.safetensors"),
+    }
 
 
 def noise_image(path: Path, seed: int, size: tuple[int, int] = (96, 80)) -> Path:

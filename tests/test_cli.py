@@ -77,8 +77,12 @@ def test_identifier_command(capsys):
 
 
 def test_entry_point_exits_2_with_one_line_and_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dreambooth.cli", *train_args(tmp_path / "nope", tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dreambooth.cli", *train_args(tmp_path / "nope", tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "--instance-dir" in proc.stderr
@@ -86,15 +90,55 @@ def test_entry_point_exits_2_with_one_line_and_no_traceback(tmp_path):
 
 def test_train_then_generate_from_the_command_line(photos, tmp_path, capsys):
     lora, images = tmp_path / "lora", tmp_path / "images"
-    code, out, err = run(train_args(photos, lora, "--with_prior_preservation", "--class_prompt", "a photo of a dog",
-                                    "--num-class-images", "2", "--class-image-steps", "3", "--max_train_steps", "3",
-                                    "--train_text_encoder", "--rank", "4", "--num-samples", "0"), capsys)
+    code, out, err = run(
+        train_args(
+            photos,
+            lora,
+            "--with_prior_preservation",
+            "--class_prompt",
+            "a photo of a dog",
+            "--num-class-images",
+            "2",
+            "--class-image-steps",
+            "3",
+            "--max_train_steps",
+            "3",
+            "--train_text_encoder",
+            "--rank",
+            "4",
+            "--num-samples",
+            "0",
+        ),
+        capsys,
+    )
     assert code == 0, err
     assert "training" in err  # progress bar
-    code, out, err = run(["generate", "--lora", str(lora), "--prompt", "a photo of sks dog on the grass", "--num-images", "3",
-                          "--steps", "3", "--text-encoder-scale", "0.5", "--output-dir", str(images)], capsys)
+    code, out, err = run(
+        [
+            "generate",
+            "--lora",
+            str(lora),
+            "--prompt",
+            "a photo of sks dog on the grass",
+            "--num-images",
+            "3",
+            "--steps",
+            "3",
+            "--text-encoder-scale",
+            "0.5",
+            "--output-dir",
+            str(images),
+        ],
+        capsys,
+    )
     assert code == 0, err
-    assert sorted(p.name for p in images.iterdir()) == ["config.yaml", "grid.png", "image-000.png", "image-001.png", "image-002.png"]
+    assert sorted(p.name for p in images.iterdir()) == [
+        "config.yaml",
+        "grid.png",
+        "image-000.png",
+        "image-001.png",
+        "image-002.png",
+    ]
     assert Image.open(images / "grid.png").size == (3 * 64, 64)
     assert "text_encoder_scale: 0.5" in (images / "config.yaml").read_text()
 
@@ -105,10 +149,26 @@ def test_python_api_as_documented_runs_twice_in_one_process(photos, tmp_path):
     from dreambooth.training.loop import train
 
     for i in range(2):
-        lora = train(TrainConfig(instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / f"r{i}"),
-                                 rank=2, max_steps=1, num_samples=0))
-        assert len(generate(GenerateConfig(lora=str(lora), prompt="a photo of sks dog", num_images=1, steps=2,
-                                           output_dir=str(tmp_path / f"g{i}")))) == 1
+        lora = train(
+            TrainConfig(
+                instance_dir=str(photos),
+                instance_prompt="a photo of sks dog",
+                output_dir=str(tmp_path / f"r{i}"),
+                rank=2,
+                max_steps=1,
+                num_samples=0,
+            )
+        )
+        assert (
+            len(
+                generate(
+                    GenerateConfig(
+                        lora=str(lora), prompt="a photo of sks dog", num_images=1, steps=2, output_dir=str(tmp_path / f"g{i}")
+                    )
+                )
+            )
+            == 1
+        )
 
 
 def test_evaluate_export_and_bench_bad_inputs(photos, tmp_path, capsys):
@@ -116,7 +176,11 @@ def test_evaluate_export_and_bench_bad_inputs(photos, tmp_path, capsys):
     bad(["evaluate", "--real", str(tmp_path / "nope"), "--generated", str(photos), "--output", str(out)], capsys, "--real")
     (tmp_path / "empty").mkdir()
     bad(["evaluate", "--real", str(photos), "--generated", str(tmp_path / "empty"), "--output", str(out)], capsys, "--generated")
-    bad(["evaluate", "--real", str(photos), "--generated", str(photos), "--output", str(out), "--metrics", "fid"], capsys, "--metrics")
+    bad(
+        ["evaluate", "--real", str(photos), "--generated", str(photos), "--output", str(out), "--metrics", "fid"],
+        capsys,
+        "--metrics",
+    )
     bad(["evaluate", "--real", str(photos)], capsys, "--generated")
     assert not out.exists()
     bad(["export", "--lora", str(tmp_path / "nope")], capsys, "--lora")

@@ -5,21 +5,93 @@ from dreambooth.config import TrainConfig, check_train, from_dict
 from dreambooth.errors import UsageError
 
 CLEAN = [
-    "train", "--model", "runwayml/stable-diffusion-v1-5", "--instance-dir", "photos", "--instance-prompt", "a photo of sks dog",
-    "--output-dir", "out", "--resolution", "512", "--use-8bit-adam", "--mixed-precision", "fp16", "--batch-size", "1",
-    "--gradient-accumulation-steps", "1", "--learning-rate", "5e-4", "--lr-scheduler", "constant", "--lr-warmup-steps", "0",
-    "--max-steps", "300", "--train-text-encoder", "--rank", "16", "--text-encoder-lr", "1e-4", "--seed", "42",
-    "--with-prior-preservation", "--class-dir", "class", "--class-prompt", "a photo of a dog", "--num-class-images", "100",
-    "--prior-loss-weight", "1.0",
+    "train",
+    "--model",
+    "runwayml/stable-diffusion-v1-5",
+    "--instance-dir",
+    "photos",
+    "--instance-prompt",
+    "a photo of sks dog",
+    "--output-dir",
+    "out",
+    "--resolution",
+    "512",
+    "--use-8bit-adam",
+    "--mixed-precision",
+    "fp16",
+    "--batch-size",
+    "1",
+    "--gradient-accumulation-steps",
+    "1",
+    "--learning-rate",
+    "5e-4",
+    "--lr-scheduler",
+    "constant",
+    "--lr-warmup-steps",
+    "0",
+    "--max-steps",
+    "300",
+    "--train-text-encoder",
+    "--rank",
+    "16",
+    "--text-encoder-lr",
+    "1e-4",
+    "--seed",
+    "42",
+    "--with-prior-preservation",
+    "--class-dir",
+    "class",
+    "--class-prompt",
+    "a photo of a dog",
+    "--num-class-images",
+    "100",
+    "--prior-loss-weight",
+    "1.0",
 ]
 # The notebook command this tool replaces (cloneofsimo/lora's script), with diffusers' names where they differ.
 NOTEBOOK = [
-    "train", "--pretrained_model_name_or_path", "runwayml/stable-diffusion-v1-5", "--instance_data_dir", "photos",
-    "--instance_prompt", "a photo of sks dog", "--output_dir", "out", "--resolution", "512", "--use_8bit_adam",
-    "--mixed_precision", "fp16", "--train_batch_size", "1", "--gradient_accumulation_steps", "1", "--learning_rate", "5e-4",
-    "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--max_train_steps", "300", "--train_text_encoder",
-    "--lora_rank", "16", "--learning_rate_text", "1e-4", "--seed", "42", "--with_prior_preservation",
-    "--class_data_dir", "class", "--class_prompt", "a photo of a dog", "--num_class_images", "100", "--prior_loss_weight", "1.0",
+    "train",
+    "--pretrained_model_name_or_path",
+    "runwayml/stable-diffusion-v1-5",
+    "--instance_data_dir",
+    "photos",
+    "--instance_prompt",
+    "a photo of sks dog",
+    "--output_dir",
+    "out",
+    "--resolution",
+    "512",
+    "--use_8bit_adam",
+    "--mixed_precision",
+    "fp16",
+    "--train_batch_size",
+    "1",
+    "--gradient_accumulation_steps",
+    "1",
+    "--learning_rate",
+    "5e-4",
+    "--lr_scheduler",
+    "constant",
+    "--lr_warmup_steps",
+    "0",
+    "--max_train_steps",
+    "300",
+    "--train_text_encoder",
+    "--lora_rank",
+    "16",
+    "--learning_rate_text",
+    "1e-4",
+    "--seed",
+    "42",
+    "--with_prior_preservation",
+    "--class_data_dir",
+    "class",
+    "--class_prompt",
+    "a photo of a dog",
+    "--num_class_images",
+    "100",
+    "--prior_loss_weight",
+    "1.0",
 ]
 
 
@@ -40,7 +112,9 @@ def test_diffusers_rank_flag_is_an_alias_too():
 
 def test_yaml_fills_the_config_and_flags_override_it(tmp_path):
     run = tmp_path / "run.yaml"
-    run.write_text("instance_dir: photos\ninstance_prompt: a photo of sks dog\nmax_train_steps: 50\nrank: 8\ntrain_text_encoder: true\n")
+    run.write_text(
+        "instance_dir: photos\ninstance_prompt: a photo of sks dog\nmax_train_steps: 50\nrank: 8\ntrain_text_encoder: true\n"
+    )
     cfg = parse(["train", "--config", str(run), "--rank", "4"])
     assert cfg.max_steps == 50 and cfg.train_text_encoder and cfg.instance_dir == "photos"
     assert cfg.rank == 4
@@ -67,13 +141,16 @@ def test_bad_flag_value_names_the_flag():
         parse(["train", "--mixed-precision", "fp8"])
 
 
-@pytest.mark.parametrize("change, flag", [
-    ({"resolution": 100}, "--resolution"),
-    ({"with_prior_preservation": True}, "--class-prompt"),
-    ({"rank": 0}, "--rank"),
-    ({"learning_rate": 5.0}, "--learning-rate"),
-    ({"instance_dir": ""}, "--instance-dir"),
-])
+@pytest.mark.parametrize(
+    "change, flag",
+    [
+        ({"resolution": 100}, "--resolution"),
+        ({"with_prior_preservation": True}, "--class-prompt"),
+        ({"rank": 0}, "--rank"),
+        ({"learning_rate": 5.0}, "--learning-rate"),
+        ({"instance_dir": ""}, "--instance-dir"),
+    ],
+)
 def test_value_checks(change, flag):
     cfg = TrainConfig(**{"instance_dir": "photos", "instance_prompt": "a photo of sks dog", "output_dir": "out", **change})
     with pytest.raises(UsageError, match=flag):

@@ -53,8 +53,13 @@ def test_another_vae_from_a_local_folder(tmp_path):
     from dreambooth.models import load_vae
 
     torch.manual_seed(5)
-    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=32,
+    )
     vae.save_pretrained(tmp_path / "vae")
     loaded = load_vae(str(tmp_path / "vae"))
     assert torch.equal(loaded.encoder.conv_in.weight, vae.encoder.conv_in.weight)

@@ -18,8 +18,21 @@ from pathlib import Path
 from .config import BenchConfig, EvaluateConfig, ExportConfig, GenerateConfig, IdentifierConfig, TrainConfig
 from .errors import TrainingError, UsageError
 
-__all__ = ["TrainConfig", "GenerateConfig", "IdentifierConfig", "EvaluateConfig", "BenchConfig", "ExportConfig",
-           "UsageError", "TrainingError", "train", "generate", "evaluate", "bench", "export"]
+__all__ = [
+    "TrainConfig",
+    "GenerateConfig",
+    "IdentifierConfig",
+    "EvaluateConfig",
+    "BenchConfig",
+    "ExportConfig",
+    "UsageError",
+    "TrainingError",
+    "train",
+    "generate",
+    "evaluate",
+    "bench",
+    "export",
+]
 __version__ = "0.1.0"
 
 

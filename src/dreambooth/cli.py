@@ -14,6 +14,7 @@ from collections.abc import Callable
 from . import config as C
 from .errors import TrainingError, UsageError
 
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, no usage dump
         raise UsageError(f"{message}; see `{self.prog} --help`")
@@ -29,14 +30,25 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         help_text = f"{f.metadata['help']} (default: {default!r})"
         if kind is bool:
             parser.add_argument(*names, dest=f.name, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
-            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=False,
-                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            parser.add_argument(
+                "--no-" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_const",
+                const=False,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
         elif kind == list[str]:
             parser.add_argument(*names, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text, metavar="NAME")
         else:
             choices = f.metadata.get("choices")
-            parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, help=help_text,
-                                metavar="{" + ",".join(choices) + "}" if choices else f.name.upper())
+            parser.add_argument(
+                *names,
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                help=help_text,
+                metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(),
+            )
 
 
 def config_from_args(cls, args: argparse.Namespace):
@@ -57,27 +69,41 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_config_flags(sub.add_parser("train", help="train a LoRA on a subject's photos"), C.TrainConfig)
     add_config_flags(sub.add_parser("generate", help="draw images with a trained LoRA"), C.GenerateConfig)
-    add_config_flags(sub.add_parser("evaluate", help="score generated images against the real ones (DINO, CLIP-I, CLIP-T, PRES, DIV)"),
-                     C.EvaluateConfig)
+    add_config_flags(
+        sub.add_parser("evaluate", help="score generated images against the real ones (DINO, CLIP-I, CLIP-T, PRES, DIV)"),
+        C.EvaluateConfig,
+    )
     bench = sub.add_parser("bench", help="train, generate and score every subject of a DreamBench-layout dataset")
-    bench.add_argument("dataset", nargs="?", default=argparse.SUPPRESS, metavar="DATASET_DIR",
-                       help="DreamBench-layout folder (same as --dataset)")
+    bench.add_argument(
+        "dataset",
+        nargs="?",
+        default=argparse.SUPPRESS,
+        metavar="DATASET_DIR",
+        help="DreamBench-layout folder (same as --dataset)",
+    )
     add_config_flags(bench, C.BenchConfig)
-    add_config_flags(sub.add_parser("export", help="write a LoRA in the kohya (A1111 / ComfyUI) or diffusers layout"), C.ExportConfig)
-    add_config_flags(sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig)
+    add_config_flags(
+        sub.add_parser("export", help="write a LoRA in the kohya (A1111 / ComfyUI) or diffusers layout"), C.ExportConfig
+    )
+    add_config_flags(
+        sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig
+    )
     world_commands.add_parsers(sub, add_config_flags)
     ui = sub.add_parser("ui", help="serve a web page to train, generate and evaluate (needs: pip install 'dreambooth[ui]')")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    ui.add_argument("--workspace", default="dreambooth-workspace",
-                    help="folder for uploads, runs, images and scores; any LoRA folder in it is listed (default: dreambooth-workspace)")
+    ui.add_argument(
+        "--workspace",
+        default="dreambooth-workspace",
+        help="folder for uploads, runs, images and scores; any LoRA folder in it is listed (default: dreambooth-workspace)",
+    )
     ui.add_argument("--auth", default="", metavar="USER:PASSWORD", help="ask for this user and password (advised with --host)")
     return parser
 
 
 def run_identifier(cfg: C.IdentifierConfig) -> None:
-    from .training.identifier import candidates, tokenise
     from .models import load_tokenizer
+    from .training.identifier import candidates, tokenise
 
     C.check_identifier_config(cfg)
     tokenizer = load_tokenizer(cfg.model)
@@ -98,9 +124,14 @@ def run_command(args: argparse.Namespace) -> None:
     """One command: its config from the flags (and YAML), then its function."""
     import dreambooth as api
 
-    commands: dict[str, tuple[type, Callable]] = {"train": (C.TrainConfig, api.train), "generate": (C.GenerateConfig, api.generate),
-                "evaluate": (C.EvaluateConfig, api.evaluate), "bench": (C.BenchConfig, api.bench),
-                "export": (C.ExportConfig, api.export), "identifier": (C.IdentifierConfig, run_identifier)}
+    commands: dict[str, tuple[type, Callable]] = {
+        "train": (C.TrainConfig, api.train),
+        "generate": (C.GenerateConfig, api.generate),
+        "evaluate": (C.EvaluateConfig, api.evaluate),
+        "bench": (C.BenchConfig, api.bench),
+        "export": (C.ExportConfig, api.export),
+        "identifier": (C.IdentifierConfig, run_identifier),
+    }
     if args.command in commands:
         cls, function = commands[args.command]
         function(config_from_args(cls, args))

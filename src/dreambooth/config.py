@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from .models import embedded_help, recommended
 from .errors import UsageError
+from .models import embedded_help, recommended
 
 
 class PriorMode(str, enum.Enum):
@@ -52,11 +52,18 @@ def opt(default, help: str, aliases: tuple[str, ...] = (), choices: tuple | None
 
 @dataclass
 class TrainConfig:
-    model: str = opt("tiny", "base model: hub id, local diffusers folder, single-file .safetensors, or an embedded one: "
-                             f"{embedded_help()}; an embedded model's recommended settings are the defaults for it",
-                     ("pretrained_model_name_or_path",))
-    vae: str = opt("", "another VAE to use (hub id or folder), e.g. an fp16-safe SDXL VAE", ("pretrained_vae_model_name_or_path",))
-    instance_dir: str = opt("", "folder of the subject's photos (3-10); a .txt beside an image is its caption", ("instance_data_dir",))
+    model: str = opt(
+        "tiny",
+        "base model: hub id, local diffusers folder, single-file .safetensors, or an embedded one: "
+        f"{embedded_help()}; an embedded model's recommended settings are the defaults for it",
+        ("pretrained_model_name_or_path",),
+    )
+    vae: str = opt(
+        "", "another VAE to use (hub id or folder), e.g. an fp16-safe SDXL VAE", ("pretrained_vae_model_name_or_path",)
+    )
+    instance_dir: str = opt(
+        "", "folder of the subject's photos (3-10); a .txt beside an image is its caption", ("instance_data_dir",)
+    )
     instance_prompt: str = opt("", "prompt with the identifier and class noun, e.g. 'a photo of sks dog'")
     output_dir: str = opt("", "folder for the LoRA weights, config, model card and checkpoints")
     resolution: int = opt(0, "training resolution in pixels (multiple of 8); 0 = the model's native size")
@@ -64,26 +71,39 @@ class TrainConfig:
     random_flip: bool = opt(False, "flip images horizontally at random")
     with_prior_preservation: bool = opt(False, "add the class-specific prior-preservation loss")
     class_prompt: str = opt("", "prompt for the class prior, e.g. 'a photo of a dog'")
-    class_dir: str = opt("", "folder of class images; missing ones are generated (default: a shared class-image bank in "
-                             "the user cache, keyed by model, prompt, resolution, sampler and seed)", ("class_data_dir",))
+    class_dir: str = opt(
+        "",
+        "folder of class images; missing ones are generated (default: a shared class-image bank in "
+        "the user cache, keyed by model, prompt, resolution, sampler and seed)",
+        ("class_data_dir",),
+    )
     num_class_images: int = opt(100, "number of class images to use (generated when missing)")
     prior_loss_weight: float = opt(1.0, "lambda: weight of the class loss")
-    prior_mode: PriorMode = opt(PriorMode.GENERATED, "class targets: 'generated' class images (the paper), or 'base-prediction': the frozen "
-                                       "base model's own prediction for the class prompt on the photos' noised latents "
-                                       "(no class images needed)")
+    prior_mode: PriorMode = opt(
+        PriorMode.GENERATED,
+        "class targets: 'generated' class images (the paper), or 'base-prediction': the frozen "
+        "base model's own prediction for the class prompt on the photos' noised latents "
+        "(no class images needed)",
+    )
     class_image_steps: int = opt(25, "sampling steps when generating class images")
     sample_batch_size: int = opt(4, "batch size when generating class images and samples")
     rank: int = opt(16, "LoRA rank", ("lora_rank",))
     lora_alpha: float = opt(0.0, "LoRA alpha; 0 = same as rank")
     lora_dropout: float = opt(0.0, "LoRA dropout")
-    target_modules: list[str] = opt([], "denoiser modules that get LoRA adapters; default: the family's (SD, SDXL: "
-                                        "to_q to_k to_v to_out.0)")
+    target_modules: list[str] = opt(
+        [], "denoiser modules that get LoRA adapters; default: the family's (SD, SDXL: to_q to_k to_v to_out.0)"
+    )
     train_text_encoder: bool = opt(False, "also train a LoRA on the text encoder")
     text_encoder_lr: float = opt(1e-4, "learning rate of the text-encoder LoRA", ("learning_rate_text",))
-    text_encoder_target_modules: list[str] = opt([], "text-encoder modules that get LoRA adapters; default: the family's "
-                                                     "(CLIP: q_proj k_proj v_proj out_proj)")
+    text_encoder_target_modules: list[str] = opt(
+        [], "text-encoder modules that get LoRA adapters; default: the family's (CLIP: q_proj k_proj v_proj out_proj)"
+    )
     learning_rate: float = opt(5e-4, "learning rate of the UNet LoRA")
-    lr_scheduler: str = opt("constant", "learning-rate schedule", choices=("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"))
+    lr_scheduler: str = opt(
+        "constant",
+        "learning-rate schedule",
+        choices=("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"),
+    )
     lr_warmup_steps: int = opt(0, "warmup steps of the schedule")
     max_steps: int = opt(300, "optimiser steps to train", ("max_train_steps",))
     batch_size: int = opt(1, "instance images per step (as many class images join them)", ("train_batch_size",))
@@ -96,8 +116,9 @@ class TrainConfig:
     adam_beta2: float = opt(0.999, "AdamW beta2")
     adam_weight_decay: float = opt(1e-2, "AdamW weight decay")
     adam_epsilon: float = opt(1e-8, "AdamW epsilon")
-    snr_gamma: float = opt(0.0, "min-SNR-gamma loss weights (Hang et al. 2023); 0 = plain MSE, 5 is usual; use what the base "
-                                "was trained with")
+    snr_gamma: float = opt(
+        0.0, "min-SNR-gamma loss weights (Hang et al. 2023); 0 = plain MSE, 5 is usual; use what the base was trained with"
+    )
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 = off")
     seed: int = opt(0, "seed for class images, noise, timesteps and crops")
     checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps; 0 = only at the end", ("checkpointing_steps",))
@@ -111,7 +132,9 @@ class TrainConfig:
     guidance_scale: float = opt(7.5, "classifier-free guidance for class images and samples")
     allow_pickle: bool = opt(False, "read a .ckpt/.pt/.bin base model (with torch.load(weights_only=True)); only files you trust")
     detect_anomaly: bool = opt(False, "trace the operation that made a NaN/inf (slow; for debugging)")
-    export: str = opt("", "also write the LoRA for A1111 / ComfyUI: --export kohya (lora_kohya.safetensors)", choices=("", "kohya"))
+    export: str = opt(
+        "", "also write the LoRA for A1111 / ComfyUI: --export kohya (lora_kohya.safetensors)", choices=("", "kohya")
+    )
 
     def __post_init__(self):
         # modes given as plain strings (the Python API) become their types; the CLI and YAML checked them already
@@ -125,8 +148,12 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
-    model: str = opt("", "base model: hub id, local diffusers folder, single-file .safetensors, or an embedded one ('tiny', ...); "
-                         "default: the one the LoRA was trained on (its config.yaml), else 'tiny'", ("pretrained_model_name_or_path",))
+    model: str = opt(
+        "",
+        "base model: hub id, local diffusers folder, single-file .safetensors, or an embedded one ('tiny', ...); "
+        "default: the one the LoRA was trained on (its config.yaml), else 'tiny'",
+        ("pretrained_model_name_or_path",),
+    )
     vae: str = opt("", "another VAE to use (hub id or folder); default: the LoRA's training VAE, else the model's own")
     lora: str = opt("", "trained output folder or .safetensors file; empty = the base model alone")
     prompt: str = opt("", "what to draw, e.g. 'a photo of sks dog on the grass'")
@@ -140,7 +167,9 @@ class GenerateConfig:
     resolution: int = opt(0, "image size in pixels (multiple of 8); 0 = the model's native size")
     batch_size: int = opt(4, "images per pipeline call")
     output_dir: str = opt("", "folder for the PNGs, grid.png and config.yaml")
-    allow_pickle: bool = opt(False, "read .ckpt/.pt/.bin model or LoRA files (with torch.load(weights_only=True)); only files you trust")
+    allow_pickle: bool = opt(
+        False, "read .ckpt/.pt/.bin model or LoRA files (with torch.load(weights_only=True)); only files you trust"
+    )
 
 
 @dataclass
@@ -158,7 +187,11 @@ class ExportConfig:
     lora: str = opt("", "a `dreambooth train` folder or LoRA file (also cloneofsimo/lora's lora_weight.safetensors / .pt)")
     format: str = opt("kohya", "layout to write: kohya (A1111 / ComfyUI) or diffusers", choices=("kohya", "diffusers"))
     output: str = opt("", "file to write; default: lora_kohya.safetensors or pytorch_lora_weights.safetensors beside the input")
-    model: str = opt("", "base model the LoRA is for; default: the one in its config.yaml or header, else 'tiny'", ("pretrained_model_name_or_path",))
+    model: str = opt(
+        "",
+        "base model the LoRA is for; default: the one in its config.yaml or header, else 'tiny'",
+        ("pretrained_model_name_or_path",),
+    )
     allow_pickle: bool = opt(False, "read .pt/.bin LoRA files (with torch.load(weights_only=True)); only files you trust")
 
 
@@ -175,7 +208,9 @@ class PretrainWorldConfig:
 
 
 def check_pretrain_world(cfg: PretrainWorldConfig) -> None:
-    check_each(cfg, ["autoencoder_steps", "diffusion_steps", "reader_steps", "batch_size"], lambda v: v >= 1, "must be at least 1")
+    check_each(
+        cfg, ["autoencoder_steps", "diffusion_steps", "reader_steps", "batch_size"], lambda v: v >= 1, "must be at least 1"
+    )
     if not cfg.learning_rate > 0:
         raise UsageError("--learning-rate must be positive")
 
@@ -342,7 +377,11 @@ def to_yaml(cfg) -> str:
 
 def check_train(cfg: TrainConfig) -> None:
     """Value checks that need no file or model: run before anything is loaded."""
-    need = [("instance_dir", "the folder of the subject's photos"), ("instance_prompt", "e.g. 'a photo of sks dog'"), ("output_dir", "a folder for the results")]
+    need = [
+        ("instance_dir", "the folder of the subject's photos"),
+        ("instance_prompt", "e.g. 'a photo of sks dog'"),
+        ("output_dir", "a folder for the results"),
+    ]
     for name, what in need:
         if not getattr(cfg, name):
             raise UsageError(f"{flag_name(name)} is required: pass {what}")
@@ -350,11 +389,40 @@ def check_train(cfg: TrainConfig) -> None:
         raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
     if cfg.with_prior_preservation and not cfg.class_prompt:
         raise UsageError("--with-prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of a dog'")
-    check_each(cfg, ["rank", "max_steps", "batch_size", "gradient_accumulation_steps", "num_class_images", "class_image_steps",
-                     "sample_batch_size", "sample_steps", "validation_steps"], lambda v: v >= 1, "must be at least 1")
-    check_each(cfg, ["lora_alpha", "lora_dropout", "prior_loss_weight", "snr_gamma", "lr_warmup_steps", "max_grad_norm",
-                     "checkpoint_every", "num_samples", "num_validation_images", "adam_weight_decay", "checkpoints_total_limit"],
-               lambda v: v >= 0, "must not be negative")
+    check_each(
+        cfg,
+        [
+            "rank",
+            "max_steps",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "num_class_images",
+            "class_image_steps",
+            "sample_batch_size",
+            "sample_steps",
+            "validation_steps",
+        ],
+        lambda v: v >= 1,
+        "must be at least 1",
+    )
+    check_each(
+        cfg,
+        [
+            "lora_alpha",
+            "lora_dropout",
+            "prior_loss_weight",
+            "snr_gamma",
+            "lr_warmup_steps",
+            "max_grad_norm",
+            "checkpoint_every",
+            "num_samples",
+            "num_validation_images",
+            "adam_weight_decay",
+            "checkpoints_total_limit",
+        ],
+        lambda v: v >= 0,
+        "must not be negative",
+    )
     check_each(cfg, ["lora_dropout"], lambda v: v < 1, "must be below 1")
     check_each(cfg, ["learning_rate", "text_encoder_lr"], lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 1e-4")
 
@@ -391,21 +459,32 @@ METRIC_NAMES = {metric_key(m): m.upper() for m in METRICS}  # key -> the paper's
 class EvaluateConfig:
     real: str = opt("", "folder of the subject's real photos")
     generated: str = opt("", "folder of generated images, or of `dreambooth generate` output folders (one per prompt)")
-    prompts: str = opt("", "JSON file {image path relative to --generated: prompt}; default: `prompt:` of config.yaml in the image's folder")
-    identifier: str = opt("", "identifier word deleted from prompts for CLIP-T, e.g. sks; default: from the LoRA's training config")
+    prompts: str = opt(
+        "", "JSON file {image path relative to --generated: prompt}; default: `prompt:` of config.yaml in the image's folder"
+    )
+    identifier: str = opt(
+        "", "identifier word deleted from prompts for CLIP-T, e.g. sks; default: from the LoRA's training config"
+    )
     class_generated: str = opt("", "images the fine-tuned model drew from the class prompt (e.g. 'a dog'), for PRES")
     output: str = opt("", "JSON file for the scores (per image, per prompt, means)")
-    metrics: list[str] = opt(list(METRICS), "metrics to compute; PRES needs --class-generated and DIV --lpips-net, else they are skipped")
+    metrics: list[str] = opt(
+        list(METRICS), "metrics to compute; PRES needs --class-generated and DIV --lpips-net, else they are skipped"
+    )
     dino_model: str = opt("facebook/dino-vits16", "self-supervised ViT for DINO and PRES: hub id or local folder (safetensors)")
     clip_model: str = opt("openai/clip-vit-base-patch32", "CLIP for CLIP-I and CLIP-T: hub id or local folder (safetensors)")
     lpips_net: str = opt("", "LPIPS AlexNet weights (.safetensors, layout in the README) for DIV")
     batch_size: int = opt(32, "images per embedding batch")
-    cache: bool = opt(True, "keep embeddings in embeddings-cache.safetensors beside --output; a rerun embeds only new or changed images")
+    cache: bool = opt(
+        True, "keep embeddings in embeddings-cache.safetensors beside --output; a rerun embeds only new or changed images"
+    )
 
 
 def check_evaluate(cfg: EvaluateConfig) -> None:
-    for name, what in [("real", "the folder of the subject's photos"), ("generated", "the folder of generated images"),
-                       ("output", "a JSON file for the scores, e.g. scores.json")]:
+    for name, what in [
+        ("real", "the folder of the subject's photos"),
+        ("generated", "the folder of generated images"),
+        ("output", "a JSON file for the scores, e.g. scores.json"),
+    ]:
         if not getattr(cfg, name):
             raise UsageError(f"{flag_name(name)} is required: pass {what}")
     unknown = [m for m in cfg.metrics if m not in METRICS]
@@ -421,8 +500,11 @@ class BenchConfig:
     subjects: list[str] = opt([], "subjects to run (folder names); default: every subject of the dataset")
     num_prompts: int = opt(25, "the first N of each subject's 25 prompts")
     images_per_prompt: int = opt(4, "images generated for each prompt (and for the class prompt, for PRES)")
-    model: str = opt("stable-diffusion-v1-5/stable-diffusion-v1-5", "base model: hub id, local diffusers folder, .safetensors file, or 'tiny'",
-                     ("pretrained_model_name_or_path",))
+    model: str = opt(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "base model: hub id, local diffusers folder, .safetensors file, or 'tiny'",
+        ("pretrained_model_name_or_path",),
+    )
     identifier: str = opt("sks", "rare-token identifier bound to each subject")
     max_steps: int = opt(400, "training steps per subject", ("max_train_steps",))
     with_prior_preservation: bool = opt(True, "train with the class prior 'a photo of a <class>'")
@@ -443,7 +525,11 @@ def check_bench(cfg: BenchConfig) -> None:
         raise UsageError("DATASET_DIR is required: pass the DreamBench folder (<subject>/*.jpg, prompts_and_classes.txt)")
     if not cfg.output_dir:
         raise UsageError("--output-dir is required: pass a folder for the runs and reports")
-    check_each(cfg, ["num_prompts", "images_per_prompt", "max_steps", "num_class_images", "steps", "batch_size"],
-               lambda v: v >= 1, "must be at least 1")
+    check_each(
+        cfg,
+        ["num_prompts", "images_per_prompt", "max_steps", "num_class_images", "steps", "batch_size"],
+        lambda v: v >= 1,
+        "must be at least 1",
+    )
     if not cfg.identifier or len(cfg.identifier.split()) != 1:
         raise UsageError(f"--identifier {cfg.identifier!r}: pass one word, e.g. sks")

@@ -37,8 +37,18 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     cfg = dataclasses.replace(cfg, resolution=cfg.resolution or native_resolution(pipe))
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=cfg.num_images, desc="generating", unit="img")
-    images = draw(pipe, cfg.prompt, cfg.num_images, cfg.seed, cfg.steps, cfg.guidance, cfg.resolution, cfg.batch_size,
-                  cfg.negative_prompt, on_batch=lambda b: bar.update(len(b)))
+    images = draw(
+        pipe,
+        cfg.prompt,
+        cfg.num_images,
+        cfg.seed,
+        cfg.steps,
+        cfg.guidance,
+        cfg.resolution,
+        cfg.batch_size,
+        cfg.negative_prompt,
+        on_batch=lambda b: bar.update(len(b)),
+    )
     bar.close()
     paths = []
     for i, image in enumerate(images):
@@ -49,4 +59,3 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     atomic.write_text(out / "config.yaml", to_yaml(cfg))
     print(f"{len(paths)} images -> {out}", flush=True)
     return paths
-

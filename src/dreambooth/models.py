@@ -25,6 +25,7 @@ HUB_ERROR_MODULES = ("huggingface_hub", "requests", "httpx", "urllib3")  # what 
 
 # ---------------------------------------------------------------- the embedded models
 
+
 @dataclass(frozen=True)
 class Embedded:
     """A base model named by a word after --model: built in code or shipped in the package. Its recommended
@@ -55,20 +56,47 @@ class Embedded:
 # The world's base (dreambooth.world) was pretrained with min-SNR-5 weights on 32 px renders. These settings were
 # measured to teach it a subject (README, "The world"); with the general defaults (300 steps, lr 5e-4, plain MSE)
 # `a photo of sks cat on the beach` drew cats of every colour.
-WORLD_TRAIN = dict(resolution=32, train_text_encoder=True, learning_rate=1e-3, text_encoder_lr=1e-3, rank=8, batch_size=2,
-                   max_steps=1000, snr_gamma=5.0, guidance_scale=4.0, sample_batch_size=50, num_class_images=100)
+WORLD_TRAIN = dict(
+    resolution=32,
+    train_text_encoder=True,
+    learning_rate=1e-3,
+    text_encoder_lr=1e-3,
+    rank=8,
+    batch_size=2,
+    max_steps=1000,
+    snr_gamma=5.0,
+    guidance_scale=4.0,
+    sample_batch_size=50,
+    num_class_images=100,
+)
 # At text-encoder strength 1.0 the identifier drowns the context words ("on the beach"): measured on one run,
 # 1.0 -> the subject in 88 % of samples and in the asked context in 16 %; 0.8 -> 81 % and 32 %.
 WORLD_GENERATE = dict(guidance=4.0, steps=25, text_encoder_scale=0.8)
 
-EMBEDDED = {e.name: e for e in (
-    Embedded("tiny", "SD 1.x-shaped, random weights, 64 px, for tests", "sd", build="dreambooth.families.sd:build_tiny",
-             build_args=("epsilon",)),
-    Embedded("tiny-v", "as tiny, v-prediction", "sd", build="dreambooth.families.sd:build_tiny", build_args=("v_prediction",)),
-    Embedded("tiny-sdxl", "SDXL-shaped, random weights, 64 px", "sdxl", build="dreambooth.families.sdxl:build_tiny"),
-    Embedded("world", "trained on the procedural world, 32 px, see `dreambooth demo`", "sd", folder="assets/world",
-             train=WORLD_TRAIN, generate=WORLD_GENERATE),
-)}
+EMBEDDED = {
+    e.name: e
+    for e in (
+        Embedded(
+            "tiny",
+            "SD 1.x-shaped, random weights, 64 px, for tests",
+            "sd",
+            build="dreambooth.families.sd:build_tiny",
+            build_args=("epsilon",),
+        ),
+        Embedded(
+            "tiny-v", "as tiny, v-prediction", "sd", build="dreambooth.families.sd:build_tiny", build_args=("v_prediction",)
+        ),
+        Embedded("tiny-sdxl", "SDXL-shaped, random weights, 64 px", "sdxl", build="dreambooth.families.sdxl:build_tiny"),
+        Embedded(
+            "world",
+            "trained on the procedural world, 32 px, see `dreambooth demo`",
+            "sd",
+            folder="assets/world",
+            train=WORLD_TRAIN,
+            generate=WORLD_GENERATE,
+        ),
+    )
+}
 
 
 def embedded_help() -> str:
@@ -90,6 +118,7 @@ def identity(model: str) -> str:
 
 
 # ---------------------------------------------------------------- loading
+
 
 def quiet_libraries() -> None:
     """The libraries' own info logs and progress bars drown ours."""
@@ -133,8 +162,10 @@ def load_pipeline(model: str, dtype: torch.dtype | None = None, allow_pickle: bo
     # SD 1.x/2.x folders carry a safety checker (a second CLIP); other pipelines ignore the keywords.
     kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise UsageError(f"--model {model}: pickle checkpoints can run code when read; convert it to .safetensors, or pass "
-                         f"--allow-pickle if you trust it (it is then read with torch.load(weights_only=True))")
+        raise UsageError(
+            f"--model {model}: pickle checkpoints can run code when read; convert it to .safetensors, or pass "
+            f"--allow-pickle if you trust it (it is then read with torch.load(weights_only=True))"
+        )
     if path.is_file():
         if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
             raise UsageError(f"--model {model}: a single-file model must be a .safetensors checkpoint")
@@ -143,8 +174,10 @@ def load_pipeline(model: str, dtype: torch.dtype | None = None, allow_pickle: bo
         try:
             return supported(cls.from_single_file(str(path), dtype=dtype, **family.single_file_options()), model)
         except (OSError, ValueError) as e:
-            raise UsageError(f"--model {model}: could not read it as a {family.title} checkpoint ({first_line(e)}); "
-                             f"pass a diffusers folder instead") from None
+            raise UsageError(
+                f"--model {model}: could not read it as a {family.title} checkpoint ({first_line(e)}); "
+                f"pass a diffusers folder instead"
+            ) from None
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UsageError(f"--model {model}: folder has no model_index.json; pass a diffusers pipeline folder")
@@ -194,7 +227,9 @@ def load_vae(vae: str, dtype: torch.dtype | None = None):
     try:
         return AutoencoderKL.from_pretrained(str(path) if path.exists() else vae, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError):
-        raise UsageError(f"--vae {vae}: no AutoencoderKL there, locally or on the hub; pass a local diffusers VAE folder") from None
+        raise UsageError(
+            f"--vae {vae}: no AutoencoderKL there, locally or on the hub; pass a local diffusers VAE folder"
+        ) from None
 
 
 def load_tokenizer(model: str):
@@ -226,6 +261,7 @@ def first_line(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- what a model is
+
 
 @dataclass(frozen=True)
 class Base:

@@ -32,8 +32,20 @@ def eval_mode(*models):
             m.train(t)
 
 
-def draw(pipe, prompt: str, num: int, seed: int, steps: int, guidance: float, resolution: int, batch_size: int = 4,
-         negative_prompt: str = "", first_index: int = 0, on_batch=None, autocast=contextlib.nullcontext) -> list:
+def draw(
+    pipe,
+    prompt: str,
+    num: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    resolution: int,
+    batch_size: int = 4,
+    negative_prompt: str = "",
+    first_index: int = 0,
+    on_batch=None,
+    autocast=contextlib.nullcontext,
+) -> list:
     """`num` images of `prompt`; image i is drawn with seed `seed + first_index + i` whatever the batch size."""
     sampler, pipe.scheduler = pipe.scheduler, fast_sampler(pipe)
     pipe.set_progress_bar_config(disable=True)

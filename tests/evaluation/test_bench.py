@@ -8,10 +8,10 @@ from PIL import Image
 from scoring_models import build_scoring_models, noise_image
 
 import dreambooth.evaluation.bench as bench_mod
-from dreambooth.evaluation import dreambench
 from dreambooth.cli import main
 from dreambooth.config import BenchConfig
 from dreambooth.errors import UsageError
+from dreambooth.evaluation import dreambench
 
 DATA = Path(__file__).parents[1] / "data"
 LIVE = {"cat", "cat2", "dog", "dog2", "dog3", "dog5", "dog6", "dog7", "dog8"}
@@ -51,8 +51,19 @@ def dataset(tmp_path, photos) -> Path:
 def small(dataset: Path, out: Path, scorers: dict, **kw) -> BenchConfig:
     train_yaml = out.parent / "train.yaml"
     train_yaml.write_text("class_image_steps: 1\nrank: 2\n")
-    base = dict(dataset=str(dataset), output_dir=str(out), subjects=["dog", "teapot"], num_prompts=2, images_per_prompt=2,
-                model="tiny", max_steps=1, num_class_images=1, steps=1, train_config=str(train_yaml), **scorers)
+    base = dict(
+        dataset=str(dataset),
+        output_dir=str(out),
+        subjects=["dog", "teapot"],
+        num_prompts=2,
+        images_per_prompt=2,
+        model="tiny",
+        max_steps=1,
+        num_class_images=1,
+        steps=1,
+        train_config=str(train_yaml),
+        **scorers,
+    )
     return BenchConfig(**{**base, **kw})
 
 
@@ -70,7 +81,10 @@ def test_two_subject_bench_end_to_end_then_resumed(dataset, scorers, tmp_path, m
     rows = list(csv.DictReader((out / "bench.csv").open()))
     assert [r["row"] for r in rows[:3]] == ["dog", "teapot", "mean"] and len(rows) == 3 + 6
     assert rows[5]["row"] == "DreamBooth (Stable Diffusion)" and rows[5]["dino"] == "0.668" and rows[5]["clip_t"] == "0.305"
-    assert "| *DreamBooth (Imagen) with prior preservation* | | Ruiz et al. 2022 | – | – | – | 0.493 | 0.391 |" in (out / "bench.md").read_text()
+    assert (
+        "| *DreamBooth (Imagen) with prior preservation* | | Ruiz et al. 2022 | – | – | – | 0.493 | 0.391 |"
+        in (out / "bench.md").read_text()
+    )
     page = (out / "bench.html").read_text()
     assert "dog/real.png" in page and "teapot/generated.png" in page and "0.774" in page
     assert Image.open(out / "dog" / "real.png").size == (5 * 128, 128)  # the five photos in a row
@@ -82,7 +96,9 @@ def test_two_subject_bench_end_to_end_then_resumed(dataset, scorers, tmp_path, m
     assert scores["counts"] == {"real": 5, "generated": 4, "class_generated": 2, "with_prompt": 4}
     assert "prompt: a dog" in (out / "dog" / "class" / "config.yaml").read_text()
     trained = (out / "dog" / "lora" / "config.yaml").read_text()
-    assert "instance_prompt: a photo of sks dog" in trained and "class_prompt: a photo of a dog" in trained and "rank: 2" in trained
+    assert (
+        "instance_prompt: a photo of sks dog" in trained and "class_prompt: a photo of a dog" in trained and "rank: 2" in trained
+    )
 
     def must_not_run(*a, **k):
         raise AssertionError("redone")
@@ -98,7 +114,8 @@ def test_two_subject_bench_end_to_end_then_resumed(dataset, scorers, tmp_path, m
     (out / "teapot" / "scores.json").unlink()
     bench_mod.bench(small(dataset, out, scorers))
     assert json.loads((out / "teapot" / "scores.json").read_text())["means"] == pytest.approx(
-        {k: v for k, v in summary["subjects"][1].items() if k in ("dino", "clip_i", "clip_t", "pres", "div")})
+        {k: v for k, v in summary["subjects"][1].items() if k in ("dino", "clip_i", "clip_t", "pres", "div")}
+    )
 
     # Other training settings never silently reuse a LoRA trained with the old ones.
     with pytest.raises(UsageError, match="dog/lora was trained with other settings .*max_steps 1, not 3"):

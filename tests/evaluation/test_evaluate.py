@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from scoring_models import build_scoring_models, noise_image
 
-from dreambooth.evaluation import embeddings
 from dreambooth.cli import main
 from dreambooth.config import EvaluateConfig
 from dreambooth.errors import UsageError
+from dreambooth.evaluation import embeddings
 from dreambooth.evaluation.evaluate import evaluate
 from dreambooth.evaluation.lpips import LPIPS
 from dreambooth.evaluation.metrics import remove_identifier
@@ -69,11 +69,15 @@ def test_clip_t_is_unchanged_by_the_identifier(scorers, tmp_path):
     with_sks = images(tmp_path / "sks", [7, 8], prompt="a sks dog on the beach")
     plain = images(tmp_path / "plain", [7, 8], prompt="a dog on the beach")
     other = images(tmp_path / "other", [7, 8])
-    (tmp_path / "prompts.json").write_text(json.dumps({"image-000.png": "a XYZ dog on the beach", "image-001.png": "a xyz dog on the beach"}))
+    (tmp_path / "prompts.json").write_text(
+        json.dumps({"image-000.png": "a XYZ dog on the beach", "image-001.png": "a xyz dog on the beach"})
+    )
     kw = dict(metrics=["clip-t"])
     by_sks = score(scorers, real, with_sks, tmp_path / "1.json", identifier="sks", **kw)["means"]["clip_t"]
     by_plain = score(scorers, real, plain, tmp_path / "2.json", **kw)["means"]["clip_t"]
-    by_xyz = score(scorers, real, other, tmp_path / "3.json", identifier="xyz", prompts=str(tmp_path / "prompts.json"), **kw)["means"]["clip_t"]
+    by_xyz = score(scorers, real, other, tmp_path / "3.json", identifier="xyz", prompts=str(tmp_path / "prompts.json"), **kw)[
+        "means"
+    ]["clip_t"]
     kept = score(scorers, real, with_sks, tmp_path / "4.json", **kw)["means"]["clip_t"]
     assert by_sks == pytest.approx(by_plain, abs=1e-9) and by_xyz == pytest.approx(by_plain, abs=1e-9)
     assert -1 <= by_plain <= 1
@@ -96,7 +100,9 @@ def test_lpips_is_symmetric_zero_on_itself_and_uses_the_documented_keys():
     x, y = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
     assert torch.allclose(net(x, y), net(y, x)) and torch.allclose(net(x, x), torch.zeros(2))
     keys = set(net.state_dict())
-    assert keys == {f"features.{i}.{p}" for i in (0, 3, 6, 8, 10) for p in ("weight", "bias")} | {f"lin{i}.model.1.weight" for i in range(5)}
+    assert keys == {f"features.{i}.{p}" for i in (0, 3, 6, 8, 10) for p in ("weight", "bias")} | {
+        f"lin{i}.model.1.weight" for i in range(5)
+    }
 
 
 def test_pres_compares_class_prompt_images_with_the_real_ones(scorers, tmp_path):
@@ -104,7 +110,9 @@ def test_pres_compares_class_prompt_images_with_the_real_ones(scorers, tmp_path)
     gen = images(tmp_path / "gen", [2, 3], prompt="a sks dog")
     same_as_real = images(tmp_path / "class_same", [1])
     other = images(tmp_path / "class_other", [9, 10])
-    assert score(scorers, real, gen, tmp_path / "1.json", metrics=["pres"], class_generated=str(same_as_real))["means"]["pres"] == pytest.approx(1, abs=1e-6)
+    assert score(scorers, real, gen, tmp_path / "1.json", metrics=["pres"], class_generated=str(same_as_real))["means"][
+        "pres"
+    ] == pytest.approx(1, abs=1e-6)
     pres = score(scorers, real, gen, tmp_path / "2.json", metrics=["pres"], class_generated=str(other))
     assert -1 <= pres["means"]["pres"] < 0.999999 and pres["counts"]["class_generated"] == 2
     skipped = score(scorers, real, gen, tmp_path / "3.json", metrics=["pres"])
@@ -124,7 +132,12 @@ def test_prompts_from_generate_folders_grid_skipped_and_identifier_from_the_lora
     assert result["identifier"] == "qwe" and result["counts"]["generated"] == 4
     assert [g["prompt"] for g in result["prompts"]] == ["a qwe dog on the beach", "a qwe dog in the snow"]
     assert {row["scored_prompt"] for row in result["images"]} == {"a dog on the beach", "a dog in the snow"}
-    assert {row["file"] for row in result["images"]} == {"beach/image-000.png", "beach/image-001.png", "snow/image-000.png", "snow/image-001.png"}
+    assert {row["file"] for row in result["images"]} == {
+        "beach/image-000.png",
+        "beach/image-001.png",
+        "snow/image-000.png",
+        "snow/image-001.png",
+    }
 
 
 def test_embeddings_are_cached_per_file_until_the_file_changes(scorers, tmp_path, monkeypatch):
@@ -157,7 +170,10 @@ def test_missing_models_offline_name_the_flag(scorers, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     real, gen = images(tmp_path / "real", [1]), images(tmp_path / "gen", [2])
     cases = [
-        (dict(dino_model="facebook/dino-vits16-not-downloaded", metrics=["dino"]), "--dino-model facebook/dino-vits16-not-downloaded"),
+        (
+            dict(dino_model="facebook/dino-vits16-not-downloaded", metrics=["dino"]),
+            "--dino-model facebook/dino-vits16-not-downloaded",
+        ),
         (dict(clip_model="openai/clip-not-downloaded", metrics=["clip-i"]), "--clip-model openai/clip-not-downloaded"),
         (dict(lpips_net=str(tmp_path / "missing.safetensors"), metrics=["div"]), "--lpips-net"),
         (dict(dino_model=str(tmp_path / "no-such-folder"), metrics=["dino"]), "--dino-model"),
@@ -177,7 +193,20 @@ def test_missing_models_offline_name_the_flag(scorers, tmp_path, monkeypatch):
 def test_evaluate_command_prints_a_table_and_writes_json(scorers, tmp_path, capsys):
     real, gen = images(tmp_path / "real", [1, 2]), images(tmp_path / "gen", [3, 4], prompt="a sks dog")
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in scorers.items()]
-    code = main(["evaluate", "--real", str(real), "--generated", str(gen), "--output", str(tmp_path / "s.json"), "--identifier", "sks", *flags])
+    code = main(
+        [
+            "evaluate",
+            "--real",
+            str(real),
+            "--generated",
+            str(gen),
+            "--output",
+            str(tmp_path / "s.json"),
+            "--identifier",
+            "sks",
+            *flags,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "DINO" in out and "CLIP-T" in out and "a sks dog" in out and "mean" in out
@@ -185,5 +214,20 @@ def test_evaluate_command_prints_a_table_and_writes_json(scorers, tmp_path, caps
     assert main(["evaluate", "--generated", str(gen), "--output", str(tmp_path / "t.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--real" in err and err.count("\n") == 0
-    assert main(["evaluate", "--real", str(real), "--generated", str(gen), "--output", "x.json", "--prompts", str(tmp_path / "none.json")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(real),
+                "--generated",
+                str(gen),
+                "--output",
+                "x.json",
+                "--prompts",
+                str(tmp_path / "none.json"),
+            ]
+        )
+        == 2
+    )
     assert "--prompts" in capsys.readouterr().err

@@ -7,26 +7,41 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dreambooth.lora.cloneofsimo import convert
 from dreambooth.config import ExportConfig, TrainConfig
 from dreambooth.errors import UsageError
-from dreambooth.lora.export import check_round_trip, export
-from dreambooth.lora.files import load_lora
 from dreambooth.families.sd import build_tiny as build_tiny_pipeline
 from dreambooth.families.sdxl import build_tiny as build_tiny_sdxl_pipeline
+from dreambooth.lora.cloneofsimo import convert
+from dreambooth.lora.export import check_round_trip, export
+from dreambooth.lora.files import load_lora
 from dreambooth.training.loop import train
 
 
 def draw(pipe):
     pipe.set_progress_bar_config(disable=True)
-    return pipe("a photo of sks dog", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    return pipe("a photo of sks dog", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images[
+        0
+    ]
 
 
 @pytest.mark.parametrize("model, build", [("tiny", build_tiny_pipeline), ("tiny-sdxl", build_tiny_sdxl_pipeline)])
 def test_kohya_export_reads_back_fully_and_draws_the_same(model, build, photos, tmp_path):
-    run = train(TrainConfig(model=model, instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / "run"),
-                            train_text_encoder=True, rank=4, lora_alpha=8, learning_rate=1e-2, text_encoder_lr=1e-2, max_steps=4,
-                            num_samples=0, export="kohya"))
+    run = train(
+        TrainConfig(
+            model=model,
+            instance_dir=str(photos),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(tmp_path / "run"),
+            train_text_encoder=True,
+            rank=4,
+            lora_alpha=8,
+            learning_rate=1e-2,
+            text_encoder_lr=1e-2,
+            max_steps=4,
+            num_samples=0,
+            export="kohya",
+        )
+    )
     kohya = load_file(str(run / "lora_kohya.safetensors"))
     assert all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in kohya)
     if model == "tiny-sdxl":
@@ -42,8 +57,18 @@ def test_kohya_export_reads_back_fully_and_draws_the_same(model, build, photos, 
 
 
 def test_round_trip_check_catches_dropped_weights(photos, tmp_path):
-    run = train(TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / "run"),
-                            rank=2, max_steps=1, num_samples=0, export="kohya"))
+    run = train(
+        TrainConfig(
+            model="tiny",
+            instance_dir=str(photos),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(tmp_path / "run"),
+            rank=2,
+            max_steps=1,
+            num_samples=0,
+            export="kohya",
+        )
+    )
     native = load_file(str(run / "pytorch_lora_weights.safetensors"))
     native["unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2.lora.down.weight"] = torch.zeros(2, 64)
     native["unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2.lora.up.weight"] = torch.zeros(64, 2)
@@ -56,8 +81,17 @@ def test_round_trip_check_catches_dropped_weights(photos, tmp_path):
 TINY_ORDER = [
     f"{block}.transformer_blocks.0.{layer}"
     for block in ["down_blocks.1.attentions.0", "up_blocks.0.attentions.0", "up_blocks.0.attentions.1", "mid_block.attentions.0"]
-    for layer in ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj",
-                  "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"]
+    for layer in [
+        "attn1.to_q",
+        "attn1.to_k",
+        "attn1.to_v",
+        "attn1.to_out.0",
+        "ff.net.0.proj",
+        "attn2.to_q",
+        "attn2.to_k",
+        "attn2.to_v",
+        "attn2.to_out.0",
+    ]
 ]
 TE_ORDER = [f"text_model.encoder.layers.{i}.self_attn.{p}" for i in range(2) for p in ["k_proj", "v_proj", "q_proj", "out_proj"]]
 
@@ -77,7 +111,10 @@ def old_layout_fixture(tmp_path, fmt: str):
             reference[f"{component}.{module.removeprefix('text_model.')}.lora_A.weight"] = down
             reference[f"{component}.{module.removeprefix('text_model.')}.lora_B.weight"] = up
     if fmt == "safetensors":
-        tensors, meta = {}, {"unet": json.dumps(["CrossAttention", "Attention", "GEGLU"]), "text_encoder": json.dumps(["CLIPAttention"])}
+        tensors, meta = (
+            {},
+            {"unet": json.dumps(["CrossAttention", "Attention", "GEGLU"]), "text_encoder": json.dumps(["CLIPAttention"])},
+        )
         for component, items in pairs.items():
             for i, (up, down) in enumerate(items):
                 tensors[f"{component}:{i}:up"], tensors[f"{component}:{i}:down"] = up, down

@@ -15,8 +15,20 @@ def trained(tiny_base, tmp_path_factory):
     from conftest import SAMPLE
 
     out = tmp_path_factory.mktemp("lora") / "run"
-    train(TrainConfig(model=str(tiny_base), instance_dir=str(SAMPLE), instance_prompt="a photo of sks dog", output_dir=str(out),
-                      train_text_encoder=True, rank=4, learning_rate=1e-2, text_encoder_lr=1e-2, max_steps=10, num_samples=0))
+    train(
+        TrainConfig(
+            model=str(tiny_base),
+            instance_dir=str(SAMPLE),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(out),
+            train_text_encoder=True,
+            rank=4,
+            learning_rate=1e-2,
+            text_encoder_lr=1e-2,
+            max_steps=10,
+            num_samples=0,
+        )
+    )
     return out
 
 
@@ -47,14 +59,22 @@ def test_scales_zero_give_the_base_model_and_each_part_matters(tiny_base, traine
 
 
 def test_lora_for_another_base_is_refused(trained):
-    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
     from diffusers import UNet2DConditionModel
+
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     # Same layout, wider layers: every LoRA matrix has the wrong shape.
-    pipe.unet = UNet2DConditionModel(sample_size=32, block_out_channels=(64, 128), layers_per_block=1, cross_attention_dim=32,
-                                     attention_head_dim=8, norm_num_groups=32, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    pipe.unet = UNet2DConditionModel(
+        sample_size=32,
+        block_out_channels=(64, 128),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )
     with pytest.raises(UsageError, match=r"made for .*tiny-sd.*is 64->64 there but 128->128 here"):
         load_lora(pipe, trained)
 

@@ -2,10 +2,10 @@ import torch
 from PIL import Image
 
 from dreambooth.config import TrainConfig
-from dreambooth.training.photos import Photo
-from dreambooth.training.batches import Examples, stream_indices
 from dreambooth.families import sd, sdxl
 from dreambooth.families.sdxl import build_tiny as build_tiny_sdxl_pipeline
+from dreambooth.training.batches import Examples, stream_indices
+from dreambooth.training.photos import Photo
 
 
 def test_stream_visits_every_item_once_per_epoch():
@@ -20,8 +20,17 @@ def test_sdxl_geometry_records_the_real_crop():
     wide = Image.new("RGB", (300, 120), "red")
     wide.paste((0, 0, 255), (150, 0, 300, 120))
     cfg = TrainConfig(resolution=64, center_crop=False, random_flip=True, batch_size=1, seed=5)
-    examples = Examples(cfg, sdxl.FAMILY, pipe.vae, [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
-                        "cpu", torch.float32, [Photo(None, wide, None)], [])
+    examples = Examples(
+        cfg,
+        sdxl.FAMILY,
+        pipe.vae,
+        [pipe.tokenizer, pipe.tokenizer_2],
+        [pipe.text_encoder, pipe.text_encoder_2],
+        "cpu",
+        torch.float32,
+        [Photo(None, wide, None)],
+        [],
+    )
     corners = set()
     for micro in range(8):
         batch = examples.batch(micro)
@@ -34,8 +43,17 @@ def test_sdxl_geometry_records_the_real_crop():
 
 def test_sdxl_prompts_give_hidden_states_of_both_encoders_and_a_pooled_embedding():
     pipe = build_tiny_sdxl_pipeline()
-    examples = Examples(TrainConfig(), sdxl.FAMILY, pipe.vae, [pipe.tokenizer, pipe.tokenizer_2],
-                        [pipe.text_encoder, pipe.text_encoder_2], "cpu", torch.float32, [], [])
+    examples = Examples(
+        TrainConfig(),
+        sdxl.FAMILY,
+        pipe.vae,
+        [pipe.tokenizer, pipe.tokenizer_2],
+        [pipe.text_encoder, pipe.text_encoder_2],
+        "cpu",
+        torch.float32,
+        [],
+        [],
+    )
     embedded = examples.encode(["a photo of sks dog", "a photo of a dog"])
     hidden, pooled = embedded["hidden"], embedded["pooled"]
     assert hidden.shape == (2, 77, 64) and pooled.shape == (2, 32)
@@ -44,12 +62,18 @@ def test_sdxl_prompts_give_hidden_states_of_both_encoders_and_a_pooled_embedding
 
 
 def test_precomputing_everything_up_front_changes_no_batch(photos):
-    from dreambooth.training.photos import load_folder
     from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+    from dreambooth.training.photos import load_folder
 
     pipe, images = build_tiny_pipeline(), load_folder(photos)
-    cfg = TrainConfig(resolution=64, random_flip=True, with_prior_preservation=True, class_prompt="a photo of a dog",
-                      instance_prompt="a photo of sks dog", batch_size=2)
+    cfg = TrainConfig(
+        resolution=64,
+        random_flip=True,
+        with_prior_preservation=True,
+        class_prompt="a photo of a dog",
+        instance_prompt="a photo of sks dog",
+        batch_size=2,
+    )
     ahead = Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, images, images[:2])
     lazy = Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, images, images[:2])
     ahead.precompute()
@@ -61,9 +85,8 @@ def test_precomputing_everything_up_front_changes_no_batch(photos):
 
 
 def test_adapters_off_runs_the_base_model_and_restores_the_adapter():
-    from dreambooth.lora.adapter import adapters_off
-    from dreambooth.lora.adapter import add_lora
     from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+    from dreambooth.lora.adapter import adapters_off, add_lora
 
     unet = build_tiny_pipeline().unet
     x, t, h = torch.randn(1, 4, 32, 32), torch.tensor([500]), torch.randn(1, 77, 32)

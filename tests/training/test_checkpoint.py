@@ -19,10 +19,24 @@ from dreambooth.lora.files import WEIGHT_NAME
 from dreambooth.training.loop import train
 
 STEPS = 60
-SETTINGS = dict(model="tiny", instance_prompt="a photo of sks dog", with_prior_preservation=True, class_prompt="a photo of a dog",
-                num_class_images=2, class_image_steps=2, rank=2, train_text_encoder=True, learning_rate=1e-3,
-                lr_scheduler="cosine", lr_warmup_steps=5, random_flip=True, max_steps=STEPS, checkpoint_every=5,
-                num_samples=0, seed=7)
+SETTINGS = dict(
+    model="tiny",
+    instance_prompt="a photo of sks dog",
+    with_prior_preservation=True,
+    class_prompt="a photo of a dog",
+    num_class_images=2,
+    class_image_steps=2,
+    rank=2,
+    train_text_encoder=True,
+    learning_rate=1e-3,
+    lr_scheduler="cosine",
+    lr_warmup_steps=5,
+    random_flip=True,
+    max_steps=STEPS,
+    checkpoint_every=5,
+    num_samples=0,
+    seed=7,
+)
 
 
 def flags(photos, class_dir, out):
@@ -44,7 +58,9 @@ def uninterrupted(tmp_path_factory):
 
 
 def start(argv):
-    return subprocess.Popen([sys.executable, "-m", "dreambooth.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dreambooth.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for(path, proc, timeout=120):
@@ -72,7 +88,9 @@ def interrupt(class_dir, out, once_saved: int, sig):
 
 
 def resume(argv):
-    done = subprocess.run([sys.executable, "-m", "dreambooth.cli", *argv, "--resume"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "dreambooth.cli", *argv, "--resume"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -120,8 +138,16 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(photos, tmp_path, 
         return real_save_file(tensors, path, *a, **k)
 
     monkeypatch.setattr(checkpoint_mod, "save_file", full_disk_on_second_save)
-    cfg = TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / "run"),
-                      rank=2, max_steps=12, checkpoint_every=4, num_samples=0)
+    cfg = TrainConfig(
+        model="tiny",
+        instance_dir=str(photos),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(tmp_path / "run"),
+        rank=2,
+        max_steps=12,
+        checkpoint_every=4,
+        num_samples=0,
+    )
     with pytest.raises(TrainingError, match="step 8.*No space left on device.*step-000004 is intact.*--resume"):
         train(cfg)
     ckpts = tmp_path / "run" / "checkpoints"
@@ -144,8 +170,16 @@ def test_nan_keeps_the_last_good_checkpoint(photos, tmp_path, monkeypatch):
         return (loss * float("nan"), a, b) if micro >= 6 else (loss, a, b)
 
     monkeypatch.setattr(train_mod, "step_loss", nan_from_step_7)
-    cfg = TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / "run"),
-                      rank=2, max_steps=20, checkpoint_every=5, num_samples=0)
+    cfg = TrainConfig(
+        model="tiny",
+        instance_dir=str(photos),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(tmp_path / "run"),
+        rank=2,
+        max_steps=20,
+        checkpoint_every=5,
+        num_samples=0,
+    )
     with pytest.raises(TrainingError, match="loss became nan at step 10"):
         train(cfg)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())

@@ -1,8 +1,8 @@
 import numpy as np
 from PIL import Image
 
-from dreambooth.training.class_images import consecutive_runs, ensure_class_images
 from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+from dreambooth.training.class_images import consecutive_runs, ensure_class_images
 
 
 def pixels(path):

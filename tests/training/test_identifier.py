@@ -1,5 +1,5 @@
-from dreambooth.training.identifier import candidates, english_short_words, guess_identifier, tokenise
 from dreambooth.families.clip import load_clip_tokenizer
+from dreambooth.training.identifier import candidates, english_short_words, guess_identifier, tokenise
 
 
 def test_real_vocabulary_tokenises_the_paper_prompt():
@@ -12,7 +12,7 @@ def test_real_vocabulary_tokenises_the_paper_prompt():
 
 def test_a_made_up_word_splits_into_several_tokens():
     tok = load_clip_tokenizer()
-    (_, pieces), = tokenise(tok, "zwxqvk")
+    ((_, pieces),) = tokenise(tok, "zwxqvk")
     assert len(pieces) > 1
 
 

@@ -1,6 +1,6 @@
 import json
-from pathlib import Path
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +12,24 @@ from dreambooth.lora.files import WEIGHT_NAME
 
 
 def small(photos, out, **kw) -> TrainConfig:
-    base = dict(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(out),
-                with_prior_preservation=True, class_prompt="a photo of a dog", num_class_images=4, class_image_steps=4,
-                train_text_encoder=True, rank=4, learning_rate=1e-3, text_encoder_lr=1e-3, max_steps=6,
-                num_samples=2, sample_steps=4, seed=3)
+    base = dict(
+        model="tiny",
+        instance_dir=str(photos),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(out),
+        with_prior_preservation=True,
+        class_prompt="a photo of a dog",
+        num_class_images=4,
+        class_image_steps=4,
+        train_text_encoder=True,
+        rank=4,
+        learning_rate=1e-3,
+        text_encoder_lr=1e-3,
+        max_steps=6,
+        num_samples=2,
+        sample_steps=4,
+        seed=3,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -47,16 +61,32 @@ def test_class_images_already_there_are_kept(photos, tmp_path):
 
 
 def test_v_prediction_model_trains(photos, tmp_path):
-    out = train_mod.train(small(photos, tmp_path / "run", model="tiny-v", with_prior_preservation=False,
-                                train_text_encoder=False, max_steps=2, num_samples=0))
+    out = train_mod.train(
+        small(
+            photos,
+            tmp_path / "run",
+            model="tiny-v",
+            with_prior_preservation=False,
+            train_text_encoder=False,
+            max_steps=2,
+            num_samples=0,
+        )
+    )
     assert (out / WEIGHT_NAME).is_file()
     assert "v_prediction" in (out / "README.md").read_text()
 
 
 def test_resume_continues_step_count_and_schedule_bitwise(photos, tmp_path, monkeypatch):
     class_dir = tmp_path / "class"
-    kw = dict(class_dir=str(class_dir), lr_scheduler="linear", lr_warmup_steps=2, max_steps=6, num_samples=0,
-              gradient_accumulation_steps=2, random_flip=True)
+    kw = dict(
+        class_dir=str(class_dir),
+        lr_scheduler="linear",
+        lr_warmup_steps=2,
+        max_steps=6,
+        num_samples=0,
+        gradient_accumulation_steps=2,
+        random_flip=True,
+    )
     whole = train_mod.train(small(photos, tmp_path / "whole", **kw))
 
     real_step_loss = train_mod.step_loss
@@ -81,7 +111,10 @@ def test_resume_continues_step_count_and_schedule_bitwise(photos, tmp_path, monk
     assert all(torch.equal(a[k], b[k]) for k in a)
     end = json.loads((split / "checkpoints" / "step-000006" / "state.json").read_text())
     assert end["lr_scheduler"]["last_epoch"] == 6
-    assert end["lr_scheduler"]["_last_lr"] == json.loads((whole / "checkpoints" / "step-000006" / "state.json").read_text())["lr_scheduler"]["_last_lr"]
+    assert (
+        end["lr_scheduler"]["_last_lr"]
+        == json.loads((whole / "checkpoints" / "step-000006" / "state.json").read_text())["lr_scheduler"]["_last_lr"]
+    )
 
 
 def test_nan_loss_stops_with_step_and_causes(photos, tmp_path, monkeypatch):
@@ -97,8 +130,18 @@ def test_nan_loss_stops_with_step_and_causes(photos, tmp_path, monkeypatch):
 
 
 def test_bf16_gradient_checkpointing_and_8bit_adam_fallback_on_cpu(photos, tmp_path, capsys):
-    out = train_mod.train(small(photos, tmp_path / "run", mixed_precision="bf16", gradient_checkpointing=True,
-                                use_8bit_adam=True, with_prior_preservation=False, max_steps=2, num_samples=0))
+    out = train_mod.train(
+        small(
+            photos,
+            tmp_path / "run",
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            use_8bit_adam=True,
+            with_prior_preservation=False,
+            max_steps=2,
+            num_samples=0,
+        )
+    )
     weights = load_file(str(out / WEIGHT_NAME))
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
     assert capsys.readouterr().err.count("--use-8bit-adam") == 1  # warned once, trained with AdamW
@@ -118,15 +161,21 @@ def test_same_seed_and_config_give_the_same_class_images_lora_and_images(photos,
     from dreambooth.config import GenerateConfig
     from dreambooth.generation import generate
 
-    runs = [train_mod.train(small(photos, tmp_path / f"run{i}", class_dir=str(tmp_path / f"run{i}" / "class_images"),
-                                  max_steps=4, num_samples=2)) for i in range(2)]
+    runs = [
+        train_mod.train(
+            small(photos, tmp_path / f"run{i}", class_dir=str(tmp_path / f"run{i}" / "class_images"), max_steps=4, num_samples=2)
+        )
+        for i in range(2)
+    ]
     a, b = (load_file(str(r / WEIGHT_NAME)) for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     for x, y in zip(*(sorted((r / "class_images").iterdir()) for r in runs)):
         assert x.read_bytes() == y.read_bytes()
     assert (runs[0] / "samples.png").read_bytes() == (runs[1] / "samples.png").read_bytes()
-    images = [generate(GenerateConfig(lora=str(r), prompt="a photo of sks dog", num_images=2, steps=3, output_dir=str(r / "g")))
-              for r in runs]
+    images = [
+        generate(GenerateConfig(lora=str(r), prompt="a photo of sks dog", num_images=2, steps=3, output_dir=str(r / "g")))
+        for r in runs
+    ]
     assert [p.read_bytes() for p in images[0]] == [p.read_bytes() for p in images[1]]
     other = train_mod.train(small(photos, tmp_path / "other", max_steps=4, num_samples=0, seed=4))
     c = load_file(str(other / WEIGHT_NAME))
@@ -186,10 +235,19 @@ def test_events_and_stop_from_another_thread(photos, tmp_path):
         if event["kind"] == "step" and event["step"] == 3:
             stop.set()  # a UI's Stop button
 
-    cfg = small(photos, tmp_path / "run", with_prior_preservation=False, max_steps=8, num_samples=0,
-                validation_prompt="a photo of sks dog", validation_steps=2)
+    cfg = small(
+        photos,
+        tmp_path / "run",
+        with_prior_preservation=False,
+        max_steps=8,
+        num_samples=0,
+        validation_prompt="a photo of sks dog",
+        validation_steps=2,
+    )
     worker_error = []
-    thread = threading.Thread(target=lambda: worker_error.append(pytest.raises(KeyboardInterrupt, train_mod.train, cfg, listen, stop)))
+    thread = threading.Thread(
+        target=lambda: worker_error.append(pytest.raises(KeyboardInterrupt, train_mod.train, cfg, listen, stop))
+    )
     thread.start()
     thread.join(120)
     assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3]
@@ -197,7 +255,10 @@ def test_events_and_stop_from_another_thread(photos, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-000003").is_dir()
     events.clear()
     out = train_mod.train(dataclasses_replace(cfg, resume=True), events.append)
-    assert [e["step"] for e in events if e["kind"] == "step"] == [4, 5, 6, 7, 8] and events[-1] == {"kind": "done", "path": str(out)}
+    assert [e["step"] for e in events if e["kind"] == "step"] == [4, 5, 6, 7, 8] and events[-1] == {
+        "kind": "done",
+        "path": str(out),
+    }
 
 
 def dataclasses_replace(cfg, **kw):
@@ -225,9 +286,21 @@ PINNED_SETTINGS = {  # epsilon with base-prediction prior; v with min-SNR weight
 def test_first_steps_losses_are_pinned(model, tmp_path):
     from conftest import SAMPLE
 
-    run = train_mod.set_up(TrainConfig(model=model, instance_dir=str(SAMPLE), instance_prompt="a photo of sks dog",
-                                       output_dir=str(tmp_path / "run"), rank=4, max_steps=3, num_samples=0, seed=0,
-                                       batch_size=2, learning_rate=1e-2, **PINNED_SETTINGS[model]))
+    run = train_mod.set_up(
+        TrainConfig(
+            model=model,
+            instance_dir=str(SAMPLE),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(tmp_path / "run"),
+            rank=4,
+            max_steps=3,
+            num_samples=0,
+            seed=0,
+            batch_size=2,
+            learning_rate=1e-2,
+            **PINNED_SETTINGS[model],
+        )
+    )
     unet = run.models["unet"]
     for step, expected in enumerate(PINNED[model]):
         with torch.no_grad():  # the step's losses, read before the step updates the weights

@@ -9,11 +9,33 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--instance-prompt", "a photo of sks dog", "--max-steps", "4", "--num-samples", "0", "--rank", "4",
-        "--train-text-encoder", "--with-prior-preservation", "--class-prompt", "a photo of a dog", "--num-class-images", "4",
-        "--class-image-steps", "3",
-        # a large Adam epsilon makes the update proportional to the gradient, so float noise is not blown up
-        "--learning-rate", "0.5", "--text-encoder-lr", "0.5", "--adam-epsilon", "1", "--max-grad-norm", "0"]
+ARGS = [
+    "--instance-prompt",
+    "a photo of sks dog",
+    "--max-steps",
+    "4",
+    "--num-samples",
+    "0",
+    "--rank",
+    "4",
+    "--train-text-encoder",
+    "--with-prior-preservation",
+    "--class-prompt",
+    "a photo of a dog",
+    "--num-class-images",
+    "4",
+    "--class-image-steps",
+    "3",
+    # a large Adam epsilon makes the update proportional to the gradient, so float noise is not blown up
+    "--learning-rate",
+    "0.5",
+    "--text-encoder-lr",
+    "0.5",
+    "--adam-epsilon",
+    "1",
+    "--max-grad-norm",
+    "0",
+]
 
 
 def run(cmd, tmp_path, env_cache):
@@ -25,10 +47,32 @@ def run(cmd, tmp_path, env_cache):
 
 def test_two_processes_match_one_process_with_twice_the_batch(photos, tmp_path):
     common = ["train", "--instance-dir", str(photos), *ARGS]
-    two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               "-m", "dreambooth.cli", *common, "--batch-size", "1", "--output-dir", "two"], tmp_path, tmp_path / "cache-two")
+    two = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "dreambooth.cli",
+            *common,
+            "--batch-size",
+            "1",
+            "--output-dir",
+            "two",
+        ],
+        tmp_path,
+        tmp_path / "cache-two",
+    )
     assert two.stdout.count("LoRA saved") == 1  # only the main process writes
-    one = run([sys.executable, "-m", "dreambooth.cli", *common, "--batch-size", "2", "--output-dir", "one"], tmp_path, tmp_path / "cache-one")
+    one = run(
+        [sys.executable, "-m", "dreambooth.cli", *common, "--batch-size", "2", "--output-dir", "one"],
+        tmp_path,
+        tmp_path / "cache-one",
+    )
     assert "LoRA saved" in one.stdout
 
     a = load_file(str(tmp_path / "two" / "pytorch_lora_weights.safetensors"))

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dreambooth.training.photos import load_folder, resize_and_crop, to_rgb, to_tensor
 from dreambooth.errors import UsageError
+from dreambooth.training.photos import load_folder, resize_and_crop, to_rgb, to_tensor
 
 
 def test_every_mode_becomes_rgb():

@@ -23,11 +23,19 @@ from dreambooth.ui.uploads import MAX_BYTES, MAX_PHOTOS, Rejected, check_photo, 
 
 SAMPLE = sorted((Path(__file__).parents[2] / "src" / "dreambooth" / "assets" / "sample_subject" / "dog").glob("*.jpg"))
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 # ---------------------------------------------------------------- uploads
+
 
 def test_store_photos_renames_and_skips_bad_files(tmp_path):
     fake = tmp_path / "notes.jpg"
@@ -80,8 +88,10 @@ def test_run_paths_come_only_from_the_listing(tmp_path):
 
 # ---------------------------------------------------------------- the job queue
 
+
 def fake_train(log, gate=None):
     """Stands in for dreambooth.train: reports steps, honours the stop event, can wait on a gate."""
+
     def train(cfg, on_event, stop_event):
         log.append(cfg.output_dir)
         for step in range(1, cfg.max_steps + 1):
@@ -92,6 +102,7 @@ def fake_train(log, gate=None):
                 raise KeyboardInterrupt
         on_event({"kind": "done", "path": cfg.output_dir})
         return Path(cfg.output_dir)
+
     return train
 
 
@@ -159,6 +170,7 @@ def test_time_left_leaves_out_loading():
 
 # ---------------------------------------------------------------- the page in a browser
 
+
 def browser_missing() -> str:
     for module in ("gradio", "playwright"):
         try:
@@ -186,8 +198,12 @@ def server(tmp_path_factory):
     log = open(workspace.parent / "ui.log", "w")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dreambooth.cli", "ui", "--port", str(port), "--workspace", str(workspace)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreambooth.cli", "ui", "--port", str(port), "--workspace", str(workspace)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(240):
@@ -274,7 +290,11 @@ def test_train_generate_download(page, server, tmp_path):
     seen = set()
     deadline = time.time() + 90
     while time.time() < deadline:
-        state = page.get_attribute("#train-status .train-status", "data-state") if page.locator("#train-status .train-status").count() else None
+        state = (
+            page.get_attribute("#train-status .train-status", "data-state")
+            if page.locator("#train-status .train-status").count()
+            else None
+        )
         value = page.get_attribute("#train-status progress", "value") if page.locator("#train-status progress").count() else None
         seen.add(value)
         if state in ("done", "failed", "stopped"):
@@ -321,10 +341,33 @@ def test_train_generate_download(page, server, tmp_path):
     # A `dreambooth bench` report anywhere in the workspace is shown in the Evaluate tab.
     from dreambooth.evaluation import bench_report
 
-    settings = {"model": "tiny", "max_steps": 6, "with_prior_preservation": True, "identifier": "sks", "images_per_prompt": 2,
-                "num_prompts": 1, "steps": 4, "guidance": 7.5, "seed": 0}
-    bench_report.write(workspace / "bench", [{"subject": "dog", "class": "dog", "kind": "live", "dino": 0.5, "clip_i": 0.6,
-                                               "clip_t": 0.2, "pres": None, "div": None}], settings)
+    settings = {
+        "model": "tiny",
+        "max_steps": 6,
+        "with_prior_preservation": True,
+        "identifier": "sks",
+        "images_per_prompt": 2,
+        "num_prompts": 1,
+        "steps": 4,
+        "guidance": 7.5,
+        "seed": 0,
+    }
+    bench_report.write(
+        workspace / "bench",
+        [
+            {
+                "subject": "dog",
+                "class": "dog",
+                "kind": "live",
+                "dino": 0.5,
+                "clip_i": 0.6,
+                "clip_t": 0.2,
+                "pres": None,
+                "div": None,
+            }
+        ],
+        settings,
+    )
     page.get_by_role("tab", name="Train").click()
     page.get_by_role("tab", name="Evaluate").click()
     page.frame_locator("#bench-report iframe").locator("h1:has-text('DreamBench results')").wait_for()
@@ -336,8 +379,14 @@ def test_stop_and_resume_a_real_training(photos, tmp_path):
     from dreambooth.lora.files import WEIGHT_NAME
 
     jobs = Jobs()
-    cfg = TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir=str(tmp_path / "run"),
-                      max_steps=40, num_samples=0)
+    cfg = TrainConfig(
+        model="tiny",
+        instance_dir=str(photos),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(tmp_path / "run"),
+        max_steps=40,
+        num_samples=0,
+    )
     job = jobs.submit("run", cfg)
     assert wait_for(lambda: jobs.snapshot()[0].step >= 2, timeout=120)
     jobs.stop(job.id)

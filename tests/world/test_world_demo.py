@@ -8,9 +8,10 @@ import pytest
 
 from dreambooth.lora.files import load_lora
 from dreambooth.models import load_pipeline
-from dreambooth.world import MODEL as WORLD, TEXT_ENCODER_SCALE, folder as world_dir
 from dreambooth.training.loop import train
-from dreambooth.world import readers
+from dreambooth.world import MODEL as WORLD
+from dreambooth.world import TEXT_ENCODER_SCALE, readers
+from dreambooth.world import folder as world_dir
 from dreambooth.world.demo import demo_train_config, run_demo
 from dreambooth.world.scores import sample_and_score
 

@@ -1,8 +1,7 @@
 import json
 
-import torch
-
 import pytest
+import torch
 
 from dreambooth.config import PretrainWorldConfig
 from dreambooth.models import describe, load_pipeline

@@ -57,8 +57,9 @@ def test_held_out_combinations_never_appear_in_pretraining_scenes():
     assert not any((s.colour, s.pattern) == R.HELD_OUT["dog"] for s in scenes)
     assert any(s.colour == "purple" for s in scenes) and any(s.pattern == "dotted" for s in scenes)
     rng = np.random.default_rng(0)
-    assert any((s.colour, s.pattern) == R.HELD_OUT["dog"]
-               for s in (R.random_scene(rng, held_out=True, cls="dog") for _ in range(3000)))
+    assert any(
+        (s.colour, s.pattern) == R.HELD_OUT["dog"] for s in (R.random_scene(rng, held_out=True, cls="dog") for _ in range(3000))
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -11,8 +11,12 @@ def r(cls="dog", colour="purple", pattern="dotted", context="plain"):
 
 def test_prompts_name_the_identifier_the_contexts_and_the_class():
     p = S.prompts("dog", contexts=("beach", "snow"))
-    assert p == {"subject": "a photo of sks dog", "context:beach": "a photo of sks dog on the beach",
-                 "context:snow": "a photo of sks dog in the snow", "class": "a photo of a dog"}
+    assert p == {
+        "subject": "a photo of sks dog",
+        "context:beach": "a photo of sks dog on the beach",
+        "context:snow": "a photo of sks dog in the snow",
+        "class": "a photo of a dog",
+    }
 
 
 def test_scores_count_what_the_reader_saw():

@@ -21,7 +21,20 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import atomic
-from ..config import BenchConfig, EvaluateConfig, GenerateConfig, TrainConfig, all_names, check_bench, fields_of, from_dict, read_yaml, saved_settings, to_dict, to_yaml
+from ..config import (
+    BenchConfig,
+    EvaluateConfig,
+    GenerateConfig,
+    TrainConfig,
+    all_names,
+    check_bench,
+    fields_of,
+    from_dict,
+    read_yaml,
+    saved_settings,
+    to_dict,
+    to_yaml,
+)
 from ..errors import UsageError
 from ..lora.files import WEIGHT_NAME
 from ..training.photos import slug
@@ -29,8 +42,19 @@ from . import bench_report, dreambench
 from .evaluate import CACHE_NAME, Evaluator
 from .inputs import find_images
 
-BENCH_OWNED = ("model", "instance_dir", "instance_prompt", "output_dir", "with_prior_preservation", "class_prompt",
-               "class_dir", "num_class_images", "max_steps", "seed", "resume")
+BENCH_OWNED = (
+    "model",
+    "instance_dir",
+    "instance_prompt",
+    "output_dir",
+    "with_prior_preservation",
+    "class_prompt",
+    "class_dir",
+    "num_class_images",
+    "max_steps",
+    "seed",
+    "resume",
+)
 
 
 def train_settings(path: str) -> TrainConfig:
@@ -41,8 +65,10 @@ def train_settings(path: str) -> TrainConfig:
         owned = {name for f in fields_of(TrainConfig) if f.name in BENCH_OWNED for name in all_names(f)}
         for key in data:
             if str(key) in owned:
-                raise UsageError(f"--train-config {path}: '{key}' is set by the bench for each subject; "
-                                 f"remove it (bench flags: --model, --max-steps, --num-class-images, --seed, ...)")
+                raise UsageError(
+                    f"--train-config {path}: '{key}' is set by the bench for each subject; "
+                    f"remove it (bench flags: --model, --max-steps, --num-class-images, --seed, ...)"
+                )
     return from_dict(TrainConfig, {"num_samples": 0, **data}, source=f"--train-config {path}")
 
 
@@ -66,16 +92,41 @@ def eval_config(cfg: BenchConfig) -> EvaluateConfig:
 
 def settings_of(cfg: BenchConfig, base: TrainConfig) -> dict:
     """Everything that changes a subject's scores; a finished subject is reused only when they are equal."""
-    keep = ("num_prompts", "images_per_prompt", "model", "identifier", "max_steps", "with_prior_preservation", "num_class_images",
-            "loras", "steps", "guidance", "seed", "dino_model", "clip_model", "lpips_net")
+    keep = (
+        "num_prompts",
+        "images_per_prompt",
+        "model",
+        "identifier",
+        "max_steps",
+        "with_prior_preservation",
+        "num_class_images",
+        "loras",
+        "steps",
+        "guidance",
+        "seed",
+        "dino_model",
+        "clip_model",
+        "lpips_net",
+    )
     train_extra = {k: v for k, v in to_dict(base).items() if k not in BENCH_OWNED}
     return {**{k: getattr(cfg, k) for k in keep}, "train": train_extra}
 
 
 # ---------------------------------------------------------------- one subject
 
-NOT_COMPARED = ("output_dir", "instance_dir", "class_dir", "resume", "checkpoint_every", "checkpoints_total_limit", "num_samples",
-                "validation_prompt", "validation_steps", "num_validation_images", "sample_steps")
+NOT_COMPARED = (
+    "output_dir",
+    "instance_dir",
+    "class_dir",
+    "resume",
+    "checkpoint_every",
+    "checkpoints_total_limit",
+    "num_samples",
+    "validation_prompt",
+    "validation_steps",
+    "num_validation_images",
+    "sample_steps",
+)
 
 
 def differences(saved: dict, wanted: TrainConfig) -> list[str]:
@@ -97,19 +148,27 @@ def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, 
             return given
     lora_dir = out / subject / "lora"
     wanted = dataclasses.replace(
-        base, model=cfg.model, instance_dir=str(dataset / subject), instance_prompt=f"a photo of {cfg.identifier} {noun}",
-        output_dir=str(lora_dir), with_prior_preservation=cfg.with_prior_preservation,
+        base,
+        model=cfg.model,
+        instance_dir=str(dataset / subject),
+        instance_prompt=f"a photo of {cfg.identifier} {noun}",
+        output_dir=str(lora_dir),
+        with_prior_preservation=cfg.with_prior_preservation,
         # Class images come from train's shared bank (keyed by model, prompt, sampler, seed): one set per class noun.
         class_prompt=f"a photo of a {noun}" if cfg.with_prior_preservation else "",
-        num_class_images=cfg.num_class_images, max_steps=cfg.max_steps, seed=cfg.seed,
+        num_class_images=cfg.num_class_images,
+        max_steps=cfg.max_steps,
+        seed=cfg.seed,
     )
     done = (lora_dir / WEIGHT_NAME).is_file()
     started = (lora_dir / "checkpoints").is_dir() and any((lora_dir / "checkpoints").iterdir())
     if done or started:
         changed = differences(saved_settings(lora_dir), wanted)
         if changed:
-            raise UsageError(f"--output-dir {cfg.output_dir}: {lora_dir} was trained with other settings ({'; '.join(changed[:3])}); "
-                             f"delete that folder to train it again, or pass another --output-dir")
+            raise UsageError(
+                f"--output-dir {cfg.output_dir}: {lora_dir} was trained with other settings ({'; '.join(changed[:3])}); "
+                f"delete that folder to train it again, or pass another --output-dir"
+            )
         if done:
             return lora_dir
     from ..training.loop import train
@@ -124,9 +183,18 @@ def image_files(folder: Path, n: int) -> list[Path]:
 def drawn(folder: Path, prompt: str, cfg: BenchConfig, lora: Path) -> bool:
     """The folder holds the images these settings would draw (its config.yaml says how they were made)."""
     saved = saved_settings(folder)
-    wanted = {"model": cfg.model, "lora": str(lora), "prompt": prompt, "num_images": cfg.images_per_prompt,
-              "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed}
-    return all(saved.get(k) == v for k, v in wanted.items()) and all(p.is_file() for p in image_files(folder, cfg.images_per_prompt))
+    wanted = {
+        "model": cfg.model,
+        "lora": str(lora),
+        "prompt": prompt,
+        "num_images": cfg.images_per_prompt,
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "seed": cfg.seed,
+    }
+    return all(saved.get(k) == v for k, v in wanted.items()) and all(
+        p.is_file() for p in image_files(folder, cfg.images_per_prompt)
+    )
 
 
 def draw_missing(cfg: BenchConfig, lora: Path, jobs: list[tuple[Path, str]], bar) -> None:
@@ -148,21 +216,48 @@ def draw_missing(cfg: BenchConfig, lora: Path, jobs: list[tuple[Path, str]], bar
     resolution = native_resolution(pipe)
     for folder, prompt in pending:
         (folder / "config.yaml").unlink(missing_ok=True)  # written last: its presence means the folder is complete
-        images = draw(pipe, prompt, cfg.images_per_prompt, cfg.seed, cfg.steps, cfg.guidance, resolution, cfg.batch_size,
-                      on_batch=lambda b: bar.update(len(b)))
+        images = draw(
+            pipe,
+            prompt,
+            cfg.images_per_prompt,
+            cfg.seed,
+            cfg.steps,
+            cfg.guidance,
+            resolution,
+            cfg.batch_size,
+            on_batch=lambda b: bar.update(len(b)),
+        )
         for image, path in zip(images, image_files(folder, cfg.images_per_prompt)):
             atomic.save_image(image, path)
-        settings = GenerateConfig(model=cfg.model, lora=str(lora), prompt=prompt, num_images=cfg.images_per_prompt, steps=cfg.steps,
-                                  guidance=cfg.guidance, seed=cfg.seed, resolution=resolution, batch_size=cfg.batch_size,
-                                  output_dir=str(folder))
+        settings = GenerateConfig(
+            model=cfg.model,
+            lora=str(lora),
+            prompt=prompt,
+            num_images=cfg.images_per_prompt,
+            steps=cfg.steps,
+            guidance=cfg.guidance,
+            seed=cfg.seed,
+            resolution=resolution,
+            batch_size=cfg.batch_size,
+            output_dir=str(folder),
+        )
         atomic.write_text(folder / "config.yaml", to_yaml(settings))
     del pipe
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def run_subject(cfg: BenchConfig, base: TrainConfig, benchmark: dreambench.Benchmark, subject: str, dataset: Path, out: Path,
-                evaluator: Evaluator, settings: dict, bar) -> dict:
+def run_subject(
+    cfg: BenchConfig,
+    base: TrainConfig,
+    benchmark: dreambench.Benchmark,
+    subject: str,
+    dataset: Path,
+    out: Path,
+    evaluator: Evaluator,
+    settings: dict,
+    bar,
+) -> dict:
     sdir, noun = out / subject, benchmark.classes[subject]
     real = find_images(dataset / subject, "--dataset")
     bar.set_description(f"{subject}: training")
@@ -178,8 +273,14 @@ def run_subject(cfg: BenchConfig, base: TrainConfig, benchmark: dreambench.Bench
     class_images = image_files(class_job[0], cfg.images_per_prompt)
     result = evaluator.score(real, list(by_image), sdir / "images", by_image, cfg.identifier, class_images)
     evaluator.cache.save()
-    result.update(subject=subject, class_noun=noun, kind=benchmark.kind(subject), class_prompt=class_job[1],
-                  real=str(dataset / subject), settings=settings)
+    result.update(
+        subject=subject,
+        class_noun=noun,
+        kind=benchmark.kind(subject),
+        class_prompt=class_job[1],
+        real=str(dataset / subject),
+        settings=settings,
+    )
     bench_report.subject_images(sdir, real, [image_files(folder, 1)[0] for folder, _ in jobs])
     atomic.write_text(sdir / "scores.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return bench_report.row(result)
@@ -197,6 +298,7 @@ def finished(sdir: Path, settings: dict) -> dict | None:
 
 
 # ---------------------------------------------------------------- the run
+
 
 def bench(cfg: BenchConfig) -> Path:
     check_bench(cfg)

@@ -25,20 +25,43 @@ REFERENCE: list[dict[str, Any]] = [
     {"name": "DreamBooth (Imagen)", "dino": 0.696, "clip_i": 0.812, "clip_t": 0.306, "pres": None, "div": None},
     {"name": "DreamBooth (Stable Diffusion)", "dino": 0.668, "clip_i": 0.803, "clip_t": 0.305, "pres": None, "div": None},
     {"name": "Textual Inversion (Stable Diffusion)", "dino": 0.569, "clip_i": 0.780, "clip_t": 0.255, "pres": None, "div": None},
-    {"name": "DreamBooth (Imagen) with prior preservation", "dino": None, "clip_i": None, "clip_t": None, "pres": 0.493, "div": 0.391},
-    {"name": "DreamBooth (Imagen) without prior preservation", "dino": None, "clip_i": None, "clip_t": None, "pres": 0.664, "div": 0.371},
+    {
+        "name": "DreamBooth (Imagen) with prior preservation",
+        "dino": None,
+        "clip_i": None,
+        "clip_t": None,
+        "pres": 0.493,
+        "div": 0.391,
+    },
+    {
+        "name": "DreamBooth (Imagen) without prior preservation",
+        "dino": None,
+        "clip_i": None,
+        "clip_t": None,
+        "pres": 0.664,
+        "div": 0.371,
+    },
 ]
 THUMB = 128
 
 
 def row(result: dict) -> dict:
     """A subject's summary row from its scores.json."""
-    return {"subject": result["subject"], "class": result["class_noun"], "kind": result["kind"],
-            **{key: result["means"].get(key) for key, _ in METRIC_NAMES.items()}}
+    return {
+        "subject": result["subject"],
+        "class": result["class_noun"],
+        "kind": result["kind"],
+        **{key: result["means"].get(key) for key, _ in METRIC_NAMES.items()},
+    }
 
 
 def mean_row(rows: list[dict]) -> dict:
-    return {"subject": "mean", "class": "", "kind": f"{len(rows)} subjects", **{k: mean(r[k] for r in rows) for k, _ in METRIC_NAMES.items()}}
+    return {
+        "subject": "mean",
+        "class": "",
+        "kind": f"{len(rows)} subjects",
+        **{k: mean(r[k] for r in rows) for k, _ in METRIC_NAMES.items()},
+    }
 
 
 def fmt(value) -> str:
@@ -57,22 +80,24 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def markdown(rows: list[dict], settings: dict) -> str:
-    return "\n".join([
-        "# DreamBench results",
-        "",
-        f"Base model `{settings['model']}`, {settings['max_steps']} training steps, prior preservation "
-        f"{'on' if settings['with_prior_preservation'] else 'off'}, identifier `{settings['identifier']}`; "
-        f"{settings['images_per_prompt']} images for each of {settings['num_prompts']} prompts per subject, "
-        f"{settings['steps']} sampling steps, guidance {settings['guidance']}, seed {settings['seed']}.",
-        "",
-        "DINO, CLIP-I: mean cosine similarity of generated and real images (higher = closer to the subject). "
-        "CLIP-T: generated image vs its prompt without the identifier. PRES: DINO of class-prompt images vs the "
-        "subject (lower = class prior kept). DIV: mean LPIPS between images of the same prompt (higher = more diverse). "
-        f"Reference rows in italics are the paper's ({SOURCE}).",
-        "",
-        markdown_table(rows),
-        "",
-    ])
+    return "\n".join(
+        [
+            "# DreamBench results",
+            "",
+            f"Base model `{settings['model']}`, {settings['max_steps']} training steps, prior preservation "
+            f"{'on' if settings['with_prior_preservation'] else 'off'}, identifier `{settings['identifier']}`; "
+            f"{settings['images_per_prompt']} images for each of {settings['num_prompts']} prompts per subject, "
+            f"{settings['steps']} sampling steps, guidance {settings['guidance']}, seed {settings['seed']}.",
+            "",
+            "DINO, CLIP-I: mean cosine similarity of generated and real images (higher = closer to the subject). "
+            "CLIP-T: generated image vs its prompt without the identifier. PRES: DINO of class-prompt images vs the "
+            "subject (lower = class prior kept). DIV: mean LPIPS between images of the same prompt (higher = more diverse). "
+            f"Reference rows in italics are the paper's ({SOURCE}).",
+            "",
+            markdown_table(rows),
+            "",
+        ]
+    )
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -80,9 +105,13 @@ def csv_text(rows: list[dict]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["row", "class", "kind", *[k for k, _ in METRIC_NAMES.items()]])
     for r in [*rows, mean_row(rows)]:
-        writer.writerow([r["subject"], r["class"], r["kind"], *["" if r[k] is None else f"{r[k]:.4f}" for k, _ in METRIC_NAMES.items()]])
+        writer.writerow(
+            [r["subject"], r["class"], r["kind"], *["" if r[k] is None else f"{r[k]:.4f}" for k, _ in METRIC_NAMES.items()]]
+        )
     for ref in REFERENCE:
-        writer.writerow([ref["name"], "", f"reference ({SOURCE})", *["" if ref[k] is None else ref[k] for k, _ in METRIC_NAMES.items()]])
+        writer.writerow(
+            [ref["name"], "", f"reference ({SOURCE})", *["" if ref[k] is None else ref[k] for k, _ in METRIC_NAMES.items()]]
+        )
     return buf.getvalue()
 
 
@@ -104,18 +133,26 @@ def html_page(rows: list[dict], settings: dict) -> str:
             f"<section><h2>{e(r['subject'])} <small>({e(r['class'])}, {e(r['kind'])})</small></h2><p>{e(scores)}</p>"
             f"<div class='pair'><figure><img src='{e(r['subject'])}/real.png' alt='real photos'><figcaption>real photos</figcaption></figure>"
             f"<figure><img src='{e(r['subject'])}/generated.png' alt='generated images'>"
-            f"<figcaption>generated, first image of each prompt</figcaption></figure></div></section>")
-    return "\n".join([
-        "<!doctype html>", "<html><head><meta charset='utf-8'><title>DreamBench results</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:4px 10px;"
-        "border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}tr.ref{color:#666;"
-        "font-style:italic}.pair{display:flex;gap:2em;align-items:flex-start}figure{margin:0}img{max-width:100%}</style>",
-        "</head><body>", "<h1>DreamBench results</h1>",
-        f"<p>Base model <code>{e(str(settings['model']))}</code>, {settings['max_steps']} training steps, "
-        f"{settings['images_per_prompt']} images × {settings['num_prompts']} prompts per subject. "
-        f"Reference rows: {SOURCE}.</p>",
-        f"<table>{''.join(table)}</table>", *sections, "</body></html>", "",
-    ])
+            f"<figcaption>generated, first image of each prompt</figcaption></figure></div></section>"
+        )
+    return "\n".join(
+        [
+            "<!doctype html>",
+            "<html><head><meta charset='utf-8'><title>DreamBench results</title>",
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:4px 10px;"
+            "border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}tr.ref{color:#666;"
+            "font-style:italic}.pair{display:flex;gap:2em;align-items:flex-start}figure{margin:0}img{max-width:100%}</style>",
+            "</head><body>",
+            "<h1>DreamBench results</h1>",
+            f"<p>Base model <code>{e(str(settings['model']))}</code>, {settings['max_steps']} training steps, "
+            f"{settings['images_per_prompt']} images × {settings['num_prompts']} prompts per subject. "
+            f"Reference rows: {SOURCE}.</p>",
+            f"<table>{''.join(table)}</table>",
+            *sections,
+            "</body></html>",
+            "",
+        ]
+    )
 
 
 def write(out: Path, rows: list[dict], settings: dict) -> None:
@@ -129,6 +166,7 @@ def write(out: Path, rows: list[dict], settings: dict) -> None:
 
 def subject_images(sdir: Path, real: list[Path], generated: list[Path]) -> None:
     """real.png (the photos in a row) and generated.png (one image per prompt, 5 a row) for the HTML page."""
+
     def thumbs(paths):
         return [ImageOps.fit(open_rgb(p), (THUMB, THUMB)) for p in paths]
 

@@ -54,6 +54,7 @@ def dino_pixels(image: Image.Image) -> torch.Tensor:
 
 # ---------------------------------------------------------------- loading
 
+
 def offline() -> bool:
     # huggingface_hub reads HF_HUB_OFFLINE once at import; read it again so a later setting counts.
     import huggingface_hub.constants as hub
@@ -62,8 +63,10 @@ def offline() -> bool:
 
 
 def missing(name: str, flag: str) -> UsageError:
-    return UsageError(f"{flag} {name}: not a local model folder and not found on the hub or in its cache (offline?); "
-                      f"download it where there is network (hf download {name} --local-dir DIR) and pass DIR with {flag}")
+    return UsageError(
+        f"{flag} {name}: not a local model folder and not found on the hub or in its cache (offline?); "
+        f"download it where there is network (hf download {name} --local-dir DIR) and pass DIR with {flag}"
+    )
 
 
 def model_source(name: str, flag: str) -> str:
@@ -73,8 +76,10 @@ def model_source(name: str, flag: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not any(path.glob("*.safetensors")):
-            raise UsageError(f"{flag} {name}: no .safetensors weights in the folder; convert the weights to safetensors "
-                             f"(e.g. model.save_pretrained(DIR) with a current transformers) and pass that folder")
+            raise UsageError(
+                f"{flag} {name}: no .safetensors weights in the folder; convert the weights to safetensors "
+                f"(e.g. model.save_pretrained(DIR) with a current transformers) and pass that folder"
+            )
         return str(path)
     if path.exists():
         raise UsageError(f"{flag} {name}: is a file; pass a model folder (config.json + model.safetensors) or a hub id")
@@ -101,7 +106,9 @@ def from_pretrained(load, name: str, flag: str, weights: bool = True, **kwargs):
             if attempt < len(cache_only):
                 continue
             if "safetensors" in str(e) and "connect" not in str(e):
-                raise UsageError(f"{flag} {name}: has no .safetensors weights; convert them and pass the local folder with {flag}") from None
+                raise UsageError(
+                    f"{flag} {name}: has no .safetensors weights; convert them and pass the local folder with {flag}"
+                ) from None
             if local:
                 raise UsageError(f"{flag} {name}: could not load it ({str(e).strip().splitlines()[0][:160]})") from None
             raise missing(name, flag) from None
@@ -180,10 +187,15 @@ class ClipEncoder:
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         limit = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt").to(device())
-        return features(self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])).float().cpu()
+        return (
+            features(self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
+            .float()
+            .cpu()
+        )
 
 
 # ---------------------------------------------------------------- cache
+
 
 class EmbeddingCache:
     """Embeddings keyed by (model, resolved path, mtime, size); `file` keeps them between runs (safetensors)."""
@@ -213,7 +225,7 @@ class EmbeddingCache:
                 first.setdefault(k, i)
         todo = list(first.values())
         for start in range(0, len(todo), batch_size):
-            batch = todo[start: start + batch_size]
+            batch = todo[start : start + batch_size]
             out = encoder.embed(encoder.pixels([open_rgb(paths[i]) for i in batch])).float().cpu()
             for i, e in zip(batch, out):
                 self.items[keys[i]] = e.clone()

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from .. import atomic
-from . import lpips
 from ..config import METRIC_NAMES, EvaluateConfig, check_evaluate, metric_key
-from .embeddings import ClipEncoder, DinoEncoder, EmbeddingCache, device, open_rgb
 from ..errors import UsageError, warn
+from . import lpips
+from .embeddings import ClipEncoder, DinoEncoder, EmbeddingCache, device, open_rgb
 from .inputs import find_images, identifier_from_runs, prompts_of, relative_name
 from .metrics import cosine_matrix, mean, remove_identifier, rowwise_cosine
 
@@ -54,8 +54,15 @@ class Evaluator:
     def embed(self, encoder, paths: list[Path]) -> torch.Tensor:
         return self.cache.embed_images(encoder, paths, self.cfg.batch_size)
 
-    def score(self, real: list[Path], generated: list[Path], root: Path, prompts: Mapping[Path, str | None],
-              identifier: str = "", class_generated: Sequence[Path] = ()) -> dict:
+    def score(
+        self,
+        real: list[Path],
+        generated: list[Path],
+        root: Path,
+        prompts: Mapping[Path, str | None],
+        identifier: str = "",
+        class_generated: Sequence[Path] = (),
+    ) -> dict:
         """Scores per image, per prompt and overall. Pairs are all generated x all real images."""
         rows = [{"file": relative_name(p, root), "prompt": prompts.get(p)} for p in generated]
         means: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
@@ -81,7 +88,9 @@ class Evaluator:
                 skipped["clip_t"] = "no prompts: pass --prompts or generate with `dreambooth generate`"
         if "pres" in self.wanted:
             if class_generated:
-                means["pres"] = float(cosine_matrix(self.embed(self.dino, list(class_generated)), self.embed(self.dino, real)).mean())
+                means["pres"] = float(
+                    cosine_matrix(self.embed(self.dino, list(class_generated)), self.embed(self.dino, real)).mean()
+                )
             else:
                 skipped["pres"] = "pass --class-generated"
         groups = group_by_prompt(generated, root, prompts)
@@ -97,7 +106,11 @@ class Evaluator:
         per_prompt = []
         for label, paths in groups.items():
             members = [by_file[relative_name(p, root)] for p in paths]
-            entry: dict[str, object] = {"prompt": members[0]["prompt"], "folder": None if members[0]["prompt"] else label, "images": len(paths)}
+            entry: dict[str, object] = {
+                "prompt": members[0]["prompt"],
+                "folder": None if members[0]["prompt"] else label,
+                "images": len(paths),
+            }
             for key in ("dino", "clip_i", "clip_t"):
                 if key in means and means[key] is not None:
                     entry[key] = mean(m.get(key) for m in members)
@@ -106,8 +119,12 @@ class Evaluator:
             per_prompt.append(entry)
         return {
             "means": means,
-            "counts": {"real": len(real), "generated": len(generated), "class_generated": len(class_generated),
-                       "with_prompt": sum(1 for p in generated if prompts.get(p))},
+            "counts": {
+                "real": len(real),
+                "generated": len(generated),
+                "class_generated": len(class_generated),
+                "with_prompt": sum(1 for p in generated if prompts.get(p)),
+            },
             "identifier": identifier,
             "models": {"dino": self.cfg.dino_model, "clip": self.cfg.clip_model, "lpips": self.cfg.lpips_net or None},
             "skipped": skipped,
@@ -141,7 +158,9 @@ def table(result: dict) -> str:
     means = result["means"]
     lines.append(f"{'mean':<{width}} {result['counts']['generated']:>4}" + "".join(f" {fmt(means[c]):>7}" for c in cols))
     if means["pres"] is not None:
-        lines.append(f"PRES {fmt(means['pres'])} ({result['counts']['class_generated']} class-prompt images x {result['counts']['real']} real)")
+        lines.append(
+            f"PRES {fmt(means['pres'])} ({result['counts']['class_generated']} class-prompt images x {result['counts']['real']} real)"
+        )
     for key, why in result["skipped"].items():
         lines.append(f"{METRIC_NAMES[key]} not computed: {why}")
     return "\n".join(lines)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
-
 from ..config import saved_settings
-from ..training.photos import IMAGE_SUFFIXES
 from ..errors import UsageError
 from ..training.identifier import guess_identifier
+from ..training.photos import IMAGE_SUFFIXES
 
 GRID_NAME = "grid.png"  # `dreambooth generate` writes it beside the images it drew; it is not one of them
 
@@ -25,8 +24,12 @@ def find_images(folder: str | Path, flag: str, nested: bool = False) -> list[Pat
     dirs = [root]
     if nested:
         dirs += sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    found = [p for d in dirs for p in sorted(d.iterdir())
-             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_NAME and not p.name.startswith(".")]
+    found = [
+        p
+        for d in dirs
+        for p in sorted(d.iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_NAME and not p.name.startswith(".")
+    ]
     if not found:
         where = " or its subfolders" if nested else ""
         raise UsageError(f"{flag} {folder}: no images in it{where} (.png, .jpg, ...); pass the folder that holds them")
@@ -55,8 +58,10 @@ def read_prompt_file(path: str, root: Path, images: list[Path]) -> dict[Path, st
     for name, prompt in data.items():
         image = by_name.get(PurePosixPath(name.replace("\\", "/")).as_posix())
         if image is None:
-            raise UsageError(f"--prompts {path}: '{name}' is not an image in --generated {root}; "
-                             f"name files by their path relative to that folder")
+            raise UsageError(
+                f"--prompts {path}: '{name}' is not an image in --generated {root}; "
+                f"name files by their path relative to that folder"
+            )
         out[image] = prompt
     return out
 

@@ -46,11 +46,18 @@ class LPIPS(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 64, 11, stride=4, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(),
         )
         for i, c in enumerate(CHANNELS):
             self.add_module(f"lin{i}", Head(c))
@@ -86,8 +93,9 @@ def load_lpips(path: str) -> LPIPS:
 
     p = Path(path).expanduser()
     if p.suffix.lower() != ".safetensors":
-        raise UsageError(f"--lpips-net {path}: must be a .safetensors file; convert the official weights with "
-                         f"scripts/convert_lpips_weights.py")
+        raise UsageError(
+            f"--lpips-net {path}: must be a .safetensors file; convert the official weights with scripts/convert_lpips_weights.py"
+        )
     if not p.is_file():
         raise UsageError(f"--lpips-net {path}: no such file; pass the LPIPS weights (.safetensors, see the README)")
     try:
@@ -100,8 +108,13 @@ def load_lpips(path: str) -> LPIPS:
     extra = sorted(set(state) - set(expected))
     wrong = sorted(k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape))
     if lacking or extra or wrong:
-        detail = (f"missing {', '.join(lacking[:3])}" if lacking else f"unexpected {', '.join(extra[:3])}" if extra
-                  else f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
+        detail = (
+            f"missing {', '.join(lacking[:3])}"
+            if lacking
+            else f"unexpected {', '.join(extra[:3])}"
+            if extra
+            else f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
+        )
         raise UsageError(f"--lpips-net {path}: not the LPIPS AlexNet layout ({detail}); see the README for the key names")
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.eval()
@@ -128,6 +141,6 @@ def pairwise(net: LPIPS, images: list, device: torch.device | None = None, chunk
     rows, cols = torch.triu_indices(len(images), len(images), offset=1).to(device)
     out = []
     for start in range(0, len(rows), chunk):  # the pairs' feature differences are large at full size
-        i, j = rows[start: start + chunk], cols[start: start + chunk]
+        i, j = rows[start : start + chunk], cols[start : start + chunk]
         out += net.distance([t[i] for t in taps], [t[j] for t in taps]).float().cpu().tolist()
     return out

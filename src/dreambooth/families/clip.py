@@ -27,8 +27,9 @@ def tokenize(tokenizer, prompts: list[str], device) -> torch.Tensor:
     cache = TOKEN_IDS.setdefault(tokenizer, {})
     missing = [p for p in dict.fromkeys(prompts) if p not in cache]
     if missing:
-        ids = tokenizer(missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
+        ids = tokenizer(
+            missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         cache.update(zip(missing, ids))
     return torch.stack([cache[p] for p in prompts]).to(device)
 
@@ -38,7 +39,16 @@ def tiny_text_encoder(tokenizer, projection: bool, seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)

@@ -16,7 +16,11 @@ WIDTHS = {768: "sd1", 1024: "sd2"}  # the text encoder's width tells the generat
 
 
 def recognise(pipe) -> bool:
-    return hasattr(pipe, "unet") and getattr(pipe, "text_encoder", None) is not None and getattr(pipe, "text_encoder_2", None) is None
+    return (
+        hasattr(pipe, "unet")
+        and getattr(pipe, "text_encoder", None) is not None
+        and getattr(pipe, "text_encoder_2", None) is None
+    )
 
 
 def recognise_file(path: Path) -> bool:
@@ -34,7 +38,9 @@ def encode_prompts(tokenizers: list, encoders: list, prompts: list[str], device)
     return {"hidden": encoders[0](tokenize(tokenizers[0], prompts, device))[0]}
 
 
-def denoise(unet, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: PromptEmbeddings, geometry: torch.Tensor) -> torch.Tensor:
+def denoise(
+    unet, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: PromptEmbeddings, geometry: torch.Tensor
+) -> torch.Tensor:
     return unet(noisy, timesteps, prompts["hidden"]).sample
 
 
@@ -52,13 +58,28 @@ def single_file_options() -> dict:
 
 
 FAMILY = Family(
-    name="sd", title="Stable Diffusion 1.x/2.x", pipeline_class="StableDiffusionPipeline", denoiser="unet",
-    text_encoders=("text_encoder",), tokenizers=("tokenizer",), objective=DDPM,
-    recognise=recognise, recognise_file=recognise_file, versions=tuple(WIDTHS.values()), version=version, native_resolution=native_resolution,
-    encode_prompts=encode_prompts, denoise=denoise, denoiser_targets=UNET_TARGETS, text_encoder_targets=CLIP_TARGETS,
-    kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"}, kohya_module=kohya_module,
-    kohya_base_version=kohya_base_version, adapters_words=("UNet", "UNet + text encoder"),
-    legacy_names=("sd1", "sd2", "tiny", "unknown"), single_file_options=single_file_options,
+    name="sd",
+    title="Stable Diffusion 1.x/2.x",
+    pipeline_class="StableDiffusionPipeline",
+    denoiser="unet",
+    text_encoders=("text_encoder",),
+    tokenizers=("tokenizer",),
+    objective=DDPM,
+    recognise=recognise,
+    recognise_file=recognise_file,
+    versions=tuple(WIDTHS.values()),
+    version=version,
+    native_resolution=native_resolution,
+    encode_prompts=encode_prompts,
+    denoise=denoise,
+    denoiser_targets=UNET_TARGETS,
+    text_encoder_targets=CLIP_TARGETS,
+    kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"},
+    kohya_module=kohya_module,
+    kohya_base_version=kohya_base_version,
+    adapters_words=("UNet", "UNet + text encoder"),
+    legacy_names=("sd1", "sd2", "tiny", "unknown"),
+    single_file_options=single_file_options,
 )
 
 

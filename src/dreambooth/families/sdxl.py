@@ -41,7 +41,9 @@ def encode_prompts(tokenizers: list, encoders: list, prompts: list[str], device)
     return {"hidden": torch.cat(hidden, dim=-1), "pooled": pooled}
 
 
-def denoise(unet, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: PromptEmbeddings, geometry: torch.Tensor) -> torch.Tensor:
+def denoise(
+    unet, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: PromptEmbeddings, geometry: torch.Tensor
+) -> torch.Tensor:
     """`geometry` rows are SDXL's time ids: original size, the crop's corner, target size."""
     pooled = prompts["pooled"]
     extra = {"text_embeds": pooled, "time_ids": geometry.to(pooled.device, pooled.dtype)}
@@ -57,8 +59,10 @@ def kohya_module(module: str, unet_config) -> str:
         return f"middle_block.1.{m[1]}"
     if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", module):
         return f"output_blocks.{int(m[1]) * n + int(m[2])}.1.{m[3]}"
-    raise UsageError(f"UNet module {module!r} has no kohya name this tool knows (only attention-block modules export); "
-                     f"train with the default --target-modules to export")
+    raise UsageError(
+        f"UNet module {module!r} has no kohya name this tool knows (only attention-block modules export); "
+        f"train with the default --target-modules to export"
+    )
 
 
 def kohya_base_version(version: str) -> str:
@@ -66,13 +70,27 @@ def kohya_base_version(version: str) -> str:
 
 
 FAMILY = Family(
-    name="sdxl", title="SDXL", pipeline_class="StableDiffusionXLPipeline", denoiser="unet",
-    text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"), objective=DDPM,
-    recognise=recognise, recognise_file=recognise_file, versions=("sdxl",), version=version, native_resolution=native_resolution,
-    encode_prompts=encode_prompts, denoise=denoise, denoiser_targets=UNET_TARGETS, text_encoder_targets=CLIP_TARGETS,
+    name="sdxl",
+    title="SDXL",
+    pipeline_class="StableDiffusionXLPipeline",
+    denoiser="unet",
+    text_encoders=("text_encoder", "text_encoder_2"),
+    tokenizers=("tokenizer", "tokenizer_2"),
+    objective=DDPM,
+    recognise=recognise,
+    recognise_file=recognise_file,
+    versions=("sdxl",),
+    version=version,
+    native_resolution=native_resolution,
+    encode_prompts=encode_prompts,
+    denoise=denoise,
+    denoiser_targets=UNET_TARGETS,
+    text_encoder_targets=CLIP_TARGETS,
     kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
-    kohya_module=kohya_module, kohya_base_version=kohya_base_version,
-    adapters_words=("UNet", "UNet + both text encoders"), legacy_names=("tiny-sdxl",),
+    kohya_module=kohya_module,
+    kohya_base_version=kohya_base_version,
+    adapters_words=("UNet", "UNet + both text encoders"),
+    legacy_names=("tiny-sdxl",),
 )
 
 
@@ -99,11 +117,24 @@ def build_tiny(seed: int = 0):
         norm_num_groups=32,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32, sample_size=64)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       timestep_spacing="leading", steps_offset=1)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
+    )
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=tiny_text_encoder(tokenizer, False, seed + 2), text_encoder_2=tiny_text_encoder(tokenizer, True, seed + 3),
-        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler, add_watermarker=False,
+        vae=vae,
+        text_encoder=tiny_text_encoder(tokenizer, False, seed + 2),
+        text_encoder_2=tiny_text_encoder(tokenizer, True, seed + 3),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
     )

@@ -19,8 +19,13 @@ def add_lora(model: Any, rank: int, alpha: float, dropout: float, targets: list[
 
     model.requires_grad_(False)
     # peft annotates lora_alpha as int; a float alpha is what the user asked for, and peft computes with it as given
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank,  # type: ignore[arg-type]
-                        lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha or rank,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        init_lora_weights="gaussian",
+        target_modules=targets,
+    )
     try:
         model.add_adapter(config)
     except ValueError as e:

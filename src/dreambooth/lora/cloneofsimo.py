@@ -43,7 +43,9 @@ def unet_order(unet) -> list[str]:
 
 def text_encoder_order(text_encoder) -> list[str]:
     layers = text_encoder.config.num_hidden_layers
-    return [f"text_model.encoder.layers.{i}.self_attn.{p}" for i in range(layers) for p in ("k_proj", "v_proj", "q_proj", "out_proj")]
+    return [
+        f"text_model.encoder.layers.{i}.self_attn.{p}" for i in range(layers) for p in ("k_proj", "v_proj", "q_proj", "out_proj")
+    ]
 
 
 def is_cloneofsimo(path: Path) -> bool:
@@ -72,12 +74,16 @@ def read_pairs(path: Path, component: str, allow_pickle: bool) -> list[tuple[tor
             if keys and meta.get(component):
                 targets = set(json.loads(meta[component]))
                 if not targets <= SUPPORTED_TARGETS[component]:
-                    raise UsageError(f"--lora {path}: {component} LoRA targets {sorted(targets)}; only the default targets "
-                                     f"({sorted(SUPPORTED_TARGETS[component])}) can be mapped to modules")
+                    raise UsageError(
+                        f"--lora {path}: {component} LoRA targets {sorted(targets)}; only the default targets "
+                        f"({sorted(SUPPORTED_TARGETS[component])}) can be mapped to modules"
+                    )
             return [(f.get_tensor(f"{component}:{i}:up"), f.get_tensor(f"{component}:{i}:down")) for i in range(len(keys) // 2)]
     if not allow_pickle:
-        raise UsageError(f"--lora {path}: a .pt pickle can run code when read; pass --allow-pickle if you trust it "
-                         f"(it is then read with torch.load(weights_only=True))")
+        raise UsageError(
+            f"--lora {path}: a .pt pickle can run code when read; pass --allow-pickle if you trust it "
+            f"(it is then read with torch.load(weights_only=True))"
+        )
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -89,14 +95,18 @@ def read_pairs(path: Path, component: str, allow_pickle: bool) -> list[tuple[tor
 
 def to_peft(pairs, order: list[str], component: str, model, path: Path) -> dict[str, torch.Tensor]:
     if len(pairs) != len(order):
-        raise UsageError(f"--lora {path}: holds {len(pairs)} {component} LoRA layers but this model has {len(order)} "
-                         f"targets; pass the --model it was trained on")
+        raise UsageError(
+            f"--lora {path}: holds {len(pairs)} {component} LoRA layers but this model has {len(order)} "
+            f"targets; pass the --model it was trained on"
+        )
     out = {}
     for (up, down), module in zip(pairs, order):
         layer = find_module(model, module)
         if (down.shape[1], up.shape[0]) != (layer.in_features, layer.out_features):
-            raise UsageError(f"--lora {path}: layer {module} is {down.shape[1]}->{up.shape[0]} in the file but "
-                             f"{layer.in_features}->{layer.out_features} in this model; pass the --model it was trained on")
+            raise UsageError(
+                f"--lora {path}: layer {module} is {down.shape[1]}->{up.shape[0]} in the file but "
+                f"{layer.in_features}->{layer.out_features} in this model; pass the --model it was trained on"
+            )
         out[f"{component}.{module}.lora_A.weight"] = down.float()
         out[f"{component}.{module}.lora_B.weight"] = up.float()
     return out

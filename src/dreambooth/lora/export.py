@@ -41,8 +41,10 @@ def check_round_trip(written: Path, pipe, expected: dict[str, torch.Tensor]) -> 
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
         example = (missing or extra)[0]
-        raise UsageError(f"export check failed: {len(missing)} weights lost and {len(extra)} unexpected when diffusers "
-                         f"reads {written} (e.g. {'.'.join(example[:2])}); the file was not kept")
+        raise UsageError(
+            f"export check failed: {len(missing)} weights lost and {len(extra)} unexpected when diffusers "
+            f"reads {written} (e.g. {'.'.join(example[:2])}); the file was not kept"
+        )
     for key, tensor in want.items():
         if not torch.equal(got[key].to(tensor.dtype), tensor):
             raise UsageError(f"export check failed: {'.'.join(key[:2])} changed on the way through diffusers' loader")
@@ -59,7 +61,11 @@ def export(cfg: ExportConfig) -> Path:
 def export_with(pipe, path: Path, fmt: str, output: str = "", allow_pickle: bool = False, model: str = "") -> Path:
     """Write the LoRA at `path` in layout `fmt` for the base model `pipe` (whose UNet layout names the modules)."""
     state, meta = read_native(path, pipe, allow_pickle)
-    out = Path(output) if output else path.parent / ("lora_kohya.safetensors" if fmt == "kohya" else "pytorch_lora_weights.safetensors")
+    out = (
+        Path(output)
+        if output
+        else path.parent / ("lora_kohya.safetensors" if fmt == "kohya" else "pytorch_lora_weights.safetensors")
+    )
     if out.exists() and out.resolve() == path.resolve():
         raise UsageError(f"--output {out}: is the input file; pass another path")
     if out.is_dir():
@@ -69,7 +75,10 @@ def export_with(pipe, path: Path, fmt: str, output: str = "", allow_pickle: bool
         denoiser = getattr(pipe, base.family.denoiser)
         tensors, header = to_kohya(state, meta, base.family, base.version, denoiser.config)
     else:
-        tensors, header = {k: v.contiguous() for k, v in state.items()}, {k: v for k, v in meta.items() if k.startswith("dreambooth.")}
+        tensors, header = (
+            {k: v.contiguous() for k, v in state.items()},
+            {k: v for k, v in meta.items() if k.startswith("dreambooth.")},
+        )
         header["format"] = "pt"
     from safetensors.torch import save
 

@@ -28,7 +28,9 @@ def adapter_metadata(model: Any) -> dict:
     return model.peft_config["default"].to_dict()
 
 
-def save_lora(out_dir: str | Path, pipeline_cls, adapted: dict[str, torch.nn.Module], metadata: dict[str, object] | None = None) -> Path:
+def save_lora(
+    out_dir: str | Path, pipeline_cls, adapted: dict[str, torch.nn.Module], metadata: dict[str, object] | None = None
+) -> Path:
     """Write OUT_DIR/pytorch_lora_weights.safetensors atomically; diffusers' `load_lora_weights` reads it.
 
     `adapted` maps component names (unet, text_encoder, ...) to models carrying an adapter;
@@ -71,10 +73,14 @@ def find_weights(lora: str | Path, allow_pickle: bool = False) -> Path:
         found = [path / n for n in (WEIGHT_NAME, *OLD_WEIGHT_NAMES) if (path / n).is_file()]
         path = found[0] if found else path / WEIGHT_NAME
     if not path.is_file():
-        raise UsageError(f"--lora {lora}: no {WEIGHT_NAME} there; pass a folder made by `dreambooth train` or the .safetensors file")
+        raise UsageError(
+            f"--lora {lora}: no {WEIGHT_NAME} there; pass a folder made by `dreambooth train` or the .safetensors file"
+        )
     if path.suffix.lower() != ".safetensors" and not allow_pickle:
-        raise UsageError(f"--lora {lora}: not a .safetensors file; pickles can run code when read — pass --allow-pickle "
-                         f"only if you trust it (it is then read with torch.load(weights_only=True))")
+        raise UsageError(
+            f"--lora {lora}: not a .safetensors file; pickles can run code when read — pass --allow-pickle "
+            f"only if you trust it (it is then read with torch.load(weights_only=True))"
+        )
     return path
 
 
@@ -106,8 +112,14 @@ LAYOUTS = (  # (down, up) key endings: peft, diffusers, diffusers' older text-en
 
 # diffusers' converter for non-diffusers files still speaks the old attention-processor layout
 PROCESSOR_KEYS = {
-    **{f".processor.{p}_lora.": f".{m}.lora." for p, m in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out", "to_out.0"))},
-    **{f".self_attn.{p}_lora.": f".self_attn.{m}.lora." for p, m in (("to_q", "q_proj"), ("to_k", "k_proj"), ("to_v", "v_proj"), ("to_out", "out_proj"))},
+    **{
+        f".processor.{p}_lora.": f".{m}.lora."
+        for p, m in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out", "to_out.0"))
+    },
+    **{
+        f".self_attn.{p}_lora.": f".self_attn.{m}.lora."
+        for p, m in (("to_q", "q_proj"), ("to_k", "k_proj"), ("to_v", "v_proj"), ("to_out", "out_proj"))
+    },
 }
 
 
@@ -148,8 +160,12 @@ def check_fits(pipe, shapes: dict[str, tuple[int, ...]], meta: dict[str, str], l
     family = by_name(meta.get("dreambooth.family", ""))
     version = meta.get("dreambooth.version") or meta.get("dreambooth.family", "")  # older files wrote it as the family
     released = {v for f in all_families() for v in f.versions}  # generations whose LoRAs never fit one another
-    if (family is not None and family != base.family) or (version in released and base.version in released and version != base.version):
-        raise UsageError(f"--lora {lora}: made for {made_for} ({version}), but --model {model} is {here}; pass the --model it was trained on")
+    if (family is not None and family != base.family) or (
+        version in released and base.version in released and version != base.version
+    ):
+        raise UsageError(
+            f"--lora {lora}: made for {made_for} ({version}), but --model {model} is {here}; pass the --model it was trained on"
+        )
     for (component, module_path), (n_in, n_out) in lora_modules(shapes).items():
         target = getattr(pipe, component, None)
         layer = find_module(target, module_path) if target is not None else None
@@ -157,12 +173,20 @@ def check_fits(pipe, shapes: dict[str, tuple[int, ...]], meta: dict[str, str], l
         if have != (n_in, n_out):
             where = f"{component}.{module_path}"
             detail = f"{where} is {n_in}->{n_out} there but {'missing' if have is None else f'{have[0]}->{have[1]}'} here"
-            raise UsageError(f"--lora {lora}: made for {made_for}, not for --model {model} ({here}): {detail}; "
-                             f"pass the --model it was trained on")
+            raise UsageError(
+                f"--lora {lora}: made for {made_for}, not for --model {model} ({here}): {detail}; "
+                f"pass the --model it was trained on"
+            )
 
 
-def load_lora(pipe, lora: str | Path, unet_scale: float = 1.0, text_encoder_scale: float = 1.0,
-              allow_pickle: bool = False, model: str = "the base model") -> None:
+def load_lora(
+    pipe,
+    lora: str | Path,
+    unet_scale: float = 1.0,
+    text_encoder_scale: float = 1.0,
+    allow_pickle: bool = False,
+    model: str = "the base model",
+) -> None:
     """Load a LoRA into `pipe` with separate strengths for its UNet and text-encoder parts."""
     from ..families import family_of
     from . import cloneofsimo
@@ -182,8 +206,9 @@ def load_lora(pipe, lora: str | Path, unet_scale: float = 1.0, text_encoder_scal
         else:
             pipe.load_lora_weights(state, adapter_name=ADAPTER)
     except (ValueError, RuntimeError, KeyError) as e:
-        raise UsageError(f"--lora {lora}: does not fit --model {model} ({str(e).splitlines()[0][:160]}); "
-                         f"pass the --model it was trained on") from None
+        raise UsageError(
+            f"--lora {lora}: does not fit --model {model} ({str(e).splitlines()[0][:160]}); pass the --model it was trained on"
+        ) from None
     family = family_of(pipe)
     scales = {family.denoiser: unet_scale}
     for name in family.text_encoders:

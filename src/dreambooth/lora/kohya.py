@@ -17,7 +17,6 @@ from ..families import Family
 from .files import parse_key
 
 
-
 def split_key(key: str) -> tuple[str, str, str]:
     """'unet.<module>.lora.down.weight' (or peft's lora_A / lora_B) -> ('unet', '<module>', 'down')."""
     parsed = parse_key(key)
@@ -43,7 +42,9 @@ def alphas_from_metadata(meta: dict[str, str]) -> dict[str, float]:
     return {k[: -len(".lora_alpha")]: float(v) for k, v in adapter.items() if k.endswith(".lora_alpha")}
 
 
-def to_kohya(state: dict[str, torch.Tensor], meta: dict[str, str], family: Family, version: str, denoiser_config) -> tuple[dict, dict]:
+def to_kohya(
+    state: dict[str, torch.Tensor], meta: dict[str, str], family: Family, version: str, denoiser_config
+) -> tuple[dict, dict]:
     """(tensors, header) in the kohya layout for a LoRA saved by `dreambooth train`, for a base of `family`."""
     alphas = alphas_from_metadata(meta)
     out: dict[str, torch.Tensor] = {}

@@ -45,8 +45,20 @@ class Examples:
     reused; each step still samples a fresh latent from it, as encoding anew would. Prompt embeddings
     are cached while the text encoders are frozen."""
 
-    def __init__(self, cfg: TrainConfig, family: Family, vae, tokenizers: list, encoders: list, device, dtype, instance: list,
-                 classes: list, rank: int = 0, num_processes: int = 1):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        family: Family,
+        vae,
+        tokenizers: list,
+        encoders: list,
+        device,
+        dtype,
+        instance: list,
+        classes: list,
+        rank: int = 0,
+        num_processes: int = 1,
+    ):
         self.cfg, self.family, self.vae, self.tokenizers, self.encoders = cfg, family, vae, tokenizers, encoders
         self.rank, self.num_processes = rank, num_processes  # this process's share of the stream of examples
         self.device, self.dtype = device, dtype
@@ -105,7 +117,7 @@ class Examples:
         """Embeddings of `prompts`, each computed once (with adapters off when `base`)."""
         missing = [p for p in dict.fromkeys(prompts) if (base, p) not in self.embeddings]
         if missing:
-            with torch.no_grad(), (adapters_off(*self.encoders) if base else contextlib.nullcontext()):
+            with torch.no_grad(), adapters_off(*self.encoders) if base else contextlib.nullcontext():
                 embedded = self.family.encode_prompts(self.tokenizers, self.encoders, missing, self.device)
             for i, p in enumerate(missing):
                 self.embeddings[(base, p)] = {name: tensor[i] for name, tensor in embedded.items()}

@@ -67,9 +67,11 @@ def load(path: Path, models: dict, optimizer, lr_scheduler) -> int:
     tensors = load_file(str(path / STATE_TENSORS))
     meta = json.loads((path / STATE_JSON).read_text())
     params = trainable(models)
-    missing = set(params) - {k[len("param."):] for k in tensors if k.startswith("param.")}
+    missing = set(params) - {k[len("param.") :] for k in tensors if k.startswith("param.")}
     if missing:
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} LoRA weights (e.g. {sorted(missing)[0]}); it was made with other LoRA settings")
+        raise ValueError(
+            f"checkpoint {path} lacks {len(missing)} LoRA weights (e.g. {sorted(missing)[0]}); it was made with other LoRA settings"
+        )
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(tensors[f"param.{k}"])
@@ -90,5 +92,7 @@ def save_or_stop(ckpt_dir: Path, step: int, named: dict, optimizer, lr_scheduler
     except OSError as e:
         previous = newest(ckpt_dir)
         kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
-        raise TrainingError(f"could not write the checkpoint of step {step} in {ckpt_dir} ({e.strerror}); {kept}: "
-                            f"free space and run again with --resume") from None
+        raise TrainingError(
+            f"could not write the checkpoint of step {step} in {ckpt_dir} ({e.strerror}); {kept}: "
+            f"free space and run again with --resume"
+        ) from None

@@ -21,9 +21,20 @@ def existing(class_dir: Path) -> list[Path]:
     return sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int, resolution: int, seed: int = 0,
-                        steps: int = 25, batch_size: int = 4, guidance_scale: float = 7.5, autocast=contextlib.nullcontext,
-                        shard: tuple[int, int] = (0, 1), barrier=lambda: None) -> list[Path]:
+def ensure_class_images(
+    pipe,
+    class_prompt: str,
+    class_dir: str | Path,
+    num: int,
+    resolution: int,
+    seed: int = 0,
+    steps: int = 25,
+    batch_size: int = 4,
+    guidance_scale: float = 7.5,
+    autocast=contextlib.nullcontext,
+    shard: tuple[int, int] = (0, 1),
+    barrier=lambda: None,
+) -> list[Path]:
     """Make `class_dir` hold at least `num` images of `class_prompt`; return the first `num`.
 
     Image i is `class-{i:05d}.png`, drawn with seed `seed + i`, written atomically: an interrupted run
@@ -45,8 +56,18 @@ def ensure_class_images(pipe, class_prompt: str, class_dir: str | Path, num: int
     for run in consecutive_runs(missing):
         for start in range(0, len(run), batch_size):
             chunk = run[start : start + batch_size]
-            images = draw(pipe, class_prompt, len(chunk), seed, steps, guidance_scale, resolution, batch_size,
-                          first_index=chunk[0], autocast=autocast)
+            images = draw(
+                pipe,
+                class_prompt,
+                len(chunk),
+                seed,
+                steps,
+                guidance_scale,
+                resolution,
+                batch_size,
+                first_index=chunk[0],
+                autocast=autocast,
+            )
             for i, image in zip(chunk, images):
                 atomic.save_image(image, class_dir / f"class-{i:05d}.png")
             bar.update(len(chunk))

@@ -63,5 +63,7 @@ def check_identifier(tokenizer, instance_prompt: str, class_prompt: str = "") ->
     tokens = tokenise(tokenizer, ident)[0][1]
     if len(tokens) > 1:
         pieces = " + ".join(t for t, _ in tokens)
-        warn(f"--instance-prompt: identifier '{ident}' splits into {len(tokens)} tokens ({pieces}); "
-             f"a single rare token binds better, see `dreambooth identifier`")
+        warn(
+            f"--instance-prompt: identifier '{ident}' splits into {len(tokens)} tokens ({pieces}); "
+            f"a single rare token binds better, see `dreambooth identifier`"
+        )

@@ -40,6 +40,7 @@ Event = Callable[[dict], None]
 
 # ---------------------------------------------------------------- one step
 
+
 def step_loss(cfg: TrainConfig, family: Family, denoiser, noise_scheduler, examples: Examples, micro_step: int):
     """Loss of one micro-batch: noise the latents at random timesteps, predict, compare with the target.
     Returns (total, instance, prior) losses."""
@@ -55,8 +56,9 @@ def step_loss(cfg: TrainConfig, family: Family, denoiser, noise_scheduler, examp
     target = objective.target(noise_scheduler, latents, noise, timesteps)
     if cfg.prior() is PriorMode.BASE_PREDICTION:
         n = batch.num_class
-        base = base_prediction(family, denoiser, examples.base_encode(batch.prompts[-n:]), noisy[-n:], timesteps[-n:],
-                               batch.geometry[-n:])
+        base = base_prediction(
+            family, denoiser, examples.base_encode(batch.prompts[-n:]), noisy[-n:], timesteps[-n:], batch.geometry[-n:]
+        )
         target = torch.cat([target[:-n], base])
     weights = objective.weights(noise_scheduler, timesteps, cfg.snr_gamma)
     return dreambooth_loss(pred, target, batch.num_class, cfg.prior_loss_weight, weights)
@@ -121,6 +123,7 @@ def optimizer_step(run: Run, step: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- set up
 
+
 def check_paths(cfg: TrainConfig) -> None:
     out = Path(cfg.output_dir).expanduser()
     if out.exists() and not out.is_dir():
@@ -140,8 +143,11 @@ def make_accelerator(cfg: TrainConfig):
     AcceleratorState._reset_state()
     GradientState._reset_state()
     # cpu=True lets accelerate run several CPU processes (gloo) when launched with torchrun / accelerate launch
-    return Accelerator(mixed_precision=cfg.mixed_precision.value, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       cpu=not torch.cuda.is_available())
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision.value,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+    )
 
 
 def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.device):
@@ -150,27 +156,43 @@ def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.dev
             try:
                 import bitsandbytes as bnb
 
-                return bnb.optim.AdamW8bit(param_groups, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                           weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+                return bnb.optim.AdamW8bit(
+                    param_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
+                )
             except ImportError:
                 warn("--use-8bit-adam: bitsandbytes is not installed (pip install bitsandbytes); using AdamW")
         else:
             warn("--use-8bit-adam: bitsandbytes needs CUDA; using AdamW on this device")
     # fused kernels on CUDA; elsewhere foreach (one op over all tensors) beats a Python loop over ~200 LoRA tensors
     cuda = device.type == "cuda"
-    return torch.optim.AdamW(param_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
-                             eps=cfg.adam_epsilon, fused=cuda, foreach=not cuda)
+    return torch.optim.AdamW(
+        param_groups,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+        fused=cuda,
+        foreach=not cuda,
+    )
 
 
 def resolved(cfg: TrainConfig, base: Base) -> TrainConfig:
     """The settings with what the model decides filled in: resolution, alpha, LoRA targets, class-image folder."""
     cfg = dataclasses.replace(
-        cfg, resolution=cfg.resolution or base.native_resolution, lora_alpha=float(cfg.lora_alpha or cfg.rank),
+        cfg,
+        resolution=cfg.resolution or base.native_resolution,
+        lora_alpha=float(cfg.lora_alpha or cfg.rank),
         target_modules=cfg.target_modules or list(base.family.denoiser_targets),
-        text_encoder_target_modules=cfg.text_encoder_target_modules or list(base.family.text_encoder_targets))
+        text_encoder_target_modules=cfg.text_encoder_target_modules or list(base.family.text_encoder_targets),
+    )
     if cfg.prior() is PriorMode.GENERATED and not cfg.class_dir:
-        cfg = dataclasses.replace(cfg, class_dir=str(bank_dir(cfg.model, cfg.vae, cfg.class_prompt, cfg.resolution,
-                                                               cfg.class_image_steps, cfg.guidance_scale, cfg.seed)))
+        cfg = dataclasses.replace(
+            cfg,
+            class_dir=str(
+                bank_dir(
+                    cfg.model, cfg.vae, cfg.class_prompt, cfg.resolution, cfg.class_image_steps, cfg.guidance_scale, cfg.seed
+                )
+            ),
+        )
     return cfg
 
 
@@ -188,9 +210,20 @@ def class_photos(cfg: TrainConfig, pipe, accelerator) -> list:
     if cfg.prior() is not PriorMode.GENERATED:
         return []
     pipe.to(accelerator.device)
-    ensure_class_images(pipe, cfg.class_prompt, cfg.class_dir, cfg.num_class_images, cfg.resolution, cfg.seed,
-                        cfg.class_image_steps, cfg.sample_batch_size, cfg.guidance_scale, sampling_precision(accelerator),
-                        shard=(accelerator.process_index, accelerator.num_processes), barrier=accelerator.wait_for_everyone)
+    ensure_class_images(
+        pipe,
+        cfg.class_prompt,
+        cfg.class_dir,
+        cfg.num_class_images,
+        cfg.resolution,
+        cfg.seed,
+        cfg.class_image_steps,
+        cfg.sample_batch_size,
+        cfg.guidance_scale,
+        sampling_precision(accelerator),
+        shard=(accelerator.process_index, accelerator.num_processes),
+        barrier=accelerator.wait_for_everyone,
+    )
     accelerator.wait_for_everyone()
     return load_folder(cfg.class_dir, "--class-dir")[: cfg.num_class_images]
 
@@ -205,7 +238,9 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
         m.to(device, dtype=weight_dtype)
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
     trained = {family.denoiser: denoiser}
-    groups = [{"params": add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules), "lr": cfg.learning_rate}]
+    groups = [
+        {"params": add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules), "lr": cfg.learning_rate}
+    ]
     if cfg.train_text_encoder:
         for name, encoder in encoders.items():
             params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules)
@@ -248,7 +283,9 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
     device, weight_dtype = accelerator.device, cfg.mixed_precision.dtype
     trained, groups = adapt(cfg, pipe, family, device, weight_dtype)
     optimizer = make_optimizer(cfg, groups, device)
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps)
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
+    )
     if device.type == "cuda":
         trained[family.denoiser].to(memory_format=torch.channels_last)  # cuDNN's fast convolution layout
     *prepared, optimizer = accelerator.prepare(*trained.values(), optimizer)
@@ -256,22 +293,47 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
     if cfg.compile:
         models[family.denoiser] = torch.compile(models[family.denoiser])
     encoders = [models.get(name, m) for name, m in text_encoders(pipe, family).items()]
-    examples = Examples(cfg, family, pipe.vae, tokenizers(pipe, family), encoders, device, weight_dtype, photos, classes,
-                        accelerator.process_index, accelerator.num_processes)
+    examples = Examples(
+        cfg,
+        family,
+        pipe.vae,
+        tokenizers(pipe, family),
+        encoders,
+        device,
+        weight_dtype,
+        photos,
+        classes,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
     offload: Callable[[], object] = lambda: None  # noqa: E731
     onload: Callable[[], object] = lambda: None  # noqa: E731
     if device.type == "cuda":
         # Everything the frozen VAE and text encoders will ever be asked during training, asked now;
         # then they leave the GPU (and come back only to draw validation images).
         examples.precompute()
-        frozen = ([pipe.vae] if cfg.center_crop else []) + ([] if cfg.train_text_encoder else list(text_encoders(pipe, family).values()))
+        frozen = ([pipe.vae] if cfg.center_crop else []) + (
+            [] if cfg.train_text_encoder else list(text_encoders(pipe, family).values())
+        )
         offload = lambda: [m.to("cpu") for m in frozen]  # noqa: E731
         onload = lambda: [m.to(device) for m in frozen]  # noqa: E731
         offload()
-    return Run(cfg, pipe, base, accelerator, models, {name: accelerator.unwrap_model(m) for name, m in models.items()},
-               optimizer, lr_scheduler, family.objective.scheduler(pipe.scheduler.config), examples,
-               [p for m in models.values() for p in m.parameters() if p.requires_grad], Path(cfg.output_dir).expanduser(),
-               offload, onload)
+    return Run(
+        cfg,
+        pipe,
+        base,
+        accelerator,
+        models,
+        {name: accelerator.unwrap_model(m) for name, m in models.items()},
+        optimizer,
+        lr_scheduler,
+        family.objective.scheduler(pipe.scheduler.config),
+        examples,
+        [p for m in models.values() for p in m.parameters() if p.requires_grad],
+        Path(cfg.output_dir).expanduser(),
+        offload,
+        onload,
+    )
 
 
 def resume(run: Run) -> int:
@@ -291,15 +353,27 @@ def resume(run: Run) -> int:
 
 # ---------------------------------------------------------------- the loop
 
+
 def save_checkpoint(run: Run, step: int) -> Path:
-    return checkpoint.save_or_stop(run.checkpoints, step, run.named, run.optimizer, run.lr_scheduler, run.cfg.checkpoints_total_limit)
+    return checkpoint.save_or_stop(
+        run.checkpoints, step, run.named, run.optimizer, run.lr_scheduler, run.cfg.checkpoints_total_limit
+    )
 
 
 def validate(run: Run, step: int, emit: Event | None) -> None:
     cfg = run.cfg
     run.onload()
-    images = draw(run.pipe, cfg.validation_prompt, cfg.num_validation_images, cfg.seed, cfg.sample_steps,
-                  cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=run.accelerator.autocast)
+    images = draw(
+        run.pipe,
+        cfg.validation_prompt,
+        cfg.num_validation_images,
+        cfg.seed,
+        cfg.sample_steps,
+        cfg.guidance_scale,
+        cfg.resolution,
+        cfg.sample_batch_size,
+        autocast=run.accelerator.autocast,
+    )
     run.offload()
     path = run.out / "validation" / f"step-{step:06d}.png"
     atomic.save_image(grid(images), path)
@@ -330,8 +404,15 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> float | None:
                 if run.main and cfg.validation_prompt and step % cfg.validation_steps == 0:
                     validate(run, step, emit)
                 if emit:
-                    emit({"kind": "step", "step": step, "max_steps": cfg.max_steps, "loss": loss_value,
-                          "seconds": time.time() - started})
+                    emit(
+                        {
+                            "kind": "step",
+                            "step": step,
+                            "max_steps": cfg.max_steps,
+                            "loss": loss_value,
+                            "seconds": time.time() - started,
+                        }
+                    )
                 if stop.requested:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -348,26 +429,47 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> float | None:
 
 # ---------------------------------------------------------------- finish
 
+
 def finish(run: Run, loss_value: float | None, seconds: float) -> None:
     """The last checkpoint, the LoRA file (and its exports), samples and the model card."""
     cfg, base, step = run.cfg, run.base, run.cfg.max_steps
     save_checkpoint(run, step)
-    meta = {"base_model": cfg.model, "family": base.family.name, "version": base.version,
-            "prediction_type": base.prediction_type, "instance_prompt": cfg.instance_prompt, "rank": cfg.rank,
-            "alpha": cfg.lora_alpha, "steps": step, "resolution": cfg.resolution, "text_encoder": cfg.train_text_encoder}
+    meta = {
+        "base_model": cfg.model,
+        "family": base.family.name,
+        "version": base.version,
+        "prediction_type": base.prediction_type,
+        "instance_prompt": cfg.instance_prompt,
+        "rank": cfg.rank,
+        "alpha": cfg.lora_alpha,
+        "steps": step,
+        "resolution": cfg.resolution,
+        "text_encoder": cfg.train_text_encoder,
+    }
     try:
         save_lora(run.out, type(run.pipe), run.named, meta)
     except OSError as e:
-        raise TrainingError(f"could not write the LoRA to {run.out} ({e.strerror}); the checkpoint of step {step} is kept: "
-                            f"free space and run again with --resume") from None
+        raise TrainingError(
+            f"could not write the LoRA to {run.out} ({e.strerror}); the checkpoint of step {step} is kept: "
+            f"free space and run again with --resume"
+        ) from None
     run.onload()
     if cfg.export:
         from ..lora.export import export_with
 
         export_with(run.pipe, run.out / "pytorch_lora_weights.safetensors", cfg.export, model=cfg.model)
     if cfg.num_samples:
-        images = draw(run.pipe, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, cfg.seed, cfg.sample_steps,
-                      cfg.guidance_scale, cfg.resolution, cfg.sample_batch_size, autocast=run.accelerator.autocast)
+        images = draw(
+            run.pipe,
+            cfg.validation_prompt or cfg.instance_prompt,
+            cfg.num_samples,
+            cfg.seed,
+            cfg.sample_steps,
+            cfg.guidance_scale,
+            cfg.resolution,
+            cfg.sample_batch_size,
+            autocast=run.accelerator.autocast,
+        )
         atomic.save_image(grid(images), run.out / "samples.png")
     atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds))
     print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}", flush=True)

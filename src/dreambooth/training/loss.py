@@ -17,8 +17,9 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     return (weights * (pred - target).pow(2).mean(dim=tuple(range(1, pred.ndim)))).mean()
 
 
-def dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, num_class: int, prior_loss_weight: float,
-                    weights: torch.Tensor | None = None):
+def dreambooth_loss(
+    pred: torch.Tensor, target: torch.Tensor, num_class: int, prior_loss_weight: float, weights: torch.Tensor | None = None
+):
     """Instance MSE + lambda * class MSE, each example's MSE times its weight when `weights` are given.
 
     The batch holds the instance examples first and `num_class` class examples last
@@ -42,7 +43,9 @@ def dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, num_class: int, pr
 def finite_loss(loss: torch.Tensor, step: int) -> float:
     value = loss.detach().float().item()
     if not math.isfinite(value):
-        raise TrainingError(f"loss became {value} at step {step}; likely causes: fp16 overflow (try --mixed-precision bf16 "
-                            f"or no) or a learning rate too high (--learning-rate); the last checkpoint is kept. "
-                            f"--detect-anomaly shows the operation that made it")
+        raise TrainingError(
+            f"loss became {value} at step {step}; likely causes: fp16 overflow (try --mixed-precision bf16 "
+            f"or no) or a learning rate too high (--learning-rate); the last checkpoint is kept. "
+            f"--detect-anomaly shows the operation that made it"
+        )
     return value

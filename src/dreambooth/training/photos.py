@@ -49,7 +49,9 @@ def open_photo(path: Path) -> Image.Image:
     try:
         opened = Image.open(path)
     except Image.DecompressionBombError:  # Pillow refuses headers past twice its own limit
-        raise TooLarge(f"its header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} megapixels, which") from None
+        raise TooLarge(
+            f"its header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} megapixels, which"
+        ) from None
     with opened as im:
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise TooLarge(f"{im.size[0]}x{im.size[1]} px")
@@ -96,8 +98,9 @@ def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]
     return photos
 
 
-def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool, generator: torch.Generator | None = None,
-                    flip: bool = False) -> tuple[Image.Image, tuple[int, int]]:
+def resize_and_crop(
+    image: Image.Image, resolution: int, center_crop: bool, generator: torch.Generator | None = None, flip: bool = False
+) -> tuple[Image.Image, tuple[int, int]]:
     """Shorter side to `resolution`, optionally mirrored, then a square crop: centred, or at a seeded random place.
 
     Returns the crop and its (top, left) corner in the resized (mirrored) image, which some families are conditioned on."""

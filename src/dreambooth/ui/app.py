@@ -25,7 +25,10 @@ iframe.bench { width: 100%; height: 600px; border: 1px solid #ddd; }
 
 # the embedded models (but the v-prediction test model), then the common hub bases
 MODELS = [name for name in EMBEDDED if name != "tiny-v"] + [
-    "stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-xl-base-1.0"]
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "stabilityai/stable-diffusion-2-1-base",
+    "stabilityai/stable-diffusion-xl-base-1.0",
+]
 
 
 def theme():
@@ -42,30 +45,45 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
     jobs = jobs or Jobs()
     t, g = TrainConfig(), GenerateConfig()
     with gr.Blocks(title="DreamBooth", analytics_enabled=False) as app:
-        gr.Markdown("## DreamBooth + LoRA\nTeach a Stable Diffusion model one subject from a few photos, then draw it anywhere. "
-                    f"Workspace: `{workspace.name}`")
+        gr.Markdown(
+            "## DreamBooth + LoRA\nTeach a Stable Diffusion model one subject from a few photos, then draw it anywhere. "
+            f"Workspace: `{workspace.name}`"
+        )
         with gr.Tab("Train", id="train"):
             with gr.Row():
                 with gr.Column():
-                    photos = gr.File(label=f"Photos of the subject (3–{MAX_PHOTOS})", file_count="multiple", file_types=["image"],
-                                     elem_id="photos")
+                    photos = gr.File(
+                        label=f"Photos of the subject (3–{MAX_PHOTOS})",
+                        file_count="multiple",
+                        file_types=["image"],
+                        elem_id="photos",
+                    )
                     photo_check = gr.Markdown(elem_id="photo-check")
                     folder = gr.Textbox(label="…or a folder of photos on this machine", placeholder="e.g. ~/photos/my-dog")
                     class_noun = gr.Textbox(label="Class noun", value="dog", elem_id="class-noun")
                     with gr.Row():
-                        identifier = gr.Textbox(label="Identifier (a rare token)", value=train_tab.suggest(0), elem_id="identifier")
+                        identifier = gr.Textbox(
+                            label="Identifier (a rare token)", value=train_tab.suggest(0), elem_id="identifier"
+                        )
                         another = gr.Button("Suggest another", size="sm")
                     seed_state = gr.State(0)
                     tokens = gr.Markdown(train_tab.tokens_markdown(train_tab.suggest(0), "dog"), elem_id="tokens")
-                    model = gr.Dropdown(MODELS, value="tiny", allow_custom_value=True, elem_id="model",
-                                        label=f"Base model: {embedded_help()}, a hub id, a local diffusers folder or .safetensors file")
+                    model = gr.Dropdown(
+                        MODELS,
+                        value="tiny",
+                        allow_custom_value=True,
+                        elem_id="model",
+                        label=f"Base model: {embedded_help()}, a hub id, a local diffusers folder or .safetensors file",
+                    )
                 with gr.Column():
                     with gr.Row():
                         prior = gr.Checkbox(label="Prior preservation", value=True, elem_id="prior")
                         train_te = gr.Checkbox(label="Text-encoder LoRA", value=t.train_text_encoder)
                         kohya = gr.Checkbox(label="Also export for A1111 / ComfyUI (kohya)", value=False)
                     class_prompt = gr.Textbox(label="Class prompt (empty: 'a photo of a <class>')", elem_id="class-prompt")
-                    num_class = gr.Number(label="Class images", value=t.num_class_images, precision=0, minimum=1, elem_id="num-class")
+                    num_class = gr.Number(
+                        label="Class images", value=t.num_class_images, precision=0, minimum=1, elem_id="num-class"
+                    )
                     with gr.Row():
                         steps = gr.Number(label="Steps", value=t.max_steps, precision=0, minimum=1, elem_id="steps")
                         rank = gr.Number(label="LoRA rank", value=t.rank, precision=0, minimum=1)
@@ -73,8 +91,13 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
                     with gr.Row():
                         lr = gr.Number(label="UNet learning rate", value=t.learning_rate)
                         te_lr = gr.Number(label="Text-encoder learning rate", value=t.text_encoder_lr)
-                        every = gr.Number(label="Validation images every N steps (0 = none)", value=t.validation_steps,
-                                          precision=0, minimum=0, elem_id="validation-every")
+                        every = gr.Number(
+                            label="Validation images every N steps (0 = none)",
+                            value=t.validation_steps,
+                            precision=0,
+                            minimum=0,
+                            elem_id="validation-every",
+                        )
                     with gr.Row():
                         start = gr.Button("Start", variant="primary", elem_id="start")
                         stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -94,7 +117,9 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
                     prompt = gr.Textbox(label="Prompt", elem_id="gen-prompt")
                     negative = gr.Textbox(label="Negative prompt")
                     with gr.Row():
-                        num_images = gr.Number(label="Images", value=g.num_images, precision=0, minimum=1, maximum=16, elem_id="gen-num")
+                        num_images = gr.Number(
+                            label="Images", value=g.num_images, precision=0, minimum=1, maximum=16, elem_id="gen-num"
+                        )
                         gen_steps = gr.Number(label="Steps", value=g.steps, precision=0, minimum=1, elem_id="gen-steps")
                         seed = gr.Number(label="Seed", value=g.seed, precision=0)
                     guidance = gr.Slider(0, 20, value=g.guidance, step=0.5, label="Guidance")
@@ -105,7 +130,9 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
                     gen_message = gr.Markdown(elem_id="gen-message")
                     gallery = gr.Gallery(label="Images", columns=2, elem_id="gallery")
                     lora_files = gr.File(label="LoRA files", file_count="multiple", interactive=False, elem_id="lora-files")
-                    image_files = gr.File(label="Images to download", file_count="multiple", interactive=False, elem_id="downloads")
+                    image_files = gr.File(
+                        label="Images to download", file_count="multiple", interactive=False, elem_id="downloads"
+                    )
         with gr.Tab("Evaluate", id="evaluate") as evaluate_tab_ui:
             e = EvaluateConfig()
             with gr.Row():
@@ -114,8 +141,10 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
                     dino = gr.Textbox(label="DINO model (hub id or local folder)", value=e.dino_model)
                     clip = gr.Textbox(label="CLIP model (hub id or local folder)", value=e.clip_model)
                     score = gr.Button("Score the run's generated images", variant="primary", elem_id="score")
-                    gr.Markdown("DINO and CLIP-I: generated images vs the run's photos; CLIP-T: images vs their prompts "
-                                "(identifier removed). Higher is better.")
+                    gr.Markdown(
+                        "DINO and CLIP-I: generated images vs the run's photos; CLIP-T: images vs their prompts "
+                        "(identifier removed). Higher is better."
+                    )
                 with gr.Column():
                     eval_message = gr.Markdown(elem_id="eval-message")
                     table = gr.HTML(evaluate_tab.scores_table("", None), elem_id="scores")
@@ -127,14 +156,38 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
         another.click(lambda s: (s + 1, train_tab.suggest(s + 1)), seed_state, [seed_state, identifier])
         for box in (identifier, class_noun):
             box.change(train_tab.tokens_markdown, [identifier, class_noun], tokens, show_progress="hidden")
-        start.click(partial(train_tab.start, workspace, jobs),
-                    [photos, folder, class_noun, identifier, model, prior, class_prompt, num_class, steps, rank, lr, te_lr,
-                     resolution, train_te, every, kohya], message)
+        start.click(
+            partial(train_tab.start, workspace, jobs),
+            [
+                photos,
+                folder,
+                class_noun,
+                identifier,
+                model,
+                prior,
+                class_prompt,
+                num_class,
+                steps,
+                rank,
+                lr,
+                te_lr,
+                resolution,
+                train_te,
+                every,
+                kohya,
+            ],
+            message,
+        )
         stop.click(partial(train_tab.stop, jobs), None, message)
         resume.click(partial(train_tab.resume, jobs), None, message)
         timer = gr.Timer(1.0)
-        timer.tick(partial(train_tab.progress, jobs), shown, [status, validations, queue, shown],
-                   show_progress="hidden", concurrency_limit=None)
+        timer.tick(
+            partial(train_tab.progress, jobs),
+            shown,
+            [status, validations, queue, shown],
+            show_progress="hidden",
+            concurrency_limit=None,
+        )
 
         def refresh_runs(gen_value, eval_value):
             return run_list(workspace, gen_value), run_list(workspace, eval_value)
@@ -146,15 +199,20 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
                 return count, gr.skip(), gr.skip()
             return (now, *refresh_runs(gen_value, eval_value))
 
-        timer.tick(on_finish, [finished, run, eval_run], [finished, run, eval_run], show_progress="hidden", concurrency_limit=None)
+        timer.tick(
+            on_finish, [finished, run, eval_run], [finished, run, eval_run], show_progress="hidden", concurrency_limit=None
+        )
         for event in (refresh.click, generate_tab_ui.select, evaluate_tab_ui.select, app.load):
             event(refresh_runs, [run, eval_run], [run, eval_run], show_progress="hidden")
         run.change(partial(generate_tab.run_info, workspace), run, [run_md, prompt, lora_files])
-        go.click(partial(generate_tab.make_images, workspace),
-                 [run, prompt, negative, num_images, gen_steps, guidance, unet_scale, te_scale, seed],
-                 [gallery, image_files, gen_message])
+        go.click(
+            partial(generate_tab.make_images, workspace),
+            [run, prompt, negative, num_images, gen_steps, guidance, unet_scale, te_scale, seed],
+            [gallery, image_files, gen_message],
+        )
         eval_run.change(partial(evaluate_tab.show, workspace), eval_run, table)
         score.click(partial(evaluate_tab.score, workspace), [eval_run, dino, clip], [eval_message, table])
+
         def show_bench():
             frame, files = evaluate_tab.bench_report(workspace)
             return frame, gr.File(value=files, visible=bool(files))

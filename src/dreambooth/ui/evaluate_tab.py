@@ -6,10 +6,9 @@ import html
 import json
 from pathlib import Path
 
-from ..config import METRIC_NAMES
-from ..evaluation.bench_report import REFERENCE, SOURCE, fmt
-from ..config import EvaluateConfig
+from ..config import METRIC_NAMES, EvaluateConfig
 from ..errors import UsageError
+from ..evaluation.bench_report import REFERENCE, SOURCE, fmt
 from . import runs
 
 SCORED = ("dino", "clip_i", "clip_t")  # PRES and DIV need class-prompt images and LPIPS weights, which the page does not make
@@ -24,12 +23,20 @@ def scores_table(run: str, result: dict | None) -> str:
         means = result.get("means", {})
         counts = result.get("counts", {})
         label = f"{run} ({counts.get('generated', '?')} images vs {counts.get('real', '?')} photos)"
-        rows.append(f"<tr class='run'><td>{html.escape(label)}</td>" + "".join(f"<td>{fmt(means.get(k))}</td>" for k in SCORED) + "</tr>")
+        rows.append(
+            f"<tr class='run'><td>{html.escape(label)}</td>" + "".join(f"<td>{fmt(means.get(k))}</td>" for k in SCORED) + "</tr>"
+        )
     for ref in REFERENCE:
         if any(ref[k] is not None for k in SCORED):
-            rows.append(f"<tr class='ref'><td><i>{html.escape(ref['name'])}</i></td>" + "".join(f"<td>{fmt(ref[k])}</td>" for k in SCORED) + "</tr>")
-    return (f"<table class='scores'><tr>{head}</tr>{''.join(rows)}</table>"
-            f"<p class='source'>Reference rows: {html.escape(SOURCE)}, Table 1.</p>")
+            rows.append(
+                f"<tr class='ref'><td><i>{html.escape(ref['name'])}</i></td>"
+                + "".join(f"<td>{fmt(ref[k])}</td>" for k in SCORED)
+                + "</tr>"
+            )
+    return (
+        f"<table class='scores'><tr>{head}</tr>{''.join(rows)}</table>"
+        f"<p class='source'>Reference rows: {html.escape(SOURCE)}, Table 1.</p>"
+    )
 
 
 def saved_scores(workspace: Path, run: str) -> dict | None:
@@ -54,9 +61,14 @@ def score(workspace: Path, run: str, dino_model: str, clip_model: str) -> tuple[
     generated = runs.images_dir(workspace, run)
     if not generated.is_dir():
         return "Error: No images of this run yet: draw some in the Generate tab first", scores_table(run, None)
-    cfg = EvaluateConfig(real=real, generated=str(generated), output=str(runs.scores_file(workspace, run)),
-                         metrics=[key.replace("_", "-") for key in SCORED], dino_model=(dino_model or "").strip() or EvaluateConfig.dino_model,
-                         clip_model=(clip_model or "").strip() or EvaluateConfig.clip_model)
+    cfg = EvaluateConfig(
+        real=real,
+        generated=str(generated),
+        output=str(runs.scores_file(workspace, run)),
+        metrics=[key.replace("_", "-") for key in SCORED],
+        dino_model=(dino_model or "").strip() or EvaluateConfig.dino_model,
+        clip_model=(clip_model or "").strip() or EvaluateConfig.clip_model,
+    )
     try:
         result = evaluate(cfg)
     except UsageError as e:

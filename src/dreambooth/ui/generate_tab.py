@@ -16,8 +16,10 @@ def run_info(workspace: Path, run: str) -> tuple[str, str, list[str]]:
         return "Choose a finished run.", "", []
     cfg = runs.run_config(run_dir)
     prompt = str(cfg.get("instance_prompt") or "")
-    info = (f"**{run}** — base model `{cfg.get('model', '?')}`, {cfg.get('max_steps', '?')} steps, rank {cfg.get('rank', '?')}"
-            f"{', text-encoder LoRA' if cfg.get('train_text_encoder') else ''}; instance prompt *{prompt or '?'}*")
+    info = (
+        f"**{run}** — base model `{cfg.get('model', '?')}`, {cfg.get('max_steps', '?')} steps, rank {cfg.get('rank', '?')}"
+        f"{', text-encoder LoRA' if cfg.get('train_text_encoder') else ''}; instance prompt *{prompt or '?'}*"
+    )
     return info, prompt, [str(p) for p in runs.lora_files(run_dir)]
 
 
@@ -33,9 +35,18 @@ def make_images(workspace: Path, run, prompt, negative, num_images, steps, guida
         return [], [], "Error: Write a prompt, e.g. the instance prompt plus a scene"
     out = runs.next_images_folder(workspace, run, prompt)
     try:
-        cfg = GenerateConfig(lora=str(run_dir), prompt=prompt, negative_prompt=(negative or "").strip(), num_images=int(num_images),
-                             steps=int(steps), guidance=float(guidance), unet_scale=float(unet_scale),
-                             text_encoder_scale=float(te_scale), seed=int(seed), output_dir=str(out))
+        cfg = GenerateConfig(
+            lora=str(run_dir),
+            prompt=prompt,
+            negative_prompt=(negative or "").strip(),
+            num_images=int(num_images),
+            steps=int(steps),
+            guidance=float(guidance),
+            unet_scale=float(unet_scale),
+            text_encoder_scale=float(te_scale),
+            seed=int(seed),
+            output_dir=str(out),
+        )
         paths = generate(cfg)
     except (UsageError, ValueError, TypeError) as e:
         return [], [], f"Error: {e}"

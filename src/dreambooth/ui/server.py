@@ -40,13 +40,27 @@ def serve(host: str = "127.0.0.1", port: int = 7860, workspace: str = "dreamboot
         if credentials:
             warn(f"--host {host}: the page is reachable from other machines; its password travels unencrypted over http")
         else:
-            warn(f"--host {host}: anyone who can reach this machine can use the page and read the workspace; "
-                 f"add --auth user:password")
+            warn(
+                f"--host {host}: anyone who can reach this machine can use the page and read the workspace; "
+                f"add --auth user:password"
+            )
     from .app import CSS, build_app, theme
 
     app = build_app(root)
     app.queue(default_concurrency_limit=1)
     print(f"workspace {root}; at most {MAX_PHOTOS} photos of {MAX_BYTES // (1024 * 1024)} MB each per run", flush=True)
-    app.launch(server_name=host, server_port=port, auth=credentials, share=False, inbrowser=False, show_error=True,
-               allowed_paths=[str(root)], max_file_size=MAX_BYTES, footer_links=[], mcp_server=False, ssr_mode=False,
-               theme=theme(), css=CSS)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        auth=credentials,
+        share=False,
+        inbrowser=False,
+        show_error=True,
+        allowed_paths=[str(root)],
+        max_file_size=MAX_BYTES,
+        footer_links=[],
+        mcp_server=False,
+        ssr_mode=False,
+        theme=theme(),
+        css=CSS,
+    )

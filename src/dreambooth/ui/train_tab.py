@@ -63,14 +63,34 @@ def check_uploads(files: list[str] | None) -> str:
             good += 1
         except Rejected as e:
             problems.append(f"Warning: {html.escape(shown_name(Path(f).name))} {e}; it will be skipped")
-    lines = [f"{good} usable photo{'s' if good != 1 else ''}" + (f" (at most {MAX_PHOTOS} are used)" if good > MAX_PHOTOS else "")]
+    lines = [
+        f"{good} usable photo{'s' if good != 1 else ''}" + (f" (at most {MAX_PHOTOS} are used)" if good > MAX_PHOTOS else "")
+    ]
     if files and good < MIN_PHOTOS:
         lines.append(f"3–5 photos of the subject give a better likeness than {good}")
     return "  \n".join(problems + lines) if files else ""
 
 
-def start(workspace: Path, jobs: Jobs, files, folder, class_noun, identifier, model, prior, class_prompt, num_class_images,
-          steps, rank, lr, te_lr, resolution, train_te, validation_every, kohya) -> str:
+def start(
+    workspace: Path,
+    jobs: Jobs,
+    files,
+    folder,
+    class_noun,
+    identifier,
+    model,
+    prior,
+    class_prompt,
+    num_class_images,
+    steps,
+    rank,
+    lr,
+    te_lr,
+    resolution,
+    train_te,
+    validation_every,
+    kohya,
+) -> str:
     """Validate everything that needs no model, store the photos, queue the job; the message for the page."""
     class_noun, identifier, folder = (class_noun or "").strip(), (identifier or "").strip(), (folder or "").strip()
     if not class_noun:
@@ -81,12 +101,24 @@ def start(workspace: Path, jobs: Jobs, files, folder, class_noun, identifier, mo
     try:
         every = int(validation_every or 0)
         cfg = TrainConfig(
-            model=(model or "").strip() or "tiny", instance_prompt=prompt, with_prior_preservation=bool(prior),
-            class_prompt=(class_prompt or "").strip() or f"a photo of a {class_noun}", num_class_images=int(num_class_images),
-            max_steps=int(steps), rank=int(rank), learning_rate=float(lr), text_encoder_lr=float(te_lr),
-            resolution=int(resolution or 0), train_text_encoder=bool(train_te), validation_prompt=prompt if every > 0 else "",
-            validation_steps=max(every, 1), num_validation_images=2, export="kohya" if kohya else "",
-            instance_dir="-", output_dir="-")  # placeholders: the real folders are named once the photos are in
+            model=(model or "").strip() or "tiny",
+            instance_prompt=prompt,
+            with_prior_preservation=bool(prior),
+            class_prompt=(class_prompt or "").strip() or f"a photo of a {class_noun}",
+            num_class_images=int(num_class_images),
+            max_steps=int(steps),
+            rank=int(rank),
+            learning_rate=float(lr),
+            text_encoder_lr=float(te_lr),
+            resolution=int(resolution or 0),
+            train_text_encoder=bool(train_te),
+            validation_prompt=prompt if every > 0 else "",
+            validation_steps=max(every, 1),
+            num_validation_images=2,
+            export="kohya" if kohya else "",
+            instance_dir="-",
+            output_dir="-",
+        )  # placeholders: the real folders are named once the photos are in
         check_train(cfg)
     except (UsageError, TypeError, ValueError) as e:
         return f"Error: {e}"
@@ -96,7 +128,10 @@ def start(workspace: Path, jobs: Jobs, files, folder, class_noun, identifier, mo
         found, problems = folder_sources(folder)
         sources += found
     if not sources:
-        return "  \n".join(f"Error: {html.escape(p)}" for p in problems) or "Error: Add 3–10 photos of the subject, or name a folder of them"
+        return (
+            "  \n".join(f"Error: {html.escape(p)}" for p in problems)
+            or "Error: Add 3–10 photos of the subject, or name a folder of them"
+        )
     name = runs.new_run_name(workspace, class_noun)
     upload_dir = workspace / "uploads" / name
     stored, rejected = store_photos(sources, upload_dir)
@@ -125,7 +160,11 @@ def stop(jobs: Jobs) -> str:
         return "Nothing is training"
     target = next((j for j in waiting if j.state == "running"), waiting[-1])
     jobs.stop(target.id)
-    return f"Stopping {target.name} after this step (a checkpoint is saved)" if target.state == "running" else f"Cancelled {target.name}"
+    return (
+        f"Stopping {target.name} after this step (a checkpoint is saved)"
+        if target.state == "running"
+        else f"Cancelled {target.name}"
+    )
 
 
 def resume(jobs: Jobs) -> str:

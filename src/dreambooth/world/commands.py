@@ -12,10 +12,14 @@ CLASSES = ("dog", "cat", "teapot", "vase", "backpack")  # render.CLASSES, withou
 
 
 def add_parsers(sub, add_config_flags) -> None:
-    add_config_flags(sub.add_parser("pretrain-world", help="train the world's base model from scratch on rendered scenes"),
-                     PretrainWorldConfig)
-    demo = sub.add_parser("demo", help="DreamBooth in the world on a CPU: render a subject, score the base model, train a LoRA "
-                                       "with prior preservation, generate it in new contexts, score again")
+    add_config_flags(
+        sub.add_parser("pretrain-world", help="train the world's base model from scratch on rendered scenes"), PretrainWorldConfig
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="DreamBooth in the world on a CPU: render a subject, score the base model, train a LoRA "
+        "with prior preservation, generate it in new contexts, score again",
+    )
     demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
     demo.add_argument("--max-steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
     demo.add_argument("--subject", default="dog", choices=CLASSES, help="class of the subject (default: dog)")

@@ -13,8 +13,8 @@ from pathlib import Path
 from PIL import Image
 
 from .. import atomic
-from ..sampling import grid
 from ..config import TrainConfig, settings
+from ..sampling import grid
 from . import MODEL, TEXT_ENCODER_SCALE, folder
 from .render import HELD_OUT, render, subject_scenes
 from .scores import SCORES
@@ -24,8 +24,18 @@ UPSCALE = 3  # 32 px images are shown 96 px wide
 
 def demo_train_config(cls: str, photos: Path, out: Path, max_steps: int, prior: bool = True) -> TrainConfig:
     """The settings the demo and the world's tests train with: the world model's recommended ones (the registry's)."""
-    return settings(TrainConfig, model=MODEL, instance_dir=str(photos), instance_prompt=f"a photo of sks {cls}", output_dir=str(out),
-                    with_prior_preservation=prior, class_prompt=f"a photo of a {cls}", max_steps=max_steps, num_samples=0, seed=0)
+    return settings(
+        TrainConfig,
+        model=MODEL,
+        instance_dir=str(photos),
+        instance_prompt=f"a photo of sks {cls}",
+        output_dir=str(out),
+        with_prior_preservation=prior,
+        class_prompt=f"a photo of a {cls}",
+        max_steps=max_steps,
+        num_samples=0,
+        seed=0,
+    )
 
 
 def write_photos(cls: str, folder: Path, n: int = 5, seed: int = 0) -> Path:
@@ -69,25 +79,28 @@ def run_demo(output_dir: str, max_steps: int = 1000, cls: str = "dog", n: int = 
 
 def write_report(out: Path, cls: str, photos: Path, before: dict, after: dict, scores: dict, per_row: int = 8) -> None:
     (out / "report").mkdir(parents=True, exist_ok=True)
-    atomic.save_image(big(grid([Image.open(p) for p in sorted(photos.glob("*.png"))], cols=8)),
-                      out / "report" / "photos.png")
+    atomic.save_image(big(grid([Image.open(p) for p in sorted(photos.glob("*.png"))], cols=8)), out / "report" / "photos.png")
     rows = []
     for name in before:
         for when, images in (("before", before), ("after", after)):
-            atomic.save_image(big(grid(images[name][:per_row], cols=per_row)),
-                              out / "report" / f"{name.replace(':', '-')}-{when}.png")
+            atomic.save_image(
+                big(grid(images[name][:per_row], cols=per_row)), out / "report" / f"{name.replace(':', '-')}-{when}.png"
+            )
         rows.append(name)
-    atomic.save_image(grid([big(grid(after[name][:per_row], cols=per_row)) for name in rows], cols=1),
-                      out / "grid.png")
+    atomic.save_image(grid([big(grid(after[name][:per_row], cols=per_row)) for name in rows], cols=1), out / "grid.png")
     from .scores import prompts
 
     asked = prompts(cls)
     table = "".join(
         f"<tr><td>{k.replace('_', ' ')}</td><td>{scores['before'].get(k, float('nan')):.2f}</td>"
-        f"<td>{scores['after'].get(k, float('nan')):.2f}</td></tr>" for k in SCORES)
+        f"<td>{scores['after'].get(k, float('nan')):.2f}</td></tr>"
+        for k in SCORES
+    )
     sections = "".join(
         f"<h3>{html.escape(asked[name])}</h3><p>before<br><img src='report/{name.replace(':', '-')}-before.png'></p>"
-        f"<p>after<br><img src='report/{name.replace(':', '-')}-after.png'></p>" for name in rows)
+        f"<p>after<br><img src='report/{name.replace(':', '-')}-after.png'></p>"
+        for name in rows
+    )
     colour, pattern = HELD_OUT[cls]
     page = (
         "<!doctype html><meta charset='utf-8'><title>DreamBooth in the world</title>"

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import atomic
-from ..training import checkpoint
 from ..config import PretrainWorldConfig
-from ..objectives.ddpm import snr_weights, training_target
-from ..training.loss import weighted_mse
 from ..families.sd import encode_prompts
+from ..objectives.ddpm import snr_weights, training_target
+from ..training import checkpoint
+from ..training.loss import weighted_mse
 from . import model as M
 from .fit import cosine, fit, progress, to_tensor
 from .render import SIZE, batch, caption
@@ -109,7 +109,9 @@ def train_diffusion(cfg: PretrainWorldConfig, out: Path, vae):
 
 
 def made_by(cfg: PretrainWorldConfig) -> str:
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(cfg).items() if k not in ("output_dir", "checkpoint_minutes"))
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(cfg).items() if k not in ("output_dir", "checkpoint_minutes")
+    )
     return (
         "# The world's base model\n\nTrained from scratch on renders of `dreambooth.world.render` by\n\n"
         f"```\ndreambooth pretrain-world --output-dir OUT {flags}\n```\n\n"

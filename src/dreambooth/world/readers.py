@@ -114,7 +114,7 @@ def read(reader: Reader, images, batch_size: int = 256) -> list[dict[str, str]]:
     found = []
     for start in range(0, len(images), batch_size):
         with torch.no_grad():
-            out = reader(to_tensor(images[start:start + batch_size]))
+            out = reader(to_tensor(images[start : start + batch_size]))
         picks = {k: out[k].argmax(1).tolist() for k in HEADS}
         found += [{k: HEADS[k][picks[k][i]] for k in HEADS} for i in range(len(picks["cls"]))]
     return found

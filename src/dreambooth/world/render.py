@@ -12,18 +12,34 @@ import numpy as np
 
 CLASSES = ("dog", "cat", "teapot", "vase", "backpack")
 COLOURS = {
-    "red": (205, 35, 35), "orange": (240, 135, 25), "yellow": (240, 215, 35), "green": (40, 150, 50),
-    "blue": (35, 75, 215), "purple": (135, 45, 175), "white": (245, 245, 245), "black": (35, 35, 35),
+    "red": (205, 35, 35),
+    "orange": (240, 135, 25),
+    "yellow": (240, 215, 35),
+    "green": (40, 150, 50),
+    "blue": (35, 75, 215),
+    "purple": (135, 45, 175),
+    "white": (245, 245, 245),
+    "black": (35, 35, 35),
 }
 PATTERNS = ("plain", "striped", "dotted")
 # context -> the words that name it in a caption (a paper prompt's phrasing); "plain" has none
 CONTEXTS = {
-    "plain": "", "beach": "on the beach", "snow": "in the snow", "grass": "on the grass",
-    "jungle": "in the jungle", "fabric": "on top of pink fabric", "wood": "on top of a wooden floor",
+    "plain": "",
+    "beach": "on the beach",
+    "snow": "in the snow",
+    "grass": "on the grass",
+    "jungle": "in the jungle",
+    "fabric": "on top of pink fabric",
+    "wood": "on top of a wooden floor",
 }
 # (colour, pattern) each class never wears in pretraining: the subjects are made of these
-HELD_OUT = {"dog": ("purple", "dotted"), "cat": ("green", "striped"), "teapot": ("red", "dotted"),
-            "vase": ("yellow", "striped"), "backpack": ("blue", "dotted")}
+HELD_OUT = {
+    "dog": ("purple", "dotted"),
+    "cat": ("green", "striped"),
+    "teapot": ("red", "dotted"),
+    "vase": ("yellow", "striped"),
+    "backpack": ("blue", "dotted"),
+}
 
 SIZE = 32  # output pixels; drawing happens at 2x
 
@@ -46,9 +62,14 @@ def random_scene(rng: np.random.Generator, held_out: bool = False, **fixed) -> S
     redrawn unless `held_out`."""
     while True:
         s = Scene(
-            cls=str(rng.choice(CLASSES)), colour=str(rng.choice(list(COLOURS))), pattern=str(rng.choice(PATTERNS)),
-            context=str(rng.choice(list(CONTEXTS))), scale=float(rng.uniform(0.3, 0.42)),
-            x=float(rng.uniform(0.38, 0.62)), ground=float(rng.uniform(0.76, 0.9)), flip=bool(rng.random() < 0.5),
+            cls=str(rng.choice(CLASSES)),
+            colour=str(rng.choice(list(COLOURS))),
+            pattern=str(rng.choice(PATTERNS)),
+            context=str(rng.choice(list(CONTEXTS))),
+            scale=float(rng.uniform(0.3, 0.42)),
+            x=float(rng.uniform(0.38, 0.62)),
+            ground=float(rng.uniform(0.76, 0.9)),
+            flip=bool(rng.random() < 0.5),
             seed=int(rng.integers(1 << 31)),
         )
         s = replace(s, **fixed)
@@ -122,6 +143,7 @@ def pattern_mask(pattern: str, xx, yy, rng) -> np.ndarray:
 
 # ----- shapes: boolean masks over the object frame (u right, v down) -----
 
+
 def ellipse(u, v, cu, cv, ru, rv):
     return ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 <= 1
 
@@ -176,7 +198,8 @@ def vase(u, v):
 
 def backpack(u, v):
     body = box(u, v, -0.5, -0.55, 0.5, 0.85) & ~(
-        (((np.abs(u) - 0.3) / 0.2) ** 2 + ((v + 0.35) / 0.2) ** 2 > 1) & (np.abs(u) > 0.3) & (v < -0.35))
+        (((np.abs(u) - 0.3) / 0.2) ** 2 + ((v + 0.35) / 0.2) ** 2 > 1) & (np.abs(u) > 0.3) & (v < -0.35)
+    )
     pocket = box(u, v, -0.35, 0.25, 0.35, 0.72)
     rim = pocket & ~box(u, v, -0.29, 0.31, 0.29, 0.66)
     loop = ellipse(u, v, 0.0, -0.65, 0.2, 0.17) & ~ellipse(u, v, 0.0, -0.65, 0.1, 0.08)
@@ -187,6 +210,7 @@ SHAPES = {"dog": dog, "cat": cat, "teapot": teapot, "vase": vase, "backpack": ba
 
 
 # ----- backgrounds: (x, y) in [0, 1] -> float image -----
+
 
 def fill(x, colour):
     return np.broadcast_to(np.array(colour, np.float32), x.shape + (3,)).copy()
@@ -242,8 +266,7 @@ def wood(x, y, rng):
     return img
 
 
-BACKGROUNDS = {"plain": plain, "beach": beach, "snow": snow, "grass": grass, "jungle": jungle, "fabric": fabric,
-               "wood": wood}
+BACKGROUNDS = {"plain": plain, "beach": beach, "snow": snow, "grass": grass, "jungle": jungle, "fabric": fabric, "wood": wood}
 
 
 def batch(rng: np.random.Generator, n: int, size: int = SIZE, **fixed) -> tuple[list[Scene], np.ndarray]:

@@ -44,15 +44,19 @@ def diversity(readings: list[dict]) -> float:
 
 def score(readings: dict[str, list[dict]], cls: str) -> dict[str, float]:
     """Scores from the readings of each prompt's samples (keys as `prompts` names them)."""
+
     def share(rs, pred):
         return sum(map(pred, rs)) / len(rs)
 
     contexts = [k.split(":", 1)[1] for k in readings if k.startswith("context:")]
     out = {"subject_fidelity": share(readings["subject"], lambda r: is_subject(r, cls))}
     if contexts:
-        out["context_fidelity"] = sum(share(readings[f"context:{c}"], lambda r: r["context"] == c) for c in contexts) / len(contexts)
-        out["subject_in_context"] = sum(share(readings[f"context:{c}"], lambda r: r["context"] == c and is_subject(r, cls))
-                                        for c in contexts) / len(contexts)
+        out["context_fidelity"] = sum(share(readings[f"context:{c}"], lambda r: r["context"] == c) for c in contexts) / len(
+            contexts
+        )
+        out["subject_in_context"] = sum(
+            share(readings[f"context:{c}"], lambda r: r["context"] == c and is_subject(r, cls)) for c in contexts
+        ) / len(contexts)
     out["class_fidelity"] = share(readings["class"], lambda r: r["cls"] == cls)
     out["class_drift"] = share(readings["class"], lambda r: is_subject(r, cls))
     of_class = [r for r in readings["class"] if r["cls"] == cls]
@@ -60,11 +64,19 @@ def score(readings: dict[str, list[dict]], cls: str) -> dict[str, float]:
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def sample_and_score(pipe, reader, cls: str, n: int = 32, seed: int = 1000, steps: int = 25, guidance: float = 4.0,
-                     identifier: str = "sks", contexts=None) -> tuple[dict[str, float], dict[str, list]]:
+def sample_and_score(
+    pipe,
+    reader,
+    cls: str,
+    n: int = 32,
+    seed: int = 1000,
+    steps: int = 25,
+    guidance: float = 4.0,
+    identifier: str = "sks",
+    contexts=None,
+) -> tuple[dict[str, float], dict[str, list]]:
     """Draw `n` samples of each prompt (same seeds for every model, so before/after compare like for like), read, score."""
     asked = prompts(cls, identifier) if contexts is None else prompts(cls, identifier, tuple(contexts))
     images = {name: draw(pipe, p, n, seed, steps, guidance, 32, batch_size=n) for name, p in asked.items()}
     readings = {name: read(reader, imgs) for name, imgs in images.items()}
     return score(readings, cls), images
-
