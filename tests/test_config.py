@@ -1,8 +1,9 @@
 import pytest
 
 from dreambooth.cli import build_parser, config_from_args
-from dreambooth.config import TrainConfig, check_train, from_dict
+from dreambooth.config import TrainConfig, check_train
 from dreambooth.errors import UsageError
+from dreambooth.fields import from_dict
 
 CLEAN = [
     "train",

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from . import config as C
+from . import fields as F
 from .errors import TrainingError, UsageError
 
 
@@ -22,10 +23,10 @@ class Parser(argparse.ArgumentParser):
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     parser.add_argument("--config", help="YAML file with any of these settings; flags override it")
-    for f in C.fields_of(cls):
-        names = ["--" + n for n in C.all_names(f)]
-        kind = C.field_type(cls, f)
-        default = C.default_of(f)
+    for f in F.fields_of(cls):
+        names = ["--" + n for n in F.all_names(f)]
+        kind = F.field_type(cls, f)
+        default = F.default_of(f)
         default = default.value if isinstance(default, enum.Enum) else default
         help_text = f"{f.metadata['help']} (default: {default!r})"
         if kind is bool:
@@ -56,10 +57,10 @@ def config_from_args(cls, args: argparse.Namespace):
     values = vars(args).copy()
     yaml_path = values.pop("config", None)
     values.pop("command", None)
-    from_file = C.parse(cls, C.read_yaml(yaml_path), source=f"--config {yaml_path}") if yaml_path else {}
-    by_name = {f.name: f for f in C.fields_of(cls)}
-    flags = {k: C.coerce(cls, by_name[k], v, C.flag_name(by_name[k])) for k, v in values.items() if k in by_name}
-    return C.settings(cls, **{**from_file, **flags})
+    from_file = F.parse(cls, F.read_yaml(yaml_path), source=f"--config {yaml_path}") if yaml_path else {}
+    by_name = {f.name: f for f in F.fields_of(cls)}
+    flags = {k: F.coerce(cls, by_name[k], v, F.flag_name(by_name[k])) for k, v in values.items() if k in by_name}
+    return F.settings(cls, **{**from_file, **flags})
 
 
 def build_parser() -> Parser:

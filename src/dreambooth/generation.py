@@ -8,8 +8,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import atomic
-from .config import GenerateConfig, check_generate, to_yaml
+from .config import GenerateConfig, check_generate
 from .errors import UsageError
+from .fields import to_yaml
 from .lora.files import find_weights, load_lora, training_config
 from .models import load_pipeline, load_vae, native_resolution
 from .sampling import draw, grid

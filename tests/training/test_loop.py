@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import dreambooth.training.loop as train_mod
 from dreambooth.config import TrainConfig
 from dreambooth.lora.files import WEIGHT_NAME
+from dreambooth.training.setup import set_up
 
 
 def small(photos, out, **kw) -> TrainConfig:
@@ -192,7 +193,7 @@ def test_base_prediction_prior_needs_no_class_images_and_starts_at_zero_loss(pho
 
     # Before any step the LoRA is the identity, so the model's class predictions equal the base model's:
     # the class half of the loss is exactly zero while the instance half is not.
-    run = train_mod.set_up(dataclasses.replace(cfg, model="tiny-sdxl", output_dir=str(tmp_path / "sdxl")))
+    run = set_up(dataclasses.replace(cfg, model="tiny-sdxl", output_dir=str(tmp_path / "sdxl")))
     unet = run.models["unet"]
 
     def loss():
@@ -286,7 +287,7 @@ PINNED_SETTINGS = {  # epsilon with base-prediction prior; v with min-SNR weight
 def test_first_steps_losses_are_pinned(model, tmp_path):
     from conftest import SAMPLE
 
-    run = train_mod.set_up(
+    run = set_up(
         TrainConfig(
             model=model,
             instance_dir=str(SAMPLE),

@@ -21,21 +21,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import atomic
-from ..config import (
-    BenchConfig,
-    EvaluateConfig,
-    GenerateConfig,
-    TrainConfig,
-    all_names,
-    check_bench,
-    fields_of,
-    from_dict,
-    read_yaml,
-    saved_settings,
-    to_dict,
-    to_yaml,
-)
+from ..config import BenchConfig, EvaluateConfig, GenerateConfig, TrainConfig, check_bench
 from ..errors import UsageError
+from ..fields import all_names, fields_of, from_dict, read_yaml, saved_settings, to_dict, to_yaml
 from ..lora.files import WEIGHT_NAME
 from ..training.photos import slug
 from . import bench_report, dreambench

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
-from ..config import saved_settings
 from ..errors import UsageError
+from ..fields import saved_settings
 from ..training.identifier import guess_identifier
 from ..training.photos import IMAGE_SUFFIXES
 

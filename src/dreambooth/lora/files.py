@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from .. import atomic
-from ..config import saved_settings
 from ..errors import UsageError
+from ..fields import saved_settings
 from .adapter import ADAPTER, find_module
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"

@@ -1,4 +1,5 @@
-"""DreamBooth + LoRA training: set up -> loop -> finish, and the step in between.
+"""DreamBooth + LoRA training: set up -> loop -> finish, and with the step in between (setup.py builds the run, step.py
+holds one step's loss).
 
 Nothing random lives in process state: each example's photo, flip, crop, noise and timestep come from a
 generator keyed by its position in the stream (batches.py), LoRA dropout from (seed, micro-step). So a run
@@ -8,99 +9,29 @@ train what one process with N times the batch would.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import atomic
-from ..config import PriorMode, TrainConfig, check_train, to_yaml
-from ..errors import TrainingError, UsageError, warn
-from ..families import Family, text_encoders, tokenizers
-from ..lora.adapter import adapters_off, add_lora
+from ..config import TrainConfig
+from ..errors import TrainingError
 from ..lora.files import save_lora
-from ..models import Base, describe, load_pipeline, load_vae
 from ..sampling import draw, grid
 from . import checkpoint
-from .batches import Examples
 from .card import model_card
-from .class_images import bank_dir, ensure_class_images
-from .identifier import check_identifier
-from .loss import dreambooth_loss, finite_loss
-from .photos import load_folder
+from .loss import finite_loss
+from .setup import Run, resume, set_up
+from .step import step_loss
 from .stopping import stop_on_ctrl_c
 
 Event = Callable[[dict], None]
 
 
 # ---------------------------------------------------------------- one step
-
-
-def step_loss(cfg: TrainConfig, family: Family, denoiser, noise_scheduler, examples: Examples, micro_step: int):
-    """Loss of one micro-batch: noise the latents at random timesteps, predict, compare with the target.
-    Returns (total, instance, prior) losses."""
-    objective = family.objective
-    batch = examples.batch(micro_step)
-    latents = batch.latents
-    noise = torch.cat([torch.randn((1, *latents.shape[1:]), generator=g) for g in batch.rngs]).to(latents.device, latents.dtype)
-    timesteps = objective.timesteps(noise_scheduler, batch.rngs, latents.device)
-    noisy = objective.noise(noise_scheduler, latents, noise, timesteps)
-    prompts = examples.encode(batch.prompts)
-    torch.manual_seed(cfg.seed * 1_000_003 + micro_step)  # LoRA dropout draws from the global generator
-    pred = family.denoise(denoiser, noisy, timesteps, prompts, batch.geometry)
-    target = objective.target(noise_scheduler, latents, noise, timesteps)
-    if cfg.prior() is PriorMode.BASE_PREDICTION:
-        n = batch.num_class
-        base = base_prediction(
-            family, denoiser, examples.base_encode(batch.prompts[-n:]), noisy[-n:], timesteps[-n:], batch.geometry[-n:]
-        )
-        target = torch.cat([target[:-n], base])
-    weights = objective.weights(noise_scheduler, timesteps, cfg.snr_gamma)
-    return dreambooth_loss(pred, target, batch.num_class, cfg.prior_loss_weight, weights)
-
-
-def base_prediction(family: Family, denoiser, prompts, noisy: torch.Tensor, timesteps: torch.Tensor, geometry: torch.Tensor):
-    """The frozen base model's output for the class half of the batch: what prior preservation keeps."""
-    base = unwrap(denoiser)  # no DistributedDataParallel hooks for a forward that never goes backward
-    with torch.no_grad(), adapters_off(base):
-        return family.denoise(base, noisy, timesteps, prompts, geometry)
-
-
-def unwrap(model):
-    return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
-
-
-@dataclass
-class Run:
-    """What the loop works with, made by `set_up`."""
-
-    cfg: TrainConfig  # with the model's resolution, alpha, targets and class folder filled in
-    pipe: Any
-    base: Base
-    accelerator: Any
-    models: dict[str, torch.nn.Module]  # the trained components as accelerate prepared them
-    named: dict[str, torch.nn.Module]  # the same, unwrapped: what checkpoints and the LoRA file hold
-    optimizer: Any
-    lr_scheduler: Any
-    noise_scheduler: Any
-    examples: Examples
-    trainable: list[torch.nn.Parameter]  # listed once, not every step
-    out: Path
-    offload: Callable[[], object]  # frozen parts off the GPU while training ...
-    onload: Callable[[], object]  # ... and back for drawing
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process  # with several processes only the first writes anything
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.out / "checkpoints"
 
 
 def optimizer_step(run: Run, step: int) -> torch.Tensor:
@@ -119,236 +50,6 @@ def optimizer_step(run: Run, step: int) -> torch.Tensor:
             run.optimizer.zero_grad(set_to_none=True)
     run.lr_scheduler.step()
     return loss
-
-
-# ---------------------------------------------------------------- set up
-
-
-def check_paths(cfg: TrainConfig) -> None:
-    out = Path(cfg.output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")
-    if cfg.class_dir and Path(cfg.class_dir).expanduser().is_file():
-        raise UsageError(f"--class-dir {cfg.class_dir}: is a file; pass a folder path")
-
-
-def make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UsageError("--mixed-precision fp16: needs a CUDA GPU; use bf16 or no on this machine")
-    # accelerate keeps its settings in process-wide singletons; a second run in the same process
-    # (Python API, tests, a UI worker) may ask for another precision or accumulation.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    # cpu=True lets accelerate run several CPU processes (gloo) when launched with torchrun / accelerate launch
-    return Accelerator(
-        mixed_precision=cfg.mixed_precision.value,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        cpu=not torch.cuda.is_available(),
-    )
-
-
-def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.device):
-    if cfg.use_8bit_adam:
-        if device.type == "cuda":
-            try:
-                import bitsandbytes as bnb
-
-                return bnb.optim.AdamW8bit(
-                    param_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
-                )
-            except ImportError:
-                warn("--use-8bit-adam: bitsandbytes is not installed (pip install bitsandbytes); using AdamW")
-        else:
-            warn("--use-8bit-adam: bitsandbytes needs CUDA; using AdamW on this device")
-    # fused kernels on CUDA; elsewhere foreach (one op over all tensors) beats a Python loop over ~200 LoRA tensors
-    cuda = device.type == "cuda"
-    return torch.optim.AdamW(
-        param_groups,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.adam_weight_decay,
-        eps=cfg.adam_epsilon,
-        fused=cuda,
-        foreach=not cuda,
-    )
-
-
-def resolved(cfg: TrainConfig, base: Base) -> TrainConfig:
-    """The settings with what the model decides filled in: resolution, alpha, LoRA targets, class-image folder."""
-    cfg = dataclasses.replace(
-        cfg,
-        resolution=cfg.resolution or base.native_resolution,
-        lora_alpha=float(cfg.lora_alpha or cfg.rank),
-        target_modules=cfg.target_modules or list(base.family.denoiser_targets),
-        text_encoder_target_modules=cfg.text_encoder_target_modules or list(base.family.text_encoder_targets),
-    )
-    if cfg.prior() is PriorMode.GENERATED and not cfg.class_dir:
-        cfg = dataclasses.replace(
-            cfg,
-            class_dir=str(
-                bank_dir(
-                    cfg.model, cfg.vae, cfg.class_prompt, cfg.resolution, cfg.class_image_steps, cfg.guidance_scale, cfg.seed
-                )
-            ),
-        )
-    return cfg
-
-
-def sampling_precision(accelerator):
-    """Class images on a GPU are drawn in fp16: twice as fast, and the images are the same to the eye."""
-    import contextlib
-
-    if accelerator.device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext
-
-
-def class_photos(cfg: TrainConfig, pipe, accelerator) -> list:
-    """The class images of generated prior preservation, drawn first where missing (shared between processes)."""
-    if cfg.prior() is not PriorMode.GENERATED:
-        return []
-    pipe.to(accelerator.device)
-    ensure_class_images(
-        pipe,
-        cfg.class_prompt,
-        cfg.class_dir,
-        cfg.num_class_images,
-        cfg.resolution,
-        cfg.seed,
-        cfg.class_image_steps,
-        cfg.sample_batch_size,
-        cfg.guidance_scale,
-        sampling_precision(accelerator),
-        shard=(accelerator.process_index, accelerator.num_processes),
-        barrier=accelerator.wait_for_everyone,
-    )
-    accelerator.wait_for_everyone()
-    return load_folder(cfg.class_dir, "--class-dir")[: cfg.num_class_images]
-
-
-def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
-    """Freeze everything, move it to the device in the compute dtype, add LoRA adapters; returns the trained
-    components by name and the optimiser's parameter groups."""
-    denoiser = getattr(pipe, family.denoiser)
-    encoders = text_encoders(pipe, family)
-    for m in [denoiser, pipe.vae, *encoders.values()]:
-        m.requires_grad_(False)
-        m.to(device, dtype=weight_dtype)
-    torch.manual_seed(cfg.seed)  # LoRA's initial weights
-    trained = {family.denoiser: denoiser}
-    groups = [
-        {"params": add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules), "lr": cfg.learning_rate}
-    ]
-    if cfg.train_text_encoder:
-        for name, encoder in encoders.items():
-            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules)
-            groups.append({"params": params, "lr": cfg.text_encoder_lr})
-            trained[name] = encoder
-    for name, m in trained.items():
-        m.train()
-        if cfg.gradient_checkpointing:
-            m.enable_gradient_checkpointing() if name == family.denoiser else m.gradient_checkpointing_enable()
-    return trained, groups
-
-
-def set_up(cfg: TrainConfig) -> Run:
-    """Check the settings, load the photos and the base model, write the effective config, draw class images; then
-    `prepare` the run."""
-    check_train(cfg)
-    check_paths(cfg)
-    photos = load_folder(cfg.instance_dir, "--instance-dir")
-    accelerator = make_accelerator(cfg)
-    pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
-    if cfg.vae:
-        pipe.vae = load_vae(cfg.vae)
-    base = describe(pipe, cfg.model)
-    cfg = resolved(cfg, base)
-    if accelerator.is_main_process:
-        out = Path(cfg.output_dir).expanduser()
-        check_identifier(pipe.tokenizer, cfg.instance_prompt, cfg.class_prompt)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out / "config.yaml", to_yaml(cfg))
-        print(f"{cfg.model}: {base.summary()}; {len(photos)} photos at {cfg.resolution} px", flush=True)
-    return prepare(cfg, pipe, base, photos, class_photos(cfg, pipe, accelerator), accelerator)
-
-
-def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, accelerator) -> Run:
-    """Adapters on the loaded base, the optimiser and schedule, the example stream; on a GPU every embedding is
-    computed up front and the frozen parts leave it. `cfg` is `resolved` for this base."""
-    from diffusers.optimization import get_scheduler
-
-    family = base.family
-    device, weight_dtype = accelerator.device, cfg.mixed_precision.dtype
-    trained, groups = adapt(cfg, pipe, family, device, weight_dtype)
-    optimizer = make_optimizer(cfg, groups, device)
-    lr_scheduler = get_scheduler(
-        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
-    )
-    if device.type == "cuda":
-        trained[family.denoiser].to(memory_format=torch.channels_last)  # cuDNN's fast convolution layout
-    *prepared, optimizer = accelerator.prepare(*trained.values(), optimizer)
-    models = dict(zip(trained, prepared))
-    if cfg.compile:
-        models[family.denoiser] = torch.compile(models[family.denoiser])
-    encoders = [models.get(name, m) for name, m in text_encoders(pipe, family).items()]
-    examples = Examples(
-        cfg,
-        family,
-        pipe.vae,
-        tokenizers(pipe, family),
-        encoders,
-        device,
-        weight_dtype,
-        photos,
-        classes,
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
-    offload: Callable[[], object] = lambda: None  # noqa: E731
-    onload: Callable[[], object] = lambda: None  # noqa: E731
-    if device.type == "cuda":
-        # Everything the frozen VAE and text encoders will ever be asked during training, asked now;
-        # then they leave the GPU (and come back only to draw validation images).
-        examples.precompute()
-        frozen = ([pipe.vae] if cfg.center_crop else []) + (
-            [] if cfg.train_text_encoder else list(text_encoders(pipe, family).values())
-        )
-        offload = lambda: [m.to("cpu") for m in frozen]  # noqa: E731
-        onload = lambda: [m.to(device) for m in frozen]  # noqa: E731
-        offload()
-    return Run(
-        cfg,
-        pipe,
-        base,
-        accelerator,
-        models,
-        {name: accelerator.unwrap_model(m) for name, m in models.items()},
-        optimizer,
-        lr_scheduler,
-        family.objective.scheduler(pipe.scheduler.config),
-        examples,
-        [p for m in models.values() for p in m.parameters() if p.requires_grad],
-        Path(cfg.output_dir).expanduser(),
-        offload,
-        onload,
-    )
-
-
-def resume(run: Run) -> int:
-    """The step to start from: 0, or that of the newest checkpoint when --resume (weights, optimiser, schedule restored)."""
-    checkpoint.remove_partial(run.checkpoints)
-    if not run.cfg.resume:
-        return 0
-    found = checkpoint.newest(run.checkpoints)
-    if found is None:
-        warn(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
-        return 0
-    step = checkpoint.load(found, run.named, run.optimizer, run.lr_scheduler)
-    if run.main:
-        print(f"resumed from {found.name} (step {step})", flush=True)
-    return step
 
 
 # ---------------------------------------------------------------- the loop

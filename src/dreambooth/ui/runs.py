@@ -16,7 +16,7 @@ import re
 import time
 from pathlib import Path
 
-from ..config import saved_settings
+from ..fields import saved_settings
 from ..lora.files import WEIGHT_NAME
 from ..training.photos import slug
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from PIL import Image
 
 from .. import atomic
-from ..config import TrainConfig, settings
+from ..config import TrainConfig
+from ..fields import settings
 from ..sampling import grid
 from . import MODEL, TEXT_ENCODER_SCALE, folder
 from .render import HELD_OUT, render, subject_scenes
