@@ -1,7 +1,7 @@
 import pytest
 
 from dreambooth.cli import build_parser, config_from_args
-from dreambooth.config import TrainConfig, check_train
+from dreambooth.config import GenerateConfig, TrainConfig, check_train
 from dreambooth.errors import UsageError
 from dreambooth.fields import from_dict
 
@@ -176,3 +176,47 @@ def test_non_finite_numbers_are_refused():
         parse(["train", "--prior-loss-weight", "nan"])
     with pytest.raises(UsageError, match="key 'learning_rate'"):
         from_dict(TrainConfig, {"learning_rate": float("inf")}, source="run.yaml")
+
+
+def parse_args(argv):
+    args = build_parser().parse_args(argv)
+    return config_from_args({"train": TrainConfig, "generate": GenerateConfig}[argv[0]], args)
+
+
+def test_an_embedded_models_recommended_settings_are_its_defaults(tmp_path):
+    from dreambooth.models import EMBEDDED
+
+    world = parse_args(["train", "--model", "world", "--instance-dir", "p", "--instance-prompt", "a photo of sks dog"])
+    for name, value in EMBEDDED["world"].train.items():
+        assert getattr(world, name) == value, name
+    assert (world.learning_rate, world.snr_gamma, world.train_text_encoder) == (1e-3, 5.0, True)
+    # a flag or a YAML key still wins; a model without recommendations keeps the general defaults
+    (tmp_path / "run.yaml").write_text("rank: 4\nmax_steps: 7\n")
+    mine = parse_args(["train", "--model", "world", "--config", str(tmp_path / "run.yaml"), "--max-steps", "9"])
+    assert (mine.rank, mine.max_steps, mine.learning_rate) == (4, 9, 1e-3)
+    assert parse_args(["train", "--model", "tiny"]).learning_rate == TrainConfig().learning_rate == 5e-4
+    (tmp_path / "run2.yaml").write_text("model: world\n")
+    assert parse_args(["train", "--config", str(tmp_path / "run2.yaml")]).rank == 8  # the model named in the YAML counts
+
+
+def test_generate_takes_the_recommended_settings_of_the_model_the_lora_was_trained_on(tmp_path):
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "config.yaml").write_text("model: world\n")
+    cfg = parse_args(["generate", "--lora", str(lora), "--prompt", "a photo of sks dog"])
+    assert (cfg.guidance, cfg.steps, cfg.text_encoder_scale) == (4.0, 25, 0.8)
+    assert parse_args(["generate", "--lora", str(lora), "--prompt", "x", "--guidance", "6"]).guidance == 6.0
+    assert parse_args(["generate", "--prompt", "x"]).guidance == GenerateConfig().guidance == 7.5
+
+
+def test_modes_are_types_and_the_saved_yaml_holds_their_names():
+    from dreambooth.config import Precision, PriorMode
+    from dreambooth.fields import to_yaml
+
+    cfg = TrainConfig(prior_mode="base-prediction", mixed_precision="bf16", with_prior_preservation=True)
+    assert cfg.prior() is PriorMode.BASE_PREDICTION and cfg.mixed_precision is Precision.BF16
+    assert TrainConfig(prior_mode="base-prediction").prior() is None  # without prior preservation no mode is in force
+    text = to_yaml(cfg)
+    assert "prior_mode: base-prediction" in text and "mixed_precision: bf16" in text
+    with pytest.raises(UsageError, match="--prior-mode.*'classes' is not one of generated, base-prediction"):
+        parse_args(["train", "--prior-mode", "classes"])

@@ -7,7 +7,7 @@ Each command is a function here, taking its config dataclass:
     lora_dir = train(TrainConfig(model="tiny", instance_dir="photos", instance_prompt="a photo of sks dog", output_dir="run"))
     generate(GenerateConfig(lora=str(lora_dir), prompt="a photo of sks dog on the grass", output_dir="images"))
 
-`dreambooth.config.settings(TrainConfig, model="world", ...)` builds a config over an embedded model's recommended
+`dreambooth.fields.settings(TrainConfig, model="world", ...)` builds a config over an embedded model's recommended
 settings, as the command line does. The functions import torch only when called.
 """
 

@@ -117,12 +117,17 @@ NOT_COMPARED = (
 )
 
 
+# Left empty, these are decided by the model (its size, alpha = rank, its family's LoRA targets); train writes the
+# values it used, so an empty wanted value matches any saved one.
+MODEL_DECIDES = ("resolution", "lora_alpha", "target_modules", "text_encoder_target_modules")
+
+
 def differences(saved: dict, wanted: TrainConfig) -> list[str]:
     """Settings in which a LoRA folder's config.yaml differs from the training the bench would run."""
     out = []
     for key, value in to_dict(wanted).items():
-        if key in NOT_COMPARED or key not in saved or (key in ("resolution", "lora_alpha") and not value):
-            continue  # resolution 0 and lora_alpha 0 mean "the model's size" and "= rank": train writes the real values
+        if key in NOT_COMPARED or key not in saved or (key in MODEL_DECIDES and not value):
+            continue
         if saved[key] != value:
             out.append(f"{key} {saved[key]!r}, not {value!r}")
     return out

@@ -4,44 +4,13 @@ folder asks which family a model is; it asks the family. `docs/adding-a-family.m
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from ..objectives import Objective
+from .base import Family, PromptEmbeddings, checkpoint_has
 
-# Prompt embeddings as a family makes them: named tensors, batch first (e.g. "hidden", "pooled").
-PromptEmbeddings = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str  # written into LoRA headers: "sd", "sdxl"
-    title: str  # in logs and model cards
-    pipeline_class: str  # the diffusers pipeline class that loads it (and a LoRA made for it)
-    denoiser: str  # pipeline component that gets the main LoRA: "unet"
-    text_encoders: tuple[str, ...]  # pipeline components, in the order encode_prompts takes them
-    tokenizers: tuple[str, ...]
-    objective: Objective  # noising, training target, timesteps, loss weights
-    recognise: Callable[[Any], bool]  # a loaded pipeline is of this family
-    recognise_file: Callable[[Path], bool]  # a single-file checkpoint is of this family
-    versions: tuple[str, ...]  # the released generations of the family ("sd1", "sd2")
-    version: Callable[[Any], str]  # which of them a loaded base is, "" when none (a custom or test model)
-    native_resolution: Callable[[Any], int]  # pixels the base was trained at
-    encode_prompts: Callable[[list, list, list[str], Any], PromptEmbeddings]  # (tokenizers, encoders, prompts, device)
-    # (denoiser, noisy latents, timesteps, prompt embeddings, per-example geometry [orig h, orig w, top, left, h, w])
-    denoise: Callable[[Any, torch.Tensor, torch.Tensor, PromptEmbeddings, torch.Tensor], torch.Tensor]
-    denoiser_targets: tuple[str, ...]  # default LoRA targets
-    text_encoder_targets: tuple[str, ...]
-    kohya_prefixes: dict[str, str]  # pipeline component -> kohya's key prefix
-    kohya_module: Callable[[str, Any], str]  # (denoiser module path, denoiser config) -> the module name kohya writes
-    kohya_base_version: Callable[[str], str]  # version -> sd-scripts' ss_base_model_version
-    adapters_words: tuple[str, str]  # model card: (denoiser only, with the text encoder(s))
-    legacy_names: tuple[str, ...] = ()  # what older LoRA headers wrote as the family
-    single_file_options: Callable[[], dict] = dict  # extra keywords for the pipeline's from_single_file
+__all__ = ["Family", "PromptEmbeddings", "checkpoint_has", "all_families", "family_of", "family_of_file", "by_name"]
 
 
 def all_families() -> list[Family]:
@@ -88,14 +57,3 @@ def text_encoders(pipe, family: Family) -> dict[str, torch.nn.Module]:
 
 def tokenizers(pipe, family: Family) -> list:
     return [getattr(pipe, n) for n in family.tokenizers]
-
-
-def checkpoint_has(path: Path, prefix: str) -> bool:
-    """A single-file checkpoint holds a tensor whose name starts with `prefix` (read from its header only)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return any(k.startswith(prefix) for k in f.keys())
-    except Exception:  # safetensors raises its own error type for a damaged header
-        return False

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from ..objectives.ddpm import DDPM
-from . import Family, PromptEmbeddings
-from .clip import load_clip_tokenizer, tokenize
+from .base import Family, PromptEmbeddings, checkpoint_has
+from .clip import load_clip_tokenizer, tiny_text_encoder, tokenize
 from .unet import CLIP_TARGETS, UNET_TARGETS, native_resolution
 
 WIDTHS = {768: "sd1", 1024: "sd2"}  # the text encoder's width tells the generation apart
@@ -24,8 +24,6 @@ def recognise(pipe) -> bool:
 
 
 def recognise_file(path: Path) -> bool:
-    from . import checkpoint_has
-
     return checkpoint_has(path, "model.diffusion_model.") and not checkpoint_has(path, "conditioner.embedders.1")
 
 
@@ -90,7 +88,6 @@ def build_tiny(prediction_type: str = "epsilon", seed: int = 0):
     `tiny` loads onto the `tiny` built by any later command.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = load_clip_tokenizer()
     torch.manual_seed(seed)
@@ -117,20 +114,7 @@ def build_tiny(prediction_type: str = "epsilon", seed: int = 0):
         norm_num_groups=32,
         sample_size=64,
     )
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = tiny_text_encoder(tokenizer, projection=False, seed=seed + 2)
     scheduler = DDPMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import UsageError
 from ..objectives.ddpm import DDPM
-from . import Family, PromptEmbeddings, checkpoint_has
+from .base import Family, PromptEmbeddings, checkpoint_has
 from .clip import load_clip_tokenizer, tiny_text_encoder, tokenize
 from .unet import CLIP_TARGETS, UNET_TARGETS, native_resolution
 

@@ -1,0 +1,37 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dreambooth.families import all_families, by_name, family_of, family_of_file, sd
+from dreambooth.models import EMBEDDED, describe, load_pipeline
+
+
+@pytest.mark.parametrize("name", list(EMBEDDED))
+def test_every_embedded_model_is_of_the_family_the_registry_names(name):
+    pipe = load_pipeline(name)
+    base = describe(pipe, name)
+    assert family_of(pipe).name == EMBEDDED[name].family == base.family.name
+    assert base.version == name  # an embedded model reports itself by its own name, not by its text encoder's width
+
+
+def test_names_in_lora_headers_old_and_new_map_to_families():
+    assert by_name("sd").name == by_name("sd1").name == by_name("tiny").name == "sd"
+    assert by_name("sdxl").name == by_name("tiny-sdxl").name == "sdxl"
+    assert by_name("flux") is None and by_name("") is None
+    assert len({f.name for f in all_families()}) == len(all_families())
+
+
+def test_sd_prompt_embeddings_are_the_pipelines_own():
+    pipe = sd.build_tiny()
+    prompts = ["a photo of sks dog", "a photo of a dog"]
+    ours = sd.FAMILY.encode_prompts([pipe.tokenizer], [pipe.text_encoder], prompts, "cpu")
+    reference = pipe.encode_prompt(prompts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
+    assert set(ours) == {"hidden"} and torch.allclose(ours["hidden"], reference, atol=1e-6)
+
+
+def test_single_file_checkpoints_are_told_apart_by_their_tensor_names(tmp_path):
+    unet, second_encoder = "model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.ln_final.weight"
+    save_file({unet: torch.zeros(1)}, str(tmp_path / "sd.safetensors"))
+    save_file({unet: torch.zeros(1), second_encoder: torch.zeros(1)}, str(tmp_path / "xl.safetensors"))
+    assert family_of_file(tmp_path / "sd.safetensors").name == "sd"
+    assert family_of_file(tmp_path / "xl.safetensors").name == "sdxl"
