@@ -220,3 +220,18 @@ def test_modes_are_types_and_the_saved_yaml_holds_their_names():
     assert "prior_mode: base-prediction" in text and "mixed_precision: bf16" in text
     with pytest.raises(UsageError, match="--prior-mode.*'classes' is not one of generated, base-prediction"):
         parse_args(["train", "--prior-mode", "classes"])
+
+
+def test_the_readme_train_command_on_world_trains_what_the_demo_trains(tmp_path):
+    import dataclasses
+
+    from dreambooth.world import DEMO_STEPS
+    from dreambooth.world.demo import demo_train_config
+
+    photos, out = tmp_path / "demo-run" / "subject", tmp_path / "runs" / "world-dog"
+    readme = parse_args(
+        ["train", "--model", "world", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog",
+         "--with-prior-preservation", "--class-prompt", "a photo of a dog", "--output-dir", str(out)]
+    )  # fmt: skip
+    # the same run but for the model card's samples, which the demo leaves out
+    assert dataclasses.replace(readme, num_samples=0) == demo_train_config("dog", photos, out, DEMO_STEPS)

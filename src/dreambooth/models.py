@@ -127,6 +127,8 @@ def quiet_libraries() -> None:
 
     dlog.set_verbosity_error()
     tlog.set_verbosity_error()
+    dlog.disable_progress_bar()  # "Loading pipeline components", "Loading weights": ours show the work that matters
+    tlog.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 

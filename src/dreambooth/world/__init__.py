@@ -9,6 +9,7 @@ from ..models import EMBEDDED, recommended
 
 MODEL = "world"
 TEXT_ENCODER_SCALE = recommended(MODEL, "generate")["text_encoder_scale"]  # the identifier drowns context words at 1.0
+DEMO_STEPS = recommended(MODEL, "train")["max_steps"]
 
 
 def folder() -> Path:

@@ -6,8 +6,8 @@ import argparse
 
 from ..config import PretrainWorldConfig, check_pretrain_world
 from ..errors import UsageError
+from . import DEMO_STEPS
 
-DEMO_STEPS = 1000
 CLASSES = ("dog", "cat", "teapot", "vase", "backpack")  # render.CLASSES, without importing numpy for --help
 
 

@@ -16,7 +16,7 @@ from .. import atomic
 from ..config import TrainConfig
 from ..fields import settings
 from ..sampling import grid
-from . import MODEL, TEXT_ENCODER_SCALE, folder
+from . import DEMO_STEPS, MODEL, TEXT_ENCODER_SCALE, folder
 from .render import HELD_OUT, render, subject_scenes
 from .scores import SCORES
 
@@ -49,7 +49,7 @@ def big(image: Image.Image) -> Image.Image:
     return image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.Resampling.NEAREST)
 
 
-def run_demo(output_dir: str, max_steps: int = 1000, cls: str = "dog", n: int = 32, contexts=None) -> dict:
+def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: int = 32, contexts=None) -> dict:
     """`contexts`: the contexts to ask for the subject in (default: all but plain)."""
     from ..lora.files import load_lora
     from ..models import load_pipeline
