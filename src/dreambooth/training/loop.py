@@ -61,23 +61,19 @@ def save_checkpoint(run: Run, step: int) -> Path:
     )
 
 
-def validate(run: Run, step: int, emit: Event | None) -> None:
+def save_samples(run: Run, prompt: str, num: int, path: Path) -> None:
+    """A grid of `num` images of `prompt` drawn by the model as it is now, with the run's sampling settings."""
     cfg = run.cfg
-    run.onload()
-    images = draw(
-        run.pipe,
-        cfg.validation_prompt,
-        cfg.num_validation_images,
-        cfg.seed,
-        cfg.sample_steps,
-        cfg.guidance_scale,
-        cfg.resolution,
-        cfg.sample_batch_size,
-        autocast=run.accelerator.autocast,
-    )
-    run.offload()
-    path = run.out / "validation" / f"step-{step:06d}.png"
+    images = draw(run.pipe, prompt, num, cfg.seed, cfg.sample_steps, cfg.guidance_scale, cfg.resolution,
+                  cfg.sample_batch_size, autocast=run.accelerator.autocast)  # fmt: skip
     atomic.save_image(grid(images), path)
+
+
+def validate(run: Run, step: int, emit: Event | None) -> None:
+    path = run.out / "validation" / f"step-{step:06d}.png"
+    run.onload()
+    save_samples(run, run.cfg.validation_prompt, run.cfg.num_validation_images, path)
+    run.offload()
     if emit:
         emit({"kind": "validation", "step": step, "path": str(path)})
 
@@ -160,18 +156,7 @@ def finish(run: Run, loss_value: float | None, seconds: float) -> None:
 
         export_with(run.pipe, run.out / "pytorch_lora_weights.safetensors", cfg.export, model=cfg.model)
     if cfg.num_samples:
-        images = draw(
-            run.pipe,
-            cfg.validation_prompt or cfg.instance_prompt,
-            cfg.num_samples,
-            cfg.seed,
-            cfg.sample_steps,
-            cfg.guidance_scale,
-            cfg.resolution,
-            cfg.sample_batch_size,
-            autocast=run.accelerator.autocast,
-        )
-        atomic.save_image(grid(images), run.out / "samples.png")
+        save_samples(run, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, run.out / "samples.png")
     atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds))
     print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}", flush=True)
 
