@@ -177,7 +177,7 @@ def set_up(args, device: torch.device, mixed_precision: str, work: Path):
     from transformers.utils import logging as tlog
 
     from dreambooth.models import describe
-    from dreambooth.training.loop import make_accelerator, prepare, resolved
+    from dreambooth.training.setup import make_accelerator, prepare, resolved
 
     dlog.set_verbosity_error()
     tlog.set_verbosity_error()

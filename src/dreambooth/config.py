@@ -23,11 +23,17 @@ class PriorMode(str, enum.Enum):
     GENERATED = "generated"  # class images drawn by the base model (the paper)
     BASE_PREDICTION = "base-prediction"  # the frozen base model's prediction on the photos' own noised latents
 
+    def __str__(self) -> str:  # in messages and the model card, the value the flag takes
+        return self.value
+
 
 class Precision(str, enum.Enum):
     NO = "no"
     FP16 = "fp16"
     BF16 = "bf16"
+
+    def __str__(self) -> str:
+        return self.value
 
     @property
     def dtype(self):
@@ -183,26 +189,6 @@ class ExportConfig:
         ("pretrained_model_name_or_path",),
     )
     allow_pickle: bool = opt(False, "read .pt/.bin LoRA files (with torch.load(weights_only=True)); only files you trust")
-
-
-@dataclass
-class PretrainWorldConfig:
-    output_dir: str = opt("world-pretrain", "folder for the stages' checkpoints and the finished model (output_dir/model)")
-    seed: int = opt(0, "seed for weights, renders, captions and noise")
-    autoencoder_steps: int = opt(1500, "autoencoder training steps")
-    diffusion_steps: int = opt(5000, "UNet + text encoder training steps")
-    reader_steps: int = opt(1500, "steps of the classifier that reads class, colour, pattern and context from images")
-    batch_size: int = opt(64, "renders per step")
-    learning_rate: float = opt(1e-3, "peak learning rate of every stage (cosine decay)")
-    checkpoint_minutes: float = opt(5.0, "minutes between diffusion checkpoints (a killed run resumes from the last)")
-
-
-def check_pretrain_world(cfg: PretrainWorldConfig) -> None:
-    check_each(
-        cfg, ["autoencoder_steps", "diffusion_steps", "reader_steps", "batch_size"], lambda v: v >= 1, "must be at least 1"
-    )
-    if not cfg.learning_rate > 0:
-        raise UsageError("--learning-rate must be positive")
 
 
 def check_export(cfg: ExportConfig) -> None:

@@ -47,6 +47,13 @@ def test_kohya_export_reads_back_fully_and_draws_the_same(model, build, photos, 
     if model == "tiny-sdxl":
         assert any(k.startswith("lora_unet_input_blocks_") for k in kohya) and any(k.startswith("lora_te2_") for k in kohya)
     assert all(v.item() == 8.0 for k, v in kohya.items() if k.endswith(".alpha"))
+    from safetensors import safe_open
+
+    with safe_open(str(run / "lora_kohya.safetensors"), framework="pt") as f:
+        header = f.metadata()
+    # the family names the generation as sd-scripts does (the embedded tiny model is SD 1.x-shaped)
+    assert header["ss_base_model_version"] == {"tiny": "sd_v1", "tiny-sdxl": "sdxl_base_v1-0"}[model]
+    assert header["ss_v2"] == "False" and header["dreambooth.family"] == {"tiny": "sd", "tiny-sdxl": "sdxl"}[model]
 
     native, exported = build(), build()
     load_lora(native, run)

@@ -31,3 +31,11 @@ def test_existing_images_are_kept_and_counted(tmp_path):
 
 def test_consecutive_runs():
     assert consecutive_runs([0, 1, 2, 5, 6, 9]) == [[0, 1, 2], [5, 6], [9]]
+
+
+def test_bank_folder_names_are_those_earlier_versions_made():
+    """A changed key or name would strand every user's class images: this one was computed by the previous release."""
+    from dreambooth.training.class_images import bank_dir
+
+    folder = bank_dir("tiny", "", "a photo of a golden retriever puppy big dog", 64, 25, 7.5, 0)
+    assert folder.name == "a-photo-of-a-golden-retriever-puppy-big--28031876ec8c"

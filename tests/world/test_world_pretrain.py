@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from dreambooth.config import PretrainWorldConfig
 from dreambooth.models import describe, load_pipeline
+from dreambooth.world import PretrainWorldConfig
 from dreambooth.world.pretrain import pretrain_world, step_data
 
 

@@ -45,8 +45,8 @@ BENCH_OWNED = (
 )
 
 
-def train_settings(path: str) -> TrainConfig:
-    """Training settings for every subject: TrainConfig defaults (no model-card samples) <- --train-config."""
+def train_settings(path: str, model: str) -> TrainConfig:
+    """Training settings for every subject: the defaults for `model` (no model-card samples) <- --train-config."""
     data = {}
     if path:
         data = read_yaml(path, flag="--train-config")
@@ -57,7 +57,7 @@ def train_settings(path: str) -> TrainConfig:
                     f"--train-config {path}: '{key}' is set by the bench for each subject; "
                     f"remove it (bench flags: --model, --max-steps, --num-class-images, --seed, ...)"
                 )
-    return from_dict(TrainConfig, {"num_samples": 0, **data}, source=f"--train-config {path}")
+    return from_dict(TrainConfig, {"model": model, "num_samples": 0, **data}, source=f"--train-config {path}")
 
 
 def pick_subjects(cfg: BenchConfig, benchmark: dreambench.Benchmark, dataset: Path) -> list[str]:
@@ -298,7 +298,7 @@ def bench(cfg: BenchConfig) -> Path:
     dataset = Path(cfg.dataset).expanduser()
     benchmark = dreambench.read(dataset)
     subjects = pick_subjects(cfg, benchmark, dataset)
-    base = train_settings(cfg.train_config)
+    base = train_settings(cfg.train_config, cfg.model)
     out = Path(cfg.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")

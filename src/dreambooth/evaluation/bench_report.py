@@ -51,7 +51,7 @@ def row(result: dict) -> dict:
         "subject": result["subject"],
         "class": result["class_noun"],
         "kind": result["kind"],
-        **{key: result["means"].get(key) for key, _ in METRIC_NAMES.items()},
+        **{key: result["means"].get(key) for key in METRIC_NAMES},
     }
 
 
@@ -60,7 +60,7 @@ def mean_row(rows: list[dict]) -> dict:
         "subject": "mean",
         "class": "",
         "kind": f"{len(rows)} subjects",
-        **{k: mean(r[k] for r in rows) for k, _ in METRIC_NAMES.items()},
+        **{k: mean(r[k] for r in rows) for k in METRIC_NAMES},
     }
 
 
@@ -73,9 +73,9 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [head, "|---|---|---|" + "---:|" * len(METRIC_NAMES)]
     for r in [*rows, mean_row(rows)]:
         name = f"**{r['subject']}**" if r["subject"] == "mean" else r["subject"]
-        lines.append(f"| {name} | {r['class']} | {r['kind']} | " + " | ".join(fmt(r[k]) for k, _ in METRIC_NAMES.items()) + " |")
+        lines.append(f"| {name} | {r['class']} | {r['kind']} | " + " | ".join(fmt(r[k]) for k in METRIC_NAMES) + " |")
     for ref in REFERENCE:
-        lines.append(f"| *{ref['name']}* | | {SOURCE} | " + " | ".join(fmt(ref[k]) for k, _ in METRIC_NAMES.items()) + " |")
+        lines.append(f"| *{ref['name']}* | | {SOURCE} | " + " | ".join(fmt(ref[k]) for k in METRIC_NAMES) + " |")
     return "\n".join(lines)
 
 
@@ -103,15 +103,11 @@ def markdown(rows: list[dict], settings: dict) -> str:
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["row", "class", "kind", *[k for k, _ in METRIC_NAMES.items()]])
+    writer.writerow(["row", "class", "kind", *[k for k in METRIC_NAMES]])
     for r in [*rows, mean_row(rows)]:
-        writer.writerow(
-            [r["subject"], r["class"], r["kind"], *["" if r[k] is None else f"{r[k]:.4f}" for k, _ in METRIC_NAMES.items()]]
-        )
+        writer.writerow([r["subject"], r["class"], r["kind"], *["" if r[k] is None else f"{r[k]:.4f}" for k in METRIC_NAMES]])
     for ref in REFERENCE:
-        writer.writerow(
-            [ref["name"], "", f"reference ({SOURCE})", *["" if ref[k] is None else ref[k] for k, _ in METRIC_NAMES.items()]]
-        )
+        writer.writerow([ref["name"], "", f"reference ({SOURCE})", *["" if ref[k] is None else ref[k] for k in METRIC_NAMES]])
     return buf.getvalue()
 
 
@@ -123,9 +119,9 @@ def html_page(rows: list[dict], settings: dict) -> str:
 
     table = [f"<tr>{cells(['', 'class', 'kind', *[n for _, n in METRIC_NAMES.items()]], 'th')}</tr>"]
     for r in [*rows, mean_row(rows)]:
-        table.append(f"<tr>{cells([r['subject'], r['class'], r['kind'], *[fmt(r[k]) for k, _ in METRIC_NAMES.items()]])}</tr>")
+        table.append(f"<tr>{cells([r['subject'], r['class'], r['kind'], *[fmt(r[k]) for k in METRIC_NAMES]])}</tr>")
     for ref in REFERENCE:
-        table.append(f"<tr class='ref'>{cells([ref['name'], '', SOURCE, *[fmt(ref[k]) for k, _ in METRIC_NAMES.items()]])}</tr>")
+        table.append(f"<tr class='ref'>{cells([ref['name'], '', SOURCE, *[fmt(ref[k]) for k in METRIC_NAMES]])}</tr>")
     sections = []
     for r in rows:
         scores = " · ".join(f"{name} {fmt(r[k])}" for k, name in METRIC_NAMES.items())

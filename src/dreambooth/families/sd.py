@@ -47,7 +47,8 @@ def kohya_module(module: str, unet_config) -> str:
 
 
 def kohya_base_version(version: str) -> str:
-    return "sd_v2" if version == "sd2" else "sd_v1"
+    """sd-scripts' name of the generation; "" for an SD-shaped model of none (our embedded ones are 1.x-like)."""
+    return {"sd2": "sd_v2", "": ""}.get(version, "sd_v1")
 
 
 def single_file_options() -> dict:

@@ -10,6 +10,7 @@ import torch
 from .. import atomic
 from ..config import ExportConfig, check_export
 from ..errors import UsageError
+from ..families import family_of
 from ..models import describe, load_pipeline
 from .files import find_weights, read_lora, training_config
 from .kohya import split_key, to_kohya
@@ -35,7 +36,8 @@ def read_native(path: Path, pipe, allow_pickle: bool) -> tuple[dict[str, torch.T
 
 def check_round_trip(written: Path, pipe, expected: dict[str, torch.Tensor]) -> None:
     """Every tensor must come back, unchanged, through diffusers' non-diffusers LoRA loader."""
-    loaded = type(pipe).lora_state_dict(str(written), unet_config=pipe.unet.config)
+    denoiser = getattr(pipe, family_of(pipe).denoiser)
+    loaded = type(pipe).lora_state_dict(str(written), unet_config=denoiser.config)
     state = loaded[0]
     got, want = normalised(state), normalised(expected)
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))

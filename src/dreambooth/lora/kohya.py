@@ -63,7 +63,7 @@ def to_kohya(
         "ss_max_train_steps": meta.get("dreambooth.steps", ""),
         "ss_resolution": meta.get("dreambooth.resolution", ""),
         "ss_training_comment": f"DreamBooth LoRA: {meta.get('dreambooth.instance_prompt', '')}",
-        "ss_v2": str(version == "sd2"),
+        "ss_v2": str(family.kohya_base_version(version) == "sd_v2"),
     }
     header.update({k: v for k, v in meta.items() if k.startswith("dreambooth.")})
     return out, {k: v for k, v in header.items() if v != ""}

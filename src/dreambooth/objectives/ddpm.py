@@ -16,6 +16,9 @@ class PredictionType(str, enum.Enum):
     V = "v_prediction"
     SAMPLE = "sample"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 def prediction_type(scheduler) -> PredictionType:
     """What the model predicts, as its scheduler config says (SD 1.x: epsilon, SD 2.x-v: v)."""

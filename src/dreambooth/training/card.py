@@ -37,7 +37,7 @@ def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_sampl
         f"| adapters | {te}, rank {cfg.rank}, alpha {cfg.lora_alpha or cfg.rank} |",
         f"| prior preservation | {prior} |",
         f"| steps × batch | {cfg.max_steps} × {cfg.batch_size} (accumulation {cfg.gradient_accumulation_steps}) |",
-        f"| learning rate | {cfg.learning_rate} UNet, {cfg.text_encoder_lr if cfg.train_text_encoder else '–'} text encoder, {cfg.lr_scheduler} |",
+        f"| learning rate | {cfg.learning_rate} {base.family.adapters_words[0]}, {cfg.text_encoder_lr if cfg.train_text_encoder else '–'} text encoder, {cfg.lr_scheduler} |",
         f"| resolution | {cfg.resolution} px |",
         f"| precision | {cfg.mixed_precision} |",
         f"| seed | {cfg.seed} |",

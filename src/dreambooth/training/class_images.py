@@ -97,4 +97,6 @@ def bank_dir(model: str, vae: str, class_prompt: str, resolution: int, steps: in
     Image i depends only on (base model, VAE, prompt, resolution, sampler, steps, guidance, seed + i), so
     runs that agree on those share images; asking for more images adds to the same folder."""
     key = json.dumps([identity(model), identity(vae), class_prompt, resolution, "dpmsolver++", steps, guidance, seed])
-    return cache_root() / "class-images" / f"{slug(class_prompt, 40, 'class')}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    # 41 then 40: the folder names earlier versions made (cut at 40 characters after the dashes were trimmed)
+    name = slug(class_prompt, 41, "class")[:40]
+    return cache_root() / "class-images" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"

@@ -78,8 +78,9 @@ def validate(run: Run, step: int, emit: Event | None) -> None:
         emit({"kind": "validation", "step": step, "path": str(path)})
 
 
-def loop(run: Run, step: int, emit: Event | None, stop_event) -> float | None:
-    """Optimiser steps from `step` to max_steps, with checkpoints, validation and progress; returns the last loss read.
+def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, float | None]:
+    """Optimiser steps from `step` to max_steps, with checkpoints, validation and progress; returns the step reached
+    and the last loss read.
     Ctrl-C (or `stop_event`) ends after the current step with a checkpoint saved, then raises KeyboardInterrupt."""
     cfg = run.cfg
     started, loss_value, in_step = time.time(), None, False
@@ -121,15 +122,15 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> float | None:
             print(f"\ninterrupted at step {step}: saved {save_checkpoint(run, step)}; continue with --resume", flush=True)
         raise
     bar.close()
-    return loss_value
+    return step, loss_value
 
 
 # ---------------------------------------------------------------- finish
 
 
-def finish(run: Run, loss_value: float | None, seconds: float) -> None:
+def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> None:
     """The last checkpoint, the LoRA file (and its exports), samples and the model card."""
-    cfg, base, step = run.cfg, run.base, run.cfg.max_steps
+    cfg, base = run.cfg, run.base
     save_checkpoint(run, step)
     meta = {
         "base_model": cfg.model,
@@ -169,10 +170,11 @@ def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None) -> P
     Setting `stop_event` (a threading.Event) stops after the current step with a checkpoint saved, and
     raises KeyboardInterrupt, as Ctrl-C does."""
     run = set_up(cfg)
+    first = resume(run)
     started = time.time()
-    loss_value = loop(run, resume(run), on_event, stop_event)
+    step, loss_value = loop(run, first, on_event, stop_event)
     if run.main:
-        finish(run, loss_value, time.time() - started)
+        finish(run, step, loss_value, time.time() - started)
     run.accelerator.wait_for_everyone()
     if on_event:
         on_event({"kind": "done", "path": str(run.out)})

@@ -197,7 +197,7 @@ def set_up(cfg: TrainConfig) -> Run:
     cfg = resolved(cfg, base)
     if accelerator.is_main_process:
         out = Path(cfg.output_dir).expanduser()
-        check_identifier(pipe.tokenizer, cfg.instance_prompt, cfg.class_prompt)
+        check_identifier(tokenizers(pipe, base.family)[0], cfg.instance_prompt, cfg.class_prompt)
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", to_yaml(cfg))
         print(f"{cfg.model}: {base.summary()}; {len(photos)} photos at {cfg.resolution} px", flush=True)

@@ -52,7 +52,7 @@ def show(workspace: Path, run: str) -> str:
 
 def score(workspace: Path, run: str, dino_model: str, clip_model: str) -> tuple[str, str]:
     """Run `dreambooth evaluate` on the images the page drew with this run: (message, table)."""
-    from ..evaluation.evaluate import evaluate  # the submodule, as the command line does (see jobs.default_train)
+    from ..evaluation.evaluate import evaluate  # imported here: the page opens without loading torch
 
     run_dir = runs.run_path(workspace, run)
     if run_dir is None:

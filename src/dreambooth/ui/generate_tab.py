@@ -25,7 +25,7 @@ def run_info(workspace: Path, run: str) -> tuple[str, str, list[str]]:
 
 def make_images(workspace: Path, run, prompt, negative, num_images, steps, guidance, unet_scale, te_scale, seed):
     """Draw with the run's LoRA, exactly as `dreambooth generate --lora RUN` would: (gallery, files, message)."""
-    from ..generation import generate  # the submodule, as the command line does (see jobs.default_train)
+    from ..generation import generate  # imported here: the page opens without loading torch
 
     run_dir = runs.run_path(workspace, run)
     if run_dir is None:

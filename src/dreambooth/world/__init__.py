@@ -1,17 +1,41 @@
 """The procedural world: scenes rendered from code, a base model trained on them from scratch, readers that score
-any image, and the demo. Its base model is the embedded model `world` (see embedded.py)."""
+any image, and the demo. Its base model is the embedded model `world` (the registry in models.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UsageError
+from ..fields import check_each, opt
 from ..models import EMBEDDED, recommended
 
 MODEL = "world"
 TEXT_ENCODER_SCALE = recommended(MODEL, "generate")["text_encoder_scale"]  # the identifier drowns context words at 1.0
 DEMO_STEPS = recommended(MODEL, "train")["max_steps"]
+SAMPLE_STEPS, GUIDANCE = recommended(MODEL, "generate")["steps"], recommended(MODEL, "generate")["guidance"]
 
 
 def folder() -> Path:
     """The shipped base model's diffusers folder (with the reader in `reader/`)."""
     return EMBEDDED[MODEL].path()
+
+
+@dataclass
+class PretrainWorldConfig:
+    output_dir: str = opt("world-pretrain", "folder for the stages' checkpoints and the finished model (output_dir/model)")
+    seed: int = opt(0, "seed for weights, renders, captions and noise")
+    autoencoder_steps: int = opt(1500, "autoencoder training steps")
+    diffusion_steps: int = opt(5000, "UNet + text encoder training steps")
+    reader_steps: int = opt(1500, "steps of the classifier that reads class, colour, pattern and context from images")
+    batch_size: int = opt(64, "renders per step")
+    learning_rate: float = opt(1e-3, "peak learning rate of every stage (cosine decay)")
+    checkpoint_minutes: float = opt(5.0, "minutes between diffusion checkpoints (a killed run resumes from the last)")
+
+
+def check_pretrain_world(cfg: PretrainWorldConfig) -> None:
+    check_each(
+        cfg, ["autoencoder_steps", "diffusion_steps", "reader_steps", "batch_size"], lambda v: v >= 1, "must be at least 1"
+    )
+    if not cfg.learning_rate > 0:
+        raise UsageError("--learning-rate must be positive")

@@ -1,12 +1,11 @@
-"""The world's commands: `dreambooth demo` and `dreambooth pretrain-world`, added to the CLI's parser."""
+"""The world's commands, added to the CLI's parser: `dreambooth demo`, and `dreambooth pretrain-world` with its config."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..config import PretrainWorldConfig, check_pretrain_world
 from ..errors import UsageError
-from . import DEMO_STEPS
+from . import DEMO_STEPS, PretrainWorldConfig, check_pretrain_world
 
 CLASSES = ("dog", "cat", "teapot", "vase", "backpack")  # render.CLASSES, without importing numpy for --help
 

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import atomic
-from ..config import PretrainWorldConfig
 from ..families.sd import encode_prompts
 from ..objectives.ddpm import snr_weights, training_target
 from ..training import checkpoint
 from ..training.loss import weighted_mse
+from . import PretrainWorldConfig
 from . import model as M
 from .fit import cosine, fit, progress, to_tensor
 from .render import SIZE, batch, caption

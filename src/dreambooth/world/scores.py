@@ -14,6 +14,7 @@ import math
 from collections import Counter
 
 from ..sampling import draw
+from . import GUIDANCE, SAMPLE_STEPS
 from .readers import read
 from .render import COLOURS, CONTEXTS, HELD_OUT, PATTERNS
 
@@ -70,8 +71,8 @@ def sample_and_score(
     cls: str,
     n: int = 32,
     seed: int = 1000,
-    steps: int = 25,
-    guidance: float = 4.0,
+    steps: int = SAMPLE_STEPS,
+    guidance: float = GUIDANCE,
     identifier: str = "sks",
     contexts=None,
 ) -> tuple[dict[str, float], dict[str, list]]:

@@ -1,0 +1,76 @@
+"""The house rules, checked: no import cycles, family knowledge only in families/, and a README whose architecture
+section names every module of the tree."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+PACKAGE = ROOT / "src" / "dreambooth"
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def imports(name: str, path: Path, known: dict) -> set[str]:
+    """Modules of the package that `name` imports, at module level or inside functions."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = (
+                ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".") if node.level else node.module
+            )
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in known else base)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m in known and m != name}
+
+
+def test_no_import_cycles():
+    known = modules()
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+    done, on_path = set(), []
+
+    def visit(name):
+        if name in on_path:
+            raise AssertionError("import cycle: " + " -> ".join(on_path[on_path.index(name) :] + [name]))
+        if name in done:
+            return
+        on_path.append(name)
+        for other in sorted(graph[name]):
+            visit(other)
+        on_path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+
+
+def test_only_families_know_which_family_a_model_is():
+    family_words = re.compile(r"text_encoder_2|tokenizer_2|StableDiffusionXLPipeline|added_cond_kwargs|time_ids")
+    leaks = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "families" not in path.parts and family_words.search(path.read_text())
+    ]
+    assert leaks == []
+
+
+def test_the_readme_architecture_section_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Architecture") : readme.index("\n## ", readme.index("## Architecture") + 1)]
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py" and f"`{path.name}`" not in section and f"`{path.parent.name}/{path.name}`" not in section
+    ]
+    folders = {p.parent.name for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE}
+    assert missing == [] and all(f"`{folder}/`" in section for folder in folders)
