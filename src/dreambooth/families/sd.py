@@ -10,7 +10,7 @@ import torch
 from ..objectives.ddpm import DDPM
 from .base import Family, PromptEmbeddings, checkpoint_has
 from .clip import load_clip_tokenizer, tiny_text_encoder, tokenize
-from .unet import CLIP_TARGETS, UNET_TARGETS, native_resolution
+from .unet import CLIP_TARGETS, UNET_TARGETS, native_resolution, tiny_vae
 
 WIDTHS = {768: "sd1", 1024: "sd2"}  # the text encoder's width tells the generation apart
 
@@ -88,7 +88,7 @@ def build_tiny(prediction_type: str = "epsilon", seed: int = 0):
     64 px images, 32x32x4 latents. Same seed -> bitwise the same weights, so a LoRA trained on
     `tiny` loads onto the `tiny` built by any later command.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = load_clip_tokenizer()
     torch.manual_seed(seed)
@@ -104,17 +104,7 @@ def build_tiny(prediction_type: str = "epsilon", seed: int = 0):
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=64,
-    )
+    vae = tiny_vae(seed + 1)
     text_encoder = tiny_text_encoder(tokenizer, projection=False, seed=seed + 2)
     scheduler = DDPMScheduler(
         num_train_timesteps=1000,

@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..objectives.ddpm import DDPM
 from .base import Family, PromptEmbeddings, checkpoint_has
 from .clip import load_clip_tokenizer, tiny_text_encoder, tokenize
-from .unet import CLIP_TARGETS, UNET_TARGETS, native_resolution
+from .unet import CLIP_TARGETS, UNET_TARGETS, native_resolution, tiny_vae
 
 
 def recognise(pipe) -> bool:
@@ -97,7 +97,7 @@ FAMILY = Family(
 def build_tiny(seed: int = 0):
     """A tiny SDXL-shaped pipeline: two text encoders (the second with a pooled projection), micro-conditioning
     time ids, 64 px. Random weights, seeded; the real SD tokenizer for both encoders."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer = load_clip_tokenizer()
     torch.manual_seed(seed)
@@ -116,15 +116,7 @@ def build_tiny(seed: int = 0):
         cross_attention_dim=64,  # both encoders' hidden states side by side
         norm_num_groups=32,
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=64,
-    )
+    vae = tiny_vae(seed + 1)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
     )

@@ -8,3 +8,19 @@ CLIP_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 def native_resolution(pipe) -> int:
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def tiny_vae(seed: int):
+    """The tiny models' autoencoder: 64 px <-> 32x32x4 latents, random weights (seeded)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+    )
