@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -41,6 +42,174 @@ def run_list(workspace: Path, current: str | None = None):
     return gr.Dropdown(choices=choices, value=current if current in choices else (choices[0] if choices else None))
 
 
+def train_layout(t: TrainConfig) -> SimpleNamespace:
+    """The Train tab's components."""
+    with gr.Tab("Train", id="train"):
+        with gr.Row():
+            with gr.Column():
+                photos = gr.File(
+                    label=f"Photos of the subject (3–{MAX_PHOTOS})",
+                    file_count="multiple",
+                    file_types=["image"],
+                    elem_id="photos",
+                )
+                photo_check = gr.Markdown(elem_id="photo-check")
+                folder = gr.Textbox(label="…or a folder of photos on this machine", placeholder="e.g. ~/photos/my-dog")
+                class_noun = gr.Textbox(label="Class noun", value="dog", elem_id="class-noun")
+                with gr.Row():
+                    identifier = gr.Textbox(label="Identifier (a rare token)", value=train_tab.suggest(0), elem_id="identifier")
+                    another = gr.Button("Suggest another", size="sm")
+                seed_state = gr.State(0)
+                tokens = gr.Markdown(train_tab.tokens_markdown(train_tab.suggest(0), "dog"), elem_id="tokens")
+                model = gr.Dropdown(
+                    MODELS,
+                    value="tiny",
+                    allow_custom_value=True,
+                    elem_id="model",
+                    label=f"Base model: {embedded_help()}, a hub id, a local diffusers folder or .safetensors file",
+                )
+            with gr.Column():
+                with gr.Row():
+                    prior = gr.Checkbox(label="Prior preservation", value=True, elem_id="prior")
+                    train_te = gr.Checkbox(label="Text-encoder LoRA", value=t.train_text_encoder)
+                    kohya = gr.Checkbox(label="Also export for A1111 / ComfyUI (kohya)", value=False)
+                class_prompt = gr.Textbox(label="Class prompt (empty: 'a photo of a <class>')", elem_id="class-prompt")
+                num_class = gr.Number(label="Class images", value=t.num_class_images, precision=0, minimum=1, elem_id="num-class")
+                with gr.Row():
+                    steps = gr.Number(label="Steps", value=t.max_steps, precision=0, minimum=1, elem_id="steps")
+                    rank = gr.Number(label="LoRA rank", value=t.rank, precision=0, minimum=1)
+                    resolution = gr.Number(label="Resolution (0 = model's)", value=0, precision=0, minimum=0, step=8)
+                with gr.Row():
+                    lr = gr.Number(label="UNet learning rate", value=t.learning_rate)
+                    te_lr = gr.Number(label="Text-encoder learning rate", value=t.text_encoder_lr)
+                    every = gr.Number(
+                        label="Validation images every N steps (0 = none)",
+                        value=t.validation_steps,
+                        precision=0,
+                        minimum=0,
+                        elem_id="validation-every",
+                    )
+                with gr.Row():
+                    start = gr.Button("Start", variant="primary", elem_id="start")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    resume = gr.Button("Resume", elem_id="resume")
+                message = gr.Markdown(elem_id="train-message")
+                status = gr.HTML(elem_id="train-status")
+                validations = gr.Gallery(label="Validation images", columns=2, height=260, elem_id="validations")
+                queue = gr.Markdown(elem_id="queue")
+        shown = gr.State([])
+        finished = gr.State(-1)
+    return SimpleNamespace(
+        photos=photos,
+        photo_check=photo_check,
+        folder=folder,
+        class_noun=class_noun,
+        identifier=identifier,
+        another=another,
+        seed_state=seed_state,
+        tokens=tokens,
+        model=model,
+        prior=prior,
+        train_te=train_te,
+        kohya=kohya,
+        class_prompt=class_prompt,
+        num_class=num_class,
+        steps=steps,
+        rank=rank,
+        resolution=resolution,
+        lr=lr,
+        te_lr=te_lr,
+        every=every,
+        start=start,
+        stop=stop,
+        resume=resume,
+        message=message,
+        status=status,
+        validations=validations,
+        queue=queue,
+        shown=shown,
+        finished=finished,
+    )
+
+
+def generate_layout(g: GenerateConfig) -> SimpleNamespace:
+    """The Generate tab's components."""
+    with gr.Tab("Generate", id="generate") as tab:
+        with gr.Row():
+            with gr.Column():
+                run = gr.Dropdown(label="Run (any LoRA folder in the workspace)", choices=[], elem_id="gen-run")
+                refresh = gr.Button("Refresh runs", size="sm")
+                run_md = gr.Markdown()
+                prompt = gr.Textbox(label="Prompt", elem_id="gen-prompt")
+                negative = gr.Textbox(label="Negative prompt")
+                with gr.Row():
+                    num_images = gr.Number(
+                        label="Images", value=g.num_images, precision=0, minimum=1, maximum=16, elem_id="gen-num"
+                    )
+                    gen_steps = gr.Number(label="Steps", value=g.steps, precision=0, minimum=1, elem_id="gen-steps")
+                    seed = gr.Number(label="Seed", value=g.seed, precision=0)
+                guidance = gr.Slider(0, 20, value=g.guidance, step=0.5, label="Guidance")
+                unet_scale = gr.Slider(0, 2, value=g.unet_scale, step=0.05, label="UNet LoRA scale")
+                te_scale = gr.Slider(0, 2, value=g.text_encoder_scale, step=0.05, label="Text-encoder LoRA scale")
+                go = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column():
+                gen_message = gr.Markdown(elem_id="gen-message")
+                gallery = gr.Gallery(label="Images", columns=2, elem_id="gallery")
+                lora_files = gr.File(label="LoRA files", file_count="multiple", interactive=False, elem_id="lora-files")
+                image_files = gr.File(label="Images to download", file_count="multiple", interactive=False, elem_id="downloads")
+    return SimpleNamespace(
+        run=run,
+        refresh=refresh,
+        run_md=run_md,
+        prompt=prompt,
+        negative=negative,
+        num_images=num_images,
+        gen_steps=gen_steps,
+        seed=seed,
+        guidance=guidance,
+        unet_scale=unet_scale,
+        te_scale=te_scale,
+        go=go,
+        gen_message=gen_message,
+        gallery=gallery,
+        lora_files=lora_files,
+        image_files=image_files,
+        tab=tab,
+    )
+
+
+def evaluate_layout(e: EvaluateConfig) -> SimpleNamespace:
+    """The Evaluate tab's components."""
+    with gr.Tab("Evaluate", id="evaluate") as tab:
+        with gr.Row():
+            with gr.Column():
+                eval_run = gr.Dropdown(label="Run", choices=[], elem_id="eval-run")
+                dino = gr.Textbox(label="DINO model (hub id or local folder)", value=e.dino_model)
+                clip = gr.Textbox(label="CLIP model (hub id or local folder)", value=e.clip_model)
+                score = gr.Button("Score the run's generated images", variant="primary", elem_id="score")
+                gr.Markdown(
+                    "DINO and CLIP-I: generated images vs the run's photos; CLIP-T: images vs their prompts "
+                    "(identifier removed). Higher is better."
+                )
+            with gr.Column():
+                eval_message = gr.Markdown(elem_id="eval-message")
+                table = gr.HTML(evaluate_tab.scores_table("", None), elem_id="scores")
+        bench_html = gr.HTML(elem_id="bench-report")
+        bench_files = gr.File(label="Benchmark reports", file_count="multiple", interactive=False, visible=False)
+
+    return SimpleNamespace(
+        eval_run=eval_run,
+        dino=dino,
+        clip=clip,
+        score=score,
+        eval_message=eval_message,
+        table=table,
+        bench_html=bench_html,
+        bench_files=bench_files,
+        tab=tab,
+    )
+
+
 def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
     jobs = jobs or Jobs()
     t, g = TrainConfig(), GenerateConfig()
@@ -49,142 +218,43 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
             "## DreamBooth + LoRA\nTeach a Stable Diffusion model one subject from a few photos, then draw it anywhere. "
             f"Workspace: `{workspace.name}`"
         )
-        with gr.Tab("Train", id="train"):
-            with gr.Row():
-                with gr.Column():
-                    photos = gr.File(
-                        label=f"Photos of the subject (3–{MAX_PHOTOS})",
-                        file_count="multiple",
-                        file_types=["image"],
-                        elem_id="photos",
-                    )
-                    photo_check = gr.Markdown(elem_id="photo-check")
-                    folder = gr.Textbox(label="…or a folder of photos on this machine", placeholder="e.g. ~/photos/my-dog")
-                    class_noun = gr.Textbox(label="Class noun", value="dog", elem_id="class-noun")
-                    with gr.Row():
-                        identifier = gr.Textbox(
-                            label="Identifier (a rare token)", value=train_tab.suggest(0), elem_id="identifier"
-                        )
-                        another = gr.Button("Suggest another", size="sm")
-                    seed_state = gr.State(0)
-                    tokens = gr.Markdown(train_tab.tokens_markdown(train_tab.suggest(0), "dog"), elem_id="tokens")
-                    model = gr.Dropdown(
-                        MODELS,
-                        value="tiny",
-                        allow_custom_value=True,
-                        elem_id="model",
-                        label=f"Base model: {embedded_help()}, a hub id, a local diffusers folder or .safetensors file",
-                    )
-                with gr.Column():
-                    with gr.Row():
-                        prior = gr.Checkbox(label="Prior preservation", value=True, elem_id="prior")
-                        train_te = gr.Checkbox(label="Text-encoder LoRA", value=t.train_text_encoder)
-                        kohya = gr.Checkbox(label="Also export for A1111 / ComfyUI (kohya)", value=False)
-                    class_prompt = gr.Textbox(label="Class prompt (empty: 'a photo of a <class>')", elem_id="class-prompt")
-                    num_class = gr.Number(
-                        label="Class images", value=t.num_class_images, precision=0, minimum=1, elem_id="num-class"
-                    )
-                    with gr.Row():
-                        steps = gr.Number(label="Steps", value=t.max_steps, precision=0, minimum=1, elem_id="steps")
-                        rank = gr.Number(label="LoRA rank", value=t.rank, precision=0, minimum=1)
-                        resolution = gr.Number(label="Resolution (0 = model's)", value=0, precision=0, minimum=0, step=8)
-                    with gr.Row():
-                        lr = gr.Number(label="UNet learning rate", value=t.learning_rate)
-                        te_lr = gr.Number(label="Text-encoder learning rate", value=t.text_encoder_lr)
-                        every = gr.Number(
-                            label="Validation images every N steps (0 = none)",
-                            value=t.validation_steps,
-                            precision=0,
-                            minimum=0,
-                            elem_id="validation-every",
-                        )
-                    with gr.Row():
-                        start = gr.Button("Start", variant="primary", elem_id="start")
-                        stop = gr.Button("Stop", variant="stop", elem_id="stop")
-                        resume = gr.Button("Resume", elem_id="resume")
-                    message = gr.Markdown(elem_id="train-message")
-                    status = gr.HTML(elem_id="train-status")
-                    validations = gr.Gallery(label="Validation images", columns=2, height=260, elem_id="validations")
-                    queue = gr.Markdown(elem_id="queue")
-            shown = gr.State([])
-            finished = gr.State(-1)
-        with gr.Tab("Generate", id="generate") as generate_tab_ui:
-            with gr.Row():
-                with gr.Column():
-                    run = gr.Dropdown(label="Run (any LoRA folder in the workspace)", choices=[], elem_id="gen-run")
-                    refresh = gr.Button("Refresh runs", size="sm")
-                    run_md = gr.Markdown()
-                    prompt = gr.Textbox(label="Prompt", elem_id="gen-prompt")
-                    negative = gr.Textbox(label="Negative prompt")
-                    with gr.Row():
-                        num_images = gr.Number(
-                            label="Images", value=g.num_images, precision=0, minimum=1, maximum=16, elem_id="gen-num"
-                        )
-                        gen_steps = gr.Number(label="Steps", value=g.steps, precision=0, minimum=1, elem_id="gen-steps")
-                        seed = gr.Number(label="Seed", value=g.seed, precision=0)
-                    guidance = gr.Slider(0, 20, value=g.guidance, step=0.5, label="Guidance")
-                    unet_scale = gr.Slider(0, 2, value=g.unet_scale, step=0.05, label="UNet LoRA scale")
-                    te_scale = gr.Slider(0, 2, value=g.text_encoder_scale, step=0.05, label="Text-encoder LoRA scale")
-                    go = gr.Button("Generate", variant="primary", elem_id="generate")
-                with gr.Column():
-                    gen_message = gr.Markdown(elem_id="gen-message")
-                    gallery = gr.Gallery(label="Images", columns=2, elem_id="gallery")
-                    lora_files = gr.File(label="LoRA files", file_count="multiple", interactive=False, elem_id="lora-files")
-                    image_files = gr.File(
-                        label="Images to download", file_count="multiple", interactive=False, elem_id="downloads"
-                    )
-        with gr.Tab("Evaluate", id="evaluate") as evaluate_tab_ui:
-            e = EvaluateConfig()
-            with gr.Row():
-                with gr.Column():
-                    eval_run = gr.Dropdown(label="Run", choices=[], elem_id="eval-run")
-                    dino = gr.Textbox(label="DINO model (hub id or local folder)", value=e.dino_model)
-                    clip = gr.Textbox(label="CLIP model (hub id or local folder)", value=e.clip_model)
-                    score = gr.Button("Score the run's generated images", variant="primary", elem_id="score")
-                    gr.Markdown(
-                        "DINO and CLIP-I: generated images vs the run's photos; CLIP-T: images vs their prompts "
-                        "(identifier removed). Higher is better."
-                    )
-                with gr.Column():
-                    eval_message = gr.Markdown(elem_id="eval-message")
-                    table = gr.HTML(evaluate_tab.scores_table("", None), elem_id="scores")
-            bench_html = gr.HTML(elem_id="bench-report")
-            bench_files = gr.File(label="Benchmark reports", file_count="multiple", interactive=False, visible=False)
-
+        tr = train_layout(t)
+        ge = generate_layout(g)
+        ev = evaluate_layout(EvaluateConfig())
         # ---- wiring: each action is a plain function with the workspace and the job queue bound
-        photos.change(train_tab.check_uploads, photos, photo_check)
-        another.click(lambda s: (s + 1, train_tab.suggest(s + 1)), seed_state, [seed_state, identifier])
-        for box in (identifier, class_noun):
-            box.change(train_tab.tokens_markdown, [identifier, class_noun], tokens, show_progress="hidden")
-        start.click(
+        tr.photos.change(train_tab.check_uploads, tr.photos, tr.photo_check)
+        tr.another.click(lambda s: (s + 1, train_tab.suggest(s + 1)), tr.seed_state, [tr.seed_state, tr.identifier])
+        for box in (tr.identifier, tr.class_noun):
+            box.change(train_tab.tokens_markdown, [tr.identifier, tr.class_noun], tr.tokens, show_progress="hidden")
+        tr.start.click(
             partial(train_tab.start, workspace, jobs),
             [
-                photos,
-                folder,
-                class_noun,
-                identifier,
-                model,
-                prior,
-                class_prompt,
-                num_class,
-                steps,
-                rank,
-                lr,
-                te_lr,
-                resolution,
-                train_te,
-                every,
-                kohya,
+                tr.photos,
+                tr.folder,
+                tr.class_noun,
+                tr.identifier,
+                tr.model,
+                tr.prior,
+                tr.class_prompt,
+                tr.num_class,
+                tr.steps,
+                tr.rank,
+                tr.lr,
+                tr.te_lr,
+                tr.resolution,
+                tr.train_te,
+                tr.every,
+                tr.kohya,
             ],
-            message,
+            tr.message,
         )
-        stop.click(partial(train_tab.stop, jobs), None, message)
-        resume.click(partial(train_tab.resume, jobs), None, message)
+        tr.stop.click(partial(train_tab.stop, jobs), None, tr.message)
+        tr.resume.click(partial(train_tab.resume, jobs), None, tr.message)
         timer = gr.Timer(1.0)
         timer.tick(
             partial(train_tab.progress, jobs),
-            shown,
-            [status, validations, queue, shown],
+            tr.shown,
+            [tr.status, tr.validations, tr.queue, tr.shown],
             show_progress="hidden",
             concurrency_limit=None,
         )
@@ -200,23 +270,27 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
             return (now, *refresh_runs(gen_value, eval_value))
 
         timer.tick(
-            on_finish, [finished, run, eval_run], [finished, run, eval_run], show_progress="hidden", concurrency_limit=None
+            on_finish,
+            [tr.finished, ge.run, ev.eval_run],
+            [tr.finished, ge.run, ev.eval_run],
+            show_progress="hidden",
+            concurrency_limit=None,
         )
-        for event in (refresh.click, generate_tab_ui.select, evaluate_tab_ui.select, app.load):
-            event(refresh_runs, [run, eval_run], [run, eval_run], show_progress="hidden")
-        run.change(partial(generate_tab.run_info, workspace), run, [run_md, prompt, lora_files])
-        go.click(
+        for event in (ge.refresh.click, ge.tab.select, ev.tab.select, app.load):
+            event(refresh_runs, [ge.run, ev.eval_run], [ge.run, ev.eval_run], show_progress="hidden")
+        ge.run.change(partial(generate_tab.run_info, workspace), ge.run, [ge.run_md, ge.prompt, ge.lora_files])
+        ge.go.click(
             partial(generate_tab.make_images, workspace),
-            [run, prompt, negative, num_images, gen_steps, guidance, unet_scale, te_scale, seed],
-            [gallery, image_files, gen_message],
+            [ge.run, ge.prompt, ge.negative, ge.num_images, ge.gen_steps, ge.guidance, ge.unet_scale, ge.te_scale, ge.seed],
+            [ge.gallery, ge.image_files, ge.gen_message],
         )
-        eval_run.change(partial(evaluate_tab.show, workspace), eval_run, table)
-        score.click(partial(evaluate_tab.score, workspace), [eval_run, dino, clip], [eval_message, table])
+        ev.eval_run.change(partial(evaluate_tab.show, workspace), ev.eval_run, ev.table)
+        ev.score.click(partial(evaluate_tab.score, workspace), [ev.eval_run, ev.dino, ev.clip], [ev.eval_message, ev.table])
 
         def show_bench():
             frame, files = evaluate_tab.bench_report(workspace)
             return frame, gr.File(value=files, visible=bool(files))
 
-        for event in (evaluate_tab_ui.select, app.load):
-            event(show_bench, None, [bench_html, bench_files], show_progress="hidden")
+        for event in (ev.tab.select, app.load):
+            event(show_bench, None, [ev.bench_html, ev.bench_files], show_progress="hidden")
     return app
