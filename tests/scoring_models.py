@@ -16,7 +16,7 @@ def build_scoring_models(folder: Path) -> dict[str, str]:
     from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
 
     from dreambooth.evaluation.lpips import LPIPS
-    from dreambooth.families.clip import load_clip_tokenizer
+    from dreambooth.families.clip import load_clip_tokenizer, tiny_text_settings
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -26,17 +26,7 @@ def build_scoring_models(folder: Path) -> dict[str, str]:
     ViTModel(vit, add_pooling_layer=False).save_pretrained(folder / "dino")
 
     tokenizer = load_clip_tokenizer()
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_text_settings(tokenizer)
     vision = dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     torch.manual_seed(1)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder / "clip")

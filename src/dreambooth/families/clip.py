@@ -34,21 +34,26 @@ def tokenize(tokenizer, prompts: list[str], device) -> torch.Tensor:
     return torch.stack([cache[p] for p in prompts]).to(device)
 
 
-def tiny_text_encoder(tokenizer, projection: bool, seed: int):
-    """A 2-layer, 32-wide CLIP text encoder over the real vocabulary, random weights (seeded)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
+def tiny_text_settings(tokenizer) -> dict:
+    """A 2-layer, 32-wide CLIP text tower over the real vocabulary: the tiny models' text encoders (and the tests'
+    tiny CLIP scorer)."""
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=77,
-        projection_dim=32,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def tiny_text_encoder(tokenizer, projection: bool, seed: int):
+    """The tiny CLIP text encoder, random weights (seeded); with a 32-wide pooled projection when `projection`."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(**tiny_text_settings(tokenizer), projection_dim=32)
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
