@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .. import atomic
-from ..config import PriorMode, TrainConfig, check_train
+from ..config import Precision, PriorMode, TrainConfig, check_train
 from ..errors import UsageError, warn
 from ..families import Family, text_encoders, tokenizers
 from ..fields import to_yaml
@@ -67,7 +67,7 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+    if cfg.mixed_precision is Precision.FP16 and not torch.cuda.is_available():
         raise UsageError("--mixed-precision fp16: needs a CUDA GPU; use bf16 or no on this machine")
     # accelerate keeps its settings in process-wide singletons; a second run in the same process
     # (Python API, tests, a UI worker) may ask for another precision or accumulation.
