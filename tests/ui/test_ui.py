@@ -132,6 +132,22 @@ def test_jobs_run_one_at_a_time_in_order():
     assert jobs.snapshot()[0].step == 3 and jobs.snapshot()[0].output == "a"
 
 
+def test_choosing_an_embedded_model_fills_in_its_recommended_settings(tmp_path):
+    from dreambooth.ui import train_tab
+
+    assert train_tab.defaults_for("world") == (1000, 8, 1e-3, 1e-3, 32, True, 100)
+    assert train_tab.defaults_for("tiny") == (300, 16, 5e-4, 1e-4, 0, False, 100)  # the general defaults
+    # settings the page has no field for (min-SNR weights, batch size) come from the model as well
+    log = []
+    jobs = Jobs(fake_train(log))
+    message = train_tab.start(tmp_path, jobs, [str(p) for p in SAMPLE], "", "dog", "sks", "world", False, "", 100, 3, 8,
+                              1e-3, 1e-3, 32, True, 0, False)  # fmt: skip
+    assert "queued" in message, message
+    cfg = jobs.snapshot()[0].cfg
+    assert (cfg.snr_gamma, cfg.batch_size, cfg.max_steps, cfg.guidance_scale) == (5.0, 2, 3, 4.0)
+    assert wait_for(lambda: jobs.snapshot()[0].state == "done")
+
+
 def test_stop_then_resume_continues_the_same_run():
     log, gate = [], threading.Event()
     jobs = Jobs(fake_train(log, gate))

@@ -248,6 +248,9 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
             ],
             tr.message,
         )
+        tr.model.change(
+            train_tab.defaults_for, tr.model, [tr.steps, tr.rank, tr.lr, tr.te_lr, tr.resolution, tr.train_te, tr.num_class]
+        )
         tr.stop.click(partial(train_tab.stop, jobs), None, tr.message)
         tr.resume.click(partial(train_tab.resume, jobs), None, tr.message)
         timer = gr.Timer(1.0)

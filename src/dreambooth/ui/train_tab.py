@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import TrainConfig, check_train
 from ..errors import UsageError
+from ..fields import settings
 from . import runs
 from .jobs import FINISHED, Jobs, status_line
 from .uploads import MAX_PHOTOS, MIN_PHOTOS, Rejected, check_photo, folder_sources, shown_name, store_photos
@@ -71,6 +72,14 @@ def check_uploads(files: list[str] | None) -> str:
     return "  \n".join(problems + lines) if files else ""
 
 
+def defaults_for(model: str) -> tuple:
+    """The settings fields' values for `model`: an embedded model's recommended ones, else the general defaults
+    (steps, rank, learning rates, resolution, text-encoder LoRA, class images)."""
+    cfg = settings(TrainConfig, model=(model or "").strip())
+    return (cfg.max_steps, cfg.rank, cfg.learning_rate, cfg.text_encoder_lr, cfg.resolution, cfg.train_text_encoder,
+            cfg.num_class_images)  # fmt: skip
+
+
 def start(
     workspace: Path,
     jobs: Jobs,
@@ -100,7 +109,8 @@ def start(
     prompt = instance_prompt(identifier, class_noun)
     try:
         every = int(validation_every or 0)
-        cfg = TrainConfig(
+        cfg = settings(  # over an embedded model's recommended settings, as the command line does
+            TrainConfig,
             model=(model or "").strip() or "tiny",
             instance_prompt=prompt,
             with_prior_preservation=bool(prior),
