@@ -117,7 +117,10 @@ class TrainConfig:
     seed: int = opt(0, "seed for class images, noise, timesteps and crops")
     checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps; 0 = only at the end", ("checkpointing_steps",))
     checkpoints_total_limit: int = opt(2, "checkpoints kept (oldest removed first)")
-    resume: bool = opt(False, "continue from the newest checkpoint in OUTPUT_DIR/checkpoints")
+    resume: bool = opt(False, "continue from the newest intact checkpoint in OUTPUT_DIR/checkpoints")
+    overwrite: bool = opt(
+        False, "start over in an OUTPUT_DIR that holds another run (it is moved aside, to OUTPUT_DIR.replaced-<time>)"
+    )
     validation_prompt: str = opt("", "prompt for validation images during training (default: none)")
     validation_steps: int = opt(100, "make validation images every N steps")
     num_validation_images: int = opt(4, "validation images each time")

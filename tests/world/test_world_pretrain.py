@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from dreambooth.errors import UsageError
 from dreambooth.models import describe, load_pipeline
 from dreambooth.world import PretrainWorldConfig
 from dreambooth.world.pretrain import pretrain_world, step_data
@@ -39,6 +40,8 @@ def test_a_longer_run_resumes_from_the_last_diffusion_checkpoint(tmp_path, capsy
     out = capsys.readouterr().out
     assert "resuming the diffusion stage from step-000002" in out
     assert (tmp_path / "run" / "checkpoints" / "step-000003").is_dir()
+    with pytest.raises(UsageError, match=r"other settings \(--seed 0 then, 5 now\)"):  # another run's checkpoints
+        pretrain_world(small(tmp_path, diffusion_steps=4, seed=5))
 
 
 def test_each_step_sees_the_same_renders_and_captions_whenever_it_runs():

@@ -1,12 +1,14 @@
-"""Resumable training state, written atomically and read without unpickling anything.
+"""Resumable training state, written atomically, checked when read, and read without unpickling anything.
 
-A checkpoint is a folder `checkpoints/step-000100/` with `state.safetensors` (LoRA weights and
-optimiser tensors) and `state.json` (step, optimiser hyper-parameters, LR-schedule position).
+A checkpoint is a folder `checkpoints/step-000100/` with `state.safetensors` (LoRA weights and optimiser tensors)
+and `state.json`: the step, optimiser hyper-parameters, LR-schedule position, the checksum of the tensors, the
+run's identity (what must match to continue it) and its other settings (what may change on resume).
 Everything random in training is derived from (seed, step), so no RNG state needs saving.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import atomic
-from ..errors import TrainingError
+from ..errors import TrainingError, UsageError
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -25,7 +27,16 @@ def trainable(models: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Paramete
     return {f"{name}.{k}": p for name, m in models.items() if m is not None for k, p in m.named_parameters() if p.requires_grad}
 
 
-def save(checkpoints_dir: Path, step: int, models: dict, optimizer, lr_scheduler, keep: int = 2) -> Path:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(checkpoints_dir: Path, step: int, models: dict, optimizer, lr_scheduler, keep: int = 2,
+         identity: dict | None = None, settings: dict | None = None) -> Path:  # fmt: skip
     final = Path(checkpoints_dir) / f"step-{step:06d}"
     tmp = atomic.temp_dir_beside(final)
     tensors = {f"param.{k}": p.detach().cpu().contiguous() for k, p in trainable(models).items()}
@@ -34,21 +45,35 @@ def save(checkpoints_dir: Path, step: int, models: dict, optimizer, lr_scheduler
         for key, value in state.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optim.{idx}.{key}"] = t.detach().cpu().contiguous()
-    meta = {
-        "step": step,
-        "param_groups": opt["param_groups"],
-        "lr_scheduler": {k: v for k, v in lr_scheduler.state_dict().items() if k != "lr_lambdas"},
-    }
     try:
         save_file(tensors, str(tmp / STATE_TENSORS))
+        meta = {
+            "step": step,
+            "param_groups": opt["param_groups"],
+            "lr_scheduler": {k: v for k, v in lr_scheduler.state_dict().items() if k != "lr_lambdas"},
+            "sha256": file_sha256(tmp / STATE_TENSORS),
+            "identity": identity or {},
+            "settings": settings or {},
+        }
         (tmp / STATE_JSON).write_text(json.dumps(meta))
         atomic.replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in sorted(Path(checkpoints_dir).glob("step-*"))[:-keep] if keep else []:
-        shutil.rmtree(old, ignore_errors=True)
+    prune(Path(checkpoints_dir), keep)
     return final
+
+
+def prune(checkpoints_dir: Path, keep: int) -> None:
+    """Keep the `keep` newest intact checkpoints (never fewer than one); remove the others, damaged ones included."""
+    if not keep:
+        return
+    folders = sorted(checkpoints_dir.glob("step-*"))
+    intact = [p for p in folders if problem(p) is None]
+    kept = set(intact[-keep:])
+    for old in folders:
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_partial(checkpoints_dir: Path) -> None:
@@ -57,23 +82,56 @@ def remove_partial(checkpoints_dir: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def read_meta(path: Path) -> dict:
+    return json.loads((path / STATE_JSON).read_text())
+
+
+def problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be used, or None when it is complete and unchanged."""
+    try:
+        meta = read_meta(path)
+    except (OSError, ValueError):
+        return f"{STATE_JSON} is missing or unreadable"
+    tensors = path / STATE_TENSORS
+    if not tensors.is_file():
+        return f"{STATE_TENSORS} is missing"
+    if "sha256" in meta and file_sha256(tensors) != meta["sha256"]:
+        return f"{STATE_TENSORS} does not match its checksum"
+    return None
+
+
 def newest(checkpoints_dir: Path) -> Path | None:
     done = [p for p in sorted(Path(checkpoints_dir).glob("step-*")) if (p / STATE_JSON).is_file()]
     return done[-1] if done else None
 
 
+def newest_intact(checkpoints_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that passes its checks, and the newer ones that did not (with why)."""
+    damaged: list[tuple[Path, str]] = []
+    for path in reversed(sorted(Path(checkpoints_dir).glob("step-*"))):
+        why = problem(path)
+        if why is None:
+            return path, damaged
+        damaged.append((path, why))
+    return None, damaged
+
+
 def load(path: Path, models: dict, optimizer, lr_scheduler) -> int:
     """Restore weights, optimiser and schedule from `path`; return the step it was saved at."""
     tensors = load_file(str(path / STATE_TENSORS))
-    meta = json.loads((path / STATE_JSON).read_text())
+    meta = read_meta(path)
     params = trainable(models)
     missing = set(params) - {k[len("param.") :] for k in tensors if k.startswith("param.")}
     if missing:
-        raise ValueError(
-            f"checkpoint {path} lacks {len(missing)} LoRA weights (e.g. {sorted(missing)[0]}); it was made with other LoRA settings"
+        raise UsageError(
+            f"--resume: checkpoint {path} lacks {len(missing)} LoRA weights (e.g. {sorted(missing)[0]}); it was made "
+            f"with other LoRA settings: pass them, or --overwrite to start over"
         )
     with torch.no_grad():
         for k, p in params.items():
+            if tensors[f"param.{k}"].shape != p.shape:
+                raise UsageError(f"--resume: checkpoint {path} holds {k} of shape {tuple(tensors[f'param.{k}'].shape)}, not "
+                                 f"{tuple(p.shape)}; it was made with other LoRA settings or another base model")  # fmt: skip
             p.copy_(tensors[f"param.{k}"])
     state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -85,10 +143,11 @@ def load(path: Path, models: dict, optimizer, lr_scheduler) -> int:
     return int(meta["step"])
 
 
-def save_or_stop(ckpt_dir: Path, step: int, named: dict, optimizer, lr_scheduler, keep: int) -> Path:
+def save_or_stop(ckpt_dir: Path, step: int, named: dict, optimizer, lr_scheduler, keep: int,
+                 identity: dict | None = None, settings: dict | None = None) -> Path:  # fmt: skip
     """Save; when the disk refuses, stop training with one line saying what is kept."""
     try:
-        return save(ckpt_dir, step, named, optimizer, lr_scheduler, keep)
+        return save(ckpt_dir, step, named, optimizer, lr_scheduler, keep, identity, settings)
     except OSError as e:
         previous = newest(ckpt_dir)
         kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"

@@ -24,7 +24,7 @@ from ..sampling import draw, grid
 from . import checkpoint
 from .card import model_card
 from .loss import finite_loss
-from .setup import Run, resume, set_up
+from .setup import Run, resume, run_settings, set_up
 from .step import step_loss
 from .stopping import stop_on_ctrl_c
 
@@ -56,9 +56,8 @@ def optimizer_step(run: Run, step: int) -> torch.Tensor:
 
 
 def save_checkpoint(run: Run, step: int) -> Path:
-    return checkpoint.save_or_stop(
-        run.checkpoints, step, run.named, run.optimizer, run.lr_scheduler, run.cfg.checkpoints_total_limit
-    )
+    return checkpoint.save_or_stop(run.checkpoints, step, run.named, run.optimizer, run.lr_scheduler,
+                                   run.cfg.checkpoints_total_limit, run.identity, run_settings(run.cfg))  # fmt: skip
 
 
 def save_samples(run: Run, prompt: str, num: int, path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from .. import atomic
 from ..config import Precision, PriorMode, TrainConfig, check_train
 from ..errors import UsageError, warn
 from ..families import Family, text_encoders, tokenizers
-from ..fields import to_yaml
+from ..fields import to_dict, to_yaml
 from ..lora.adapter import add_lora
-from ..models import Base, describe, load_pipeline, load_vae
+from ..lora.files import WEIGHT_NAME
+from ..models import Base, describe, fingerprint, load_pipeline, load_vae
 from . import checkpoint
 from .batches import Examples
 from .class_images import bank_dir, ensure_class_images
@@ -45,6 +47,7 @@ class Run:
     out: Path
     offload: Callable[[], object]  # frozen parts off the GPU while training ...
     onload: Callable[[], object]  # ... and back for drawing
+    identity: dict  # what must match to continue this run from a checkpoint (see run_identity)
 
     @property
     def main(self) -> bool:
@@ -55,10 +58,26 @@ class Run:
         return self.out / "checkpoints"
 
 
+def holds_run(out: Path) -> str:
+    """What of an earlier run `out` holds ("" when nothing): its checkpoints or its LoRA."""
+    steps = sorted((out / "checkpoints").glob("step-*"))
+    if steps:
+        return f"the checkpoints of another run (up to {steps[-1].name})"
+    return "another run's LoRA" if (out / WEIGHT_NAME).is_file() else ""
+
+
 def check_paths(cfg: TrainConfig) -> None:
     out = Path(cfg.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("--resume and --overwrite: choose one (continue the run in --output-dir, or start over)")
+    found = holds_run(out) if out.is_dir() else ""
+    if found and not (cfg.resume or cfg.overwrite):
+        raise UsageError(
+            f"--output-dir {cfg.output_dir}: holds {found}; pass --resume to continue it, or --overwrite to start over "
+            f"(the old run is moved aside, not deleted)"
+        )
     if cfg.class_dir and Path(cfg.class_dir).expanduser().is_file():
         raise UsageError(f"--class-dir {cfg.class_dir}: is a file; pass a folder path")
 
@@ -197,6 +216,8 @@ def set_up(cfg: TrainConfig) -> Run:
     cfg = resolved(cfg, base)
     if accelerator.is_main_process:
         out = Path(cfg.output_dir).expanduser()
+        if cfg.overwrite and out.is_dir() and holds_run(out):
+            print(f"--overwrite: the earlier run in {out} moved to {set_aside(out)}", flush=True)
         check_identifier(tokenizers(pipe, base.family)[0], cfg.instance_prompt, cfg.class_prompt)
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", to_yaml(cfg))
@@ -210,6 +231,7 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
     from diffusers.optimization import get_scheduler
 
     family = base.family
+    identity = run_identity(cfg, base, pipe)  # before adapters: the base's own weights
     device, weight_dtype = accelerator.device, cfg.mixed_precision.dtype
     trained, groups = adapt(cfg, pipe, family, device, weight_dtype)
     optimizer = make_optimizer(cfg, groups, device)
@@ -263,19 +285,88 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
         Path(cfg.output_dir).expanduser(),
         offload,
         onload,
+        identity,
     )
 
 
+def set_aside(out: Path) -> Path:
+    """Move a folder out of the way in one rename, keeping it: OUT -> OUT.replaced-<time>."""
+    aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 2
+    while aside.exists():
+        aside, n = aside.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    out.rename(aside)
+    out.mkdir()
+    return aside
+
+
+def run_identity(cfg: TrainConfig, base: Base, pipe) -> dict:
+    """What must match to continue a run from its checkpoints, by setting name; every other setting may change."""
+    return {
+        "model": fingerprint(pipe, base.family),  # the base's weights, wherever they were loaded from
+        "family": base.family.name,
+        "adapter": "lora",
+        "rank": cfg.rank,
+        "lora_alpha": cfg.lora_alpha,
+        "target_modules": cfg.target_modules,
+        "train_text_encoder": cfg.train_text_encoder,
+        "text_encoder_target_modules": cfg.text_encoder_target_modules if cfg.train_text_encoder else [],
+        "use_8bit_adam": cfg.use_8bit_adam,
+    }
+
+
+NOT_SETTINGS = ("output_dir", "resume", "overwrite")  # where and how a run is started, not what it trains
+
+
+def run_settings(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in to_dict(cfg).items() if k not in NOT_SETTINGS}
+
+
+def check_same_run(run: Run, found: Path) -> list[str]:
+    """Refuse a checkpoint of another run (one line naming the setting, both values and the fix); return the settings
+    that changed and may (for a warning)."""
+    meta = checkpoint.read_meta(found)
+    then = meta.get("identity") or {}
+    for key, now in run.identity.items():
+        if key in then and then[key] != now:
+            if key == "model":
+                raise UsageError(
+                    f"--resume: --model {run.cfg.model} is not the base model the run in {run.out} was trained on (its "
+                    f"weights differ); pass that model to continue it, or --overwrite to start over"
+                )
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(
+                f"--resume: {flag} is {now!r} but the run in {run.out} was trained with {then[key]!r}; pass {flag} "
+                f"{then[key]} to continue it, or --overwrite to start over"
+            )
+    saved, current = meta.get("settings") or {}, run_settings(run.cfg)
+    return [
+        f"{k} {saved[k]!r} -> {current[k]!r}" for k in current if k in saved and saved[k] != current[k] and k not in run.identity
+    ]
+
+
 def resume(run: Run) -> int:
-    """The step to start from: 0, or that of the newest checkpoint when --resume (weights, optimiser, schedule restored)."""
+    """The step to start from: 0, or that of the newest intact checkpoint when --resume (weights, optimiser, schedule
+    restored). A damaged newer one is named and passed over; one of another run is refused."""
     checkpoint.remove_partial(run.checkpoints)
     if not run.cfg.resume:
         return 0
-    found = checkpoint.newest(run.checkpoints)
+    found, damaged = checkpoint.newest_intact(run.checkpoints)
+    for path, why in damaged:
+        warn(f"--resume: checkpoint {path.name} is damaged ({why}); passing over it")
     if found is None:
+        if damaged:
+            raise UsageError(
+                f"--resume: no intact checkpoint in {run.checkpoints}; pass --overwrite to start over (the run is moved aside)"
+            )
         warn(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
         return 0
+    changed = check_same_run(run, found)
     step = checkpoint.load(found, run.named, run.optimizer, run.lr_scheduler)
     if run.main:
+        if changed:
+            warn(f"--resume: continuing {found.name} with changed settings: {'; '.join(changed)}")
+        note = f"# resumed from checkpoints/{found.name} (step {step})" + (f"; changed: {'; '.join(changed)}" if changed else "")
+        atomic.write_text(run.out / "config.yaml", to_yaml(run.cfg) + note + "\n")
         print(f"resumed from {found.name} (step {step})", flush=True)
     return step

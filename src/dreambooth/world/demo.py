@@ -6,6 +6,7 @@ base model, trains a LoRA with prior preservation, scores again, and writes a gr
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 from pathlib import Path
@@ -65,7 +66,8 @@ def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: 
     pipe = load_pipeline(MODEL)
     print(f"scoring the base model ({n} samples per prompt)", flush=True)
     before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
-    lora_dir = train(demo_train_config(cls, photos, out / "lora", max_steps))
+    # the demo owns its folder: a run there before is set aside, not continued
+    lora_dir = train(dataclasses.replace(demo_train_config(cls, photos, out / "lora", max_steps), overwrite=True))
     load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
     print(f"scoring the fine-tuned model ({n} samples per prompt)", flush=True)
     after, after_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import atomic
+from ..errors import UsageError, warn
 from ..families.sd import encode_prompts
 from ..objectives.ddpm import snr_weights, training_target
 from ..training import checkpoint
@@ -85,9 +86,20 @@ def train_diffusion(cfg: PretrainWorldConfig, out: Path, vae):
     schedule = cosine(optimizer, 200, cfg.diffusion_steps)
     ckpt_dir = out / "checkpoints"
     checkpoint.remove_partial(ckpt_dir)
-    found = checkpoint.newest(ckpt_dir)
-    first = checkpoint.load(found, models, optimizer, schedule) if found else 0
+    # the stage's data and optimiser follow from these (a longer run may continue a shorter one): a checkpoint made
+    # with others belongs to another run
+    identity = {k: getattr(cfg, k) for k in ("seed", "batch_size", "learning_rate")}
+    found, damaged = checkpoint.newest_intact(ckpt_dir)
+    for path, why in damaged:
+        warn(f"checkpoint {path} is damaged ({why}); passing over it")
+    first = 0
     if found:
+        then = checkpoint.read_meta(found).get("identity") or identity
+        changed = [f"--{k.replace('_', '-')} {then[k]} then, {v} now" for k, v in identity.items() if then.get(k, v) != v]
+        if changed:
+            raise UsageError(f"--output-dir {cfg.output_dir}: its diffusion checkpoints were made with other settings "
+                             f"({'; '.join(changed)}); pass those, or another --output-dir")  # fmt: skip
+        first = checkpoint.load(found, models, optimizer, schedule)
         print(f"resuming the diffusion stage from {found.name}", flush=True)
     started = last_save = time.time()
     total = 0.0
@@ -103,7 +115,7 @@ def train_diffusion(cfg: PretrainWorldConfig, out: Path, vae):
             progress("diffusion", step, cfg.diffusion_steps, total / 50, started, first)
             total = 0.0
         if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.diffusion_steps:
-            checkpoint.save_or_stop(ckpt_dir, step, models, optimizer, schedule, keep=2)
+            checkpoint.save_or_stop(ckpt_dir, step, models, optimizer, schedule, keep=2, identity=identity)
             last_save = time.time()
     return M.assemble(vae, text_encoder, tokenizer, unet)
 
