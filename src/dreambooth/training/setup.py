@@ -352,14 +352,15 @@ def resume(run: Run) -> int:
     if not run.cfg.resume:
         return 0
     found, damaged = checkpoint.newest_intact(run.checkpoints)
-    for path, why in damaged:
+    for path, why in damaged if run.main else []:
         warn(f"--resume: checkpoint {path.name} is damaged ({why}); passing over it")
     if found is None:
         if damaged:
             raise UsageError(
                 f"--resume: no intact checkpoint in {run.checkpoints}; pass --overwrite to start over (the run is moved aside)"
             )
-        warn(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
+        if run.main:
+            warn(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
         return 0
     changed = check_same_run(run, found)
     step = checkpoint.load(found, run.named, run.optimizer, run.lr_scheduler)
