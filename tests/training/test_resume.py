@@ -43,8 +43,9 @@ def one_error_line(err: str) -> str:
     "extra, names",
     [
         (["--rank", "4"], ["--rank is 4", "trained with 2", "--rank 2"]),
-        (["--train-text-encoder"], ["--train-text-encoder is True", "trained with False"]),
+        (["--train-text-encoder"], ["--train-text-encoder is True", "trained with False", "pass --no-train-text-encoder"]),
         (["--lora-alpha", "8"], ["--lora-alpha is 8.0", "trained with 2.0"]),
+        (["--target-modules", "to_q", "to_v"], ["--target-modules is ['to_q', 'to_v']", "pass --target-modules to_q to_k"]),
     ],
 )
 def test_resume_with_a_setting_that_must_match_is_refused_in_one_line(run, photos, capsys, extra, names):

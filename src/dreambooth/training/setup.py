@@ -322,6 +322,14 @@ def run_settings(cfg: TrainConfig) -> dict:
     return {k: v for k, v in to_dict(cfg).items() if k not in NOT_SETTINGS}
 
 
+def as_flag(key: str, value) -> str:
+    """How to pass `value` for setting `key` on the command line."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + key.replace("_", "-")
+    return f"{flag} {' '.join(value) if isinstance(value, list) else value}"
+
+
 def check_same_run(run: Run, found: Path) -> list[str]:
     """Refuse a checkpoint of another run (one line naming the setting, both values and the fix); return the settings
     that changed and may (for a warning)."""
@@ -336,8 +344,8 @@ def check_same_run(run: Run, found: Path) -> list[str]:
                 )
             flag = "--" + key.replace("_", "-")
             raise UsageError(
-                f"--resume: {flag} is {now!r} but the run in {run.out} was trained with {then[key]!r}; pass {flag} "
-                f"{then[key]} to continue it, or --overwrite to start over"
+                f"--resume: {flag} is {now!r} but the run in {run.out} was trained with {then[key]!r}; pass "
+                f"{as_flag(key, then[key])} to continue it, or --overwrite to start over"
             )
     saved, current = meta.get("settings") or {}, run_settings(run.cfg)
     return [
