@@ -114,3 +114,14 @@ def test_pruning_never_removes_the_last_intact_checkpoint(run):
     (folder / "step-000004" / "state.json").write_text("{")
     checkpoint.prune(folder, keep=1)
     assert sorted(p.name for p in folder.iterdir()) == ["step-000002"]
+
+
+def test_pruning_tells_a_cut_short_checkpoint_by_its_size(run):
+    from dreambooth.training import checkpoint
+
+    folder = run / "checkpoints"
+    tensors = folder / "step-000004" / "state.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:-100])
+    assert "bytes, not" in checkpoint.problem(folder / "step-000004", full=False)
+    checkpoint.prune(folder, keep=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["step-000002"]

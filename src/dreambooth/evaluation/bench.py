@@ -26,6 +26,7 @@ from ..errors import UsageError
 from ..fields import all_names, fields_of, from_dict, read_yaml, saved_settings, to_dict, to_yaml
 from ..lora.files import WEIGHT_NAME
 from ..training.photos import slug
+from ..training.setup import MODEL_DECIDES
 from . import bench_report, dreambench
 from .evaluate import CACHE_NAME, Evaluator
 from .inputs import find_images
@@ -117,17 +118,12 @@ NOT_COMPARED = (
 )
 
 
-# Left empty, these are decided by the model (its size, alpha = rank, its family's LoRA targets); train writes the
-# values it used, so an empty wanted value matches any saved one.
-MODEL_DECIDES = ("resolution", "lora_alpha", "target_modules", "text_encoder_target_modules")
-
-
 def differences(saved: dict, wanted: TrainConfig) -> list[str]:
     """Settings in which a LoRA folder's config.yaml differs from the training the bench would run."""
     out = []
     for key, value in to_dict(wanted).items():
         if key in NOT_COMPARED or key not in saved or (key in MODEL_DECIDES and not value):
-            continue
+            continue  # left empty, the model decides it; train writes the value it used
         if saved[key] != value:
             out.append(f"{key} {saved[key]!r}, not {value!r}")
     return out

@@ -51,6 +51,7 @@ def save(checkpoints_dir: Path, step: int, models: dict, optimizer, lr_scheduler
             "step": step,
             "param_groups": opt["param_groups"],
             "lr_scheduler": {k: v for k, v in lr_scheduler.state_dict().items() if k != "lr_lambdas"},
+            "bytes": (tmp / STATE_TENSORS).stat().st_size,
             "sha256": file_sha256(tmp / STATE_TENSORS),
             "identity": identity or {},
             "settings": settings or {},
@@ -65,11 +66,13 @@ def save(checkpoints_dir: Path, step: int, models: dict, optimizer, lr_scheduler
 
 
 def prune(checkpoints_dir: Path, keep: int) -> None:
-    """Keep the `keep` newest intact checkpoints (never fewer than one); remove the others, damaged ones included."""
+    """Keep the `keep` newest intact checkpoints (never fewer than one); remove the others, damaged ones included.
+    Runs after every save, so it checks sizes only: hashing every kept checkpoint each time would cost a read of
+    all of them per save; the full check is made when one is resumed."""
     if not keep:
         return
     folders = sorted(checkpoints_dir.glob("step-*"))
-    intact = [p for p in folders if problem(p) is None]
+    intact = [p for p in folders if problem(p, full=False) is None]
     kept = set(intact[-keep:])
     for old in folders:
         if old not in kept:
@@ -86,8 +89,9 @@ def read_meta(path: Path) -> dict:
     return json.loads((path / STATE_JSON).read_text())
 
 
-def problem(path: Path) -> str | None:
-    """Why the checkpoint at `path` cannot be used, or None when it is complete and unchanged."""
+def problem(path: Path, full: bool = True) -> str | None:
+    """Why the checkpoint at `path` cannot be used, or None when it is complete (sizes) and, with `full`, unchanged
+    (checksum)."""
     try:
         meta = read_meta(path)
     except (OSError, ValueError):
@@ -95,8 +99,10 @@ def problem(path: Path) -> str | None:
     tensors = path / STATE_TENSORS
     if not tensors.is_file():
         return f"{STATE_TENSORS} is missing"
-    if "sha256" in meta and file_sha256(tensors) != meta["sha256"]:
+    if full and "sha256" in meta and file_sha256(tensors) != meta["sha256"]:
         return f"{STATE_TENSORS} does not match its checksum"
+    if "bytes" in meta and tensors.stat().st_size != meta["bytes"]:
+        return f"{STATE_TENSORS} is {tensors.stat().st_size} bytes, not {meta['bytes']}"
     return None
 
 

@@ -125,6 +125,9 @@ def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.dev
     )
 
 
+MODEL_DECIDES = ("resolution", "lora_alpha", "target_modules", "text_encoder_target_modules")  # when left empty
+
+
 def resolved(cfg: TrainConfig, base: Base) -> TrainConfig:
     """The settings with what the model decides filled in: resolution, alpha, LoRA targets, class-image folder."""
     cfg = dataclasses.replace(
