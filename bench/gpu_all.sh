@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Every GPU figure of bench/RESULTS.md in one go, on one CUDA machine (about 10 minutes on an H100/H200):
+# Every GPU figure of bench/RESULTS.md in one go, on one CUDA machine (about 8 minutes on an H100/H200):
 #
 #   bench/gpu_all.sh OUT_DIR [DIFFUSERS_SCRIPT]
 #
-# OUT_DIR gets one JSON file per job and log.txt with everything printed. DIFFUSERS_SCRIPT is a copy of diffusers'
-# examples/dreambooth/train_dreambooth_lora.py; without it only our tool is measured. PYTHON (default python3)
-# must import torch with CUDA, diffusers, transformers, peft, accelerate and this package (PYTHONPATH=src is
-# enough), and torchvision for the diffusers script. SD15_DIR (default: a temporary folder) holds the
-# SD 1.5-shaped model with random weights; it is written first if missing (about 2 GB).
+# OUT_DIR gets one JSON file per job (at most seven) and log.txt with everything printed. DIFFUSERS_SCRIPT is a
+# copy of diffusers' examples/dreambooth/train_dreambooth_lora.py; without it only our tool is measured. PYTHON
+# (default python3) must import torch with CUDA, diffusers, transformers, peft, accelerate and this package
+# (PYTHONPATH=src is enough), bitsandbytes for the 8-bit AdamW figures, and torchvision for the diffusers script.
+# SD15_DIR (default: a temporary folder) holds the SD 1.5-shaped model with random weights; it is written first if
+# missing (about 2 GB). BUDGET (seconds, default 540) bounds the whole script: the jobs run most important first,
+# and one that would not finish in what is left is skipped and named in the log.
 #
 # DEVICE=cpu bench/gpu_all.sh OUT_DIR [SCRIPT] runs the same sequence at smoke size on a CPU, to check
 # the script itself: the SD 1.5-sized jobs are left out there (one 512 px step takes minutes on a CPU).
@@ -25,11 +27,18 @@ SD15=${SD15_DIR:-$WORK/sd15}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 failed=0
 
-job() {  # job NAME COMMAND...: run one measurement, log it, keep going if it fails
-  local name=$1; shift
+BUDGET=${BUDGET:-$([ "$DEVICE" = cpu ] && echo 1800 || echo 540)}
+job() {  # job NAME SECONDS COMMAND...: run one measurement if SECONDS (its usual length) fit in what is left
+  local name=$1 need=$2; shift 2
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt "$need" ]; then
+    echo "== $name: skipped, $left s left of the budget and it takes about $need s" | tee -a "$OUT/log.txt"
+    failed=1
+    return
+  fi
   echo "== $name: $*" | tee -a "$OUT/log.txt"
   local t0=$SECONDS
-  "$@" 2>&1 | tee -a "$OUT/log.txt" | grep -v -e '%|' -e '^Loading' | tail -n 40
+  timeout --kill-after=10 "$left" "$@" 2>&1 | tee -a "$OUT/log.txt" | grep -v -e '%|' -e '^Loading' | tail -n 40
   local rc=${PIPESTATUS[0]}
   echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/log.txt"
   [ "$rc" = 0 ] || failed=1
@@ -38,26 +47,32 @@ job() {  # job NAME COMMAND...: run one measurement, log it, keep going if it fa
 { date -u; nvidia-smi 2>/dev/null | head -15; $PY -c "import torch, diffusers, transformers, peft, accelerate; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"; } 2>&1 | tee "$OUT/log.txt"
 
 if [ "$DEVICE" = cpu ]; then
-  job step-smoke "$PY" bench/gpu_step.py --device cpu --smoke --json "$OUT/step_smoke.json"
-  job ours-tiny "$PY" bench/train_speed.py --device cpu --setting a --quick --json "$OUT/ours_tiny.json"
-  [ -n "$SCRIPT" ] && job theirs-tiny "$PY" bench/diffusers_baseline.py --device cpu --quick --script "$SCRIPT" --python "$PY" \
-      --model-dir "$WORK/tiny-model" --json "$OUT/theirs_tiny.json"
+  job step-smoke 60 "$PY" bench/gpu_step.py --device cpu --smoke --variants b1 b1:8bit --json "$OUT/step_smoke.json"
+  job ours-tiny 60 "$PY" bench/train_speed.py --device cpu --setting a --quick --json "$OUT/ours_tiny.json"
+  [ -n "$SCRIPT" ] && job theirs-tiny 60 "$PY" bench/diffusers_baseline.py --device cpu --quick --script "$SCRIPT" \
+      --python "$PY" --model-dir "$WORK/tiny-model" --json "$OUT/theirs_tiny.json"
 else
-  # (b) one training step of SD 1.5's shape at 512 px: rate, FLOPs, MFU, peak memory
-  for b in 1 8; do
-    job "step-b$b" "$PY" bench/gpu_step.py --device cuda --batch "$b" --dtype bf16 --json "$OUT/step_b$b.json"
-  done
-  job step-b1-vae "$PY" bench/gpu_step.py --device cuda --batch 1 --dtype bf16 --vae-encode --json "$OUT/step_b1_vae.json"
-  [ -f "$SD15/model_index.json" ] || job sd15-model "$PY" bench/save_sd15_model.py "$SD15"
+  # one training step of SD 1.5's shape at 512 px, the tool's own step in one process: rate, FLOPs, MFU, peak memory
+  job step-sd15 150 "$PY" bench/gpu_step.py --device cuda --warmup 3 --steps 15 \
+      --variants b1 b8 b1:fp16 b8:fp16 b8:8bit b8:gc --json "$OUT/step_sd15.json"
+  [ -f "$SD15/model_index.json" ] || job sd15-model 40 "$PY" bench/save_sd15_model.py "$SD15"
   # the seed's job: 512 px, batch 1 + 1, text-encoder LoRA rank 16, 300 steps, 100 class images, 4 samples, fp16
-  job ours-sd15 "$PY" bench/train_speed.py --device cuda --setting a --model "$SD15" --resolution 512 \
+  job ours-sd15 150 "$PY" bench/train_speed.py --device cuda --setting a --model "$SD15" --resolution 512 \
       --mixed-precision fp16 --num-class-images 100 --json "$OUT/ours_sd15.json"
-  [ -n "$SCRIPT" ] && job theirs-sd15 "$PY" bench/diffusers_baseline.py --device cuda --script "$SCRIPT" --python "$PY" \
-      --model-dir "$SD15" --resolution 512 --mixed-precision fp16 --num-class-images 100 --json "$OUT/theirs_sd15.json"
-  # (a) the tiny model at 64 px on the GPU, both tools
-  job ours-tiny "$PY" bench/train_speed.py --device cuda --setting a --json "$OUT/ours_tiny.json"
-  [ -n "$SCRIPT" ] && job theirs-tiny "$PY" bench/diffusers_baseline.py --device cuda --script "$SCRIPT" --python "$PY" \
-      --model-dir "$WORK/tiny-model" --json "$OUT/theirs_tiny.json"
+  [ -n "$SCRIPT" ] && job theirs-sd15 200 "$PY" bench/diffusers_baseline.py --device cuda --script "$SCRIPT" \
+      --python "$PY" --model-dir "$SD15" --resolution 512 --mixed-precision fp16 --num-class-images 100 \
+      --workdir "$WORK/theirs" --json "$OUT/theirs_sd15.json"
+  # SDXL's shape at 1024 px: the step, batch 1 + 1
+  job step-sdxl 90 "$PY" bench/gpu_step.py --device cuda --shape sdxl --warmup 3 --steps 10 --variants b1 b1:8bit \
+      --json "$OUT/step_sdxl.json"
+  # the script at batch 8 (its class images of theirs-sd15 reused): the rate to set against step-sd15's b8
+  [ -n "$SCRIPT" ] && [ -d "$WORK/theirs/class" ] && job theirs-sd15-b8 90 "$PY" bench/diffusers_baseline.py \
+      --device cuda --script "$SCRIPT" --python "$PY" --model-dir "$SD15" --resolution 512 --mixed-precision fp16 \
+      --num-class-images 100 --steps 40 --warmup 10 --workdir "$WORK/theirs" --json "$OUT/theirs_sd15_b8.json" \
+      -- --train_batch_size 8
+  # last, as compiling takes a minute or two before the first step
+  job step-sd15-compile 150 "$PY" bench/gpu_step.py --device cuda --warmup 3 --steps 15 --variants b8:compile \
+      --json "$OUT/step_sd15_compile.json"
 fi
 rm -rf "$WORK"
 echo "done: $OUT (failures: $failed)" | tee -a "$OUT/log.txt"

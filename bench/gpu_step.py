@@ -87,6 +87,41 @@ SD15_VAE = dict(
     sample_size=512,
 )
 
+# SDXL 1.0 base: UNet 2567 M parameters, CLIP ViT-L/14 (penultimate layer) and OpenCLIP ViT-bigG/14 text encoders
+SDXL_UNET = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+    act_fn="silu",
+)
+
+SDXL_TEXT_ENCODER_2 = dict(  # OpenCLIP ViT-bigG/14 text tower, with its projection
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+
+SDXL_SCHEDULER = dict(**SD15_NOISE, timestep_spacing="leading", steps_offset=1)
+
 # Peak dense FLOP/s (TFLOP/s, no sparsity) of common data-centre GPUs, by the precision the matmuls run at.
 PEAK_TFLOPS = {
     "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
@@ -136,6 +171,38 @@ def build_sd15_pipeline(seed: int = 0, device: torch.device | str | None = None)
     )
 
 
+def build_sdxl_pipeline(seed: int = 0, device: torch.device | str | None = None):
+    """An SDXL-shaped StableDiffusionXLPipeline with random weights (the VAE's fp16-safe variant's config: no
+    upcast), both text encoders on the real SD tokenizer."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from dreambooth.families.clip import load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer()
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        vae = AutoencoderKL(**{**SD15_VAE, "sample_size": 1024}, scaling_factor=0.13025, force_upcast=False)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER, **ids))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_ENCODER_2, **ids))
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        add_watermarker=False,
+    )
+
+
+BUILD = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline}
+NATIVE = {"sd15": 512, "sdxl": 1024}
+
+
 def sample_photos() -> list:
     from importlib import resources
 
@@ -148,7 +215,7 @@ def train_config(args, work: Path, mixed_precision: str):
     from dreambooth.config import TrainConfig
 
     return TrainConfig(
-        model="sd15-shaped (random weights)",
+        model=f"{args.shape}-shaped (random weights)",
         instance_prompt="a photo of sks dog",
         class_prompt="a photo of a dog",
         output_dir=str(work / "out"),
@@ -165,13 +232,15 @@ def train_config(args, work: Path, mixed_precision: str):
         batch_size=args.batch,
         gradient_checkpointing=args.gradient_checkpointing,
         mixed_precision=mixed_precision,
+        use_8bit_adam=args.adam8bit,
+        compile=args.compile,
         max_steps=args.warmup + args.steps + 1,  # the last one is the step whose FLOPs are counted
         num_samples=0,
         seed=0,
     )
 
 
-def set_up(args, device: torch.device, mixed_precision: str, work: Path):
+def set_up(args, device: torch.device, mixed_precision: str, work: Path, pipe=None):
     """The tool's run for these flags: its accelerator, adapters, optimiser, schedule and example stream."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
@@ -192,7 +261,8 @@ def set_up(args, device: torch.device, mixed_precision: str, work: Path):
             f"--device {device}: the tool trains on {accelerator.device} on this machine "
             f"(for the CPU on a CUDA machine, run with CUDA_VISIBLE_DEVICES=)"
         )
-    pipe = build_sd15_pipeline(device="meta" if device.type == "meta" else None)
+    if pipe is None:
+        pipe = BUILD[args.shape](device="meta" if device.type == "meta" else None)
     sizes = {
         f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")
     }
@@ -257,16 +327,17 @@ def write(out: dict, path: str) -> None:
             json.dump(out, f, indent=2)
 
 
-def main() -> None:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shape", default="sd15", choices=tuple(BUILD), help="the model's architecture (random weights)")
     p.add_argument(
         "--batch",
         type=int,
         default=1,
         help="instance images per step (--batch-size); with --prior as many class images join them",
     )
-    p.add_argument("--resolution", type=int, default=512, help="image size in pixels (latents are 1/8 of it)")
+    p.add_argument("--resolution", type=int, default=0, help="image size in pixels (default: the shape's own, 512 or 1024)")
     p.add_argument(
         "--dtype",
         default="",
@@ -294,6 +365,15 @@ def main() -> None:
         "(class images keep their cached centre crops)",
     )
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--adam8bit", action="store_true", help="bitsandbytes' 8-bit AdamW (--use-8bit-adam)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (--compile); its FLOPs are not counted")
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="several runs in one process, the model built once: each BATCH[:DTYPE][:8bit][:compile][:gc], e.g. "
+        "b1 b8 b8:fp16 b8:8bit b8:compile; --json then gets a list",
+    )
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: looked up by GPU name)")
@@ -305,11 +385,37 @@ def main() -> None:
         "no compute, any machine (fp32; the count does not depend on the precision)",
     )
     p.add_argument("--json", default="", help="write the figures to this file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.smoke:
         args.resolution, args.warmup, args.steps = 64, 1, 2
+    args.resolution = args.resolution or NATIVE[args.shape]
     if args.resolution % 64:
         raise SystemExit("--resolution must be a multiple of 64 (three 2x downsamplings of the 1/8 latents)")
+    return args
+
+
+def variant(args, spec: str):
+    """`args` with one --variants entry applied: b8:fp16:8bit -> --batch 8 --dtype fp16 --adam8bit."""
+    args = argparse.Namespace(**vars(args))
+    for part in spec.split(":"):
+        if part.startswith("b") and part[1:].isdigit():
+            args.batch = int(part[1:])
+        elif part in PRECISION:
+            args.dtype = part
+        elif part == "8bit":
+            args.adam8bit = True
+        elif part == "compile":
+            args.compile = True
+        elif part == "gc":
+            args.gradient_checkpointing = True
+        else:
+            raise SystemExit(f"--variants {spec}: unknown part {part!r} (bN, fp32/bf16/fp16, 8bit, compile, gc)")
+    args.name = spec
+    return args
+
+
+def measure(args, pipe=None) -> dict:
+    """Set up the tool's run for `args` on `pipe` (built when None), time its steps, count one step's FLOPs."""
     device = torch.device("meta" if args.count_only else args.device)
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     if device.type == "meta":
@@ -323,15 +429,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-step-") as tmp:
         t0 = time.perf_counter()
         try:
-            run, sizes = set_up(args, device, PRECISION[dtype_name], Path(tmp))
+            run, sizes = set_up(args, device, PRECISION[dtype_name], Path(tmp), pipe)
         except UsageError as e:
             raise SystemExit(str(e)) from None
         build_s = time.perf_counter() - t0
 
         if args.count_only:
             flops, by_op = count_flops(run, 0)
-            out = {
+            return {
                 "count_only": True,
+                "shape": args.shape,
                 "resolution": args.resolution,
                 "batch": args.batch,
                 "prior": args.prior,
@@ -346,9 +453,6 @@ def main() -> None:
                 "math decomposition (bmm): the fused kernels' formulas give the same forward count, and for the "
                 "backward add the scores they recompute, so a GPU or CPU run counts slightly more",
             }
-            print(json.dumps(out, indent=1))
-            write(out, args.json)
-            return
 
         def sync():
             if device.type == "cuda":
@@ -370,13 +474,17 @@ def main() -> None:
         loss_value = float(loss.detach())  # read once: reading it every step would wait for the device each time
         cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
-        flops, by_op = count_flops(run, args.warmup + args.steps)
+        # FlopCounterMode cannot see inside a compiled graph: a compiled run's FLOPs are those of the same run uncompiled
+        flops, by_op = count_flops(run, args.warmup + args.steps) if not args.compile else (0, {})
         sync()
+        del run
 
     steps_per_s = args.steps / timed_s
     peak, peak_note = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else peak_tflops(device, dtype_name)
     achieved = flops * steps_per_s
-    out = {
+    return {
+        "name": getattr(args, "name", ""),
+        "shape": args.shape,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -388,6 +496,8 @@ def main() -> None:
         "text_encoder": args.text_encoder,
         "vae_encode": args.vae_encode,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "adam8bit": args.adam8bit,
+        "compile": args.compile,
         "rank": args.rank,
         **sizes,
         "step": "dreambooth.training.loop.optimizer_step",
@@ -399,20 +509,48 @@ def main() -> None:
         "steps_per_s": steps_per_s,
         "s_per_step": 1 / steps_per_s,
         "images_per_s": steps_per_s * n,
-        "flops_per_step": flops,
+        "flops_per_step": flops or None,
         "flops_by_op": by_op,
-        "achieved_tflops": achieved / 1e12,
+        "achieved_tflops": achieved / 1e12 if flops else None,
         "peak_tflops": peak,
         "peak_note": peak_note,
-        "mfu": achieved / (peak * 1e12) if peak else None,
+        "mfu": achieved / (peak * 1e12) if peak and flops else None,
         "cuda_max_allocated_mib": cuda_peak,
         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "final_loss": loss_value,
         "smoke": args.smoke,
         "command": " ".join([sys.executable] + sys.argv),
     }
-    print(json.dumps({k: v for k, v in out.items() if k != "flops_by_op"}, indent=1))
-    write(out, args.json)
+
+
+def main() -> None:
+    args = parse_args()
+    if not args.variants:
+        out = measure(args)
+        print(json.dumps({k: v for k, v in out.items() if k != "flops_by_op"}, indent=1))
+        write(out, args.json)
+        return
+    import copy
+    import gc
+
+    t0 = time.perf_counter()
+    built = BUILD[args.shape](device="meta" if args.count_only else None)
+    print(f"{args.shape}-shaped pipeline built in {time.perf_counter() - t0:.1f} s", flush=True)
+    results = []
+    for spec in args.variants:
+        one = variant(args, spec)
+        try:
+            out = measure(one, copy.deepcopy(built))
+        except Exception as e:  # one variant failing (a missing package, memory) leaves the others' figures
+            out = {"name": spec, "error": f"{type(e).__name__}: {e}"}
+        results.append(out)
+        print(json.dumps({k: v for k, v in out.items() if k != "flops_by_op"}, indent=1), flush=True)
+        write(results, args.json)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if any("error" in r for r in results):
+        raise SystemExit(f"failed: {', '.join(r['name'] for r in results if 'error' in r)}")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet (and text encoder)")
     compile: bool = opt(False, "torch.compile the UNet (slow first steps, faster after; mostly worth it on a GPU)")
     mixed_precision: Precision = opt(Precision.NO, "autocast precision (fp16 needs a GPU)")
-    use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (CUDA only; AdamW elsewhere)")
+    use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (AdamW when it is not installed)")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.999, "AdamW beta2")
     adam_weight_decay: float = opt(1e-2, "AdamW weight decay")

@@ -13,7 +13,7 @@ from .errors import UsageError
 from .fields import to_yaml
 from .lora.files import find_weights, load_lora, training_config
 from .models import load_pipeline, load_vae, native_resolution
-from .sampling import draw, grid
+from .sampling import device_precision, draw, grid
 
 
 def generate(cfg: GenerateConfig) -> list[Path]:
@@ -49,6 +49,7 @@ def generate(cfg: GenerateConfig) -> list[Path]:
         cfg.batch_size,
         cfg.negative_prompt,
         on_batch=lambda b: bar.update(len(b)),
+        autocast=device_precision(pipe.device),
     )
     bar.close()
     paths = []

@@ -151,6 +151,10 @@ def load_pipeline(model: str, dtype: torch.dtype | None = None, allow_pickle: bo
     from .families import family_of_file
 
     dtype = dtype or torch.float32
+    if torch.cuda.is_available():
+        # fp32 matrix products on TF32 tensor cores (convolutions already are, by default): what is left in fp32
+        # under autocast, and generation and scoring models in fp32, run several times faster.
+        torch.backends.cuda.matmul.allow_tf32 = True
     quiet_libraries()
     entry = EMBEDDED.get(model)
     if entry is not None and entry.build:

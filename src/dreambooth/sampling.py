@@ -9,7 +9,17 @@ import math
 import torch
 from PIL import Image
 
+from . import autoencoder
 from .families import components, family_of
+
+
+def device_precision(device):
+    """The autocast images are drawn under on `device`: fp16 on a GPU (about twice as fast, the same images to the
+    eye; the VAE still decodes in fp32 where it must), none elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext
 
 
 def fast_sampler(pipe):
@@ -46,7 +56,10 @@ def draw(
     on_batch=None,
     autocast=contextlib.nullcontext,
 ) -> list:
-    """`num` images of `prompt`; image i is drawn with seed `seed + first_index + i` whatever the batch size."""
+    """`num` images of `prompt`; image i is drawn with seed `seed + first_index + i` whatever the batch size.
+
+    `autocast` is the precision the denoiser and text encoders run in; the pipeline stops at the latents and they are
+    decoded here, so that a VAE that must run in fp32 does, outside it (see `autoencoder`)."""
     sampler, pipe.scheduler = pipe.scheduler, fast_sampler(pipe)
     pipe.set_progress_bar_config(disable=True)
     images = []
@@ -55,7 +68,7 @@ def draw(
             for start in range(0, num, batch_size):
                 n = min(batch_size, num - start)
                 generators = [torch.Generator().manual_seed(seed + first_index + start + i) for i in range(n)]
-                batch = pipe(
+                latents = pipe(
                     [prompt] * n,
                     negative_prompt=[negative_prompt] * n if negative_prompt else None,
                     height=resolution,
@@ -63,13 +76,23 @@ def draw(
                     num_inference_steps=steps,
                     guidance_scale=guidance,
                     generator=generators,
+                    output_type="latent",
                 ).images
+                batch = to_images(pipe, latents)
                 images += batch
                 if on_batch:
                     on_batch(batch)
     finally:
         pipe.scheduler = sampler
     return images
+
+
+def to_images(pipe, latents: torch.Tensor) -> list[Image.Image]:
+    """The pipeline's latents -> its images, as the pipeline would have finished them (watermark where it has one)."""
+    image = autoencoder.decode(pipe.vae, latents)
+    if getattr(pipe, "watermark", None) is not None:
+        image = pipe.watermark.apply_watermark(image)
+    return pipe.image_processor.postprocess(image, output_type="pil")
 
 
 def grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:

@@ -102,3 +102,33 @@ def test_adapters_off_runs_the_base_model_and_restores_the_adapter():
                 assert torch.equal(unet(x, t, h).sample, base)
             assert torch.equal(unet(x, t, h).sample, tuned)
     assert all(p.requires_grad for p in params)  # still trainable after the base model's turn
+
+
+def test_a_vae_that_must_run_in_fp32_encodes_photos_in_fp32_in_an_fp16_run(photos):
+    """As a GPU run with --mixed-precision fp16 sets it up: the models in fp16, each batch drawn under fp16 autocast."""
+    from vae_dtypes import watch_vae
+
+    from dreambooth.models import describe
+    from dreambooth.training.photos import load_folder
+    from dreambooth.training.setup import adapt, resolved
+
+    pipe = build_tiny_sdxl_pipeline()
+    pipe.vae.register_to_config(force_upcast=True)  # as SDXL's own VAE asks
+    cfg = resolved(TrainConfig(instance_prompt="a photo of sks dog", batch_size=2), describe(pipe, "tiny-sdxl"))
+    adapt(cfg, pipe, sdxl.FAMILY, "cpu", torch.float16)
+    seen = watch_vae(pipe.vae)
+    examples = Examples(
+        cfg,
+        sdxl.FAMILY,
+        pipe.vae,
+        [pipe.tokenizer, pipe.tokenizer_2],
+        [pipe.text_encoder, pipe.text_encoder_2],
+        "cpu",
+        torch.float16,
+        load_folder(photos),
+        [],
+    )
+    with torch.autocast("cpu", dtype=torch.float16):
+        batch = examples.batch(0)
+    assert pipe.vae.dtype == torch.float32 and seen["encoder"] == {torch.float32}
+    assert batch.latents.dtype == torch.float16 and torch.isfinite(batch.latents).all()

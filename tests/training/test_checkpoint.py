@@ -186,3 +186,23 @@ def test_nan_keeps_the_last_good_checkpoint(photos, tmp_path, monkeypatch):
     assert ckpts == ["step-000005"]
     tensors = load_file(str(tmp_path / "run" / "checkpoints" / "step-000005" / "state.safetensors"))
     assert all(torch.isfinite(t.float()).all() for t in tensors.values())
+
+
+def test_optimiser_state_for_another_set_of_weights_is_one_line(tmp_path):
+    """An SDXL run with text-encoder LoRA saved by an earlier version had adapters on the first encoder's last layer,
+    which now gets none: its optimiser state no longer fits, and resuming says so instead of a traceback."""
+    from dreambooth.errors import UsageError
+    from dreambooth.training import checkpoint
+
+    def run(n_layers):
+        model = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(n_layers)])
+        optimizer = torch.optim.AdamW(model.parameters())
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+        return {"encoder": model}, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+    models, optimizer, schedule = run(3)
+    saved = checkpoint.save(tmp_path / "checkpoints", 1, models, optimizer, schedule)
+    fewer, optimizer, schedule = run(2)
+    with pytest.raises(UsageError, match="another set of LoRA weights.*--overwrite"):
+        checkpoint.load(saved, fewer, optimizer, schedule)

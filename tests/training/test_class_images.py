@@ -39,3 +39,42 @@ def test_bank_folder_names_are_those_earlier_versions_made():
 
     folder = bank_dir("tiny", "", "a photo of a golden retriever puppy big dog", 64, 25, 7.5, 0)
     assert folder.name == "a-photo-of-a-golden-retriever-puppy-big--28031876ec8c"
+
+
+def test_class_image_banks_are_kept_apart_by_the_precision_they_are_drawn_in():
+    from dreambooth.training.class_images import bank_dir
+
+    settings = ("tiny", "", "a photo of a dog", 64, 25, 7.5, 0)
+    fp32, fp16, bf16 = (bank_dir(*settings, precision) for precision in ("fp32", "fp16", "bf16"))
+    assert len({fp32, fp16, bf16}) == 3
+    assert fp32 == bank_dir(*settings)  # drawn without autocast, as earlier versions keyed them
+
+
+def test_class_images_drawn_under_a_gpus_fp16_autocast_decode_in_fp32_into_their_own_bank(photos, monkeypatch):
+    """As on a GPU: class images drawn under fp16 autocast (here the CPU's), into the bank of fp16 drawings."""
+    import torch
+    from vae_dtypes import watch_vae
+
+    from dreambooth.config import TrainConfig
+    from dreambooth.models import describe, load_pipeline
+    from dreambooth.training import setup
+
+    monkeypatch.setattr(setup, "class_image_precision", lambda device: torch.float16)
+    asked = TrainConfig(
+        model="tiny-sdxl",
+        instance_dir=str(photos),
+        instance_prompt="a photo of sks dog",
+        class_prompt="a photo of a dog",
+        with_prior_preservation=True,
+        num_class_images=1,
+        class_image_steps=2,
+    )
+    accelerator = setup.make_accelerator(asked)
+    pipe = load_pipeline("tiny-sdxl")
+    pipe.vae.register_to_config(force_upcast=True)  # as SDXL's own VAE asks
+    base = describe(pipe, "tiny-sdxl")
+    cfg = setup.resolved(asked, base, setup.class_image_precision(accelerator.device))
+    assert cfg.class_dir != setup.resolved(asked, base, torch.float32).class_dir
+    seen = watch_vae(pipe.vae)
+    assert len(setup.class_photos(cfg, pipe, accelerator)) == 1
+    assert seen["decoder"] == {torch.float32}

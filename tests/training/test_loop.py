@@ -130,7 +130,10 @@ def test_nan_loss_stops_with_step_and_causes(photos, tmp_path, monkeypatch):
         train_mod.train(small(photos, tmp_path / "run", with_prior_preservation=False, max_steps=12, num_samples=0))
 
 
-def test_bf16_gradient_checkpointing_and_8bit_adam_fallback_on_cpu(photos, tmp_path, capsys):
+def test_bf16_gradient_checkpointing_and_8bit_adam_fallback_without_bitsandbytes(photos, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
     out = train_mod.train(
         small(
             photos,
@@ -308,3 +311,69 @@ def test_first_steps_losses_are_pinned(model, tmp_path):
             losses = train_mod.step_loss(run.cfg, run.base.family, unet, run.noise_scheduler, run.examples, step)
         assert [x.item() for x in losses] == pytest.approx(expected, rel=1e-4, abs=1e-6), step
         assert train_mod.optimizer_step(run, step).item() == pytest.approx(expected[0], rel=1e-4)
+
+
+def test_a_vae_that_must_run_in_fp32_runs_in_fp32_through_a_bf16_run(photos, tmp_path, monkeypatch):
+    """Photos encoded under the training step's autocast, validation images decoded under the sampling autocast:
+    the VAE's convolutions see fp32 in both."""
+    from vae_dtypes import watch_vae
+
+    from dreambooth.training import setup
+
+    pipes = []
+
+    def load_and_watch(model, **kw):
+        pipe = load_pipeline(model, **kw)
+        pipe.vae.register_to_config(force_upcast=True)  # as SDXL's own VAE asks
+        pipes.append((pipe, watch_vae(pipe.vae)))
+        return pipe
+
+    load_pipeline = setup.load_pipeline
+    monkeypatch.setattr(setup, "load_pipeline", load_and_watch)
+    out = train_mod.train(
+        small(
+            photos,
+            tmp_path / "run",
+            model="tiny-sdxl",
+            mixed_precision="bf16",
+            with_prior_preservation=False,
+            train_text_encoder=False,
+            max_steps=1,
+            num_samples=1,
+            sample_steps=2,
+        )
+    )
+    [(pipe, seen)] = pipes
+    assert pipe.vae.dtype == torch.float32
+    assert seen == {"encoder": {torch.float32}, "decoder": {torch.float32}}
+    assert (out / "samples.png").is_file()
+
+
+def test_a_finished_run_lets_its_models_go_without_the_garbage_collector(photos, tmp_path, monkeypatch):
+    """accelerate's mixed-precision forward is stored on each model (a reference cycle): a second run in the same
+    process must not start with the first one's models still held, waiting for a collection."""
+    import gc
+    import weakref
+
+    import dreambooth.training.setup as setup_mod
+
+    held, load = [], setup_mod.load_pipeline
+
+    def remembering(*args, **kw):
+        pipe = load(*args, **kw)
+        held.extend(weakref.ref(m) for m in (pipe.unet, pipe.text_encoder, pipe.vae))
+        return pipe
+
+    # The libraries' first imports can log a caught error, whose traceback (kept by pytest's log capture) holds every
+    # frame up the stack: import them before the runs watched.
+    load("tiny")
+    monkeypatch.setattr(setup_mod, "load_pipeline", remembering)
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(2):
+            train_mod.train(small(photos, tmp_path / f"run{i}", mixed_precision="bf16", max_steps=1, num_samples=0,
+                                  with_prior_preservation=False))  # fmt: skip
+            assert [ref() is None for ref in held] == [True] * len(held)
+    finally:
+        gc.enable()

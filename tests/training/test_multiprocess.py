@@ -85,3 +85,19 @@ def test_two_processes_match_one_process_with_twice_the_batch(photos, tmp_path):
     banks = [next((tmp_path / c / "class-images").iterdir()) for c in ("cache-two", "cache-one")]
     made = [sorted(p.name for p in bank.iterdir()) for bank in banks]
     assert made[0] == made[1] == [f"class-{i:05d}.png" for i in range(4)]
+
+
+def test_two_processes_train_sdxl_with_both_text_encoders(photos, tmp_path):
+    """SDXL reads the first text encoder's penultimate layer: its last layer gets no gradient, which
+    DistributedDataParallel refuses at the second step unless no adapter sits where no gradient flows."""
+    two = run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+         "-m", "dreambooth.cli", "train", "--model", "tiny-sdxl", "--instance-dir", str(photos),
+         "--instance-prompt", "a photo of sks dog", "--max-steps", "3", "--num-samples", "0", "--rank", "4",
+         "--train-text-encoder", "--output-dir", "two"],
+        tmp_path,
+        tmp_path / "cache",
+    )  # fmt: skip
+    assert two.stdout.count("LoRA saved") == 1
+    weights = load_file(str(tmp_path / "two" / "pytorch_lora_weights.safetensors"))
+    assert any(k.startswith("text_encoder.") for k in weights) and any(k.startswith("text_encoder_2.") for k in weights)

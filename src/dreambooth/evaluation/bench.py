@@ -196,7 +196,7 @@ def draw_missing(cfg: BenchConfig, lora: Path, jobs: list[tuple[Path, str]], bar
 
     from ..lora.files import load_lora
     from ..models import load_pipeline, native_resolution
-    from ..sampling import draw
+    from ..sampling import device_precision, draw
 
     pipe = load_pipeline(cfg.model)
     load_lora(pipe, lora)
@@ -215,6 +215,7 @@ def draw_missing(cfg: BenchConfig, lora: Path, jobs: list[tuple[Path, str]], bar
             resolution,
             cfg.batch_size,
             on_batch=lambda b: bar.update(len(b)),
+            autocast=device_precision(pipe.device),
         )
         for image, path in zip(images, image_files(folder, cfg.images_per_prompt)):
             atomic.save_image(image, path)

@@ -15,6 +15,10 @@ from ..objectives import Objective
 PromptEmbeddings = dict[str, torch.Tensor]
 
 
+def every_module_used(component: str, encoder: Any) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Family:
     name: str  # written into LoRA headers: "sd", "sdxl"
@@ -40,6 +44,9 @@ class Family:
     adapters_words: tuple[str, str]  # model card: (denoiser only, with the text encoder(s))
     legacy_names: tuple[str, ...] = ()  # what older LoRA headers wrote as the family
     single_file_options: Callable[[], dict] = dict  # extra keywords for the pipeline's from_single_file
+    # (text-encoder component, encoder) -> a regex of its modules whose output the family never reads, or None. They
+    # get no adapter: it could not learn, and data-parallel training stops at parameters that get no gradient.
+    unread_text_encoder_modules: Callable[[str, Any], str | None] = every_module_used
 
 
 def checkpoint_has(path: Path, prefix: str) -> bool:

@@ -23,15 +23,16 @@ def load_clip_tokenizer():
 
 
 def tokenize(tokenizer, prompts: list[str], device) -> torch.Tensor:
-    # Training asks for the same few prompts every step: keep their token ids.
-    cache = TOKEN_IDS.setdefault(tokenizer, {})
+    # Training asks for the same few prompts every step: keep their token ids, on the device that reads them
+    # (a copy from the host each step would make the host wait for the device).
+    cache = TOKEN_IDS.setdefault(tokenizer, {}).setdefault(str(device), {})
     missing = [p for p in dict.fromkeys(prompts) if p not in cache]
     if missing:
         ids = tokenizer(
             missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
+        ).input_ids.to(device)
         cache.update(zip(missing, ids))
-    return torch.stack([cache[p] for p in prompts]).to(device)
+    return torch.stack([cache[p] for p in prompts])
 
 
 def tiny_text_settings(tokenizer) -> dict:

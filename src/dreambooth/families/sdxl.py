@@ -41,6 +41,14 @@ def encode_prompts(tokenizers: list, encoders: list, prompts: list[str], device)
     return {"hidden": torch.cat(hidden, dim=-1), "pooled": pooled}
 
 
+def unread_text_encoder_modules(component: str, encoder) -> str | None:
+    """The first encoder's last layer: only its penultimate hidden states are read (the second encoder's last layer
+    feeds its pooled embedding)."""
+    if component != "text_encoder":
+        return None
+    return rf".*encoder\.layers\.{encoder.config.num_hidden_layers - 1}\..*"
+
+
 def denoise(
     unet, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: PromptEmbeddings, geometry: torch.Tensor
 ) -> torch.Tensor:
@@ -91,6 +99,7 @@ FAMILY = Family(
     kohya_base_version=kohya_base_version,
     adapters_words=("UNet", "UNet + both text encoders"),
     legacy_names=("tiny-sdxl",),
+    unread_text_encoder_modules=unread_text_encoder_modules,
 )
 
 

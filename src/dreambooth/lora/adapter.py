@@ -13,8 +13,11 @@ from ..errors import UsageError
 ADAPTER = "subject"
 
 
-def add_lora(model: Any, rank: int, alpha: float, dropout: float, targets: list[str]) -> list[torch.nn.Parameter]:
-    """Freeze `model`, attach a LoRA adapter to `targets`, return the new trainable parameters (fp32)."""
+def add_lora(
+    model: Any, rank: int, alpha: float, dropout: float, targets: list[str], exclude: str | None = None
+) -> list[torch.nn.Parameter]:
+    """Freeze `model`, attach a LoRA adapter to `targets` (but not to modules matching the regex `exclude`), return
+    the new trainable parameters (fp32)."""
     from peft import LoraConfig
 
     model.requires_grad_(False)
@@ -25,6 +28,7 @@ def add_lora(model: Any, rank: int, alpha: float, dropout: float, targets: list[
         lora_dropout=dropout,
         init_lora_weights="gaussian",
         target_modules=targets,
+        exclude_modules=exclude,
     )
     try:
         model.add_adapter(config)

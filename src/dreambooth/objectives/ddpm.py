@@ -39,7 +39,7 @@ def training_scheduler(scheduler_config):
 def draw_timesteps(scheduler, generators: list[torch.Generator], device) -> torch.Tensor:
     """One uniform timestep per example, each from its own generator."""
     steps = scheduler.config.num_train_timesteps
-    return torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators]).to(device)
+    return torch.cat([torch.randint(0, steps, (1,), generator=g, device=device) for g in generators])
 
 
 def add_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

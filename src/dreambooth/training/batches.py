@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import autoencoder
 from ..config import PriorMode, TrainConfig
 from ..families import Family, PromptEmbeddings
 from ..lora.adapter import adapters_off
@@ -20,6 +21,18 @@ from .photos import resize_and_crop, to_tensor
 def example_generator(seed: int, kind: str, position: int) -> torch.Generator:
     stream = {"instance": 0, "class": 1, "prior": 2}[kind]
     return torch.Generator().manual_seed((seed * 1_000_003 + position) * 4 + stream)
+
+
+def device_generator(g: torch.Generator, device: torch.device) -> torch.Generator | None:
+    """The generator an example draws its latent sample, noise and timestep from, on the device that uses them:
+    drawn there, they cost no host-to-device copy, which would make the host wait for the device every step.
+    On the CPU it is the example's own generator (so CPU runs draw what they always drew); on the meta device
+    (shapes only) none."""
+    if device.type == "cpu":
+        return g
+    if device.type == "meta":
+        return None
+    return torch.Generator(device).manual_seed(g.initial_seed())
 
 
 def stream_indices(pos: int, count: int, n: int, seed: int) -> list[int]:
@@ -37,7 +50,7 @@ class Batch:
     prompts: list[str]
     num_class: int
     geometry: torch.Tensor  # per example: original height and width, the crop's top and left, target height and width
-    rngs: list  # each example's generator, to draw its noise and timestep next
+    rngs: list  # each example's generator on the device (see device_generator), to draw its noise and timestep next
 
 
 class Examples:
@@ -74,12 +87,14 @@ class Examples:
         photo = self.sets[which][idx]
         fixed = self.cfg.center_crop or which == "class"
         image, (top, left) = resize_and_crop(photo.image, self.cfg.resolution, fixed, g, flip)
-        pixels = to_tensor(image)[None].to(self.device, self.dtype)
         with torch.no_grad():
-            dist = self.vae.encode(pixels).latent_dist
+            dist = autoencoder.encode(self.vae, to_tensor(image)[None].to(self.device))
         res = self.cfg.resolution
-        geometry = torch.tensor([[photo.image.height, photo.image.width, top, left, res, res]], dtype=torch.float32)
-        out = (dist.mean, dist.std, geometry)
+        geometry = torch.tensor(
+            [[photo.image.height, photo.image.width, top, left, res, res]], dtype=torch.float32, device=self.device
+        )
+        # an fp32 VAE's posterior joins the rest of the batch in the compute dtype, as a VAE in that dtype gave it
+        out = (dist.mean.to(self.dtype), dist.std.to(self.dtype), geometry)
         if fixed:
             self.posteriors[key] = out
         return out
@@ -144,10 +159,11 @@ class Examples:
             g = example_generator(cfg.seed, which, pos)
             flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
             mean, std, ids = self.posterior(which, idx, flip, g)
-            noise = torch.randn(mean.shape, generator=g).to(mean.device, mean.dtype)
+            dg = device_generator(g, mean.device)
+            noise = torch.randn(mean.shape, generator=dg, device=mean.device).to(mean.dtype)
             latents.append(mean + std * noise)
             geometry.append(ids)
-            rngs.append(g)
+            rngs.append(dg)
         latents = torch.cat(latents) * self.vae.config.scaling_factor
         prompts = [self.prompt(which, idx) for which, idx, _ in picks]
-        return Batch(latents, prompts, len(picks) - bs, torch.cat(geometry).to(self.device), rngs)
+        return Batch(latents, prompts, len(picks) - bs, torch.cat(geometry), rngs)

@@ -1,8 +1,9 @@
 """Resumable training state, written atomically, checked when read, and read without unpickling anything.
 
 A checkpoint is a folder `checkpoints/step-000100/` with `state.safetensors` (LoRA weights and optimiser tensors)
-and `state.json`: the step, optimiser hyper-parameters, LR-schedule position, the checksum of the tensors, the
-run's identity (what must match to continue it) and its other settings (what may change on resume).
+and `state.json`: the step, the optimiser's state around its tensors (numbers, flags, nesting) and hyper-parameters,
+LR-schedule position, fp16 loss scale, the checksum of the tensors, the run's identity (what must match to continue
+it) and its other settings (what may change on resume).
 Everything random in training is derived from (seed, step), so no RNG state needs saving.
 """
 
@@ -35,22 +36,87 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+PLAIN = (type(None), bool, int, float, str)  # what JSON holds as it is
+
+
+def state_to_json(value, path: tuple, tensors: dict[str, torch.Tensor], names: dict[tuple, str]):
+    """Optimiser state `value` (found at `path`) as JSON: each tensor moved into `tensors` under its path joined by
+    dots and replaced by {"tensor": that name}; a dict as {"dict": [[key, value], ...]}, which keeps integer keys
+    integers; a tuple as {"tuple": [...]}; lists, numbers, strings, booleans and None as they are.
+    One tensor held in several places (8-bit AdamW shares its quantisation maps between parameters) is stored once,
+    under the name `names` gives it, and read back shared: safetensors refuses to write memory twice."""
+    if torch.is_tensor(value):
+        view = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if view in names:
+            return {"tensor": names[view]}
+        name = ".".join(str(k) for k in path)
+        if name in tensors:
+            raise ValueError(f"optimiser state {name}: two entries have this name once flattened")
+        tensors[name], names[view] = value.detach().cpu().contiguous(), name
+        return {"tensor": name}
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, PLAIN):
+                raise TypeError(f"optimiser state {where(path)}: a key of type {type(key).__name__} cannot be saved")
+        return {"dict": [[key, state_to_json(v, (*path, key), tensors, names)] for key, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        items = [state_to_json(v, (*path, i), tensors, names) for i, v in enumerate(value)]
+        return {"tuple": items} if isinstance(value, tuple) else items
+    if isinstance(value, PLAIN):
+        return value
+    raise TypeError(f"optimiser state {where(path)}: a {type(value).__name__} cannot be saved")
+
+
+def where(path: tuple) -> str:
+    """`path` as it would be indexed in Python, without the leading "optim": [0]['exp_avg']."""
+    return "".join(f"[{k!r}]" for k in path[1:])
+
+
+def state_from_json(value, tensors: dict[str, torch.Tensor]):
+    """The optimiser state `state_to_json` wrote, with its tensors taken from `tensors`."""
+    if isinstance(value, list):
+        return [state_from_json(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "tensor" in value:
+        return tensors[value["tensor"]]
+    if "tuple" in value:
+        return tuple(state_from_json(v, tensors) for v in value["tuple"])
+    return {key: state_from_json(v, tensors) for key, v in value["dict"]}
+
+
+def flat_optimizer_state(tensors: dict[str, torch.Tensor]) -> dict[int, dict]:
+    """The optimiser state of checkpoints written before nesting was kept: tensors named `optim.<param>.<name>`."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    return state
+
+
+def optimizer_kind(optimizer) -> str:
+    """The optimiser's class, under accelerate's wrapper: its state fits only that class."""
+    return type(getattr(optimizer, "optimizer", optimizer)).__name__
+
+
 def save(checkpoints_dir: Path, step: int, models: dict, optimizer, lr_scheduler, keep: int = 2,
-         identity: dict | None = None, settings: dict | None = None) -> Path:  # fmt: skip
+         identity: dict | None = None, settings: dict | None = None, scaler=None) -> Path:  # fmt: skip
+    """Write the checkpoint of `step` and prune older ones. `scaler` is the fp16 loss scaler, when there is one."""
     final = Path(checkpoints_dir) / f"step-{step:06d}"
-    tmp = atomic.temp_dir_beside(final)
     tensors = {f"param.{k}": p.detach().cpu().contiguous() for k, p in trainable(models).items()}
     opt = optimizer.state_dict()
-    for idx, state in opt["state"].items():
-        for key, value in state.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"optim.{idx}.{key}"] = t.detach().cpu().contiguous()
+    optimizer_state = state_to_json(opt["state"], ("optim",), tensors, {})  # before the folder: a refusal leaves nothing
+    tmp = atomic.temp_dir_beside(final)
     try:
         save_file(tensors, str(tmp / STATE_TENSORS))
         meta = {
             "step": step,
+            "optimizer": optimizer_kind(optimizer),
+            "optimizer_state": optimizer_state,
             "param_groups": opt["param_groups"],
             "lr_scheduler": {k: v for k, v in lr_scheduler.state_dict().items() if k != "lr_lambdas"},
+            "scaler": scaler.state_dict() if scaler is not None else {},
             "bytes": (tmp / STATE_TENSORS).stat().st_size,
             "sha256": file_sha256(tmp / STATE_TENSORS),
             "identity": identity or {},
@@ -122,8 +188,9 @@ def newest_intact(checkpoints_dir: Path) -> tuple[Path | None, list[tuple[Path, 
     return None, damaged
 
 
-def load(path: Path, models: dict, optimizer, lr_scheduler) -> int:
-    """Restore weights, optimiser and schedule from `path`; return the step it was saved at."""
+def load(path: Path, models: dict, optimizer, lr_scheduler, scaler=None) -> int:
+    """Restore weights, optimiser, schedule and, given the run's fp16 loss `scaler`, its scale from `path`; return
+    the step it was saved at."""
     tensors = load_file(str(path / STATE_TENSORS))
     meta = read_meta(path)
     params = trainable(models)
@@ -139,21 +206,39 @@ def load(path: Path, models: dict, optimizer, lr_scheduler) -> int:
                 raise UsageError(f"--resume: checkpoint {path} holds {k} of shape {tuple(tensors[f'param.{k}'].shape)}, not "
                                  f"{tuple(p.shape)}; it was made with other LoRA settings or another base model")  # fmt: skip
             p.copy_(tensors[f"param.{k}"])
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if "optimizer_state" in meta:
+        state = state_from_json(meta["optimizer_state"], tensors)
+    else:
+        state = flat_optimizer_state(tensors)
+    # --use-8bit-adam is part of a run's identity, but it means AdamW where bitsandbytes is not installed (and meant
+    # AdamW on every CPU before); older checkpoints do not name their optimiser, AdamW's state does
+    saved = meta.get("optimizer") or ("AdamW" if any("exp_avg" in per_param for per_param in state.values()) else None)
+    if saved and saved != optimizer_kind(optimizer):
+        raise UsageError(
+            f"--resume: checkpoint {path} holds the state of {saved} but this run uses {optimizer_kind(optimizer)} "
+            f"(--use-8bit-adam is AdamW8bit where bitsandbytes is installed, AdamW where not); continue it where that "
+            f"matches, or pass --overwrite to start over"
+        )
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except ValueError:  # torch: "loaded state dict contains a parameter group that doesn't match the size of ..."
+        raise UsageError(
+            f"--resume: checkpoint {path} holds optimiser state for another set of LoRA weights (an earlier version "
+            f"also put adapters where no gradient reaches, e.g. SDXL's first text encoder's last layer); pass "
+            f"--overwrite to start over"
+        ) from None
     lr_scheduler.load_state_dict({**lr_scheduler.state_dict(), **meta["lr_scheduler"]})
+    # a checkpoint saved without fp16 holds no scale: the scaler then starts from its initial one
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
     return int(meta["step"])
 
 
 def save_or_stop(ckpt_dir: Path, step: int, named: dict, optimizer, lr_scheduler, keep: int,
-                 identity: dict | None = None, settings: dict | None = None) -> Path:  # fmt: skip
+                 identity: dict | None = None, settings: dict | None = None, scaler=None) -> Path:  # fmt: skip
     """Save; when the disk refuses, stop training with one line saying what is kept."""
     try:
-        return save(ckpt_dir, step, named, optimizer, lr_scheduler, keep, identity, settings)
+        return save(ckpt_dir, step, named, optimizer, lr_scheduler, keep, identity, settings, scaler)
     except OSError as e:
         previous = newest(ckpt_dir)
         kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"

@@ -91,12 +91,26 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "dreambooth"
 
 
-def bank_dir(model: str, vae: str, class_prompt: str, resolution: int, steps: int, guidance: float, seed: int) -> Path:
+def bank_dir(
+    model: str,
+    vae: str,
+    class_prompt: str,
+    resolution: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    precision: str = "fp32",
+) -> Path:
     """Where the class images of these settings live, shared by every run and subject that asks for the same.
 
-    Image i depends only on (base model, VAE, prompt, resolution, sampler, steps, guidance, seed + i), so
-    runs that agree on those share images; asking for more images adds to the same folder."""
-    key = json.dumps([identity(model), identity(vae), class_prompt, resolution, "dpmsolver++", steps, guidance, seed])
+    Image i depends only on (base model, VAE, prompt, resolution, sampler, steps, guidance, seed + i, the precision
+    it was drawn in: "fp32", or the autocast's "fp16" / "bf16"), so runs that agree on those share images; asking
+    for more images adds to the same folder."""
+    key = [identity(model), identity(vae), class_prompt, resolution, "dpmsolver++", steps, guidance, seed]
+    # Earlier versions left the precision out. Their fp32 banks keep their key; banks they drew under fp16 autocast
+    # (on a GPU) ran the VAE in fp16, which can leave black images, so an autocast precision makes a new key.
+    if precision != "fp32":
+        key.append(precision)
     # 41 then 40: the folder names earlier versions made (cut at 40 characters after the dashes were trimmed)
     name = slug(class_prompt, 41, "class")[:40]
-    return cache_root() / "class-images" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return cache_root() / "class-images" / f"{name}-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]}"

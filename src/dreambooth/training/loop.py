@@ -57,7 +57,8 @@ def optimizer_step(run: Run, step: int) -> torch.Tensor:
 
 def save_checkpoint(run: Run, step: int) -> Path:
     return checkpoint.save_or_stop(run.checkpoints, step, run.named, run.optimizer, run.lr_scheduler,
-                                   run.cfg.checkpoints_total_limit, run.identity, run_settings(run.cfg))  # fmt: skip
+                                   run.cfg.checkpoints_total_limit, run.identity, run_settings(run.cfg),
+                                   run.accelerator.scaler)  # fmt: skip
 
 
 def save_samples(run: Run, prompt: str, num: int, path: Path) -> None:
@@ -161,6 +162,19 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
     print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}", flush=True)
 
 
+def release(run: Run) -> None:
+    """Let the run's models go as soon as the run does. accelerate gives each model it prepares for mixed precision
+    an autocast-wrapped `forward` stored on the model itself, a reference cycle: without this, their memory (a GPU's
+    too) would wait for the garbage collector, and a second run in the same process (the page, the Python API)
+    would start with the first one's models still loaded."""
+    for model in [*run.models.values(), *run.named.values()]:
+        for patched in ("forward", "_original_forward"):
+            model.__dict__.pop(patched, None)
+    run.accelerator.free_memory()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None) -> Path:
     """Train; return the output folder.
 
@@ -169,12 +183,15 @@ def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None) -> P
     Setting `stop_event` (a threading.Event) stops after the current step with a checkpoint saved, and
     raises KeyboardInterrupt, as Ctrl-C does."""
     run = set_up(cfg)
-    first = resume(run)
-    started = time.time()
-    step, loss_value = loop(run, first, on_event, stop_event)
-    if run.main:
-        finish(run, step, loss_value, time.time() - started)
-    run.accelerator.wait_for_everyone()
+    try:
+        first = resume(run)
+        started = time.time()
+        step, loss_value = loop(run, first, on_event, stop_event)
+        if run.main:
+            finish(run, step, loss_value, time.time() - started)
+        run.accelerator.wait_for_everyone()
+    finally:
+        release(run)
     if on_event:
         on_event({"kind": "done", "path": str(run.out)})
     return run.out

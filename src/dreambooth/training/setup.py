@@ -4,7 +4,6 @@ Returns a `Run`, everything the loop works with."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .. import atomic
+from .. import atomic, autoencoder
 from ..config import Precision, PriorMode, TrainConfig, check_train
 from ..errors import UsageError, warn
 from ..families import Family, text_encoders, tokenizers
@@ -22,6 +21,7 @@ from ..fields import to_dict, to_yaml
 from ..lora.adapter import add_lora
 from ..lora.files import WEIGHT_NAME
 from ..models import Base, describe, fingerprint, load_pipeline, load_vae
+from ..sampling import device_precision
 from . import checkpoint
 from .batches import Examples
 from .class_images import bank_dir, ensure_class_images
@@ -102,17 +102,14 @@ def make_accelerator(cfg: TrainConfig):
 
 def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.device):
     if cfg.use_8bit_adam:
-        if device.type == "cuda":
-            try:
-                import bitsandbytes as bnb
-
-                return bnb.optim.AdamW8bit(
-                    param_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
-                )
-            except ImportError:
-                warn("--use-8bit-adam: bitsandbytes is not installed (pip install bitsandbytes); using AdamW")
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            warn("--use-8bit-adam: bitsandbytes is not installed (pip install bitsandbytes); using AdamW")
         else:
-            warn("--use-8bit-adam: bitsandbytes needs CUDA; using AdamW on this device")
+            return bnb.optim.AdamW8bit(
+                param_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
+            )
     # fused kernels on CUDA; elsewhere foreach (one op over all tensors) beats a Python loop over ~200 LoRA tensors
     cuda = device.type == "cuda"
     return torch.optim.AdamW(
@@ -128,8 +125,9 @@ def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.dev
 MODEL_DECIDES = ("resolution", "lora_alpha", "target_modules", "text_encoder_target_modules")  # when left empty
 
 
-def resolved(cfg: TrainConfig, base: Base) -> TrainConfig:
-    """The settings with what the model decides filled in: resolution, alpha, LoRA targets, class-image folder."""
+def resolved(cfg: TrainConfig, base: Base, class_image_dtype: torch.dtype = torch.float32) -> TrainConfig:
+    """The settings with what the model decides filled in: resolution, alpha, LoRA targets, class-image folder
+    (keyed by the precision class images are drawn in: `class_image_precision` of the run's device)."""
     cfg = dataclasses.replace(
         cfg,
         resolution=cfg.resolution or base.native_resolution,
@@ -142,19 +140,32 @@ def resolved(cfg: TrainConfig, base: Base) -> TrainConfig:
             cfg,
             class_dir=str(
                 bank_dir(
-                    cfg.model, cfg.vae, cfg.class_prompt, cfg.resolution, cfg.class_image_steps, cfg.guidance_scale, cfg.seed
+                    cfg.model,
+                    cfg.vae,
+                    cfg.class_prompt,
+                    cfg.resolution,
+                    cfg.class_image_steps,
+                    cfg.guidance_scale,
+                    cfg.seed,
+                    PRECISION_NAMES[class_image_dtype],
                 )
             ),
         )
     return cfg
 
 
-def sampling_precision(accelerator):
-    """Class images on a GPU are drawn in fp16: twice as fast, and the images are the same to the eye."""
+PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-    if accelerator.device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext
+
+def class_image_precision(device: torch.device) -> torch.dtype:
+    """Class images on a GPU are drawn in fp16: twice as fast, and the images are the same to the eye (the VAE
+    still decodes in fp32 where it must, see `autoencoder`)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def sampling_precision(accelerator):
+    """The autocast class images are drawn under (its dtype is `class_image_precision`, part of the bank's key)."""
+    return device_precision(accelerator.device)
 
 
 def class_photos(cfg: TrainConfig, pipe, accelerator) -> list:
@@ -181,13 +192,15 @@ def class_photos(cfg: TrainConfig, pipe, accelerator) -> list:
 
 
 def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
-    """Freeze everything, move it to the device in the compute dtype, add LoRA adapters; returns the trained
-    components by name and the optimiser's parameter groups."""
+    """Freeze everything, move it to the device in the compute dtype (the VAE in fp32 where it must run so, see
+    `autoencoder`), add LoRA adapters; returns the trained components by name and the optimiser's parameter groups."""
     denoiser = getattr(pipe, family.denoiser)
     encoders = text_encoders(pipe, family)
-    for m in [denoiser, pipe.vae, *encoders.values()]:
+    for m in [denoiser, *encoders.values()]:
         m.requires_grad_(False)
         m.to(device, dtype=weight_dtype)
+    pipe.vae.requires_grad_(False)
+    pipe.vae.to(device, dtype=autoencoder.weights_dtype(pipe.vae, weight_dtype))  # fp32 where its config asks
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
     trained = {family.denoiser: denoiser}
     groups = [
@@ -195,7 +208,8 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
     ]
     if cfg.train_text_encoder:
         for name, encoder in encoders.items():
-            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules)
+            unread = family.unread_text_encoder_modules(name, encoder)
+            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules, unread)
             groups.append({"params": params, "lr": cfg.text_encoder_lr})
             trained[name] = encoder
     for name, m in trained.items():
@@ -216,7 +230,7 @@ def set_up(cfg: TrainConfig) -> Run:
     if cfg.vae:
         pipe.vae = load_vae(cfg.vae)
     base = describe(pipe, cfg.model)
-    cfg = resolved(cfg, base)
+    cfg = resolved(cfg, base, class_image_precision(accelerator.device))
     if accelerator.is_main_process:
         out = Path(cfg.output_dir).expanduser()
         if cfg.overwrite and out.is_dir() and holds_run(out):
@@ -279,7 +293,8 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
         base,
         accelerator,
         models,
-        {name: accelerator.unwrap_model(m) for name, m in models.items()},
+        # without the compile wrapper: saved names must be the module's own, not `_orig_mod.…`
+        {name: accelerator.unwrap_model(m, keep_torch_compile=False) for name, m in models.items()},
         optimizer,
         lr_scheduler,
         family.objective.scheduler(pipe.scheduler.config),
@@ -374,7 +389,7 @@ def resume(run: Run) -> int:
             warn(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
         return 0
     changed = check_same_run(run, found)
-    step = checkpoint.load(found, run.named, run.optimizer, run.lr_scheduler)
+    step = checkpoint.load(found, run.named, run.optimizer, run.lr_scheduler, run.accelerator.scaler)
     if run.main:
         if changed:
             warn(f"--resume: continuing {found.name} with changed settings: {'; '.join(changed)}")

@@ -18,7 +18,8 @@ def step_loss(cfg: TrainConfig, family: Family, denoiser, noise_scheduler, examp
     objective = family.objective
     batch = examples.batch(micro_step)
     latents = batch.latents
-    noise = torch.cat([torch.randn((1, *latents.shape[1:]), generator=g) for g in batch.rngs]).to(latents.device, latents.dtype)
+    shape, device = (1, *latents.shape[1:]), latents.device
+    noise = torch.cat([torch.randn(shape, generator=g, device=device) for g in batch.rngs]).to(latents.dtype)
     timesteps = objective.timesteps(noise_scheduler, batch.rngs, latents.device)
     noisy = objective.noise(noise_scheduler, latents, noise, timesteps)
     prompts = examples.encode(batch.prompts)
