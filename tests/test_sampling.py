@@ -4,7 +4,8 @@ import torch
 from vae_dtypes import watch_vae
 
 from dreambooth.models import load_pipeline
-from dreambooth.sampling import draw, fast_sampler
+from dreambooth.objectives.ddpm import fast_sampler
+from dreambooth.sampling import draw
 
 
 def fp16_autocast():

@@ -38,6 +38,12 @@ def encode(vae, pixels: torch.Tensor):
         return vae.encode(pixels.to(input_dtype(vae))).latent_dist
 
 
+def normalised(vae, latents: torch.Tensor) -> torch.Tensor:
+    """VAE latents -> what the denoiser works on: shifted (FLUX's and SD3's VAEs have a `shift_factor`) and scaled."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor if shift else latents * vae.config.scaling_factor
+
+
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Denoised latents -> images in [-1, 1], undoing the scaling (and, where the VAE's config has them, the
     per-channel mean and std) as the diffusers pipelines do before decoding."""
@@ -50,5 +56,5 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
             std = torch.tensor(std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
             latents = latents * std / vae.config.scaling_factor + mean
         else:
-            latents = latents / vae.config.scaling_factor
+            latents = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
         return vae.decode(latents, return_dict=False)[0]

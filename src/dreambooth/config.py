@@ -113,6 +113,21 @@ class TrainConfig:
     snr_gamma: float = opt(
         0.0, "min-SNR-gamma loss weights (Hang et al. 2023); 0 = plain MSE, 5 is usual; use what the base was trained with"
     )
+    weighting_scheme: str = opt(
+        "none",
+        "flow-matching families (FLUX.1, SD3): how noise levels are drawn or weighted (SD3 paper): logit_normal, mode, "
+        "cosmap, sigma_sqrt, or none (uniform)",
+        choices=("logit_normal", "mode", "cosmap", "sigma_sqrt", "none"),
+    )
+    logit_mean: float = opt(0.0, "mean of the logit-normal noise-level density (--weighting-scheme logit_normal)")
+    logit_std: float = opt(1.0, "standard deviation of the logit-normal noise-level density")
+    mode_scale: float = opt(1.29, "scale of the mode density (--weighting-scheme mode)")
+    max_sequence_length: int = opt(512, "T5 prompt tokens (FLUX.1, SD3); shorter is faster, 77 often enough for one subject")
+    training_guidance: float = opt(
+        1.0,
+        "FLUX.1 [dev]: the guidance value the transformer is given while training (diffusers' script: 3.5; sd-scripts: "
+        "1.0, which keeps the LoRA from learning the subject at one guidance strength)",
+    )
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 = off")
     seed: int = opt(0, "seed for class images, noise, timesteps and crops")
     checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps; 0 = only at the end", ("checkpointing_steps",))

@@ -88,6 +88,14 @@ EMBEDDED = {
         ),
         Embedded("tiny-sdxl", "SDXL-shaped, random weights, 64 px", "sdxl", build="dreambooth.families.sdxl:build_tiny"),
         Embedded(
+            "tiny-flux",
+            "FLUX.1 [dev]-shaped, random weights, 64 px",
+            "flux",
+            build="dreambooth.families.flux:build_tiny",
+            train=dict(guidance_scale=3.5, max_sequence_length=32),
+            generate=dict(guidance=3.5),
+        ),
+        Embedded(
             "world",
             "trained on the procedural world, 32 px, see `dreambooth demo`",
             "sd",

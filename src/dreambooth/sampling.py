@@ -22,13 +22,6 @@ def device_precision(device):
     return contextlib.nullcontext
 
 
-def fast_sampler(pipe):
-    """DPM-Solver++ draws good images in ~25 steps from any SD scheduler config."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    return DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-
-
 @contextlib.contextmanager
 def eval_mode(*models):
     was = [m.training for m in models if m is not None]
@@ -60,7 +53,7 @@ def draw(
 
     `autocast` is the precision the denoiser and text encoders run in; the pipeline stops at the latents and they are
     decoded here, so that a VAE that must run in fp32 does, outside it (see `autoencoder`)."""
-    sampler, pipe.scheduler = pipe.scheduler, fast_sampler(pipe)
+    sampler, pipe.scheduler = pipe.scheduler, family_of(pipe).objective.sampler(pipe)
     pipe.set_progress_bar_config(disable=True)
     images = []
     try:
@@ -78,7 +71,7 @@ def draw(
                     generator=generators,
                     output_type="latent",
                 ).images
-                batch = to_images(pipe, latents)
+                batch = to_images(pipe, family_of(pipe).sampled_latents(pipe, latents, resolution, resolution))
                 images += batch
                 if on_batch:
                     on_batch(batch)

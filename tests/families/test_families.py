@@ -17,7 +17,8 @@ def test_every_embedded_model_is_of_the_family_the_registry_names(name):
 def test_names_in_lora_headers_old_and_new_map_to_families():
     assert by_name("sd").name == by_name("sd1").name == by_name("tiny").name == "sd"
     assert by_name("sdxl").name == by_name("tiny-sdxl").name == "sdxl"
-    assert by_name("flux") is None and by_name("") is None
+    assert by_name("flux").name == "flux"
+    assert by_name("sd3") is None and by_name("") is None
     assert len({f.name for f in all_families()}) == len(all_families())
 
 

@@ -19,6 +19,10 @@ def every_module_used(component: str, encoder: Any) -> str | None:
     return None
 
 
+def latents_as_they_are(pipe: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return latents
+
+
 @dataclass(frozen=True)
 class Family:
     name: str  # written into LoRA headers: "sd", "sdxl"
@@ -47,6 +51,14 @@ class Family:
     # (text-encoder component, encoder) -> a regex of its modules whose output the family never reads, or None. They
     # get no adapter: it could not learn, and data-parallel training stops at parameters that get no gradient.
     unread_text_encoder_modules: Callable[[str, Any], str | None] = every_module_used
+    # text encoders never trained (T5: 4.7 B parameters): their embeddings are computed once and cached, and they
+    # leave the GPU, also when --train-text-encoder trains the others
+    frozen_text_encoders: tuple[str, ...] = ()
+    # tokenizers whose length is --max-sequence-length (T5's); the others keep their own (CLIP: 77)
+    long_tokenizers: tuple[str, ...] = ()
+    resolution_multiple: int = 8  # training and sampling sizes are multiples of this (VAE factor x patch size)
+    # (pipeline, what it returns with output_type="latent", height, width) -> latents the VAE decodes (FLUX packs them)
+    sampled_latents: Callable[[Any, torch.Tensor, int, int], torch.Tensor] = latents_as_they_are
 
 
 def checkpoint_has(path: Path, prefix: str) -> bool:

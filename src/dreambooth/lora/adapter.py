@@ -69,11 +69,19 @@ def adapters_off(*models):
             layer.enable_adapters(True)
 
 
-def find_module(model: torch.nn.Module, path: str):
-    """`path` in `model`, allowing for CLIP's `text_model.` prefix, which newer transformers drop."""
+def module_path(model: torch.nn.Module, path: str) -> str | None:
+    """How `model` names the module a LoRA file calls `path`, allowing for CLIP's `text_model.` prefix, which
+    transformers 5 drops and released checkpoints keep; None when it has no such module."""
     for candidate in (path, path.removeprefix("text_model."), "text_model." + path):
         try:
-            return model.get_submodule(candidate)
+            model.get_submodule(candidate)
         except AttributeError:
             continue
+        return candidate
     return None
+
+
+def find_module(model: torch.nn.Module, path: str):
+    """The module of `model` a LoRA file calls `path` (see `module_path`), or None."""
+    found = module_path(model, path)
+    return None if found is None else model.get_submodule(found)

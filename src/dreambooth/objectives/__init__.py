@@ -15,8 +15,11 @@ import torch
 class Objective:
     name: str
     scheduler: Callable[[Any], Any]  # the pipeline's scheduler config -> the training noise scheduler
-    timesteps: Callable[[Any, list[torch.Generator], Any], torch.Tensor]  # (scheduler, per-example generators, device)
+    # (scheduler, per-example generators, latents, settings): one timestep per example; `settings` is the run's
+    # TrainConfig (an objective reads its own fields of it: snr_gamma, weighting_scheme, ...)
+    timesteps: Callable[[Any, list, torch.Tensor, Any], torch.Tensor]
     noise: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (scheduler, latents, noise, t)
     target: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (scheduler, latents, noise, t)
-    weights: Callable[[Any, torch.Tensor, float], torch.Tensor | None]  # (scheduler, t, snr_gamma): per-example weights
+    weights: Callable[[Any, torch.Tensor, Any], torch.Tensor | None]  # (scheduler, t, settings): per-example weights
     prediction: Callable[[Any], str]  # (scheduler) -> what the denoiser outputs, in words for logs and cards
+    sampler: Callable[[Any], Any]  # (pipeline) -> the scheduler images are drawn with

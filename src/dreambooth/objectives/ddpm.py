@@ -36,10 +36,10 @@ def training_scheduler(scheduler_config):
     return DDPMScheduler.from_config(scheduler_config)
 
 
-def draw_timesteps(scheduler, generators: list[torch.Generator], device) -> torch.Tensor:
+def draw_timesteps(scheduler, generators: list, latents: torch.Tensor, settings=None) -> torch.Tensor:
     """One uniform timestep per example, each from its own generator."""
     steps = scheduler.config.num_train_timesteps
-    return torch.cat([torch.randint(0, steps, (1,), generator=g, device=device) for g in generators])
+    return torch.cat([torch.randint(0, steps, (1,), generator=g, device=latents.device) for g in generators])
 
 
 def add_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -75,8 +75,21 @@ def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tenso
     return capped
 
 
+def weights_of(scheduler, timesteps: torch.Tensor, settings) -> torch.Tensor | None:
+    return snr_weights(scheduler, timesteps, settings.snr_gamma)
+
+
 def prediction_words(scheduler) -> str:
     return prediction_type(scheduler).value
 
 
-DDPM = Objective("ddpm", training_scheduler, draw_timesteps, add_noise, training_target, snr_weights, prediction_words)
+def fast_sampler(pipe):
+    """DPM-Solver++ draws good images in ~25 steps from any SD scheduler config."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+
+
+DDPM = Objective(
+    "ddpm", training_scheduler, draw_timesteps, add_noise, training_target, weights_of, prediction_words, fast_sampler
+)

@@ -105,9 +105,22 @@ class Examples:
         return self.sets["instance"][idx].caption or self.cfg.instance_prompt
 
     def encode(self, prompts: list[str]) -> PromptEmbeddings:
-        if self.cfg.train_text_encoder:
-            return self.family.encode_prompts(self.tokenizers, self.encoders, prompts, self.device)
-        return self.cached(prompts, base=False)
+        if not self.cfg.train_text_encoder:
+            return self.with_guidance(self.cached(prompts, base=False))
+        frozen = self.family.frozen_text_encoders
+        if not frozen:
+            return self.with_guidance(self.family.encode_prompts(self.tokenizers, self.encoders, prompts, self.device))
+        # the trained encoders run every step; the frozen ones' part (T5's) comes from the cache
+        names = self.family.text_encoders
+        live = [None if name in frozen else e for name, e in zip(names, self.encoders)]
+        embedded = self.family.encode_prompts(self.tokenizers, live, prompts, self.device)
+        return self.with_guidance({**self.cached(prompts, base=False, only_frozen=True), **embedded})
+
+    def with_guidance(self, embedded: PromptEmbeddings) -> PromptEmbeddings:
+        """The guidance value a guidance-distilled transformer (FLUX.1 [dev]) is given while training, one per
+        example, made on the device; other families never read it."""
+        n = next(iter(embedded.values())).shape[0]
+        return {**embedded, "guidance": torch.full((n,), self.cfg.training_guidance, device=self.device)}
 
     def precompute(self) -> None:
         """Encode every fixed-crop image (both flips when flipping) and, with frozen text encoders, every prompt."""
@@ -117,27 +130,34 @@ class Examples:
                 for idx in range(len(photos)):
                     for flip in flips:
                         self.posterior(which, idx, flip, None)
-        if not self.cfg.train_text_encoder:
+        if not self.cfg.train_text_encoder or self.family.frozen_text_encoders:
             prompts = [self.prompt("instance", i) for i in range(len(self.sets["instance"]))]
-            self.encode(prompts + ([self.cfg.class_prompt] if self.cfg.prior() else []))
+            prompts += [self.cfg.class_prompt] if self.cfg.prior() else []
+            self.cached(prompts, base=False, only_frozen=self.cfg.train_text_encoder)
         if self.cfg.prior() is PriorMode.BASE_PREDICTION:
             self.base_encode([self.cfg.class_prompt])
 
     def base_encode(self, prompts: list[str]) -> PromptEmbeddings:
         """Embeddings from the text encoders with their adapters off: the frozen base model's view.
         With frozen encoders that is what `encode` gives, so both share one cache then."""
-        return self.cached(prompts, base=self.cfg.train_text_encoder)
+        return self.with_guidance(self.cached(prompts, base=self.cfg.train_text_encoder))
 
-    def cached(self, prompts: list[str], base: bool) -> PromptEmbeddings:
-        """Embeddings of `prompts`, each computed once (with adapters off when `base`)."""
-        missing = [p for p in dict.fromkeys(prompts) if (base, p) not in self.embeddings]
+    def cached(self, prompts: list[str], base: bool, only_frozen: bool = False) -> PromptEmbeddings:
+        """Embeddings of `prompts`, each computed once (with adapters off when `base`; from the never-trained
+        encoders alone when `only_frozen`)."""
+        key = "frozen" if only_frozen else base
+        missing = [p for p in dict.fromkeys(prompts) if (key, p) not in self.embeddings]
         if missing:
+            encoders = self.encoders
+            if only_frozen:
+                frozen = self.family.frozen_text_encoders
+                encoders = [e if name in frozen else None for name, e in zip(self.family.text_encoders, encoders)]
             with torch.no_grad(), adapters_off(*self.encoders) if base else contextlib.nullcontext():
-                embedded = self.family.encode_prompts(self.tokenizers, self.encoders, missing, self.device)
+                embedded = self.family.encode_prompts(self.tokenizers, encoders, missing, self.device)
             for i, p in enumerate(missing):
-                self.embeddings[(base, p)] = {name: tensor[i] for name, tensor in embedded.items()}
-        names = self.embeddings[(base, prompts[0])]
-        return {name: torch.stack([self.embeddings[(base, p)][name] for p in prompts]) for name in names}
+                self.embeddings[(key, p)] = {name: tensor[i] for name, tensor in embedded.items()}
+        names = self.embeddings[(key, prompts[0])]
+        return {name: torch.stack([self.embeddings[(key, p)][name] for p in prompts]) for name in names}
 
     def batch(self, micro_step: int) -> Batch:
         """Micro-batch `micro_step` of this process. Its examples are positions of one global stream, and each
@@ -154,16 +174,15 @@ class Examples:
         elif prior is PriorMode.GENERATED:
             classes = stream_indices(first, bs, len(self.sets["class"]), cfg.seed + 1)
             picks += [("class", i, first + j) for j, i in enumerate(classes)]
-        latents, geometry, rngs = [], [], []
+        samples, geometry, rngs = [], [], []
         for which, idx, pos in picks:
             g = example_generator(cfg.seed, which, pos)
             flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
             mean, std, ids = self.posterior(which, idx, flip, g)
             dg = device_generator(g, mean.device)
             noise = torch.randn(mean.shape, generator=dg, device=mean.device).to(mean.dtype)
-            latents.append(mean + std * noise)
+            samples.append(mean + std * noise)
             geometry.append(ids)
             rngs.append(dg)
-        latents = torch.cat(latents) * self.vae.config.scaling_factor
         prompts = [self.prompt(which, idx) for which, idx, _ in picks]
-        return Batch(latents, prompts, len(picks) - bs, torch.cat(geometry), rngs)
+        return Batch(autoencoder.normalised(self.vae, torch.cat(samples)), prompts, len(picks) - bs, torch.cat(geometry), rngs)

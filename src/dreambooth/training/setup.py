@@ -208,6 +208,8 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
     ]
     if cfg.train_text_encoder:
         for name, encoder in encoders.items():
+            if name in family.frozen_text_encoders:
+                continue
             unread = family.unread_text_encoder_modules(name, encoder)
             params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules, unread)
             groups.append({"params": params, "lr": cfg.text_encoder_lr})
@@ -248,6 +250,10 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
     from diffusers.optimization import get_scheduler
 
     family = base.family
+    if cfg.resolution % family.resolution_multiple:
+        raise UsageError(f"--resolution {cfg.resolution}: {family.title} needs a multiple of {family.resolution_multiple}")
+    for name in family.long_tokenizers:
+        getattr(pipe, name).model_max_length = cfg.max_sequence_length
     identity = run_identity(cfg, base, pipe)  # before adapters: the base's own weights
     device, weight_dtype = accelerator.device, cfg.mixed_precision.dtype
     trained, groups = adapt(cfg, pipe, family, device, weight_dtype)
@@ -281,9 +287,9 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
         # Everything the frozen VAE and text encoders will ever be asked during training, asked now;
         # then they leave the GPU (and come back only to draw validation images).
         examples.precompute()
-        frozen = ([pipe.vae] if cfg.center_crop else []) + (
-            [] if cfg.train_text_encoder else list(text_encoders(pipe, family).values())
-        )
+        frozen = ([pipe.vae] if cfg.center_crop else []) + [
+            m for name, m in text_encoders(pipe, family).items() if name not in trained
+        ]
         offload = lambda: [m.to("cpu") for m in frozen]  # noqa: E731
         onload = lambda: [m.to(device) for m in frozen]  # noqa: E731
         offload()

@@ -20,7 +20,7 @@ def step_loss(cfg: TrainConfig, family: Family, denoiser, noise_scheduler, examp
     latents = batch.latents
     shape, device = (1, *latents.shape[1:]), latents.device
     noise = torch.cat([torch.randn(shape, generator=g, device=device) for g in batch.rngs]).to(latents.dtype)
-    timesteps = objective.timesteps(noise_scheduler, batch.rngs, latents.device)
+    timesteps = objective.timesteps(noise_scheduler, batch.rngs, latents, cfg)
     noisy = objective.noise(noise_scheduler, latents, noise, timesteps)
     prompts = examples.encode(batch.prompts)
     torch.manual_seed(cfg.seed * 1_000_003 + micro_step)  # LoRA dropout draws from the global generator
@@ -32,7 +32,7 @@ def step_loss(cfg: TrainConfig, family: Family, denoiser, noise_scheduler, examp
             family, denoiser, examples.base_encode(batch.prompts[-n:]), noisy[-n:], timesteps[-n:], batch.geometry[-n:]
         )
         target = torch.cat([target[:-n], base])
-    weights = objective.weights(noise_scheduler, timesteps, cfg.snr_gamma)
+    weights = objective.weights(noise_scheduler, timesteps, cfg)
     return dreambooth_loss(pred, target, batch.num_class, cfg.prior_loss_weight, weights)
 
 

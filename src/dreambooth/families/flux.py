@@ -1,0 +1,185 @@
+"""FLUX.1 [dev] / [schnell]: a rectified-flow transformer (double-stream joint blocks, then single-stream blocks) on
+2x2-packed latents of a 16-channel VAE, conditioned on T5's token embeddings and CLIP's pooled embedding, with
+rotary position ids for image and text tokens and, in [dev], a distilled guidance value as an input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+from ..objectives.flow import FLOW
+from . import t5
+from .base import Family, PromptEmbeddings, checkpoint_has
+from .clip import load_clip_tokenizer, tiny_text_encoder, tokenize
+from .unet import CLIP_TARGETS
+
+# The attention projections of the joint blocks (image and text streams) and of the single blocks, as diffusers'
+# FLUX DreamBooth script targets them
+TRANSFORMER_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def recognise(pipe) -> bool:
+    transformer = getattr(pipe, "transformer", None)
+    return transformer is not None and type(transformer).__name__ == "FluxTransformer2DModel"
+
+
+def recognise_file(path: Path) -> bool:
+    """Black Forest Labs' files name `double_blocks`; diffusers-format single files `single_transformer_blocks`."""
+    return checkpoint_has(path, "double_blocks.") or checkpoint_has(path, "single_transformer_blocks.")
+
+
+def version(pipe) -> str:
+    return "flux1-dev" if pipe.transformer.config.guidance_embeds else "flux1-schnell"
+
+
+def native_resolution(pipe) -> int:
+    return pipe.default_sample_size * pipe.vae_scale_factor
+
+
+def encode_prompts(tokenizers: list, encoders: list, prompts: list[str], device) -> PromptEmbeddings:
+    """As FluxPipeline computes them: CLIP's pooled embedding ("pooled") and T5's token embeddings ("hidden"). An
+    encoder given as None is not asked (its part comes from a cache)."""
+    out: PromptEmbeddings = {}
+    clip, t5_encoder = encoders
+    if clip is not None:
+        out["pooled"] = clip(tokenize(tokenizers[0], prompts, device), output_hidden_states=False).pooler_output
+    if t5_encoder is not None:
+        out["hidden"] = t5_encoder(t5.tokenize(tokenizers[1], prompts, device), output_hidden_states=False)[0]
+    return out
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2 * W/2, 4C): each 2x2 latent patch one token."""
+    from diffusers import FluxPipeline
+
+    b, c, h, w = latents.shape
+    return FluxPipeline._pack_latents(latents, b, c, h, w)
+
+
+def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of `pack` for latents of `height` x `width`."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._unpack_latents(tokens, height, width, 1)
+
+
+def denoise(
+    transformer, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: PromptEmbeddings, geometry: torch.Tensor
+) -> torch.Tensor:
+    """The velocity for `noisy` (B, C, H, W) at `timesteps` (0-1000); [dev] is given prompts["guidance"]."""
+    from diffusers import FluxPipeline
+
+    b, _, h, w = noisy.shape
+    hidden = prompts["hidden"]
+    image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, hidden.dtype)
+    text_ids = torch.zeros(hidden.shape[1], 3, device=noisy.device, dtype=hidden.dtype)
+    guidance = prompts.get("guidance") if unwrapped(transformer).config.guidance_embeds else None
+    out = transformer(
+        hidden_states=pack(noisy),
+        timestep=timesteps / 1000,  # the transformer scales time and guidance by 1000 itself
+        guidance=guidance,
+        pooled_projections=prompts["pooled"],
+        encoder_hidden_states=hidden,
+        txt_ids=text_ids,
+        img_ids=image_ids,
+        return_dict=False,
+    )[0]
+    return unpack(out, h, w)
+
+
+def unwrapped(model):
+    return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
+
+
+def sampled_latents(pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """FluxPipeline returns packed latents with output_type="latent"."""
+    scale = pipe.vae_scale_factor
+    return unpack(latents, height // scale, width // scale)
+
+
+def kohya_module(module: str, config) -> str:
+    raise UsageError("--export kohya: not written for FLUX.1 yet; use the diffusers file (pytorch_lora_weights.safetensors)")
+
+
+def kohya_base_version(version: str) -> str:
+    return "flux1"
+
+
+FAMILY = Family(
+    name="flux",
+    title="FLUX.1",
+    pipeline_class="FluxPipeline",
+    denoiser="transformer",
+    text_encoders=("text_encoder", "text_encoder_2"),
+    tokenizers=("tokenizer", "tokenizer_2"),
+    objective=FLOW,
+    recognise=recognise,
+    recognise_file=recognise_file,
+    versions=("flux1-dev", "flux1-schnell"),
+    version=version,
+    native_resolution=native_resolution,
+    encode_prompts=encode_prompts,
+    denoise=denoise,
+    denoiser_targets=TRANSFORMER_TARGETS,
+    text_encoder_targets=CLIP_TARGETS,
+    kohya_prefixes={},
+    kohya_module=kohya_module,
+    kohya_base_version=kohya_base_version,
+    adapters_words=("transformer", "transformer + CLIP text encoder"),
+    frozen_text_encoders=("text_encoder_2",),
+    long_tokenizers=("tokenizer_2",),
+    resolution_multiple=16,  # 8x VAE, then 2x2 patches
+    sampled_latents=sampled_latents,
+)
+
+
+def build_tiny(seed: int = 0):
+    """A tiny FLUX.1 [dev]-shaped pipeline: one joint and one single block, CLIP (pooled) and T5 (tokens) text encoders,
+    a 16-channel VAE (64 px <-> 32x32x16 latents, 256 image tokens). Random weights, seeded; the real SD tokenizer for
+    CLIP and a T5 tokenizer trained in code."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    clip_tokenizer = load_clip_tokenizer()
+    t5_tokenizer = t5.tiny_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels x a 2x2 patch
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # T5's width
+        pooled_projection_dim=32,  # CLIP's width
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=16,
+        norm_num_groups=32,
+        sample_size=64,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=tiny_text_encoder(clip_tokenizer, False, seed + 2),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=t5.tiny_encoder(t5_tokenizer, 32, seed + 3),
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+    pipe.default_sample_size = 32  # type: ignore[attr-defined]  # 64 px at the tiny VAE's 2x
+    return pipe
