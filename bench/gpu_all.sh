@@ -3,7 +3,7 @@
 #
 #   bench/gpu_all.sh OUT_DIR [DIFFUSERS_SCRIPT]
 #
-# OUT_DIR gets one JSON file per job (at most seven) and log.txt with everything printed. DIFFUSERS_SCRIPT is a
+# OUT_DIR gets one JSON file per job and log.txt with everything printed. DIFFUSERS_SCRIPT is a
 # copy of diffusers' examples/dreambooth/train_dreambooth_lora.py; without it only our tool is measured. PYTHON
 # (default python3) must import torch with CUDA, diffusers, transformers, peft, accelerate and this package
 # (PYTHONPATH=src is enough), bitsandbytes for the 8-bit AdamW figures, and torchvision for the diffusers script.
@@ -65,6 +65,12 @@ else
   # SDXL's shape at 1024 px: the step, batch 1 + 1
   job step-sdxl 90 "$PY" bench/gpu_step.py --device cuda --shape sdxl --warmup 3 --steps 10 --variants b1 b1:8bit \
       --json "$OUT/step_sdxl.json"
+  # FLUX.1 [dev]'s and SD3.5 Medium's shapes at 1024 px (random weights, built on the GPU in bf16): batch 1 + 1, with
+  # and without gradient checkpointing
+  job step-flux 150 "$PY" bench/gpu_step.py --device cuda --shape flux --warmup 2 --steps 8 --variants b1 b1:gc \
+      --json "$OUT/step_flux.json"
+  job step-sd35 120 "$PY" bench/gpu_step.py --device cuda --shape sd35 --warmup 2 --steps 8 --variants b1 b1:gc \
+      --json "$OUT/step_sd35.json"
   # the script at batch 8 (its class images of theirs-sd15 reused): the rate to set against step-sd15's b8
   [ -n "$SCRIPT" ] && [ -d "$WORK/theirs/class" ] && job theirs-sd15-b8 90 "$PY" bench/diffusers_baseline.py \
       --device cuda --script "$SCRIPT" --python "$PY" --model-dir "$SD15" --resolution 512 --mixed-precision fp16 \

@@ -199,8 +199,137 @@ def build_sdxl_pipeline(seed: int = 0, device: torch.device | str | None = None)
     )
 
 
-BUILD = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline}
-NATIVE = {"sd15": 512, "sdxl": 1024}
+# FLUX.1 [dev]: transformer 11.9 B parameters (19 joint + 38 single blocks), CLIP ViT-L/14 (pooled), T5-XXL (4.8 B)
+FLUX_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+T5_XXL = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+    dropout_rate=0.0,
+)
+VAE_16 = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=1024,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+# SD3.5 Medium: MMDiT-X, 24 blocks (dual attention in the first 13), 2.5 B parameters; CLIP-L, CLIP-G, T5-XXL
+SD35_TRANSFORMER = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=384,
+    qk_norm="rms_norm",
+    dual_attention_layers=tuple(range(13)),
+)
+
+
+def t5_tokenizer():
+    """A T5 tokenizer without a download: the embedded tiny models' (its ids all fall inside T5-XXL's vocabulary)."""
+    from dreambooth.families.t5 import tiny_tokenizer
+
+    return tiny_tokenizer(max_length=512)
+
+
+def build_flux_pipeline(seed: int = 0, device: torch.device | str | None = None):
+    """A FLUX.1 [dev]-shaped FluxPipeline with random weights (build it on the GPU in bf16: 17 B parameters)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from dreambooth.families.clip import load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer()
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        transformer = FluxTransformer2DModel(**FLUX_TRANSFORMER)
+        vae = AutoencoderKL(**VAE_16, shift_factor=0.1159, scaling_factor=0.3611)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER, **ids))
+        text_encoder_2 = T5EncoderModel(T5Config(**T5_XXL))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+    )
+    return FluxPipeline(scheduler, vae, text_encoder, tokenizer, text_encoder_2, t5_tokenizer(), transformer)
+
+
+def build_sd35_pipeline(seed: int = 0, device: torch.device | str | None = None):
+    """An SD3.5 Medium-shaped StableDiffusion3Pipeline with random weights."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from dreambooth.families.clip import load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer()
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        transformer = SD3Transformer2DModel(**SD35_TRANSFORMER)
+        vae = AutoencoderKL(**VAE_16, shift_factor=0.0609, scaling_factor=1.5305)
+        clip_l = CLIPTextModelWithProjection(CLIPTextConfig(**SD15_TEXT_ENCODER, **ids))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_ENCODER_2, **ids))
+        t5 = T5EncoderModel(T5Config(**T5_XXL))
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=clip_l,
+        tokenizer=tokenizer,
+        text_encoder_2=clip_g,
+        tokenizer_2=tokenizer,
+        text_encoder_3=t5,
+        tokenizer_3=t5_tokenizer(),
+    )
+
+
+BUILD = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline, "flux": build_flux_pipeline, "sd35": build_sd35_pipeline}
+NATIVE = {"sd15": 512, "sdxl": 1024, "flux": 1024, "sd35": 1024}
+# Too large to build on the host and copy per variant: built for each variant on the device, in bf16
+ON_DEVICE = ("flux", "sd35")
+
+
+def build(args, device: torch.device):
+    """The pipeline of --shape: on the meta device to count, else on the host, except the shapes built on the device."""
+    if device.type == "meta":
+        return BUILD[args.shape](device="meta")
+    if args.shape in ON_DEVICE and device.type == "cuda":
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # 17 B parameters: built where they run, in the precision they run in
+        try:
+            return BUILD[args.shape](device=device)
+        finally:
+            torch.set_default_dtype(previous)
+    return BUILD[args.shape]()
 
 
 def sample_photos() -> list:
@@ -262,10 +391,11 @@ def set_up(args, device: torch.device, mixed_precision: str, work: Path, pipe=No
             f"(for the CPU on a CUDA machine, run with CUDA_VISIBLE_DEVICES=)"
         )
     if pipe is None:
-        pipe = BUILD[args.shape](device="meta" if device.type == "meta" else None)
-    sizes = {
-        f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")
-    }
+        pipe = build(args, device)
+    names = [
+        n for n in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae") if getattr(pipe, n, None)
+    ]
+    sizes = {f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters()) for name in names}
     base = describe(pipe, cfg.model)
     cfg = resolved(cfg, base)
     photos = sample_photos()
@@ -534,13 +664,15 @@ def main() -> None:
     import gc
 
     t0 = time.perf_counter()
-    built = BUILD[args.shape](device="meta" if args.count_only else None)
-    print(f"{args.shape}-shaped pipeline built in {time.perf_counter() - t0:.1f} s", flush=True)
+    built = None
+    if args.count_only or args.shape not in ON_DEVICE:
+        built = BUILD[args.shape](device="meta" if args.count_only else None)
+        print(f"{args.shape}-shaped pipeline built in {time.perf_counter() - t0:.1f} s", flush=True)
     results = []
     for spec in args.variants:
         one = variant(args, spec)
         try:
-            out = measure(one, copy.deepcopy(built))
+            out = measure(one, copy.deepcopy(built) if built is not None else None)
         except Exception as e:  # one variant failing (a missing package, memory) leaves the others' figures
             out = {"name": spec, "error": f"{type(e).__name__}: {e}"}
         results.append(out)

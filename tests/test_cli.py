@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from dreambooth.cli import main
@@ -143,6 +144,7 @@ def test_train_then_generate_from_the_command_line(photos, tmp_path, capsys):
     assert "text_encoder_scale: 0.5" in (images / "config.yaml").read_text()
 
 
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_python_api_as_documented_runs_twice_in_one_process(photos, tmp_path):
     from dreambooth import GenerateConfig, TrainConfig
     from dreambooth.generation import generate

@@ -48,7 +48,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
                 dest=f.name,
                 default=argparse.SUPPRESS,
                 help=help_text,
-                metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(),
+                # an empty choice is the default that means "decided for you"; it is not typed
+                metavar="{" + ",".join(c for c in choices if c) + "}" if choices else f.name.upper(),
             )
 
 
@@ -84,7 +85,7 @@ def build_parser() -> Parser:
     )
     add_config_flags(bench, C.BenchConfig)
     add_config_flags(
-        sub.add_parser("export", help="write a LoRA in the kohya (A1111 / ComfyUI) or diffusers layout"), C.ExportConfig
+        sub.add_parser("export", help="write a LoRA in the kohya (ComfyUI, A1111 / Forge) or diffusers layout"), C.ExportConfig
     )
     add_config_flags(
         sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig

@@ -85,7 +85,9 @@ class TrainConfig:
     lora_alpha: float = opt(0.0, "LoRA alpha; 0 = same as rank")
     lora_dropout: float = opt(0.0, "LoRA dropout")
     target_modules: list[str] = opt(
-        [], "denoiser modules that get LoRA adapters; default: the family's (SD, SDXL: to_q to_k to_v to_out.0)"
+        [],
+        "denoiser modules that get LoRA adapters, or a preset: attention (the default: the family's attention "
+        "projections), attention-mlp (and the feed-forward layers), all-linear",
     )
     train_text_encoder: bool = opt(False, "also train a LoRA on the text encoder")
     text_encoder_lr: float = opt(1e-4, "learning rate of the text-encoder LoRA", ("learning_rate_text",))
@@ -145,7 +147,10 @@ class TrainConfig:
     allow_pickle: bool = opt(False, "read a .ckpt/.pt/.bin base model (with torch.load(weights_only=True)); only files you trust")
     detect_anomaly: bool = opt(False, "trace the operation that made a NaN/inf (slow; for debugging)")
     export: str = opt(
-        "", "also write the LoRA for A1111 / ComfyUI: --export kohya (lora_kohya.safetensors)", choices=("", "kohya")
+        "",
+        "the LoRA file for ComfyUI, A1111 / Forge and sd-scripts, written beside the diffusers one: kohya "
+        "(lora_kohya.safetensors) or none; default: kohya wherever this tool writes the family's kohya layout",
+        choices=("", "kohya", "none"),
     )
 
     def __post_init__(self):
@@ -199,7 +204,9 @@ class IdentifierConfig:
 @dataclass
 class ExportConfig:
     lora: str = opt("", "a `dreambooth train` folder or LoRA file (also cloneofsimo/lora's lora_weight.safetensors / .pt)")
-    format: str = opt("kohya", "layout to write: kohya (A1111 / ComfyUI) or diffusers", choices=("kohya", "diffusers"))
+    format: str = opt(
+        "kohya", "layout to write: kohya (ComfyUI, A1111 / Forge, sd-scripts) or diffusers", choices=("kohya", "diffusers")
+    )
     output: str = opt("", "file to write; default: lora_kohya.safetensors or pytorch_lora_weights.safetensors beside the input")
     model: str = opt(
         "",

@@ -96,6 +96,14 @@ EMBEDDED = {
             generate=dict(guidance=3.5),
         ),
         Embedded(
+            "tiny-sd3",
+            "SD3.5 Medium-shaped, random weights, 64 px",
+            "sd3",
+            build="dreambooth.families.sd3:build_tiny",
+            train=dict(guidance_scale=5.0, max_sequence_length=32),
+            generate=dict(guidance=5.0),
+        ),
+        Embedded(
             "world",
             "trained on the procedural world, 32 px, see `dreambooth demo`",
             "sd",

@@ -18,7 +18,8 @@ def test_names_in_lora_headers_old_and_new_map_to_families():
     assert by_name("sd").name == by_name("sd1").name == by_name("tiny").name == "sd"
     assert by_name("sdxl").name == by_name("tiny-sdxl").name == "sdxl"
     assert by_name("flux").name == "flux"
-    assert by_name("sd3") is None and by_name("") is None
+    assert by_name("sd3").name == "sd3"
+    assert by_name("auraflow") is None and by_name("") is None
     assert len({f.name for f in all_families()}) == len(all_families())
 
 
@@ -36,3 +37,29 @@ def test_single_file_checkpoints_are_told_apart_by_their_tensor_names(tmp_path):
     save_file({unet: torch.zeros(1), second_encoder: torch.zeros(1)}, str(tmp_path / "xl.safetensors"))
     assert family_of_file(tmp_path / "sd.safetensors").name == "sd"
     assert family_of_file(tmp_path / "xl.safetensors").name == "sdxl"
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-flux", "tiny-sd3"])
+def test_target_presets_widen_in_order(model):
+    from dreambooth.lora.adapter import add_lora
+    from dreambooth.models import describe, load_pipeline
+    from dreambooth.training.setup import denoiser_targets
+
+    counts = {}
+    for preset in ("attention", "attention-mlp", "all-linear"):
+        pipe = load_pipeline(model)
+        family = describe(pipe, model).family
+        denoiser = getattr(pipe, family.denoiser)
+        add_lora(denoiser, 2, 2.0, 0.0, denoiser_targets([preset], family))
+        counts[preset] = sum(1 for name, _ in denoiser.named_modules() if name.endswith("lora_A"))
+    assert 0 < counts["attention"] < counts["attention-mlp"] < counts["all-linear"], counts
+    assert denoiser_targets([], family) == denoiser_targets(["attention"], family) == list(family.denoiser_targets)
+
+
+def test_a_preset_stands_alone():
+    from dreambooth.errors import UsageError
+    from dreambooth.families.sd import FAMILY
+    from dreambooth.training.setup import denoiser_targets
+
+    with pytest.raises(UsageError, match="stands alone"):
+        denoiser_targets(["attention", "proj_in"], FAMILY)

@@ -42,6 +42,12 @@ def draw(pipe):
                 generator=torch.Generator().manual_seed(0), output_type="np", max_sequence_length=32).images[0]  # fmt: skip
 
 
+def every_adapter_was_read(model) -> bool:
+    """A module the file held no weights for keeps peft's initial all-zero up (B) matrix."""
+    ups = [p for name, p in model.named_parameters() if "lora_B" in name]
+    return bool(ups) and all(p.abs().sum() > 0 for p in ups)
+
+
 def test_tiny_flux_is_described_as_flux_dev():
     info = describe(build_tiny_flux(), "tiny-flux")
     assert (info.family.name, info.version, info.prediction_type) == ("flux", "tiny-flux", "flow (velocity)")
@@ -62,6 +68,7 @@ def test_flux_lora_loads_in_plain_diffusers_and_changes_the_image(flux_lora, tmp
     before = draw(pipe)
     pipe.load_lora_weights(flux_lora)
     assert pipe.transformer.peft_config and pipe.text_encoder.peft_config
+    assert every_adapter_was_read(pipe.transformer) and every_adapter_was_read(pipe.text_encoder)
     assert not getattr(pipe.text_encoder_2, "peft_config", None)  # T5 is never trained
     assert np.abs(draw(pipe) - before).mean() > 1e-3
     card = (flux_lora / "README.md").read_text()
@@ -84,6 +91,7 @@ def test_an_sd_lora_on_a_flux_base_is_one_line(flux_lora, photos, tmp_path):
         load_lora(build_tiny_sd(), flux_lora, model="tiny")
 
 
+@pytest.mark.slow  # seconds of whole runs: the full suite keeps it, the fast lane does not
 def test_t5_runs_once_per_prompt_even_when_the_clip_encoder_trains(photos, tmp_path, monkeypatch):
     import dreambooth.training.setup as setup_mod
 
@@ -105,6 +113,7 @@ def test_t5_runs_once_per_prompt_even_when_the_clip_encoder_trains(photos, tmp_p
     assert seen == [3, 3]
 
 
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(photos, tmp_path, monkeypatch):
     kw = dict(max_steps=4, class_dir=str(tmp_path / "class"))
     whole = train_mod.train(flux_run(photos, tmp_path / "whole", **kw))
@@ -127,3 +136,15 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(photos, tmp_path, monke
 def test_resolution_must_fit_the_packed_latents(photos, tmp_path):
     with pytest.raises(UsageError, match="--resolution 72: FLUX.1 needs a multiple of 16"):
         train_mod.train(flux_run(photos, tmp_path / "run", resolution=72, with_prior_preservation=False))
+
+
+def test_prompt_embeddings_are_the_pipelines_own():
+    from dreambooth.families.flux import FAMILY
+
+    pipe = build_tiny_flux()
+    pipe.tokenizer_2.model_max_length = 32
+    prompts = ["a photo of sks dog", "a photo of a dog in the snow"]
+    with torch.no_grad():
+        ours = FAMILY.encode_prompts([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], prompts, "cpu")
+        hidden, pooled, _ = pipe.encode_prompt(prompts, None, max_sequence_length=32)
+    assert torch.allclose(ours["hidden"], hidden, atol=1e-6) and torch.allclose(ours["pooled"], pooled, atol=1e-6)

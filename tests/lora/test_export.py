@@ -12,7 +12,7 @@ from dreambooth.errors import UsageError
 from dreambooth.families.sd import build_tiny as build_tiny_pipeline
 from dreambooth.families.sdxl import build_tiny as build_tiny_sdxl_pipeline
 from dreambooth.lora.cloneofsimo import convert
-from dreambooth.lora.export import check_round_trip, export
+from dreambooth.lora.export import check_round_trip, export, read_native
 from dreambooth.lora.files import load_lora
 from dreambooth.training.loop import train
 
@@ -24,7 +24,10 @@ def draw(pipe):
     ]
 
 
-@pytest.mark.parametrize("model, build", [("tiny", build_tiny_pipeline), ("tiny-sdxl", build_tiny_sdxl_pipeline)])
+@pytest.mark.parametrize(
+    "model, build",
+    [("tiny", build_tiny_pipeline), pytest.param("tiny-sdxl", build_tiny_sdxl_pipeline, marks=pytest.mark.slow)],
+)
 def test_kohya_export_reads_back_fully_and_draws_the_same(model, build, photos, tmp_path):
     run = train(
         TrainConfig(
@@ -164,3 +167,100 @@ def test_old_file_for_another_model_is_refused(tmp_path):
     path, _ = old_layout_fixture(tmp_path, "safetensors")
     with pytest.raises(UsageError, match="this model has"):
         convert(path, build_tiny_sdxl_pipeline())
+
+
+# ---------------------------------------------------------------- the file for ComfyUI / A1111 / Forge, by default
+
+
+def test_a_run_writes_both_files_by_default_and_says_which_is_for_what(photos, tmp_path, capsys):
+    from dreambooth.cli import main
+
+    code = main(["train", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog",
+                 "--output-dir", str(tmp_path / "run"), "--rank", "2", "--max-steps", "1", "--num-samples", "0"])  # fmt: skip
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file() and (
+        tmp_path / "run" / "lora_kohya.safetensors"
+    ).is_file()
+    assert out[-1].endswith(
+        "pytorch_lora_weights.safetensors for diffusers, lora_kohya.safetensors for ComfyUI, A1111 / Forge and sd-scripts"
+    )
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "| `lora_kohya.safetensors` | ComfyUI" in card and "| `pytorch_lora_weights.safetensors` | diffusers" in card
+    assert "export: kohya" in (tmp_path / "run" / "config.yaml").read_text()  # what the default became, written down
+
+    code = main(["train", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog", "--export", "none",
+                 "--output-dir", str(tmp_path / "none"), "--rank", "2", "--max-steps", "1", "--num-samples", "0"])  # fmt: skip
+    assert code == 0 and not (tmp_path / "none" / "lora_kohya.safetensors").exists()
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .splitlines()[-1]
+        .endswith("LoRA saved to " + str(tmp_path / "none") + ": pytorch_lora_weights.safetensors for diffusers")
+    )
+    assert (
+        "`dreambooth export --lora path/to/this/folder` writes `lora_kohya.safetensors`"
+        in (tmp_path / "none" / "README.md").read_text()
+    )
+
+
+@pytest.fixture
+def no_kohya_layout(monkeypatch):
+    """SD as a family whose kohya export is not written yet would be: its `kohya_prefixes` left empty."""
+    import dataclasses
+
+    import dreambooth.families as families
+    from dreambooth.families.sd import FAMILY
+
+    family = dataclasses.replace(FAMILY, kohya_prefixes={})
+    monkeypatch.setattr(families, "all_families", lambda: [family])
+    return family
+
+
+def test_a_family_without_a_kohya_layout_writes_the_diffusers_file_with_a_note(no_kohya_layout, photos, tmp_path, capsys):
+    from dreambooth.cli import main
+
+    args = ["train", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog", "--rank", "2", "--max-steps", "1",
+            "--num-samples", "0"]  # fmt: skip
+    assert main([*args, "--output-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.safetensors")) == ["pytorch_lora_weights.safetensors"]
+    assert (
+        out[-2]
+        == "note: no file for ComfyUI / A1111 / Forge: this tool does not write Stable Diffusion 1.x/2.x LoRAs in their layout yet"
+    )
+    assert out[-1].endswith(": pytorch_lora_weights.safetensors for diffusers")
+    assert "No file for ComfyUI, A1111 / Forge or sd-scripts" in (tmp_path / "run" / "README.md").read_text()
+
+    assert main([*args, "--export", "kohya", "--output-dir", str(tmp_path / "asked")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert err == [
+        "dreambooth: error: --export kohya: this tool does not write Stable Diffusion 1.x/2.x LoRAs in the kohya layout yet; "
+        "pass --export none (pytorch_lora_weights.safetensors, for diffusers, is written either way)"
+    ]
+    assert not (tmp_path / "asked" / "checkpoints").exists()  # refused before training
+    assert main(["export", "--lora", str(tmp_path / "run")]) == 2 and "--export kohya" in capsys.readouterr().err
+
+
+def test_round_trip_check_catches_a_lost_alpha(photos, tmp_path):
+    run = train(
+        TrainConfig(
+            model="tiny",
+            instance_dir=str(photos),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(tmp_path / "run"),
+            rank=2,
+            lora_alpha=4,
+            max_steps=1,
+            num_samples=0,
+        )
+    )
+    from dreambooth.lora.kohya import with_alphas
+
+    weights, alphas = with_alphas(*read_native(run / "pytorch_lora_weights.safetensors", build_tiny_pipeline(), False))
+    kohya = load_file(str(run / "lora_kohya.safetensors"))
+    check_round_trip(run / "lora_kohya.safetensors", build_tiny_pipeline(), weights, alphas)
+    dropped = next(k for k in kohya if k.startswith("lora_unet_") and k.endswith(".alpha"))
+    save_file({k: v for k, v in kohya.items() if k != dropped}, str(tmp_path / "lost.safetensors"))
+    with pytest.raises(UsageError, match=r"the alpha of unet\..* came back from diffusers' loader as None instead of 4.0"):
+        check_round_trip(tmp_path / "lost.safetensors", build_tiny_pipeline(), weights, alphas)

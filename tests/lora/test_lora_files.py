@@ -46,6 +46,7 @@ def test_plain_diffusers_loads_the_folder_and_its_output_changes(tiny_base, trai
     assert np.abs(after - before).mean() > 1e-3
 
 
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_scales_zero_give_the_base_model_and_each_part_matters(tiny_base, trained):
     base = draw(StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None))
     outputs = {}
@@ -156,3 +157,166 @@ def test_missing_lora_file(tmp_path):
 
     with pytest.raises(UsageError, match="no pytorch_lora_weights.safetensors"):
         load_lora(build_tiny_pipeline(), tmp_path)
+
+
+# ---------------------------------------------------------------- spelling and strength, whatever the reader
+
+
+def adapted(build, rank: int, alpha: float):
+    """A tiny pipeline with LoRA on its denoiser and text encoders, the up weights drawn at random (peft's init leaves
+    them at zero, which would make every strength look right); (pipe, adapted components)."""
+    from dreambooth.families import components, family_of
+    from dreambooth.lora.adapter import add_lora
+
+    pipe = build()
+    family = family_of(pipe)
+    parts = components(pipe, family)
+    torch.manual_seed(0)
+    for name, model in parts.items():
+        targets = family.denoiser_targets if name == family.denoiser else family.text_encoder_targets
+        add_lora(model, rank, alpha, 0.0, list(targets))
+        for key, p in model.named_parameters():
+            if "lora_B" in key:
+                p.data.normal_(0, 0.2)
+    return pipe, parts
+
+
+@torch.no_grad()
+def outputs(pipe) -> dict[str, torch.Tensor]:
+    """The SD text encoder's hidden states for fixed ids, and the UNet's output on fixed inputs."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (1, 77), generator=g)
+    latents, hidden = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 77, 32, generator=g)
+    return {"text_encoder": pipe.text_encoder(ids)[0], "unet": pipe.unet(latents, torch.tensor([500]), hidden).sample}
+
+
+def assert_same(got: dict, want: dict) -> None:
+    for part in want:
+        assert torch.allclose(got[part], want[part], atol=1e-5, rtol=1e-4), (part, (got[part] - want[part]).abs().max())
+
+
+def merged_by_tensors(path) -> dict[str, torch.Tensor]:
+    """What a loader that reads tensors alone (ComfyUI, A1111, sd-scripts read them so) draws with: each module's
+    weight plus (alpha / rank) · up · down, where the file has an `.alpha` tensor, else plus up · down. Keys in the
+    diffusers layout name their module; kohya keys are the module's path with `_` for `.`, as for SD 1.x."""
+    import re
+
+    from safetensors.torch import load_file
+
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+    from dreambooth.lora.adapter import find_module
+
+    pipe, state = build_tiny_pipeline(), load_file(str(path))
+    kohya_names = {
+        prefix + (path if path.startswith(extra) else extra + path).replace(".", "_"): module
+        for prefix, model, extra in (("lora_unet_", pipe.unet, ""), ("lora_te_", pipe.text_encoder, "text_model."))
+        for path, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    for key, down in state.items():
+        if m := re.fullmatch(r"(unet|text_encoder)\.(.+)\.(?:lora|lora_linear_layer)\.down\.weight", key):
+            module, up, alpha = find_module(getattr(pipe, m[1]), m[2]), state[key.replace(".down.", ".up.")], None
+        elif m := re.fullmatch(r"(lora_\w+)\.lora_down\.weight", key):
+            module, up, alpha = kohya_names[m[1]], state[f"{m[1]}.lora_up.weight"], state.get(f"{m[1]}.alpha")
+        else:
+            continue
+        scale = 1.0 if alpha is None else alpha.item() / down.shape[0]
+        module.weight.data += scale * up @ down
+    return outputs(pipe)
+
+
+def old_version_file(folder, parts: dict, alpha: float):
+    """The file earlier versions wrote: module names as transformers 5 has them, weights as trained, alpha only in
+    diffusers' header entry (and in `dreambooth.alpha`)."""
+    from dreambooth.lora.files import adapter_metadata, add_header_metadata, lora_state_dict
+
+    kwargs = {f"{name}_lora_layers": lora_state_dict(model) for name, model in parts.items()}
+    kwargs.update({f"{name}_lora_adapter_metadata": adapter_metadata(model) for name, model in parts.items()})
+    StableDiffusionPipeline.save_lora_weights(folder, safe_serialization=True, **kwargs)
+    add_header_metadata(folder / "pytorch_lora_weights.safetensors", {"dreambooth.alpha": str(alpha), "dreambooth.rank": "4"})
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+@pytest.mark.parametrize("build", ["sd", "sdxl"])
+def test_text_encoder_modules_are_written_as_released_checkpoints_spell_them(build, tmp_path):
+    """transformers 5 names CLIP's layers `encoder.layers.N`; released checkpoints, shared LoRAs and transformers 4
+    (which the older diffusers stack needs) say `text_model.encoder.layers.N`."""
+    from safetensors import safe_open
+
+    from dreambooth.families.sd import build_tiny as build_tiny_sd
+    from dreambooth.families.sdxl import build_tiny as build_tiny_sdxl
+    from dreambooth.lora.files import save_lora
+
+    pipe, parts = adapted({"sd": build_tiny_sd, "sdxl": build_tiny_sdxl}[build], 4, 4.0)
+    with safe_open(str(save_lora(tmp_path, type(pipe), parts)), framework="pt") as f:
+        encoders = {k.split(".")[0] for k in f.keys() if k.startswith("text_encoder")}
+        assert encoders == ({"text_encoder"} if build == "sd" else {"text_encoder", "text_encoder_2"})
+        assert all(
+            k.startswith(f"{k.split('.')[0]}.text_model.encoder.layers.") for k in f.keys() if k.startswith("text_encoder")
+        )
+
+
+def test_a_file_with_either_text_encoder_spelling_loads_the_same(trained, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+
+    source = trained / "pytorch_lora_weights.safetensors"
+    with safe_open(str(source), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    released = {k.replace("text_encoder.encoder.", "text_encoder.text_model.encoder."): v for k, v in state.items()}
+    shortened = {k.replace("text_encoder.text_model.", "text_encoder."): v for k, v in state.items()}
+    assert released != shortened
+    drawn = []
+    for name, tensors in (("released", released), ("shortened", shortened)):
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "pytorch_lora_weights.safetensors"), metadata=meta)
+        ours, plain = build_tiny_pipeline(), build_tiny_pipeline()
+        load_lora(ours, tmp_path / name)
+        plain.load_lora_weights(str(tmp_path / name))
+        assert plain.text_encoder.peft_config
+        drawn += [outputs(ours), outputs(plain)]
+    for other in drawn[1:]:
+        assert_same(other, drawn[0])
+    assert not torch.allclose(drawn[0]["text_encoder"], outputs(build_tiny_pipeline())["text_encoder"], atol=1e-3)
+
+
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
+def test_alpha_other_than_rank_reaches_every_reader_at_the_trained_strength(tmp_path):
+    """rank 4, alpha 6: the strength peft trained with, (alpha / rank) · up · down, whoever reads the files."""
+    from safetensors.torch import load_file
+
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+    from dreambooth.lora.export import export_with
+    from dreambooth.lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora
+
+    pipe, parts = adapted(build_tiny_pipeline, 4, 6.0)
+    trained_strength = outputs(pipe)
+    assert not torch.allclose(trained_strength["unet"], outputs(build_tiny_pipeline())["unet"], atol=1e-3)
+    native = save_lora(tmp_path / "new", type(pipe), parts, {"alpha": 6.0, "rank": 4})
+    (tmp_path / "old").mkdir()
+    old = old_version_file(tmp_path / "old", parts, 6.0)
+
+    assert_same(merged_by_tensors(native), trained_strength)  # the native file needs no alpha from its header
+    for path in (native, old):
+        ours, plain = build_tiny_pipeline(), build_tiny_pipeline()
+        load_lora(ours, path)
+        plain.load_lora_weights(str(path.parent), weight_name=path.name)
+        assert_same(outputs(ours), trained_strength)
+        assert_same(outputs(plain), trained_strength)
+
+        kohya = export_with(build_tiny_pipeline(), path, "kohya")
+        assert kohya.name == KOHYA_NAME
+        alphas = {k: v.item() for k, v in load_file(str(kohya)).items() if k.endswith(".alpha")}
+        assert len(alphas) == 40 and set(alphas.values()) == {6.0}  # the trained alpha, beside the trained weights
+        assert_same(merged_by_tensors(kohya), trained_strength)
+        from_kohya = build_tiny_pipeline()
+        load_lora(from_kohya, kohya)
+        assert_same(outputs(from_kohya), trained_strength)
+
+    converted = export_with(build_tiny_pipeline(), old, "diffusers", output=str(tmp_path / "converted" / WEIGHT_NAME))
+    assert_same(merged_by_tensors(converted), trained_strength)  # an earlier version's file, brought up to date
+    plain = build_tiny_pipeline()
+    plain.load_lora_weights(str(converted.parent))
+    assert_same(outputs(plain), trained_strength)

@@ -124,6 +124,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(uninterrupted, tmp_path):
     assert same_weights(load_file(str(out / WEIGHT_NAME)), expected)
 
 
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(photos, tmp_path, monkeypatch):
     real_save_file = checkpoint_mod.save_file
     calls = []

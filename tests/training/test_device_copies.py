@@ -65,7 +65,11 @@ def meta_run(photos, tmp_path, model: str, **kw):
         # trained text encoders (token ids), SDXL's time ids and pooled embeddings
         ("tiny-sdxl", dict(train_text_encoder=True)),
         # frozen ones (cached embeddings), the base model's own prediction, min-SNR weights, flips
-        ("tiny", dict(train_text_encoder=False, prior_mode="base-prediction", snr_gamma=5.0, random_flip=True)),
+        pytest.param(
+            "tiny",
+            dict(train_text_encoder=False, prior_mode="base-prediction", snr_gamma=5.0, random_flip=True),
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_no_host_to_device_copy_after_the_first_step(photos, tmp_path, model, settings):

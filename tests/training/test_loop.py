@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 import dreambooth.training.loop as train_mod
 from dreambooth.config import TrainConfig
+from dreambooth.fields import settings
 from dreambooth.lora.files import WEIGHT_NAME
 from dreambooth.training.setup import set_up
 
@@ -77,6 +78,7 @@ def test_v_prediction_model_trains(photos, tmp_path):
     assert "v_prediction" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_resume_continues_step_count_and_schedule_bitwise(photos, tmp_path, monkeypatch):
     class_dir = tmp_path / "class"
     kw = dict(
@@ -161,6 +163,7 @@ def test_fp16_on_cpu_is_refused_before_loading(photos, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_same_seed_and_config_give_the_same_class_images_lora_and_images(photos, tmp_path):
     from dreambooth.config import GenerateConfig
     from dreambooth.generation import generate
@@ -212,6 +215,7 @@ def test_base_prediction_prior_needs_no_class_images_and_starts_at_zero_loss(pho
     assert loss()[2].item() > 0
 
 
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_class_image_bank_is_shared_by_later_runs(photos, tmp_path, monkeypatch):
     import dreambooth.training.class_images as class_images
 
@@ -229,6 +233,7 @@ def test_class_image_bank_is_shared_by_later_runs(photos, tmp_path, monkeypatch)
     assert sum(drawn) == 7
 
 
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_events_and_stop_from_another_thread(photos, tmp_path):
     import threading
 
@@ -278,11 +283,23 @@ PINNED = {
     "tiny": ([1.12499559, 1.12499559, 0.0], [1.10407114, 1.10269094, 0.00138026], [1.11543751, 1.1141659, 0.00127157]),
     "tiny-v": ([0.14201558, 0.14201558, 0.0], [0.53924549, 0.53924549, 0.0], [0.5695523, 0.5695523, 0.0]),
     "tiny-sdxl": ([1.12374711, 1.12374711, 0.0], [1.12421477, 1.12421477, 0.0], [1.11073017, 1.11073017, 0.0]),
+    # measured when the flow families were added (2026-11-29)
+    "tiny-flux": ([1.54913831, 1.54913831, 0.0], [1.52357829, 1.52356112, 1.712e-05], [1.52485287, 1.52478707, 6.576e-05]),
+    "tiny-sd3": ([3.90423489, 3.90423489, 0.0], [4.92200947, 4.92200947, 0.0], [2.88191962, 2.88191962, 0.0]),
 }
 PINNED_SETTINGS = {  # epsilon with base-prediction prior; v with min-SNR weights; SDXL with both text encoders' LoRA
     "tiny": dict(with_prior_preservation=True, class_prompt="a photo of a dog", prior_mode="base-prediction"),
     "tiny-v": dict(snr_gamma=5.0),
     "tiny-sdxl": dict(train_text_encoder=True),
+    # FLUX.1: logit-normal levels, base-prediction prior, CLIP LoRA (T5 cached); SD3: cosmap weights, both CLIPs' LoRA
+    "tiny-flux": dict(
+        with_prior_preservation=True,
+        class_prompt="a photo of a dog",
+        prior_mode="base-prediction",
+        train_text_encoder=True,
+        weighting_scheme="logit_normal",
+    ),  # fmt: skip
+    "tiny-sd3": dict(train_text_encoder=True, weighting_scheme="cosmap"),
 }
 
 
@@ -291,7 +308,8 @@ def test_first_steps_losses_are_pinned(model, tmp_path):
     from conftest import SAMPLE
 
     run = set_up(
-        TrainConfig(
+        settings(
+            TrainConfig,
             model=model,
             instance_dir=str(SAMPLE),
             instance_prompt="a photo of sks dog",
@@ -305,10 +323,10 @@ def test_first_steps_losses_are_pinned(model, tmp_path):
             **PINNED_SETTINGS[model],
         )
     )
-    unet = run.models["unet"]
+    denoiser = run.models[run.base.family.denoiser]
     for step, expected in enumerate(PINNED[model]):
         with torch.no_grad():  # the step's losses, read before the step updates the weights
-            losses = train_mod.step_loss(run.cfg, run.base.family, unet, run.noise_scheduler, run.examples, step)
+            losses = train_mod.step_loss(run.cfg, run.base.family, denoiser, run.noise_scheduler, run.examples, step)
         assert [x.item() for x in losses] == pytest.approx(expected, rel=1e-4, abs=1e-6), step
         assert train_mod.optimizer_step(run, step).item() == pytest.approx(expected[0], rel=1e-4)
 
@@ -349,6 +367,7 @@ def test_a_vae_that_must_run_in_fp32_runs_in_fp32_through_a_bf16_run(photos, tmp
     assert (out / "samples.png").is_file()
 
 
+@pytest.mark.slow  # seconds of whole runs: the full suite keeps it, the fast lane does not
 def test_a_finished_run_lets_its_models_go_without_the_garbage_collector(photos, tmp_path, monkeypatch):
     """accelerate's mixed-precision forward is stored on each model (a reference cycle): a second run in the same
     process must not start with the first one's models still held, waiting for a collection."""

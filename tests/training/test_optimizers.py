@@ -191,6 +191,7 @@ def test_the_loss_scale_and_its_growth_count_come_back_from_a_checkpoint(tmp_pat
     assert fresh.get_scale() == 65536.0
 
 
+@pytest.mark.slow  # seconds of whole runs: the full suite keeps it, the fast lane does not
 def test_an_8bit_adam_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(photos, tmp_path):
     pytest.importorskip("bitsandbytes")
     cfg = TrainConfig(

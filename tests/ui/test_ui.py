@@ -86,6 +86,20 @@ def test_run_paths_come_only_from_the_listing(tmp_path):
     assert runs.run_path(tmp_path, "../cli-run") is None and runs.run_path(tmp_path, str(run)) is None
 
 
+def test_the_downloads_say_which_file_is_for_which_program(tmp_path):
+    from dreambooth.ui.generate_tab import run_info
+
+    run = tmp_path / "runs" / "dog"
+    run.mkdir(parents=True)
+    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        (run / name).write_bytes(b"")
+    info, _, files = run_info(tmp_path, "runs/dog")
+    assert [Path(f).name for f in files] == ["pytorch_lora_weights.safetensors", "lora_kohya.safetensors"]
+    assert info.endswith(
+        "Downloads: pytorch_lora_weights.safetensors for diffusers, lora_kohya.safetensors for ComfyUI, A1111 / Forge and sd-scripts."
+    )
+
+
 # ---------------------------------------------------------------- the job queue
 
 

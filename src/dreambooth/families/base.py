@@ -40,7 +40,7 @@ class Family:
     encode_prompts: Callable[[list, list, list[str], Any], PromptEmbeddings]  # (tokenizers, encoders, prompts, device)
     # (denoiser, noisy latents, timesteps, prompt embeddings, per-example geometry [orig h, orig w, top, left, h, w])
     denoise: Callable[[Any, torch.Tensor, torch.Tensor, PromptEmbeddings, torch.Tensor], torch.Tensor]
-    denoiser_targets: tuple[str, ...]  # default LoRA targets
+    denoiser_targets: tuple[str, ...]  # default LoRA targets: the attention projections (`--target-modules attention`)
     text_encoder_targets: tuple[str, ...]
     kohya_prefixes: dict[str, str]  # pipeline component -> kohya's key prefix
     kohya_module: Callable[[str, Any], str]  # (denoiser module path, denoiser config) -> the module name kohya writes
@@ -48,14 +48,16 @@ class Family:
     adapters_words: tuple[str, str]  # model card: (denoiser only, with the text encoder(s))
     legacy_names: tuple[str, ...] = ()  # what older LoRA headers wrote as the family
     single_file_options: Callable[[], dict] = dict  # extra keywords for the pipeline's from_single_file
-    # (text-encoder component, encoder) -> a regex of its modules whose output the family never reads, or None. They
-    # get no adapter: it could not learn, and data-parallel training stops at parameters that get no gradient.
-    unread_text_encoder_modules: Callable[[str, Any], str | None] = every_module_used
+    # (component, model) -> a regex of its modules whose output the family never reads, or None. They get no
+    # adapter: it could not learn, and data-parallel training stops at parameters that get no gradient.
+    unread_modules: Callable[[str, Any], str | None] = every_module_used
     # text encoders never trained (T5: 4.7 B parameters): their embeddings are computed once and cached, and they
     # leave the GPU, also when --train-text-encoder trains the others
     frozen_text_encoders: tuple[str, ...] = ()
     # tokenizers whose length is --max-sequence-length (T5's); the others keep their own (CLIP: 77)
     long_tokenizers: tuple[str, ...] = ()
+    # the feed-forward layers `--target-modules attention-mlp` adds to the attention projections
+    mlp_targets: tuple[str, ...] = ()
     resolution_multiple: int = 8  # training and sampling sizes are multiples of this (VAE factor x patch size)
     # (pipeline, what it returns with output_type="latent", height, width) -> latents the VAE decodes (FLUX packs them)
     sampled_latents: Callable[[Any, torch.Tensor, int, int], torch.Tensor] = latents_as_they_are

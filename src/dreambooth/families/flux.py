@@ -13,11 +13,8 @@ from ..objectives.flow import FLOW
 from . import t5
 from .base import Family, PromptEmbeddings, checkpoint_has
 from .clip import load_clip_tokenizer, tiny_text_encoder, tokenize
+from .mmdit import TRANSFORMER_MLP_TARGETS, TRANSFORMER_TARGETS, native_resolution, tiny_vae
 from .unet import CLIP_TARGETS
-
-# The attention projections of the joint blocks (image and text streams) and of the single blocks, as diffusers'
-# FLUX DreamBooth script targets them
-TRANSFORMER_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
 def recognise(pipe) -> bool:
@@ -32,10 +29,6 @@ def recognise_file(path: Path) -> bool:
 
 def version(pipe) -> str:
     return "flux1-dev" if pipe.transformer.config.guidance_embeds else "flux1-schnell"
-
-
-def native_resolution(pipe) -> int:
-    return pipe.default_sample_size * pipe.vae_scale_factor
 
 
 def encode_prompts(tokenizers: list, encoders: list, prompts: list[str], device) -> PromptEmbeddings:
@@ -123,6 +116,7 @@ FAMILY = Family(
     encode_prompts=encode_prompts,
     denoise=denoise,
     denoiser_targets=TRANSFORMER_TARGETS,
+    mlp_targets=TRANSFORMER_MLP_TARGETS + ("proj_mlp",),  # FLUX.1's single blocks: their MLP input
     text_encoder_targets=CLIP_TARGETS,
     kohya_prefixes={},
     kohya_module=kohya_module,
@@ -139,7 +133,7 @@ def build_tiny(seed: int = 0):
     """A tiny FLUX.1 [dev]-shaped pipeline: one joint and one single block, CLIP (pooled) and T5 (tokens) text encoders,
     a 16-channel VAE (64 px <-> 32x32x16 latents, 256 image tokens). Random weights, seeded; the real SD tokenizer for
     CLIP and a T5 tokenizer trained in code."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     clip_tokenizer = load_clip_tokenizer()
     t5_tokenizer = t5.tiny_tokenizer()
@@ -156,19 +150,7 @@ def build_tiny(seed: int = 0):
         guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=16,
-        norm_num_groups=32,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
-    )
+    vae = tiny_vae(seed + 1, shift_factor=0.1159, scaling_factor=0.3611)  # FLUX.1's own VAE's
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
     )

@@ -10,7 +10,7 @@ import torch
 from ..objectives.ddpm import DDPM
 from .base import Family, PromptEmbeddings, checkpoint_has
 from .clip import load_clip_tokenizer, tiny_text_encoder, tokenize
-from .unet import CLIP_TARGETS, UNET_TARGETS, native_resolution, tiny_vae
+from .unet import CLIP_TARGETS, UNET_MLP_TARGETS, UNET_TARGETS, native_resolution, tiny_vae
 
 WIDTHS = {768: "sd1", 1024: "sd2"}  # the text encoder's width tells the generation apart
 
@@ -72,6 +72,7 @@ FAMILY = Family(
     encode_prompts=encode_prompts,
     denoise=denoise,
     denoiser_targets=UNET_TARGETS,
+    mlp_targets=UNET_MLP_TARGETS,
     text_encoder_targets=CLIP_TARGETS,
     kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"},
     kohya_module=kohya_module,

@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..objectives.ddpm import DDPM
 from .base import Family, PromptEmbeddings, checkpoint_has
 from .clip import load_clip_tokenizer, tiny_text_encoder, tokenize
-from .unet import CLIP_TARGETS, UNET_TARGETS, native_resolution, tiny_vae
+from .unet import CLIP_TARGETS, UNET_MLP_TARGETS, UNET_TARGETS, native_resolution, tiny_vae
 
 
 def recognise(pipe) -> bool:
@@ -41,12 +41,12 @@ def encode_prompts(tokenizers: list, encoders: list, prompts: list[str], device)
     return {"hidden": torch.cat(hidden, dim=-1), "pooled": pooled}
 
 
-def unread_text_encoder_modules(component: str, encoder) -> str | None:
+def unread_modules(component: str, model) -> str | None:
     """The first encoder's last layer: only its penultimate hidden states are read (the second encoder's last layer
     feeds its pooled embedding)."""
     if component != "text_encoder":
         return None
-    return rf".*encoder\.layers\.{encoder.config.num_hidden_layers - 1}\..*"
+    return rf".*encoder\.layers\.{model.config.num_hidden_layers - 1}\..*"
 
 
 def denoise(
@@ -93,13 +93,14 @@ FAMILY = Family(
     encode_prompts=encode_prompts,
     denoise=denoise,
     denoiser_targets=UNET_TARGETS,
+    mlp_targets=UNET_MLP_TARGETS,
     text_encoder_targets=CLIP_TARGETS,
     kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
     kohya_module=kohya_module,
     kohya_base_version=kohya_base_version,
     adapters_words=("UNet", "UNet + both text encoders"),
     legacy_names=("tiny-sdxl",),
-    unread_text_encoder_modules=unread_text_encoder_modules,
+    unread_modules=unread_modules,
 )
 
 

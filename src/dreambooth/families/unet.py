@@ -4,6 +4,7 @@ from __future__ import annotations
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections, as the DreamBooth-LoRA scripts use
 CLIP_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+UNET_MLP_TARGETS = ("ff.net.0.proj", "ff.net.2")  # each transformer block's feed-forward (GEGLU in, out)
 
 
 def native_resolution(pipe) -> int:

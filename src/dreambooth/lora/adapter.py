@@ -21,6 +21,8 @@ def add_lora(
     from peft import LoraConfig
 
     model.requires_grad_(False)
+    if targets == ["all-linear"]:  # peft expands this preset for transformers' models only
+        targets = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     # peft annotates lora_alpha as int; a float alpha is what the user asked for, and peft computes with it as given
     config = LoraConfig(
         r=rank,

@@ -1,5 +1,5 @@
 """`dreambooth export`: a trained LoRA (or an old cloneofsimo/lora file) in another layout, checked by
-reading it back through diffusers' own loader."""
+reading it back through diffusers' own loader: every weight unchanged, and in the kohya layout every alpha."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from ..config import ExportConfig, check_export
 from ..errors import UsageError
 from ..families import family_of
 from ..models import describe, load_pipeline
-from .files import find_weights, read_lora, training_config
-from .kohya import split_key, to_kohya
+from .files import KOHYA_NAME, WEIGHT_NAME, find_weights, native_tensors, read_lora, released_path, stored_alphas, training_config
+from .kohya import export_in_force, split_key, to_kohya, with_alphas
 
 
 def normalised(state: dict[str, torch.Tensor]) -> dict[tuple[str, str, str], torch.Tensor]:
@@ -34,11 +34,13 @@ def read_native(path: Path, pipe, allow_pickle: bool) -> tuple[dict[str, torch.T
     return state, meta
 
 
-def check_round_trip(written: Path, pipe, expected: dict[str, torch.Tensor]) -> None:
-    """Every tensor must come back, unchanged, through diffusers' non-diffusers LoRA loader."""
+def check_round_trip(
+    written: Path, pipe, expected: dict[str, torch.Tensor], alphas: dict[tuple[str, str], float] | None = None
+) -> None:
+    """Every tensor must come back, unchanged, through diffusers' non-diffusers LoRA loader, and with `alphas`
+    ((component, module) -> alpha) every module's alpha too."""
     denoiser = getattr(pipe, family_of(pipe).denoiser)
-    loaded = type(pipe).lora_state_dict(str(written), unet_config=denoiser.config)
-    state = loaded[0]
+    state, network_alphas = type(pipe).lora_state_dict(str(written), unet_config=denoiser.config)
     got, want = normalised(state), normalised(expected)
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
@@ -50,6 +52,17 @@ def check_round_trip(written: Path, pipe, expected: dict[str, torch.Tensor]) -> 
     for key, tensor in want.items():
         if not torch.equal(got[key].to(tensor.dtype), tensor):
             raise UsageError(f"export check failed: {'.'.join(key[:2])} changed on the way through diffusers' loader")
+    if alphas is not None:
+        # diffusers names each alpha after the module's down weight: '<down key>.alpha'
+        read = {(c, m): float(v) for k, v in (network_alphas or {}).items() for c, m, _ in [split_key(k.removesuffix(".alpha"))]}
+        got_alphas = {(c, m.removeprefix("text_model.")): v for (c, m), v in read.items()}
+        for (component, module), alpha in alphas.items():
+            came_back = got_alphas.get((component, module.removeprefix("text_model.")))
+            if came_back != torch.tensor(alpha).item():  # written as a float32 tensor
+                raise UsageError(
+                    f"export check failed: the alpha of {component}.{module} came back from diffusers' loader as "
+                    f"{came_back} instead of {alpha}; the file was not kept"
+                )
 
 
 def export(cfg: ExportConfig) -> Path:
@@ -61,33 +74,40 @@ def export(cfg: ExportConfig) -> Path:
 
 
 def export_with(pipe, path: Path, fmt: str, output: str = "", allow_pickle: bool = False, model: str = "") -> Path:
-    """Write the LoRA at `path` in layout `fmt` for the base model `pipe` (whose UNet layout names the modules)."""
+    """Write the LoRA at `path` in layout `fmt` for the base model `pipe` (whose UNet layout names the modules).
+
+    kohya: module names as sd-scripts writes them, the weights as trained and each module's `.alpha`. diffusers: the
+    native file as `train` writes it (released module names, alpha/rank in the up weights), from any file this tool
+    reads, e.g. one of an earlier version whose header alone held alpha."""
+    base = describe(pipe, model)
+    if fmt == "kohya":
+        export_in_force("kohya", base.family)  # one line, before anything is read, for a family without the layout
     state, meta = read_native(path, pipe, allow_pickle)
-    out = (
-        Path(output)
-        if output
-        else path.parent / ("lora_kohya.safetensors" if fmt == "kohya" else "pytorch_lora_weights.safetensors")
-    )
+    out = Path(output) if output else path.parent / (KOHYA_NAME if fmt == "kohya" else WEIGHT_NAME)
     if out.exists() and out.resolve() == path.resolve():
         raise UsageError(f"--output {out}: is the input file; pass another path")
     if out.is_dir():
         raise UsageError(f"--output {out}: is a folder; pass a .safetensors file path")
+    alphas: dict[tuple[str, str], float] | None = None
     if fmt == "kohya":
-        base = describe(pipe, model)
         denoiser = getattr(pipe, base.family.denoiser)
-        tensors, header = to_kohya(state, meta, base.family, base.version, denoiser.config)
+        weights, alphas = with_alphas(state, meta)
+        tensors, header = to_kohya(weights, alphas, meta, base.family, base.version, denoiser.config)
+        expected = weights
     else:
-        tensors, header = (
-            {k: v.contiguous() for k, v in state.items()},
-            {k: v for k, v in meta.items() if k.startswith("dreambooth.")},
+        tensors = native_tensors(
+            state, stored_alphas(meta), lambda component, module: released_path(getattr(pipe, component, None), module)
         )
+        header = {k: v for k, v in meta.items() if k.startswith("dreambooth.")}
         header["format"] = "pt"
+        expected = tensors
     from safetensors.torch import save
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.check.safetensors")
     try:
         tmp.write_bytes(save(tensors, metadata=header))
-        check_round_trip(tmp, pipe, state)
+        check_round_trip(tmp, pipe, expected, alphas)
         atomic.write_bytes(out, tmp.read_bytes())
     finally:
         tmp.unlink(missing_ok=True)

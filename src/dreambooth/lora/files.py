@@ -1,8 +1,16 @@
 """LoRA files: saved and loaded in diffusers' layout, read in any layout this tool knows, checked against a base
-model before loading."""
+model before loading.
+
+The native file (`pytorch_lora_weights.safetensors`) is written so that every reader applies it the same way: text-encoder
+modules are named as released checkpoints name them (CLIP's `text_model.…`, which transformers 5 no longer has and
+older diffusers stacks need), and each module's alpha/rank is multiplied into its up weight, since diffusers' layout has
+no tensor for alpha (a header entry alone is read by recent diffusers only). Reading accepts either spelling and
+either kind of file."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +19,29 @@ import torch
 from .. import atomic
 from ..errors import UsageError
 from ..fields import saved_settings
-from .adapter import ADAPTER, find_module
+from .adapter import ADAPTER, find_module, module_path
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+KOHYA_NAME = "lora_kohya.safetensors"  # the same LoRA in kohya's layout (`--export kohya`)
+# Which file each program loads, in the words the last line of `train`, the model card and the page use.
+PROGRAMS = {WEIGHT_NAME: "diffusers", KOHYA_NAME: "ComfyUI, A1111 / Forge and sd-scripts"}
+
+
+def which_file_where(names: list[str]) -> str:
+    """'pytorch_lora_weights.safetensors for diffusers, lora_kohya.safetensors for ComfyUI, …' for the files `names`."""
+    return ", ".join(f"{name} for {programs}" for name, programs in PROGRAMS.items() if name in names)
+
+
+# Text encoders whose module names transformers 5 shortened (CLIPTextModel lost its `text_model.` level). Released
+# checkpoints, the LoRAs people share and transformers 4 (which older diffusers stacks run) keep the longer names, and
+# diffusers with either transformers reads them: files are written with them.
+RELEASED_PREFIXES = {"CLIPTextModel": "text_model."}
+
+
+def released_path(model: Any, path: str) -> str:
+    """A module path of `model` as released checkpoints spell it, whatever transformers is installed."""
+    prefix = RELEASED_PREFIXES.get(type(model).__name__, "")
+    return prefix + path if prefix and not path.startswith(prefix) else path
 
 
 def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -21,11 +49,26 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    peft = get_peft_model_state_dict(model)
+    converted = convert_state_dict_to_diffusers(peft)
+    # The converter knows the UNet's and CLIP's module names. On a model where it renames only some keys (a
+    # transformer's to_q but not its add_q_proj) the result is a mix no loader reads: keep peft's layout there, as
+    # diffusers' own DreamBooth scripts for those models (FLUX.1, SD3) save it.
+    if any(".lora_A." in k or ".lora_B." in k for k in converted):
+        return peft
+    return converted
 
 
 def adapter_metadata(model: Any) -> dict:
     return model.peft_config["default"].to_dict()
+
+
+def scale_in_weights_metadata(config: dict) -> dict:
+    """peft's config for an adapter whose up weights already carry alpha/rank: every module's alpha is its rank.
+    Without `exclude_modules`: the file holds exactly the adapted modules, and a loader given an exclusion that
+    matches nothing warns about it."""
+    config = {k: v for k, v in config.items() if k != "exclude_modules"}
+    return {**config, "lora_alpha": config["r"], "alpha_pattern": dict(config.get("rank_pattern") or {})}
 
 
 def save_lora(
@@ -39,8 +82,14 @@ def save_lora(
     tmp = atomic.temp_dir_beside(out_dir / ".lora")
     kwargs = {}
     for name, model in adapted.items():
-        kwargs[f"{name}_lora_layers"] = lora_state_dict(model)
-        kwargs[f"{name}_lora_adapter_metadata"] = adapter_metadata(model)
+        config = adapter_metadata(model)
+        layers = native_tensors(
+            {f"{name}.{k}": v for k, v in lora_state_dict(model).items()},
+            {name: float(config["lora_alpha"])},
+            lambda component, module: released_path(adapted.get(component), module),
+        )
+        kwargs[f"{name}_lora_layers"] = {k.removeprefix(f"{name}."): v for k, v in layers.items()}
+        kwargs[f"{name}_lora_adapter_metadata"] = scale_in_weights_metadata(config)
     try:
         pipeline_cls.save_lora_weights(tmp, safe_serialization=True, **kwargs)
         if metadata:
@@ -123,17 +172,54 @@ PROCESSOR_KEYS = {
 }
 
 
-def parse_key(key: str) -> tuple[str, str, str] | None:
-    """'unet.<module>.lora.down.weight' (or another layout's) -> ('unet', '<module>', 'down'); None if unknown."""
+def key_parts(key: str) -> tuple[str, str, str, str] | None:
+    """'unet.<module>.lora.down.weight' (or another layout's) -> ('unet', '<module>', '.lora.down.weight', 'down');
+    None if unknown."""
     component, _, rest = key.partition(".")
     for old, new in PROCESSOR_KEYS.items():
         rest = rest.replace(old, new)
     for down, up in LAYOUTS:
         if rest.endswith(down):
-            return component, rest[: -len(down)], "down"
+            return component, rest[: -len(down)], down, "down"
         if rest.endswith(up):
-            return component, rest[: -len(up)], "up"
+            return component, rest[: -len(up)], up, "up"
     return None
+
+
+def parse_key(key: str) -> tuple[str, str, str] | None:
+    """'unet.<module>.lora.down.weight' (or another layout's) -> ('unet', '<module>', 'down'); None if unknown."""
+    parts = key_parts(key)
+    return None if parts is None else (parts[0], parts[1], parts[3])
+
+
+def stored_alphas(meta: dict[str, str]) -> dict[str, float]:
+    """Per-component alpha from diffusers' `lora_adapter_metadata` header entry (peft's config per component): what
+    recent diffusers applies as alpha/rank on loading. Components it does not name apply their weights as they are."""
+    try:
+        adapter = json.loads(meta.get("lora_adapter_metadata", "{}"))
+    except json.JSONDecodeError:
+        adapter = {}
+    if not isinstance(adapter, dict):
+        return {}
+    return {k[: -len(".lora_alpha")]: float(v) for k, v in adapter.items() if k.endswith(".lora_alpha") and v}
+
+
+def native_tensors(
+    state: dict[str, torch.Tensor], alphas: dict[str, float], spell: Callable[[str, str], str]
+) -> dict[str, torch.Tensor]:
+    """A LoRA in a layout `parse_key` reads, as the native file holds it: each key's module renamed by
+    `spell(component, module)`, and the up weight of each module of a component in `alphas` multiplied by alpha/rank
+    (the strength peft applied while training), so that readers that know no alpha apply the trained strength."""
+    out = {}
+    for key, tensor in state.items():
+        parts = key_parts(key)
+        if parts is None:
+            raise UsageError(f"LoRA key {key!r} is in no layout this tool knows; export it from a `dreambooth train` folder")
+        component, module, ending, part = parts
+        if part == "up" and component in alphas and alphas[component] != tensor.shape[1]:
+            tensor = tensor * (alphas[component] / tensor.shape[1])
+        out[f"{component}.{spell(component, module)}{ending}"] = tensor.contiguous()
+    return out
 
 
 def lora_modules(shapes: dict[str, tuple[int, ...]]) -> dict[tuple[str, str], tuple[int, int]]:
@@ -166,12 +252,12 @@ def check_fits(pipe, shapes: dict[str, tuple[int, ...]], meta: dict[str, str], l
         raise UsageError(
             f"--lora {lora}: made for {made_for} ({version}), but --model {model} is {here}; pass the --model it was trained on"
         )
-    for (component, module_path), (n_in, n_out) in lora_modules(shapes).items():
+    for (component, path_in_file), (n_in, n_out) in lora_modules(shapes).items():
         target = getattr(pipe, component, None)
-        layer = find_module(target, module_path) if target is not None else None
+        layer = find_module(target, path_in_file) if target is not None else None
         have = (getattr(layer, "in_features", None), getattr(layer, "out_features", None)) if layer is not None else None
         if have != (n_in, n_out):
-            where = f"{component}.{module_path}"
+            where = f"{component}.{path_in_file}"
             detail = f"{where} is {n_in}->{n_out} there but {'missing' if have is None else f'{have[0]}->{have[1]}'} here"
             raise UsageError(
                 f"--lora {lora}: made for {made_for}, not for --model {model} ({here}): {detail}; "
@@ -200,6 +286,17 @@ def load_lora(
     else:
         shapes, meta, state = read_lora(path)
     check_fits(pipe, shapes, meta, str(lora), model)
+    if shapes and all(parse_key(k) is not None for k in shapes):
+        # A layout this tool writes (or wrote): handed to diffusers named as this pipeline's modules are, whichever
+        # spelling the file has, and with any alpha its header alone recorded in the weights, which every
+        # diffusers version applies as they are.
+        if state is None:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        state = native_tensors(
+            state, stored_alphas(meta), lambda component, module: module_path(getattr(pipe, component), module) or module
+        )
     try:
         if state is None:
             pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)

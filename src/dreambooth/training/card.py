@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..config import PriorMode, TrainConfig
+from ..lora.files import KOHYA_NAME, WEIGHT_NAME
+from ..lora.kohya import has_kohya_layout
 from ..models import Base
 
 
@@ -13,6 +15,36 @@ def prior_words(cfg: TrainConfig) -> str:
     if mode is PriorMode.GENERATED:
         return f"yes: `{cfg.class_prompt}`, {cfg.num_class_images} class images, λ = {cfg.prior_loss_weight}"
     return "no"
+
+
+def files_words(cfg: TrainConfig, base: Base) -> list[str]:
+    """Which file of the folder each program loads."""
+    lines = [
+        "## Files",
+        "",
+        "| file | load it in |",
+        "|---|---|",
+        f"| `{WEIGHT_NAME}` | diffusers (`load_lora_weights`, below), `dreambooth generate` |",
+    ]
+    if cfg.export == "kohya":
+        lines += [
+            f"| `{KOHYA_NAME}` | ComfyUI (`models/loras/`, a LoRA loader node), A1111 / Forge (`models/Lora/`, "
+            f"`<lora:{KOHYA_NAME.removesuffix('.safetensors')}:1>` in the prompt), kohya's sd-scripts (`--network_weights`) |",
+            "",
+        ]
+    elif has_kohya_layout(base.family):
+        lines += [
+            "",
+            f"For ComfyUI, A1111 / Forge and sd-scripts: `dreambooth export --lora path/to/this/folder` writes `{KOHYA_NAME}`.",
+            "",
+        ]
+    else:
+        lines += [
+            "",
+            f"No file for ComfyUI, A1111 / Forge or sd-scripts: this tool does not write {base.family.title} LoRAs in their layout yet.",
+            "",
+        ]
+    return lines
 
 
 def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_samples: bool, seconds: float) -> str:
@@ -47,6 +79,7 @@ def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_sampl
     ]
     if has_samples:
         lines += ["![samples](samples.png)", ""]
+    lines += files_words(cfg, base)
     lines += [
         "## Use",
         "",

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..config import TrainConfig
 from ..errors import TrainingError
-from ..lora.files import save_lora
+from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where
+from ..lora.kohya import has_kohya_layout
 from ..sampling import draw, grid
 from . import checkpoint
 from .card import model_card
@@ -152,14 +153,21 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
             f"free space and run again with --resume"
         ) from None
     run.onload()
-    if cfg.export:
+    if cfg.export == "kohya":
         from ..lora.export import export_with
 
-        export_with(run.pipe, run.out / "pytorch_lora_weights.safetensors", cfg.export, model=cfg.model)
+        export_with(run.pipe, run.out / WEIGHT_NAME, cfg.export, model=cfg.model)
+    elif not has_kohya_layout(base.family):
+        print(
+            f"note: no file for ComfyUI / A1111 / Forge: this tool does not write {base.family.title} LoRAs in their layout yet",
+            flush=True,
+        )
     if cfg.num_samples:
         save_samples(run, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, run.out / "samples.png")
     atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds))
-    print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}", flush=True)
+    # The last line says which file goes where: most people load a LoRA in ComfyUI or A1111 / Forge, not diffusers.
+    written = [WEIGHT_NAME, *([KOHYA_NAME] if cfg.export == "kohya" else [])]
+    print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}: {which_file_where(written)}", flush=True)
 
 
 def release(run: Run) -> None:

@@ -20,6 +20,7 @@ from ..families import Family, text_encoders, tokenizers
 from ..fields import to_dict, to_yaml
 from ..lora.adapter import add_lora
 from ..lora.files import WEIGHT_NAME
+from ..lora.kohya import export_in_force
 from ..models import Base, describe, fingerprint, load_pipeline, load_vae
 from ..sampling import device_precision
 from . import checkpoint
@@ -122,18 +123,35 @@ def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.dev
     )
 
 
-MODEL_DECIDES = ("resolution", "lora_alpha", "target_modules", "text_encoder_target_modules")  # when left empty
+MODEL_DECIDES = ("resolution", "lora_alpha", "target_modules", "text_encoder_target_modules", "export")  # when left empty
+
+
+TARGET_PRESETS = ("attention", "attention-mlp", "all-linear")
+
+
+def denoiser_targets(asked: list[str], family: Family) -> list[str]:
+    """--target-modules: module names, or a preset: `attention` (the family's default), `attention-mlp` (with the
+    feed-forward layers), `all-linear` (every linear layer, expanded when the adapters are added)."""
+    if not asked or asked == ["attention"]:
+        return list(family.denoiser_targets)
+    if asked == ["attention-mlp"]:
+        return list(family.denoiser_targets + family.mlp_targets)
+    if any(name in TARGET_PRESETS for name in asked) and len(asked) > 1:
+        raise UsageError(f"--target-modules {' '.join(asked)}: a preset ({', '.join(TARGET_PRESETS)}) stands alone")
+    return list(asked)
 
 
 def resolved(cfg: TrainConfig, base: Base, class_image_dtype: torch.dtype = torch.float32) -> TrainConfig:
-    """The settings with what the model decides filled in: resolution, alpha, LoRA targets, class-image folder
-    (keyed by the precision class images are drawn in: `class_image_precision` of the run's device)."""
+    """The settings with what the model decides filled in: resolution, alpha, LoRA targets, the file for ComfyUI /
+    A1111 / Forge (refused for a family without its layout), class-image folder (keyed by the precision class images
+    are drawn in: `class_image_precision` of the run's device)."""
     cfg = dataclasses.replace(
         cfg,
         resolution=cfg.resolution or base.native_resolution,
         lora_alpha=float(cfg.lora_alpha or cfg.rank),
-        target_modules=cfg.target_modules or list(base.family.denoiser_targets),
+        target_modules=denoiser_targets(cfg.target_modules, base.family),
         text_encoder_target_modules=cfg.text_encoder_target_modules or list(base.family.text_encoder_targets),
+        export=export_in_force(cfg.export, base.family),
     )
     if cfg.prior() is PriorMode.GENERATED and not cfg.class_dir:
         cfg = dataclasses.replace(
@@ -203,14 +221,14 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
     pipe.vae.to(device, dtype=autoencoder.weights_dtype(pipe.vae, weight_dtype))  # fp32 where its config asks
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
     trained = {family.denoiser: denoiser}
-    groups = [
-        {"params": add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules), "lr": cfg.learning_rate}
-    ]
+    unread = family.unread_modules(family.denoiser, denoiser)
+    params = add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, unread)
+    groups = [{"params": params, "lr": cfg.learning_rate}]
     if cfg.train_text_encoder:
         for name, encoder in encoders.items():
             if name in family.frozen_text_encoders:
                 continue
-            unread = family.unread_text_encoder_modules(name, encoder)
+            unread = family.unread_modules(name, encoder)
             params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules, unread)
             groups.append({"params": params, "lr": cfg.text_encoder_lr})
             trained[name] = encoder
@@ -339,7 +357,8 @@ def run_identity(cfg: TrainConfig, base: Base, pipe) -> dict:
     }
 
 
-NOT_SETTINGS = ("output_dir", "resume", "overwrite")  # where and how a run is started, not what it trains
+# where and how a run is started, and which extra files it writes: not what it trains
+NOT_SETTINGS = ("output_dir", "resume", "overwrite", "export")
 
 
 def run_settings(cfg: TrainConfig) -> dict:

@@ -72,7 +72,7 @@ def train_layout(t: TrainConfig) -> SimpleNamespace:
                 with gr.Row():
                     prior = gr.Checkbox(label="Prior preservation", value=True, elem_id="prior")
                     train_te = gr.Checkbox(label="Text-encoder LoRA", value=t.train_text_encoder)
-                    kohya = gr.Checkbox(label="Also export for A1111 / ComfyUI (kohya)", value=False)
+                    kohya = gr.Checkbox(label="Also a file for ComfyUI / A1111 / Forge", value=True, elem_id="kohya")
                 class_prompt = gr.Textbox(label="Class prompt (empty: 'a photo of a <class>')", elem_id="class-prompt")
                 num_class = gr.Number(label="Class images", value=t.num_class_images, precision=0, minimum=1, elem_id="num-class")
                 with gr.Row():
@@ -155,7 +155,12 @@ def generate_layout(g: GenerateConfig) -> SimpleNamespace:
             with gr.Column():
                 gen_message = gr.Markdown(elem_id="gen-message")
                 gallery = gr.Gallery(label="Images", columns=2, elem_id="gallery")
-                lora_files = gr.File(label="LoRA files", file_count="multiple", interactive=False, elem_id="lora-files")
+                lora_files = gr.File(
+                    label="LoRA files: pytorch_lora_weights for diffusers, lora_kohya for ComfyUI / A1111 / Forge",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="lora-files",
+                )
                 image_files = gr.File(label="Images to download", file_count="multiple", interactive=False, elem_id="downloads")
     return SimpleNamespace(
         run=run,

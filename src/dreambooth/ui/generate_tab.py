@@ -6,21 +6,25 @@ from pathlib import Path
 
 from ..config import GenerateConfig
 from ..errors import UsageError
+from ..lora.files import which_file_where
 from . import runs
 
 
 def run_info(workspace: Path, run: str) -> tuple[str, str, list[str]]:
-    """(description, a prompt to start from, the LoRA files to download) for the chosen run."""
+    """(description, a prompt to start from, the LoRA files to download) for the chosen run; the description says which
+    file is for which program."""
     run_dir = runs.run_path(workspace, run)
     if run_dir is None:
         return "Choose a finished run.", "", []
     cfg = runs.run_config(run_dir)
     prompt = str(cfg.get("instance_prompt") or "")
+    files = runs.lora_files(run_dir)
     info = (
         f"**{run}** — base model `{cfg.get('model', '?')}`, {cfg.get('max_steps', '?')} steps, rank {cfg.get('rank', '?')}"
-        f"{', text-encoder LoRA' if cfg.get('train_text_encoder') else ''}; instance prompt *{prompt or '?'}*"
+        f"{', text-encoder LoRA' if cfg.get('train_text_encoder') else ''}; instance prompt *{prompt or '?'}*. "
+        f"Downloads: {which_file_where([p.name for p in files])}."
     )
-    return info, prompt, [str(p) for p in runs.lora_files(run_dir)]
+    return info, prompt, [str(p) for p in files]
 
 
 def make_images(workspace: Path, run, prompt, negative, num_images, steps, guidance, unet_scale, te_scale, seed):

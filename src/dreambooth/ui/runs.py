@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 from ..fields import saved_settings
-from ..lora.files import WEIGHT_NAME
+from ..lora.files import KOHYA_NAME, WEIGHT_NAME
 from ..training.photos import slug
 
-KOHYA_NAME = "lora_kohya.safetensors"
 SKIP = {"uploads", "images", "scores", "checkpoints", "validation", ".cache"}  # never hold a run; keeps the scan short
 MAX_DEPTH = 4
 
@@ -59,7 +58,7 @@ def run_config(run_dir: Path) -> dict:
 
 
 def lora_files(run_dir: Path) -> list[Path]:
-    """The LoRA in the diffusers layout, and in the kohya layout when the run exported it."""
+    """The LoRA in the diffusers layout, and in the kohya layout (ComfyUI, A1111 / Forge) when the run wrote it."""
     return [p for p in (run_dir / WEIGHT_NAME, run_dir / KOHYA_NAME) if p.is_file()]
 
 

@@ -125,7 +125,7 @@ def start(
             validation_prompt=prompt if every > 0 else "",
             validation_steps=max(every, 1),
             num_validation_images=2,
-            export="kohya" if kohya else "",
+            export="" if kohya else "none",  # empty: the family's file for ComfyUI / A1111 / Forge, where it has one
             instance_dir="-",
             output_dir="-",
         )  # placeholders: the real folders are named once the photos are in
