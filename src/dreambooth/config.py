@@ -63,6 +63,11 @@ class TrainConfig:
     resolution: int = opt(0, "training resolution in pixels (multiple of 8); 0 = the model's native size")
     center_crop: bool = opt(True, "centre-crop after resizing (--no-center-crop: random crop)")
     random_flip: bool = opt(False, "flip images horizontally at random")
+    caption_dropout: float = opt(
+        0.0,
+        "fraction of instance examples trained with an empty prompt (0-1): the photos' look is then learned apart "
+        "from the identifier, and classifier-free guidance keeps its unconditional side",
+    )
     with_prior_preservation: bool = opt(False, "add the class-specific prior-preservation loss")
     class_prompt: str = opt("", "prompt for the class prior, e.g. 'a photo of a dog'")
     class_dir: str = opt(
@@ -270,6 +275,9 @@ def check_train(cfg: TrainConfig) -> None:
         "must not be negative",
     )
     check_each(cfg, ["lora_dropout"], lambda v: v < 1, "must be below 1")
+    check_each(cfg, ["caption_dropout"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0.1")
+    check_each(cfg, ["max_sequence_length"], lambda v: v >= 1, "must be at least 1")
+    check_each(cfg, ["logit_std"], lambda v: v > 0, "must be positive")
     check_each(cfg, ["learning_rate", "text_encoder_lr"], lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 1e-4")
 
 

@@ -37,6 +37,14 @@ def test_single_file_checkpoints_are_told_apart_by_their_tensor_names(tmp_path):
     save_file({unet: torch.zeros(1), second_encoder: torch.zeros(1)}, str(tmp_path / "xl.safetensors"))
     assert family_of_file(tmp_path / "sd.safetensors").name == "sd"
     assert family_of_file(tmp_path / "xl.safetensors").name == "sdxl"
+    for name, key, family in [
+        ("flux.safetensors", "double_blocks.0.img_attn.qkv.weight", "flux"),
+        ("flux-aio.safetensors", "model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "flux"),
+        ("flux-diffusers.safetensors", "single_transformer_blocks.0.attn.to_q.weight", "flux"),
+        ("sd35.safetensors", "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "sd3"),
+    ]:
+        save_file({key: torch.zeros(1)}, str(tmp_path / name))
+        assert family_of_file(tmp_path / name).name == family, name
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-flux", "tiny-sd3"])

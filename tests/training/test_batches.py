@@ -132,3 +132,28 @@ def test_a_vae_that_must_run_in_fp32_encodes_photos_in_fp32_in_an_fp16_run(photo
         batch = examples.batch(0)
     assert pipe.vae.dtype == torch.float32 and seen["encoder"] == {torch.float32}
     assert batch.latents.dtype == torch.float16 and torch.isfinite(batch.latents).all()
+
+
+def test_caption_dropout_empties_that_share_of_instance_prompts_and_nothing_else(photos):
+    from dreambooth.config import TrainConfig
+    from dreambooth.models import describe, load_pipeline
+    from dreambooth.training.photos import load_folder
+    from dreambooth.training.setup import make_accelerator, prepare, resolved
+
+    def prompts(dropout: float, steps: int = 40) -> list[list[str]]:
+        cfg = TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir="unused",
+                          class_dir="unused", with_prior_preservation=True, class_prompt="a photo of a dog", batch_size=2,
+                          caption_dropout=dropout, num_samples=0)  # fmt: skip
+        pipe = load_pipeline("tiny")
+        base = describe(pipe, "tiny")
+        images = load_folder(str(photos))
+        run = prepare(resolved(cfg, base), pipe, base, images, images, make_accelerator(cfg))
+        return [run.examples.batch(step).prompts for step in range(steps)]
+
+    none, all_, half = prompts(0.0), prompts(1.0), prompts(0.3)
+    assert all(p == ["a photo of sks dog"] * 2 + ["a photo of a dog"] * 2 for p in none)
+    assert all(p == ["", "", "a photo of a dog", "a photo of a dog"] for p in all_)
+    instance = [x for p in half for x in p[:2]]
+    assert 0.15 < instance.count("") / len(instance) < 0.45  # 80 draws at 0.3
+    assert all(p[2:] == ["a photo of a dog"] * 2 for p in half)  # class prompts are never dropped
+    assert half == prompts(0.3)  # the same examples drop their caption in every run and on resume

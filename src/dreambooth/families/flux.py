@@ -23,8 +23,12 @@ def recognise(pipe) -> bool:
 
 
 def recognise_file(path: Path) -> bool:
-    """Black Forest Labs' files name `double_blocks`; diffusers-format single files `single_transformer_blocks`."""
-    return checkpoint_has(path, "double_blocks.") or checkpoint_has(path, "single_transformer_blocks.")
+    """Black Forest Labs' files name `double_blocks` (bare, or under `model.diffusion_model.` in all-in-one files);
+    diffusers-format single files `single_transformer_blocks`."""
+    return any(
+        checkpoint_has(path, prefix)
+        for prefix in ("double_blocks.", "model.diffusion_model.double_blocks.", "single_transformer_blocks.")
+    )
 
 
 def version(pipe) -> str:

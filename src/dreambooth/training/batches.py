@@ -133,6 +133,7 @@ class Examples:
         if not self.cfg.train_text_encoder or self.family.frozen_text_encoders:
             prompts = [self.prompt("instance", i) for i in range(len(self.sets["instance"]))]
             prompts += [self.cfg.class_prompt] if self.cfg.prior() else []
+            prompts += [""] if self.cfg.caption_dropout > 0 else []  # what a dropped caption reads
             self.cached(prompts, base=False, only_frozen=self.cfg.train_text_encoder)
         if self.cfg.prior() is PriorMode.BASE_PREDICTION:
             self.base_encode([self.cfg.class_prompt])
@@ -174,15 +175,17 @@ class Examples:
         elif prior is PriorMode.GENERATED:
             classes = stream_indices(first, bs, len(self.sets["class"]), cfg.seed + 1)
             picks += [("class", i, first + j) for j, i in enumerate(classes)]
-        samples, geometry, rngs = [], [], []
+        samples, geometry, rngs, prompts = [], [], [], []
         for which, idx, pos in picks:
             g = example_generator(cfg.seed, which, pos)
             flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
+            # drawn only when asked for, so that runs without it draw exactly what they always drew
+            dropped = which == "instance" and cfg.caption_dropout > 0 and bool(torch.rand(1, generator=g) < cfg.caption_dropout)
+            prompts.append("" if dropped else self.prompt(which, idx))
             mean, std, ids = self.posterior(which, idx, flip, g)
             dg = device_generator(g, mean.device)
             noise = torch.randn(mean.shape, generator=dg, device=mean.device).to(mean.dtype)
             samples.append(mean + std * noise)
             geometry.append(ids)
             rngs.append(dg)
-        prompts = [self.prompt(which, idx) for which, idx, _ in picks]
         return Batch(autoencoder.normalised(self.vae, torch.cat(samples)), prompts, len(picks) - bs, torch.cat(geometry), rngs)
