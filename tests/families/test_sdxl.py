@@ -67,7 +67,8 @@ def test_sdxl_lora_loads_in_plain_diffusers_with_both_text_encoders(sdxl_lora, t
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pipe.load_lora_weights(sdxl_lora)
-    assert not [w for w in caught if "exclude_modules" in str(w.message)]  # nothing a user must puzzle over
+    # nothing a user must puzzle over: an exclusion that matched nothing, or adapters the file has no weights for
+    assert not [w for w in caught if "exclude_modules" in str(w.message) or "inconsistency" in str(w.message)]
     assert pipe.unet.peft_config and pipe.text_encoder.peft_config and pipe.text_encoder_2.peft_config
     assert np.abs(draw(pipe) - before).mean() > 1e-3
     card = (sdxl_lora / "README.md").read_text()

@@ -63,12 +63,19 @@ def adapter_metadata(model: Any) -> dict:
     return model.peft_config["default"].to_dict()
 
 
-def scale_in_weights_metadata(config: dict) -> dict:
+def scale_in_weights_metadata(config: dict, adapted: list[str]) -> dict:
     """peft's config for an adapter whose up weights already carry alpha/rank: every module's alpha is its rank.
-    Without `exclude_modules`: the file holds exactly the adapted modules, and a loader given an exclusion that
-    matches nothing warns about it."""
-    config = {k: v for k, v in config.items() if k != "exclude_modules"}
+    Where some modules were excluded (no gradient reaches them), the config names the `adapted` modules one by one
+    instead: a loader then adds adapters exactly where the file has weights, and warns about nothing."""
+    if config.get("exclude_modules"):
+        config = {**config, "target_modules": sorted(adapted), "exclude_modules": None}
     return {**config, "lora_alpha": config["r"], "alpha_pattern": dict(config.get("rank_pattern") or {})}
+
+
+def adapted_modules(model) -> list[str]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [name for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 
 
 def save_lora(
@@ -89,7 +96,7 @@ def save_lora(
             lambda component, module: released_path(adapted.get(component), module),
         )
         kwargs[f"{name}_lora_layers"] = {k.removeprefix(f"{name}."): v for k, v in layers.items()}
-        kwargs[f"{name}_lora_adapter_metadata"] = scale_in_weights_metadata(config)
+        kwargs[f"{name}_lora_adapter_metadata"] = scale_in_weights_metadata(config, adapted_modules(model))
     try:
         pipeline_cls.save_lora_weights(tmp, safe_serialization=True, **kwargs)
         if metadata:
