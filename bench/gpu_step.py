@@ -177,10 +177,7 @@ def build_sdxl_pipeline(seed: int = 0, device: torch.device | str | None = None)
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from dreambooth.families.clip import load_clip_tokenizer
-
-    tokenizer = load_clip_tokenizer()
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    tokenizer, ids = clip_tokenizer()
     torch.manual_seed(seed)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         unet = UNet2DConditionModel(**SDXL_UNET)
@@ -255,6 +252,16 @@ SD35_TRANSFORMER = dict(
 )
 
 
+def clip_tokenizer():
+    """The real SD tokenizer the package ships, and the special-token ids a CLIP text config needs from it."""
+    from dreambooth.families.clip import load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer()
+    return tokenizer, dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+
+
 def t5_tokenizer():
     """A T5 tokenizer without a download: the embedded tiny models' (its ids all fall inside T5-XXL's vocabulary)."""
     from dreambooth.families.t5 import tiny_tokenizer
@@ -267,10 +274,7 @@ def build_flux_pipeline(seed: int = 0, device: torch.device | str | None = None)
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from dreambooth.families.clip import load_clip_tokenizer
-
-    tokenizer = load_clip_tokenizer()
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    tokenizer, ids = clip_tokenizer()
     torch.manual_seed(seed)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         transformer = FluxTransformer2DModel(**FLUX_TRANSFORMER)
@@ -288,10 +292,7 @@ def build_sd35_pipeline(seed: int = 0, device: torch.device | str | None = None)
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from dreambooth.families.clip import load_clip_tokenizer
-
-    tokenizer = load_clip_tokenizer()
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    tokenizer, ids = clip_tokenizer()
     torch.manual_seed(seed)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         transformer = SD3Transformer2DModel(**SD35_TRANSFORMER)

@@ -113,10 +113,11 @@ def test_t5_runs_once_per_prompt_even_when_the_clip_encoder_trains(photos, tmp_p
     assert seen == [3, 3]
 
 
-@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
-def test_resume_after_ctrl_c_equals_an_uninterrupted_run(photos, tmp_path, monkeypatch):
-    kw = dict(max_steps=4, class_dir=str(tmp_path / "class"))
-    whole = train_mod.train(flux_run(photos, tmp_path / "whole", **kw))
+def interrupted_then_resumed_equals_whole(run, photos, tmp_path, monkeypatch, **kw):
+    """Ctrl-C in step 3 of a 4-step run, then --resume: the LoRA equals an uninterrupted run's, bitwise. `run` makes
+    the family's TrainConfig."""
+    kw = dict(max_steps=4, class_dir=str(tmp_path / "class"), **kw)
+    whole = train_mod.train(run(photos, tmp_path / "whole", **kw))
     real = train_mod.step_loss
 
     def ctrl_c_in_step_3(cfg, family, denoiser, sched, examples, micro):
@@ -126,11 +127,16 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(photos, tmp_path, monke
 
     monkeypatch.setattr(train_mod, "step_loss", ctrl_c_in_step_3)
     with pytest.raises(KeyboardInterrupt):
-        train_mod.train(flux_run(photos, tmp_path / "split", **kw))
+        train_mod.train(run(photos, tmp_path / "split", **kw))
     monkeypatch.setattr(train_mod, "step_loss", real)
-    split = train_mod.train(flux_run(photos, tmp_path / "split", resume=True, **kw))
+    split = train_mod.train(run(photos, tmp_path / "split", resume=True, **kw))
     a, b = load_file(str(whole / WEIGHT_NAME)), load_file(str(split / WEIGHT_NAME))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(photos, tmp_path, monkeypatch):
+    interrupted_then_resumed_equals_whole(flux_run, photos, tmp_path, monkeypatch)
 
 
 def test_resolution_must_fit_the_packed_latents(photos, tmp_path):

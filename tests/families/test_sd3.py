@@ -1,13 +1,10 @@
 """The SD3 path end to end on the tiny SD3.5 Medium-shaped model: train -> plain diffusers -> generate; resume."""
 
-import signal
-
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
-from safetensors.torch import load_file
-from test_flux import every_adapter_was_read
+from test_flux import every_adapter_was_read, interrupted_then_resumed_equals_whole
 
 import dreambooth.training.loop as train_mod
 from dreambooth.config import GenerateConfig, TrainConfig
@@ -16,7 +13,7 @@ from dreambooth.families.flux import build_tiny as build_tiny_flux
 from dreambooth.families.sd3 import build_tiny as build_tiny_sd3
 from dreambooth.fields import settings
 from dreambooth.generation import generate
-from dreambooth.lora.files import WEIGHT_NAME, load_lora
+from dreambooth.lora.files import load_lora
 from dreambooth.models import describe
 
 
@@ -81,22 +78,7 @@ def test_a_flux_lora_on_an_sd3_base_is_one_line(sd3_lora, tmp_path):
 
 @pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(photos, tmp_path, monkeypatch):
-    kw = dict(max_steps=4, class_dir=str(tmp_path / "class"), prior_mode="base-prediction")
-    whole = train_mod.train(sd3_run(photos, tmp_path / "whole", **kw))
-    real = train_mod.step_loss
-
-    def ctrl_c_in_step_3(cfg, family, denoiser, sched, examples, micro):
-        if micro == 2:
-            signal.raise_signal(signal.SIGINT)
-        return real(cfg, family, denoiser, sched, examples, micro)
-
-    monkeypatch.setattr(train_mod, "step_loss", ctrl_c_in_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(sd3_run(photos, tmp_path / "split", **kw))
-    monkeypatch.setattr(train_mod, "step_loss", real)
-    split = train_mod.train(sd3_run(photos, tmp_path / "split", resume=True, **kw))
-    a, b = load_file(str(whole / WEIGHT_NAME)), load_file(str(split / WEIGHT_NAME))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    interrupted_then_resumed_equals_whole(sd3_run, photos, tmp_path, monkeypatch, prior_mode="base-prediction")
 
 
 def test_prompt_embeddings_are_the_pipelines_own():

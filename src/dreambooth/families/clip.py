@@ -25,7 +25,7 @@ def load_clip_tokenizer():
 def tokenize(tokenizer, prompts: list[str], device) -> torch.Tensor:
     # Training asks for the same few prompts every step: keep their token ids, on the device that reads them
     # (a copy from the host each step would make the host wait for the device).
-    cache = TOKEN_IDS.setdefault(tokenizer, {}).setdefault(str(device), {})
+    cache = TOKEN_IDS.setdefault(tokenizer, {}).setdefault((str(device), tokenizer.model_max_length), {})
     missing = [p for p in dict.fromkeys(prompts) if p not in cache]
     if missing:
         ids = tokenizer(

@@ -43,7 +43,7 @@ def encode_prompts(tokenizers: list, encoders: list, prompts: list[str], device)
     if clip is not None:
         out["pooled"] = clip(tokenize(tokenizers[0], prompts, device), output_hidden_states=False).pooler_output
     if t5_encoder is not None:
-        out["hidden"] = t5_encoder(t5.tokenize(tokenizers[1], prompts, device), output_hidden_states=False)[0]
+        out["hidden"] = t5_encoder(tokenize(tokenizers[1], prompts, device), output_hidden_states=False)[0]
     return out
 
 

@@ -51,7 +51,7 @@ def encode_prompts(tokenizers: list, encoders: list, prompts: list[str], device)
             hidden.append(result.hidden_states[-2])
         out["clip"], out["pooled"] = torch.cat(hidden, dim=-1), torch.cat(pooled, dim=-1)
     if t5_encoder is not None:
-        out["t5"] = t5_encoder(t5.tokenize(tokenizers[2], prompts, device))[0]
+        out["t5"] = t5_encoder(tokenize(tokenizers[2], prompts, device))[0]
     return out
 
 

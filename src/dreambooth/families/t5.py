@@ -1,14 +1,12 @@
-"""T5 text encoders (FLUX.1, SD3): tokenizing to `--max-sequence-length` tokens, and the tiny models' T5, whose
-tokenizer is trained here, in code (a unigram model over a small word list), so no download is needed."""
+"""T5 text encoders (FLUX.1, SD3): the tiny models' T5, whose tokenizer is trained here, in code (a unigram model over
+a small word list), so no download is needed. Prompts are tokenized by `clip.tokenize` (any tokenizer, to its
+`model_max_length`: `--max-sequence-length` for T5)."""
 
 from __future__ import annotations
 
 import functools
-import weakref
 
 import torch
-
-TOKEN_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per tokenizer object, gone with it
 
 # Words the tiny models' prompts are made of (subjects, classes, contexts, styles): the tokenizer's training text.
 WORDS = """a an the of in on at with and photo picture painting sketch drawing render sks ohwx dog cat teapot cube
@@ -17,19 +15,6 @@ orange pink brown grey dotted striped plain snow beach grass street city forest 
 sky night sunset table floor wall room kitchen field garden sand jungle cave moon space in front behind wearing
 hat scarf sitting lying standing jumping running swimming floating style watercolor oil pencil cartoon close up
 wide shot high quality detailed of""".split()
-
-
-def tokenize(tokenizer, prompts: list[str], device) -> torch.Tensor:
-    """Token ids padded (and cut) to the tokenizer's `model_max_length`, kept on `device` for the prompts asked for
-    again every step (a copy from the host each step would make the host wait for the device)."""
-    cache = TOKEN_IDS.setdefault(tokenizer, {}).setdefault((str(device), tokenizer.model_max_length), {})
-    missing = [p for p in dict.fromkeys(prompts) if p not in cache]
-    if missing:
-        ids = tokenizer(
-            missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(device)
-        cache.update(zip(missing, ids))
-    return torch.stack([cache[p] for p in prompts])
 
 
 @functools.cache

@@ -78,6 +78,7 @@ class Examples:
         self.sets = {"instance": instance, "class": classes}
         self.posteriors: dict = {}
         self.embeddings: dict = {}
+        self.guidance: dict[int, torch.Tensor] = {}
 
     def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator | None):
         which = "instance" if which == "prior" else which
@@ -120,7 +121,9 @@ class Examples:
         """The guidance value a guidance-distilled transformer (FLUX.1 [dev]) is given while training, one per
         example, made on the device; other families never read it."""
         n = next(iter(embedded.values())).shape[0]
-        return {**embedded, "guidance": torch.full((n,), self.cfg.training_guidance, device=self.device)}
+        if n not in self.guidance:  # made once per batch size, not every step
+            self.guidance[n] = torch.full((n,), self.cfg.training_guidance, device=self.device)
+        return {**embedded, "guidance": self.guidance[n]}
 
     def precompute(self) -> None:
         """Encode every fixed-crop image (both flips when flipping) and, with frozen text encoders, every prompt."""

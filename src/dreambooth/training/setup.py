@@ -22,7 +22,7 @@ from ..lora.adapter import add_lora
 from ..lora.files import WEIGHT_NAME
 from ..lora.kohya import export_in_force
 from ..models import Base, describe, fingerprint, load_pipeline, load_vae
-from ..sampling import device_precision
+from ..sampling import autocast_in, sampling_dtype
 from . import checkpoint
 from .batches import Examples
 from .class_images import bank_dir, ensure_class_images
@@ -176,14 +176,13 @@ PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16:
 
 
 def class_image_precision(device: torch.device) -> torch.dtype:
-    """Class images on a GPU are drawn in fp16: twice as fast, and the images are the same to the eye (the VAE
-    still decodes in fp32 where it must, see `autoencoder`)."""
-    return torch.float16 if device.type == "cuda" else torch.float32
+    """What class images are drawn in on `device` (part of the bank's key): `sampling_dtype`."""
+    return sampling_dtype(device)
 
 
 def sampling_precision(accelerator):
-    """The autocast class images are drawn under (its dtype is `class_image_precision`, part of the bank's key)."""
-    return device_precision(accelerator.device)
+    """The autocast class images are drawn under: in `class_image_precision`."""
+    return autocast_in(accelerator.device, class_image_precision(accelerator.device))
 
 
 def class_photos(cfg: TrainConfig, pipe, accelerator) -> list:
