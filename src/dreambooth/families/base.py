@@ -19,6 +19,14 @@ def every_module_used(component: str, encoder: Any) -> str | None:
     return None
 
 
+def no_fused_layers(path: str, config: Any) -> tuple[tuple[str, int], ...]:
+    return ()
+
+
+def diffusers_reads_every_size(config: Any) -> bool:
+    return True
+
+
 def latents_as_they_are(pipe: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return latents
 
@@ -61,6 +69,12 @@ class Family:
     resolution_multiple: int = 8  # training and sampling sizes are multiples of this (VAE factor x patch size)
     # (pipeline, what it returns with output_type="latent", height, width) -> latents the VAE decodes (FLUX packs them)
     sampled_latents: Callable[[Any, torch.Tensor, int, int], torch.Tensor] = latents_as_they_are
+    # (kohya module path, denoiser config) -> the denoiser modules sd-scripts' layout fuses into that one layer, in
+    # order, with their output sizes (FLUX.1's qkv); () where one module is one layer. Their LoRAs are written as one.
+    kohya_parts: Callable[[str, Any], tuple[tuple[str, int], ...]] = no_fused_layers
+    kohya_network_module: str = "networks.lora"  # sd-scripts' `ss_network_module` for the family
+    # (denoiser config) -> diffusers' own reader reads this family's kohya files at this model's sizes
+    diffusers_reads_kohya: Callable[[Any], bool] = diffusers_reads_every_size
 
 
 def checkpoint_has(path: Path, prefix: str) -> bool:

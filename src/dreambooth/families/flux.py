@@ -4,6 +4,7 @@ rotary position ids for image and text tokens and, in [dev], a distilled guidanc
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -96,8 +97,55 @@ def sampled_latents(pipe, latents: torch.Tensor, height: int, width: int) -> tor
     return unpack(latents, height // scale, width // scale)
 
 
+# diffusers' module path in a block -> Black Forest Labs' (which sd-scripts writes, ComfyUI and Forge read); the
+# attention projections that BFL's model computes as one fused layer map to that layer, and `kohya_parts` lists them
+JOINT_BLOCK_NAMES = {
+    "attn.to_q": "img_attn.qkv", "attn.to_k": "img_attn.qkv", "attn.to_v": "img_attn.qkv", "attn.to_out.0": "img_attn.proj",
+    "attn.add_q_proj": "txt_attn.qkv", "attn.add_k_proj": "txt_attn.qkv", "attn.add_v_proj": "txt_attn.qkv",
+    "attn.to_add_out": "txt_attn.proj", "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
+    "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2", "norm1.linear": "img_mod.lin",
+    "norm1_context.linear": "txt_mod.lin",
+}  # fmt: skip
+SINGLE_BLOCK_NAMES = {
+    "attn.to_q": "linear1", "attn.to_k": "linear1", "attn.to_v": "linear1", "proj_mlp": "linear1", "proj_out": "linear2",
+    "norm.linear": "modulation.lin",
+}  # fmt: skip
+
+
 def kohya_module(module: str, config) -> str:
-    raise UsageError("--export kohya: not written for FLUX.1 yet; use the diffusers file (pytorch_lora_weights.safetensors)")
+    """A diffusers transformer module path -> Black Forest Labs' path, which sd-scripts writes for FLUX.1."""
+    if m := re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", module):
+        if m[2] in JOINT_BLOCK_NAMES:
+            return f"double_blocks.{m[1]}.{JOINT_BLOCK_NAMES[m[2]]}"
+    elif m := re.fullmatch(r"single_transformer_blocks\.(\d+)\.(.+)", module):
+        if m[2] in SINGLE_BLOCK_NAMES:
+            return f"single_blocks.{m[1]}.{SINGLE_BLOCK_NAMES[m[2]]}"
+    # The layers outside the blocks (embedders, final layer) have names too, but diffusers' reader of these files
+    # drops their LoRAs (it names them without the `transformer.` prefix), so their export could not be checked.
+    raise UsageError(
+        f"transformer module {module!r} has no kohya name this tool writes; train with --target-modules attention, "
+        f"attention-mlp or names of the blocks' layers to export, or pass --export none"
+    )
+
+
+def kohya_parts(path: str, config) -> tuple[tuple[str, int], ...]:
+    """The diffusers modules BFL's fused layer `path` computes, in its order, with their output sizes; () for a layer
+    that is one module in diffusers too."""
+    inner = config.num_attention_heads * config.attention_head_dim
+    if m := re.fullmatch(r"double_blocks\.(\d+)\.(img|txt)_attn\.qkv", path):
+        names = ("to_q", "to_k", "to_v") if m[2] == "img" else ("add_q_proj", "add_k_proj", "add_v_proj")
+        return tuple((f"transformer_blocks.{m[1]}.attn.{name}", inner) for name in names)
+    if m := re.fullmatch(r"single_blocks\.(\d+)\.linear1", path):
+        block = f"single_transformer_blocks.{m[1]}"
+        mlp = int(inner * 4.0)  # diffusers' FluxSingleTransformerBlock's fixed mlp_ratio
+        return (*((f"{block}.attn.{name}", inner) for name in ("to_q", "to_k", "to_v")), (f"{block}.proj_mlp", mlp))
+    return ()
+
+
+def diffusers_reads_kohya(config) -> bool:
+    """diffusers' reader of sd-scripts' FLUX.1 files splits the single blocks' `linear1` at FLUX.1's own sizes (3072
+    wide, a 12288-wide MLP): files of other widths (the tiny test model's) are read back by this tool's reader."""
+    return config.num_attention_heads * config.attention_head_dim == 3072
 
 
 def kohya_base_version(version: str) -> str:
@@ -122,8 +170,11 @@ FAMILY = Family(
     denoiser_targets=TRANSFORMER_TARGETS,
     mlp_targets=TRANSFORMER_MLP_TARGETS + ("proj_mlp",),  # FLUX.1's single blocks: their MLP input
     text_encoder_targets=CLIP_TARGETS,
-    kohya_prefixes={},
+    kohya_prefixes={"transformer": "lora_unet_", "text_encoder": "lora_te1_"},  # sd-scripts' names (T5 is never trained)
     kohya_module=kohya_module,
+    kohya_parts=kohya_parts,
+    kohya_network_module="networks.lora_flux",
+    diffusers_reads_kohya=diffusers_reads_kohya,
     kohya_base_version=kohya_base_version,
     adapters_words=("transformer", "transformer + CLIP text encoder"),
     frozen_text_encoders=("text_encoder_2",),

@@ -3,6 +3,7 @@ reading it back through diffusers' own loader: every weight unchanged, and in th
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from ..errors import UsageError
 from ..families import family_of
 from ..models import describe, load_pipeline
 from .files import KOHYA_NAME, WEIGHT_NAME, find_weights, native_tensors, read_lora, released_path, stored_alphas, training_config
-from .kohya import export_in_force, split_key, to_kohya, with_alphas
+from .kohya import export_in_force, from_kohya, split_key, to_kohya, with_alphas
 
 
 def normalised(state: dict[str, torch.Tensor]) -> dict[tuple[str, str, str], torch.Tensor]:
@@ -36,11 +37,23 @@ def read_native(path: Path, pipe, allow_pickle: bool) -> tuple[dict[str, torch.T
 
 def check_round_trip(
     written: Path, pipe, expected: dict[str, torch.Tensor], alphas: dict[tuple[str, str], float] | None = None
-) -> None:
+) -> str:
     """Every tensor must come back, unchanged, through diffusers' non-diffusers LoRA loader, and with `alphas`
-    ((component, module) -> alpha) every module's alpha too."""
-    denoiser = getattr(pipe, family_of(pipe).denoiser)
-    state, network_alphas = type(pipe).lora_state_dict(str(written), unet_config=denoiser.config)
+    ((component, module) -> alpha) every module's alpha too. Where diffusers' reader folds each alpha into the weights
+    (FLUX.1's), the update every module applies must come back instead; where it cannot read the model's sizes, the
+    file is read back by `from_kohya`. Returns who read it back."""
+    family = family_of(pipe)
+    denoiser = getattr(pipe, family.denoiser)
+    if alphas is not None and not family.diffusers_reads_kohya(denoiser.config):
+        from safetensors.torch import load_file
+
+        state, got_alphas = from_kohya(load_file(str(written)), family, pipe)
+        check_updates(written, normalised(state), normalised(expected), got_alphas, alphas)
+        return f"this tool (diffusers reads {family.title} kohya files at the released model's sizes only)"
+    state, network_alphas = read_with_diffusers(pipe, written, denoiser.config)
+    if alphas is not None and network_alphas is None:
+        check_updates(written, normalised(state), normalised(expected), None, alphas)
+        return "diffusers"
     got, want = normalised(state), normalised(expected)
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
@@ -63,6 +76,50 @@ def check_round_trip(
                     f"export check failed: the alpha of {component}.{module} came back from diffusers' loader as "
                     f"{came_back} instead of {alpha}; the file was not kept"
                 )
+    return "diffusers"
+
+
+def read_with_diffusers(pipe, written: Path, denoiser_config) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(state, alphas) as the pipeline's own LoRA loader reads the file; alphas None where the reader returns none
+    (it folded them into the weights)."""
+    reader = type(pipe).lora_state_dict
+    if "return_alphas" in inspect.signature(reader).parameters:
+        state, alphas = reader(str(written), return_alphas=True)
+        return state, alphas
+    state, alphas = reader(str(written), unet_config=denoiser_config)
+    return state, alphas
+
+
+def check_updates(
+    written: Path,
+    got: dict[tuple[str, str, str], torch.Tensor],
+    want: dict[tuple[str, str, str], torch.Tensor],
+    got_alphas: dict[tuple[str, str], float] | None,
+    want_alphas: dict[tuple[str, str], float],
+) -> None:
+    """Each module's update (alpha / rank) · up · down, applied to a fixed random input, must come back (to float
+    rounding): layers are split and scales folded on the way. A module that came back without being written must
+    apply nothing (the untrained parts of a fused layer)."""
+    modules = lambda state: {(c, m) for c, m, _ in state}  # noqa: E731
+    missing = sorted(modules(want) - modules(got))
+    if missing:
+        raise UsageError(
+            f"export check failed: {len(missing)} modules lost when {written} is read back "
+            f"(e.g. {'.'.join(missing[0])}); the file was not kept"
+        )
+
+    def update(state, alphas, c, m):
+        down, up = state[(c, m, "down")].double(), state[(c, m, "up")].double()
+        alpha = {(ac, am.removeprefix("text_model.")): v for (ac, am), v in alphas.items()}[(c, m)] if alphas else None
+        scale = alpha / down.shape[0] if alpha is not None else 1.0
+        probe = torch.randn(down.shape[1], 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return scale * (up @ (down @ probe))
+
+    for c, m in sorted(modules(got)):
+        came_back = update(got, got_alphas, c, m)
+        written_update = update(want, want_alphas, c, m) if (c, m) in modules(want) else torch.zeros_like(came_back)
+        if not torch.allclose(came_back, written_update, rtol=1e-5, atol=1e-6 * float(written_update.abs().max())):
+            raise UsageError(f"export check failed: {c}.{m} applies another update when read back; the file was not kept")
 
 
 def export(cfg: ExportConfig) -> Path:
@@ -107,11 +164,11 @@ def export_with(pipe, path: Path, fmt: str, output: str = "", allow_pickle: bool
     tmp = out.with_name(f".{out.name}.check.safetensors")
     try:
         tmp.write_bytes(save(tensors, metadata=header))
-        check_round_trip(tmp, pipe, expected, alphas)
+        reader = check_round_trip(tmp, pipe, expected, alphas)
         atomic.write_bytes(out, tmp.read_bytes())
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"{fmt} LoRA ({len(tensors)} tensors, every one read back by diffusers) -> {out}", flush=True)
+    print(f"{fmt} LoRA ({len(tensors)} tensors, every one read back by {reader}) -> {out}", flush=True)
     return out
 
 

@@ -36,6 +36,16 @@ def export_in_force(asked: str, family: Family) -> str:
     return asked or ("kohya" if has_kohya_layout(family) else "none")
 
 
+def check_layout_names(family: Family, denoiser) -> None:
+    """Every adapted module of the denoiser has a name in the kohya layout: asked when the adapters are added, so a
+    run that could not write its kohya file stops before training, not after it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module, layer in denoiser.named_modules():
+        if isinstance(layer, BaseTunerLayer):
+            family.kohya_module(module, denoiser.config)
+
+
 def split_key(key: str) -> tuple[str, str, str]:
     """'unet.<module>.lora.down.weight' (or peft's lora_A / lora_B) -> ('unet', '<module>', 'down')."""
     parsed = parse_key(key)
@@ -44,12 +54,22 @@ def split_key(key: str) -> tuple[str, str, str]:
     return parsed
 
 
-def kohya_name(family: Family, component: str, module: str, denoiser_config) -> str:
+def kohya_layer(family: Family, component: str, module: str, denoiser_config) -> tuple[str, str]:
+    """(kohya name, module path in the family's original model) of a component's module."""
     if component == family.denoiser:
         path = family.kohya_module(module, denoiser_config)
     else:
         path = module if module.startswith("text_model.") else "text_model." + module
-    return family.kohya_prefixes[component] + path.replace(".", "_")
+    return family.kohya_prefixes[component] + path.replace(".", "_"), path
+
+
+def kohya_name(family: Family, component: str, module: str, denoiser_config) -> str:
+    return kohya_layer(family, component, module, denoiser_config)[0]
+
+
+def layer_parts(family: Family, component: str, path: str, denoiser_config) -> tuple[tuple[str, int], ...]:
+    """The modules a layer of the original model fuses (see `Family.kohya_parts`); () for one module."""
+    return family.kohya_parts(path, denoiser_config) if component == family.denoiser else ()
 
 
 def trained_alpha(meta: dict[str, str]) -> float | None:
@@ -79,6 +99,33 @@ def with_alphas(
     return weights, alphas
 
 
+def fused_lora(parts: list[tuple[torch.Tensor, torch.Tensor] | None], out_sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LoRA (down, up) for a layer that computes several modules' outputs at once (FLUX.1's qkv), from each
+    part's (down, up) of rank r: the downs stacked (rank n·r) and the ups on a block diagonal, so each part's output
+    gets its own update and nothing else. A part without a LoRA gets zeros. Written with alpha n·α, the layer's
+    scale n·α / n·r is each part's α / r: every part's update is exact, as sd-scripts writes a split-qkv LoRA."""
+    down0, _ = next(p for p in parts if p is not None)
+    rank, width = down0.shape
+    downs = [p[0] if p else down0.new_zeros(rank, width) for p in parts]
+    ups = [p[1] if p else down0.new_zeros(size, rank) for p, size in zip(parts, out_sizes)]
+    return torch.cat(downs), torch.block_diag(*ups)
+
+
+def split_fused(down: torch.Tensor, up: torch.Tensor, out_sizes: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The inverse of `fused_lora` for a block-diagonal up: each part's (down, up)."""
+    rank = down.shape[0] // len(out_sizes)
+    if rank * len(out_sizes) != down.shape[0] or sum(out_sizes) != up.shape[0]:
+        raise UsageError(f"a fused LoRA of rank {down.shape[0]} and {up.shape[0]} outputs does not split into {out_sizes}")
+    rows = torch.tensor([0, *out_sizes]).cumsum(0).tolist()
+    out = []
+    for i in range(len(out_sizes)):
+        block = up[rows[i] : rows[i + 1]]
+        if block[:, : i * rank].any() or block[:, (i + 1) * rank :].any():
+            raise UsageError("a fused LoRA's up weight is not block-diagonal: its parts cannot be told apart")
+        out.append((down[i * rank : (i + 1) * rank], block[:, i * rank : (i + 1) * rank]))
+    return out
+
+
 def to_kohya(
     weights: dict[str, torch.Tensor],
     alphas: dict[tuple[str, str], float],
@@ -87,15 +134,31 @@ def to_kohya(
     version: str,
     denoiser_config,
 ) -> tuple[dict, dict]:
-    """(tensors, header) in the kohya layout for a LoRA's `with_alphas` weights and alphas, for a base of `family`."""
-    out: dict[str, torch.Tensor] = {}
+    """(tensors, header) in the kohya layout for a LoRA's `with_alphas` weights and alphas, for a base of `family`.
+    Modules that the family's original model computes as one layer (`Family.kohya_parts`) are written as one LoRA."""
+    layers: dict[str, dict[str, dict[str, torch.Tensor]]] = {}  # kohya name -> module -> down/up
+    fused: dict[str, tuple[tuple[str, int], ...]] = {}
+    layer_alpha: dict[str, float] = {}
     for key, tensor in weights.items():
         component, module, part = split_key(key)
-        name = kohya_name(family, component, module, denoiser_config)
-        out[f"{name}.lora_{part}.weight"] = tensor.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(alphas[(component, module)])
+        name, path = kohya_layer(family, component, module, denoiser_config)
+        layers.setdefault(name, {}).setdefault(module, {})[part] = tensor
+        fused[name] = layer_parts(family, component, path, denoiser_config)
+        layer_alpha[name] = alphas[(component, module)]
+    out: dict[str, torch.Tensor] = {}
+    for name, modules in layers.items():
+        if parts := fused[name]:
+            given = [modules.get(module) for module, _ in parts]
+            down, up = fused_lora([(m["down"], m["up"]) if m else None for m in given], [size for _, size in parts])
+            alpha = layer_alpha[name] * len(parts)
+        else:
+            ((only,),) = [modules.values()]
+            down, up, alpha = only["down"], only["up"], layer_alpha[name]
+        out[f"{name}.lora_down.weight"] = down.contiguous()
+        out[f"{name}.lora_up.weight"] = up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(alpha)
     header = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": family.kohya_network_module,
         "ss_network_dim": meta.get("dreambooth.rank", ""),
         "ss_network_alpha": meta.get("dreambooth.alpha", ""),
         "ss_base_model_version": family.kohya_base_version(version),
@@ -107,3 +170,44 @@ def to_kohya(
     }
     header.update({k: v for k, v in meta.items() if k.startswith("dreambooth.")})
     return out, {k: v for k, v in header.items() if v != ""}
+
+
+def from_kohya(
+    tensors: dict[str, torch.Tensor], family: Family, pipe
+) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], float]]:
+    """A kohya file this tool wrote for `pipe`'s family, as `with_alphas` weights and alphas (fused layers split
+    again): the read-back of a file that diffusers' own reader cannot read at this model's sizes."""
+    config = getattr(pipe, family.denoiser).config
+    layers: dict[str, tuple[str, str, str]] = {}  # kohya name -> (component, module, path)
+    for component in family.kohya_prefixes:
+        model = getattr(pipe, component, None)
+        for found, layer in model.named_modules() if model is not None else ():
+            module = found.removesuffix(".base_layer")  # peft's wrapped layer, when the model has adapters
+            if isinstance(layer, torch.nn.Linear) and ".lora_" not in module:
+                try:
+                    layers[kohya_name(family, component, module, config)] = (
+                        component, module, kohya_layer(family, component, module, config)[1]
+                    )  # fmt: skip
+                except UsageError:
+                    continue  # a layer this layout has no name for, so no file of this tool holds one
+    weights: dict[str, torch.Tensor] = {}
+    alphas: dict[tuple[str, str], float] = {}
+    for key in tensors:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key.removesuffix(".lora_down.weight")
+        if name not in layers:
+            raise UsageError(f"LoRA key {key!r} names no layer of this {family.title} model")
+        component, module, path = layers[name]
+        down, up, alpha = tensors[key], tensors[f"{name}.lora_up.weight"], float(tensors[f"{name}.alpha"])
+        if parts := layer_parts(family, component, path, config):
+            split = split_fused(down, up, [size for _, size in parts])
+            each = [(part, d, u) for (part, _), (d, u) in zip(parts, split)]
+            alpha /= len(parts)
+        else:
+            each = [(module, down, up)]
+        for part, part_down, part_up in each:
+            weights[f"{component}.{part}.lora.down.weight"] = part_down
+            weights[f"{component}.{part}.lora.up.weight"] = part_up
+            alphas[(component, part)] = alpha
+    return weights, alphas

@@ -20,7 +20,7 @@ from ..families import Family, text_encoders, tokenizers
 from ..fields import to_dict, to_yaml
 from ..lora.adapter import add_lora
 from ..lora.files import WEIGHT_NAME
-from ..lora.kohya import export_in_force
+from ..lora.kohya import check_layout_names, export_in_force
 from ..models import Base, describe, fingerprint, load_pipeline, load_vae
 from ..sampling import autocast_in, sampling_dtype
 from . import checkpoint
@@ -274,6 +274,8 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
     identity = run_identity(cfg, base, pipe)  # before adapters: the base's own weights
     device, weight_dtype = accelerator.device, cfg.mixed_precision.dtype
     trained, groups = adapt(cfg, pipe, family, device, weight_dtype)
+    if cfg.export == "kohya" and family.denoiser in trained:
+        check_layout_names(family, trained[family.denoiser])
     optimizer = make_optimizer(cfg, groups, device)
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
