@@ -112,6 +112,12 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet (and text encoder)")
     compile: bool = opt(False, "torch.compile the UNet (slow first steps, faster after; mostly worth it on a GPU)")
     mixed_precision: Precision = opt(Precision.NO, "autocast precision (fp16 needs a GPU)")
+    base_quantization: str = opt(
+        "none",
+        "store the frozen denoiser quantized (bitsandbytes nf4 or int8, torchao fp8) to fit smaller cards; the LoRA "
+        "trains in the compute precision. CUDA only: elsewhere a warning and the full-precision base",
+        choices=("none", "nf4", "int8", "fp8"),
+    )
     use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (AdamW when it is not installed)")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.999, "AdamW beta2")

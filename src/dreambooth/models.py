@@ -219,6 +219,43 @@ def load_pipeline(model: str, dtype: torch.dtype | None = None, allow_pickle: bo
         raise
 
 
+def quantization_config(mode: str, compute_dtype: torch.dtype):
+    """diffusers' quantization config for `--base-quantization`: bitsandbytes NF4 (QLoRA's 4-bit NormalFloat, with
+    double quantization: about 0.5 byte a weight) or LLM.int8, or torchao's fp8 weight-only."""
+    if mode == "fp8":
+        from diffusers import TorchAoConfig
+
+        try:
+            return TorchAoConfig("float8wo")
+        except ImportError:
+            raise UsageError("--base-quantization fp8: needs torchao; pip install torchao, or use nf4 or int8") from None
+    from diffusers import BitsAndBytesConfig
+
+    if mode == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def quantized_denoiser(pipe, family: Family, mode: str, compute_dtype: torch.dtype, device: torch.device) -> None:
+    """Replace the pipeline's denoiser by the same weights stored quantized (`--base-quantization`), whatever the
+    model was loaded from (hub, folder, single file, embedded): diffusers quantizes a model as it loads it, so the
+    denoiser goes through a temporary folder once."""
+    import tempfile
+
+    denoiser = getattr(pipe, family.denoiser)
+    with tempfile.TemporaryDirectory() as folder:
+        denoiser.save_pretrained(folder)
+        quantized = type(denoiser).from_pretrained(
+            folder,
+            quantization_config=quantization_config(mode, compute_dtype),
+            torch_dtype=compute_dtype,
+            device_map={"": str(device)},  # quantized as it lands on this process's device
+        )
+    pipe.register_modules(**{family.denoiser: quantized})
+
+
 def pipeline_class(family: Family):
     """The diffusers class of a family's pipelines."""
     import diffusers

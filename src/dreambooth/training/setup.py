@@ -21,7 +21,7 @@ from ..fields import to_dict, to_yaml
 from ..lora.adapter import add_lora
 from ..lora.files import WEIGHT_NAME
 from ..lora.kohya import check_layout_names, export_in_force
-from ..models import Base, describe, fingerprint, load_pipeline, load_vae
+from ..models import Base, describe, fingerprint, load_pipeline, load_vae, quantized_denoiser
 from ..sampling import autocast_in, sampling_dtype
 from . import checkpoint
 from .batches import Examples
@@ -215,7 +215,10 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
     encoders = text_encoders(pipe, family)
     for m in [denoiser, *encoders.values()]:
         m.requires_grad_(False)
-        m.to(device, dtype=weight_dtype)
+        if getattr(m, "is_quantized", False):
+            m.to(device)  # stored quantized, computing in the dtype it was quantized for
+        else:
+            m.to(device, dtype=weight_dtype)
     pipe.vae.requires_grad_(False)
     pipe.vae.to(device, dtype=autoencoder.weights_dtype(pipe.vae, weight_dtype))  # fp32 where its config asks
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
@@ -238,6 +241,11 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
     return trained, groups
 
 
+def quantizes_on(device: torch.device) -> bool:
+    """diffusers' bitsandbytes and torchao quantizers run on CUDA devices."""
+    return device.type == "cuda"
+
+
 def set_up(cfg: TrainConfig) -> Run:
     """Check the settings, load the photos and the base model, write the effective config, draw class images; then
     `prepare` the run."""
@@ -249,6 +257,15 @@ def set_up(cfg: TrainConfig) -> Run:
     if cfg.vae:
         pipe.vae = load_vae(cfg.vae)
     base = describe(pipe, cfg.model)
+    if cfg.base_quantization != "none":
+        if quantizes_on(accelerator.device):
+            quantized_denoiser(pipe, base.family, cfg.base_quantization, cfg.mixed_precision.dtype, accelerator.device)
+        elif accelerator.is_main_process:
+            print(
+                f"warning: --base-quantization {cfg.base_quantization} needs a CUDA GPU; training on the "
+                f"full-precision base on this {accelerator.device.type}",
+                flush=True,
+            )
     cfg = resolved(cfg, base, class_image_precision(accelerator.device))
     if accelerator.is_main_process:
         out = Path(cfg.output_dir).expanduser()
