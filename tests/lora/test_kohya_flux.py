@@ -1,8 +1,10 @@
 """FLUX.1's kohya layout (sd-scripts' names, fused qkv and linear1): the maths of fusing, the released model's sizes
 through diffusers' own reader, and the tiny model's file read back exactly."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dreambooth.config import TrainConfig
@@ -117,6 +119,18 @@ def test_the_tiny_models_kohya_file_holds_the_trained_lora_exactly(photos, tmp_p
     assert {(c, m.removeprefix("text_model.")): a for (c, m), a in got_alphas.items() if "proj_mlp" not in m} == {
         (c, m.removeprefix("text_model.")): a for (c, m), a in want_alphas.items()
     }
+
+    # and it draws what the diffusers file draws
+    from dreambooth.config import GenerateConfig
+    from dreambooth.generation import generate
+
+    images = {}
+    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        out = tmp_path / name
+        generate(settings(GenerateConfig, model="tiny-flux", lora=str(run / name), prompt="a photo of sks dog",
+                          num_images=1, steps=2, seed=0, output_dir=str(out)))  # fmt: skip
+        images[name] = np.asarray(Image.open(next(out.glob("*.png"))))
+    assert np.array_equal(images["pytorch_lora_weights.safetensors"], images["lora_kohya.safetensors"])
 
 
 def test_a_module_without_a_kohya_name_stops_the_run_before_training(photos, tmp_path, capsys):

@@ -304,6 +304,18 @@ def load_lora(
         state = native_tensors(
             state, stored_alphas(meta), lambda component, module: module_path(getattr(pipe, component), module) or module
         )
+    elif any(k.endswith(".lora_down.weight") for k in shapes) and not diffusers_reads_kohya_of(pipe):
+        # A kohya file at sizes diffusers' reader of the family's kohya files does not know (FLUX.1's at other
+        # widths than the released model's): split by this tool, as trained, then applied at alpha / rank.
+        from safetensors.torch import load_file
+
+        from .kohya import from_kohya
+
+        weights, alphas = from_kohya(load_file(str(path)), family_of(pipe), pipe)
+        per_component = {component: alpha for (component, _), alpha in alphas.items()}
+        state = native_tensors(
+            weights, per_component, lambda component, module: module_path(getattr(pipe, component), module) or module
+        )
     try:
         if state is None:
             pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
@@ -319,6 +331,13 @@ def load_lora(
         if getattr(getattr(pipe, name, None), "peft_config", None):
             scales[name] = text_encoder_scale
     pipe.set_adapters(ADAPTER, adapter_weights=scales)
+
+
+def diffusers_reads_kohya_of(pipe) -> bool:
+    from ..families import family_of
+
+    family = family_of(pipe)
+    return family.diffusers_reads_kohya(getattr(pipe, family.denoiser).config)
 
 
 def training_config(lora_dir: Path) -> dict:

@@ -207,7 +207,7 @@ def from_kohya(
         else:
             each = [(module, down, up)]
         for part, part_down, part_up in each:
-            weights[f"{component}.{part}.lora.down.weight"] = part_down
-            weights[f"{component}.{part}.lora.up.weight"] = part_up
+            weights[f"{component}.{part}.lora_A.weight"] = part_down  # peft's names, which every reader takes
+            weights[f"{component}.{part}.lora_B.weight"] = part_up
             alphas[(component, part)] = alpha
     return weights, alphas
