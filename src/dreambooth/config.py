@@ -96,7 +96,7 @@ class TrainConfig:
     dora: bool = opt(
         False,
         "DoRA (weight-decomposed LoRA, peft's use_dora): also learns each adapted layer's weight magnitude; closer to "
-        "full fine-tuning at low rank, about a third slower per step",
+        "full fine-tuning at low rank, slower per step (twice as long on the world model's CPU run)",
         ("use_dora",),
     )
     target_modules: list[str] = opt(

@@ -276,3 +276,10 @@ def test_kohya_with_dora_is_refused_in_one_line_before_training(photos, tmp_path
     err = capsys.readouterr().err
     assert "--export kohya: DoRA LoRAs are not written in the kohya layout" in err and "Traceback" not in err
     assert not (out / "checkpoints").exists()
+
+    # without --export the run writes the diffusers file alone, and says so; exporting it to kohya is refused too
+    assert main([*argv[:-4], "--max-steps", "1", "--num-samples", "0"]) == 0
+    assert "DoRA LoRAs for diffusers only" in capsys.readouterr().out and not (out / "lora_kohya.safetensors").exists()
+    assert main(["export", "--lora", str(out), "--format", "kohya"]) == 2
+    err = capsys.readouterr().err
+    assert "is a DoRA LoRA" in err and "--format diffusers" in err and not (out / "lora_kohya.safetensors").exists()
