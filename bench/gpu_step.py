@@ -362,7 +362,7 @@ def train_config(args, work: Path, mixed_precision: str):
         batch_size=args.batch,
         gradient_checkpointing=args.gradient_checkpointing,
         mixed_precision=mixed_precision,
-        use_8bit_adam=args.adam8bit,
+        optimizer="adamw8bit" if args.adam8bit else "adamw",
         compile=args.compile,
         max_steps=args.warmup + args.steps + 1,  # the last one is the step whose FLOPs are counted
         num_samples=0,
@@ -496,7 +496,7 @@ def parse_args(argv=None):
         "(class images keep their cached centre crops)",
     )
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--adam8bit", action="store_true", help="bitsandbytes' 8-bit AdamW (--use-8bit-adam)")
+    p.add_argument("--adam8bit", action="store_true", help="bitsandbytes' 8-bit AdamW (--optimizer adamw8bit)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (--compile); its FLOPs are not counted")
     p.add_argument(
         "--variants",

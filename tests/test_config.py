@@ -104,7 +104,7 @@ def test_notebook_flags_parse_to_the_same_config_as_clean_flags():
     clean = parse(CLEAN)
     assert parse(NOTEBOOK) == clean
     assert clean != TrainConfig()  # every flag above changed something
-    assert clean.rank == 16 and clean.text_encoder_lr == 1e-4 and clean.use_8bit_adam and clean.max_steps == 300
+    assert clean.rank == 16 and clean.text_encoder_lr == 1e-4 and clean.optimizer == "adamw8bit" and clean.max_steps == 300
 
 
 def test_diffusers_rank_flag_is_an_alias_too():
@@ -235,3 +235,36 @@ def test_the_readme_train_command_on_world_trains_what_the_demo_trains(tmp_path)
     )  # fmt: skip
     # the same run but for the model card's samples, which the demo leaves out
     assert dataclasses.replace(readme, num_samples=0) == demo_train_config("dog", photos, out, DEMO_STEPS)
+
+
+def test_use_8bit_adam_is_the_optimizer_adamw8bit_on_the_command_line_and_in_yaml(tmp_path):
+    assert parse(["train", "--use-8bit-adam"]).optimizer == parse(["train", "--optimizer", "adamw8bit"]).optimizer == "adamw8bit"
+    assert parse(["train"]).optimizer == "adamw"
+    assert from_dict(TrainConfig, {"use_8bit_adam": True}).optimizer == "adamw8bit"
+    assert from_dict(TrainConfig, {"use_8bit_adam": False, "optimizer": "prodigy"}).optimizer == "prodigy"  # off sets nothing
+    with pytest.raises(UsageError, match="key 'use_8bit_adam'"):
+        from_dict(TrainConfig, {"use_8bit_adam": "maybe"})
+    with pytest.raises(UsageError, match="--optimizer: 'sgd' is not one of adamw, adamw8bit, prodigy"):
+        parse(["train", "--optimizer", "sgd"])
+
+
+def test_prodigy_learning_rates_are_1_unless_given_and_must_agree():
+    base = ["train", "--instance-dir", "p", "--instance-prompt", "a photo of sks dog", "--output-dir", "o"]
+    cfg = parse([*base, "--optimizer", "prodigy", "--model", "world"])  # over the world's AdamW learning rates too
+    assert (cfg.learning_rate, cfg.text_encoder_lr) == (1.0, 1.0)
+    check_train(cfg)
+    assert parse([*base, "--optimizer", "prodigy", "--learning-rate", "0.5"]).learning_rate == 0.5
+    assert parse([*base]).learning_rate == 5e-4  # AdamW's defaults stay
+    with pytest.raises(UsageError, match="--text-encoder-lr 0.5: with --optimizer prodigy it must equal --learning-rate 1.0"):
+        check_train(parse([*base, "--optimizer", "prodigy", "--train-text-encoder", "--text-encoder-lr", "0.5"]))
+    with pytest.raises(UsageError, match="--learning-rate 1.0: must be between 0 and 1"):
+        check_train(parse([*base, "--learning-rate", "1.0"]))  # AdamW
+
+
+def test_ema_weights_need_a_decay_below_1():
+    base = ["train", "--instance-dir", "p", "--instance-prompt", "a photo of sks dog", "--output-dir", "o"]
+    with pytest.raises(UsageError, match="--use-ema-weights needs --ema-decay"):
+        check_train(parse([*base, "--use-ema-weights"]))
+    with pytest.raises(UsageError, match="--ema-decay 1.0: must be between 0 and 1"):
+        check_train(parse([*base, "--ema-decay", "1"]))
+    check_train(parse([*base, "--ema-decay", "0.999", "--use-ema-weights"]))

@@ -42,6 +42,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         elif kind == list[str]:
             parser.add_argument(*names, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text, metavar="NAME")
         else:
+            for switch, value in f.metadata.get("switches", {}).items():
+                spellings = dict.fromkeys(["--" + switch.replace("_", "-"), "--" + switch])
+                parser.add_argument(*spellings, dest=f.name, action="store_const", const=value, default=argparse.SUPPRESS,
+                                    help=f"the same as {F.flag_name(f)} {value}")  # fmt: skip
             choices = f.metadata.get("choices")
             parser.add_argument(
                 *names,

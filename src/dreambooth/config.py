@@ -42,6 +42,10 @@ class Precision(str, enum.Enum):
         return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.value, torch.float32)
 
 
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
+PRODIGY_LR = 1.0
+
+
 @dataclass
 class TrainConfig:
     COMMAND: ClassVar[str] = "train"
@@ -89,6 +93,12 @@ class TrainConfig:
     rank: int = opt(16, "LoRA rank", ("lora_rank",))
     lora_alpha: float = opt(0.0, "LoRA alpha; 0 = same as rank")
     lora_dropout: float = opt(0.0, "LoRA dropout")
+    dora: bool = opt(
+        False,
+        "DoRA (weight-decomposed LoRA, peft's use_dora): also learns each adapted layer's weight magnitude; closer to "
+        "full fine-tuning at low rank, slower per step (twice as long on the world model's CPU run)",
+        ("use_dora",),
+    )
     target_modules: list[str] = opt(
         [],
         "denoiser modules that get LoRA adapters, or a preset: attention (the default: the family's attention "
@@ -118,7 +128,13 @@ class TrainConfig:
         "trains in the compute precision. CUDA only: elsewhere a warning and the full-precision base",
         choices=("none", "nf4", "int8", "fp8"),
     )
-    use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (AdamW when it is not installed)")
+    optimizer: str = opt(
+        "adamw",
+        "adamw; adamw8bit (bitsandbytes' 8-bit AdamW, less memory; AdamW when it is not installed); prodigy (finds its "
+        "own step size: learning rates 1.0 unless given)",
+        choices=OPTIMIZERS,
+        switches={"use_8bit_adam": "adamw8bit"},
+    )
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.999, "AdamW beta2")
     adam_weight_decay: float = opt(1e-2, "AdamW weight decay")
@@ -142,6 +158,12 @@ class TrainConfig:
         "1.0, which keeps the LoRA from learning the subject at one guidance strength)",
     )
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 = off")
+    ema_decay: float = opt(
+        0.0,
+        "keep an exponential moving average of the LoRA weights with this decay (e.g. 0.999; warmed up as diffusers' "
+        "EMAModel does); 0 = none",
+    )
+    use_ema_weights: bool = opt(False, "save the moving average (--ema-decay) as the LoRA instead of the last weights")
     seed: int = opt(0, "seed for class images, noise, timesteps and crops")
     checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps; 0 = only at the end", ("checkpointing_steps",))
     checkpoints_total_limit: int = opt(2, "checkpoints kept (oldest removed first)")
@@ -168,6 +190,14 @@ class TrainConfig:
         # modes given as plain strings (the Python API) become their types; the CLI and YAML checked them already
         self.prior_mode = PriorMode(self.prior_mode)
         self.mixed_precision = Precision(self.mixed_precision)
+
+    @staticmethod
+    def implied(values: dict) -> dict:
+        """Settings that follow from `values` unless they give them too: with Prodigy the learning rates are 1.0 (its
+        authors' advice: it estimates the step size, the learning rate only scales it)."""
+        if str(values.get("optimizer", "")) == "prodigy":
+            return {"learning_rate": PRODIGY_LR, "text_encoder_lr": PRODIGY_LR}
+        return {}
 
     def prior(self) -> PriorMode | None:
         """The prior-preservation mode in force, None without prior preservation: the one place the two flags meet."""
@@ -284,7 +314,24 @@ def check_train(cfg: TrainConfig) -> None:
     check_each(cfg, ["caption_dropout"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0.1")
     check_each(cfg, ["max_sequence_length"], lambda v: v >= 1, "must be at least 1")
     check_each(cfg, ["logit_std"], lambda v: v > 0, "must be positive")
-    check_each(cfg, ["learning_rate", "text_encoder_lr"], lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 1e-4")
+    check_optimizer(cfg)
+    check_each(cfg, ["ema_decay"], lambda v: 0 <= v < 1, "must be between 0 and 1 (0 = no moving average), e.g. 0.999")
+    if cfg.use_ema_weights and not cfg.ema_decay:
+        raise UsageError("--use-ema-weights needs --ema-decay, e.g. --ema-decay 0.999")
+
+
+def check_optimizer(cfg: TrainConfig) -> None:
+    if cfg.optimizer != "prodigy":
+        check_each(cfg, ["learning_rate", "text_encoder_lr"], lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 1e-4")
+        return
+    # Prodigy's learning rate multiplies the step size it estimates: 1.0 is its authors' advice, 0.5-2 a tuning range
+    rule = "with --optimizer prodigy must be between 0 and 10, e.g. 1.0 (it scales the step size Prodigy finds)"
+    check_each(cfg, ["learning_rate", "text_encoder_lr"], lambda v: 0 < v <= 10, rule)
+    if cfg.train_text_encoder and cfg.text_encoder_lr != cfg.learning_rate:
+        raise UsageError(
+            f"--text-encoder-lr {cfg.text_encoder_lr}: with --optimizer prodigy it must equal --learning-rate "
+            f"{cfg.learning_rate} (Prodigy estimates one step size for every parameter group)"
+        )
 
 
 def check_identifier_config(cfg: IdentifierConfig) -> None:

@@ -18,11 +18,20 @@ from .errors import UsageError
 from .models import recommended
 
 
-def opt(default, help: str, aliases: tuple[str, ...] = (), choices: tuple | None = None, flag: str | None = None):
-    """A config field: its default, its help text, extra flag names, allowed values."""
+def opt(
+    default,
+    help: str,
+    aliases: tuple[str, ...] = (),
+    choices: tuple | None = None,
+    flag: str | None = None,
+    switches: dict[str, object] | None = None,
+):
+    """A config field: its default, its help text, extra flag names, allowed values, and `switches`: older on/off
+    flags that set it to one value (`--use-8bit-adam` is `--optimizer adamw8bit`; in YAML `use_8bit_adam: true`,
+    while false sets nothing)."""
     if isinstance(default, enum.Enum):
         choices = tuple(m.value for m in type(default))
-    meta = {"help": help, "aliases": aliases, "choices": choices, "flag": flag}
+    meta = {"help": help, "aliases": aliases, "choices": choices, "flag": flag, "switches": switches or {}}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -111,18 +120,38 @@ def coerce(cls, f: dataclasses.Field, value, where: str):
     return out
 
 
+def switch_names(f: dataclasses.Field) -> dict[str, object]:
+    """Each spelling of the field's switches (kebab and snake) -> the value it sets."""
+    return {n: v for name, v in f.metadata.get("switches", {}).items() for n in (name.replace("_", "-"), name)}
+
+
 def parse(cls, values: dict, source: str = "config") -> dict:
-    """Checked values by field name, from a mapping whose keys may use any spelling of a field's name."""
+    """Checked values by field name, from a mapping whose keys may use any spelling of a field's name (or of a
+    switch that sets it)."""
     lookup = {name: f for f in fields_of(cls) for name in all_names(f)}
+    switched = {name: (f, v) for f in fields_of(cls) for name, v in switch_names(f).items()}
     kwargs = {}
     for key, value in values.items():
+        if str(key) in switched:
+            target, to = switched[str(key)]
+            if coerce(_Switch, SWITCH, value, f"{source}: key '{key}'"):
+                kwargs[target.name] = coerce(cls, target, to, f"{source}: key '{key}'")
+            continue
         f = lookup.get(str(key))
         if f is None:
-            close = difflib.get_close_matches(str(key), list(lookup), n=1)
+            close = difflib.get_close_matches(str(key), [*lookup, *switched], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UsageError(f"{source}: unknown key '{key}'{hint}; remove it or fix its name")
         kwargs[f.name] = coerce(cls, f, value, f"{source}: key '{key}'")
     return kwargs
+
+
+@dataclasses.dataclass
+class _Switch:
+    on: bool = False
+
+
+SWITCH = dataclasses.fields(_Switch)[0]  # how a switch's own value (true / false) is read
 
 
 def from_dict(cls, values: dict, source: str = "config"):
@@ -140,7 +169,10 @@ def settings(cls, **values):
     if not model and values.get("lora"):  # generate's model defaults to the one the LoRA was trained on
         lora = Path(values["lora"]).expanduser()
         model = str(saved_settings(lora if lora.is_dir() else lora.parent).get("model", ""))
-    return cls(**{**recommended(model or cls().model, command), **values})
+    chosen = {**recommended(model or cls().model, command), **values}
+    # what a chosen setting implies for others the caller left alone (Prodigy's learning rates), over the model's
+    implied = getattr(cls, "implied", None)
+    return cls(**{**chosen, **(implied(values) if implied else {}), **values})
 
 
 def read_yaml(path: str | Path, flag: str = "--config") -> dict:

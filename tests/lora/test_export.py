@@ -264,3 +264,22 @@ def test_round_trip_check_catches_a_lost_alpha(photos, tmp_path):
     save_file({k: v for k, v in kohya.items() if k != dropped}, str(tmp_path / "lost.safetensors"))
     with pytest.raises(UsageError, match=r"the alpha of unet\..* came back from diffusers' loader as None instead of 4.0"):
         check_round_trip(tmp_path / "lost.safetensors", build_tiny_pipeline(), weights, alphas)
+
+
+def test_kohya_with_dora_is_refused_in_one_line_before_training(photos, tmp_path, capsys):
+    from dreambooth.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--model", "tiny", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog",
+            "--output-dir", str(out), "--dora", "--export", "kohya", "--max-steps", "1"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--export kohya: DoRA LoRAs are not written in the kohya layout" in err and "Traceback" not in err
+    assert not (out / "checkpoints").exists()
+
+    # without --export the run writes the diffusers file alone, and says so; exporting it to kohya is refused too
+    assert main([*argv[:-4], "--max-steps", "1", "--num-samples", "0"]) == 0
+    assert "DoRA LoRAs for diffusers only" in capsys.readouterr().out and not (out / "lora_kohya.safetensors").exists()
+    assert main(["export", "--lora", str(out), "--format", "kohya"]) == 2
+    err = capsys.readouterr().err
+    assert "is a DoRA LoRA" in err and "--format diffusers" in err and not (out / "lora_kohya.safetensors").exists()

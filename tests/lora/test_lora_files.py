@@ -320,3 +320,62 @@ def test_alpha_other_than_rank_reaches_every_reader_at_the_trained_strength(tmp_
     plain = build_tiny_pipeline()
     plain.load_lora_weights(str(converted.parent))
     assert_same(outputs(plain), trained_strength)
+
+
+def drawn(pipe) -> np.ndarray:
+    from dreambooth.models import native_resolution
+    from dreambooth.sampling import draw as draw_images
+
+    pipe.set_progress_bar_config(disable=True)
+    return np.stack(
+        [
+            np.asarray(i, dtype=np.float32)
+            for i in draw_images(pipe, "a photo of sks dog", 1, 0, 3, 4.0, native_resolution(pipe), 1)
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["tiny", *(pytest.param(m, marks=pytest.mark.slow) for m in ("tiny-sdxl", "tiny-flux", "tiny-sd3"))],
+)
+def test_a_dora_lora_loads_in_plain_diffusers_and_draws_what_generate_draws(model, tmp_path, capsys):
+    """--dora on every family: the file holds each adapted layer's magnitude, plain diffusers' load_lora_weights makes
+    DoRA layers of it, and draws the very image our loader (what `generate` calls) draws."""
+    from conftest import SAMPLE
+    from safetensors import safe_open
+
+    from dreambooth.lora.files import WEIGHT_NAME
+    from dreambooth.models import load_pipeline
+
+    out = train(
+        TrainConfig(
+            model=model,
+            instance_dir=str(SAMPLE),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(tmp_path / "run"),
+            train_text_encoder=True,
+            dora=True,
+            rank=4,
+            learning_rate=1e-2,
+            text_encoder_lr=1e-2,
+            max_steps=4,
+            num_samples=0,
+            lora_alpha=8,
+        )  # fmt: skip
+    )
+    assert "DoRA LoRAs for diffusers only" in capsys.readouterr().out or model in ("tiny-flux", "tiny-sd3")
+    assert not (out / "lora_kohya.safetensors").exists()
+    with safe_open(str(out / WEIGHT_NAME), "pt") as f:
+        magnitudes = [k for k in f.keys() if k.endswith(".lora_magnitude_vector.weight")]
+        denoiser_name = "transformer" if model in ("tiny-flux", "tiny-sd3") else "unet"
+        assert {k.split(".")[0] for k in magnitudes} >= {"text_encoder", denoiser_name}
+    base = drawn(load_pipeline(model))
+    plain = load_pipeline(model)
+    plain.load_lora_weights(out)  # diffusers alone
+    assert all(c.use_dora for c in getattr(plain, denoiser_name).peft_config.values())
+    ours = load_pipeline(model)
+    load_lora(ours, out)
+    from_plain, from_ours = drawn(plain), drawn(ours)
+    assert np.array_equal(from_plain, from_ours)
+    assert np.abs(from_ours - base).mean() > 0.5  # of 255: the LoRA changed the drawing

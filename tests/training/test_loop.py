@@ -142,7 +142,7 @@ def test_bf16_gradient_checkpointing_and_8bit_adam_fallback_without_bitsandbytes
             tmp_path / "run",
             mixed_precision="bf16",
             gradient_checkpointing=True,
-            use_8bit_adam=True,
+            optimizer="adamw8bit",
             with_prior_preservation=False,
             max_steps=2,
             num_samples=0,
@@ -150,7 +150,7 @@ def test_bf16_gradient_checkpointing_and_8bit_adam_fallback_without_bitsandbytes
     )
     weights = load_file(str(out / WEIGHT_NAME))
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
-    assert capsys.readouterr().err.count("--use-8bit-adam") == 1  # warned once, trained with AdamW
+    assert capsys.readouterr().err.count("--optimizer adamw8bit") == 1  # warned once, trained with AdamW
 
 
 def test_fp16_on_cpu_is_refused_before_loading(photos, tmp_path):

@@ -21,9 +21,9 @@ def tiny_net(seed: int) -> torch.nn.Linear:
     return torch.nn.Linear(64, 80)
 
 
-def optimiser(net: torch.nn.Module, use_8bit_adam: bool):
-    cfg = TrainConfig(use_8bit_adam=use_8bit_adam, adam_weight_decay=1e-2)
-    optimizer = make_optimizer(cfg, [{"params": list(net.parameters()), "lr": 1e-2}], torch.device("cpu"))
+def optimiser(net: torch.nn.Module, name: str, lr: float = 1e-2):
+    cfg = TrainConfig(optimizer=name, adam_weight_decay=1e-2)
+    optimizer = make_optimizer(cfg, [{"params": list(net.parameters()), "lr": lr}], torch.device("cpu"))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
@@ -52,10 +52,10 @@ def assert_same(a, b, where="state") -> None:
         assert a == b or a != a and b != b, f"{where}: {a!r} != {b!r}"  # NaN equals NaN here
 
 
-def resume_and_step_both(tmp_path, use_8bit_adam: bool, edit_meta=None):
+def resume_and_step_both(tmp_path, name: str, edit_meta=None, lr: float = 1e-2):
     """Three steps, a checkpoint, a fresh net and optimiser restored from it, one more step on each; both nets."""
     net = tiny_net(0)
-    optimizer, lr_scheduler = optimiser(net, use_8bit_adam)
+    optimizer, lr_scheduler = optimiser(net, name, lr)
     for step in range(3):
         take_step(net, optimizer, lr_scheduler, step)
     path = checkpoint.save(tmp_path, 3, {"net": net}, optimizer, lr_scheduler)
@@ -64,7 +64,7 @@ def resume_and_step_both(tmp_path, use_8bit_adam: bool, edit_meta=None):
         edit_meta(meta)
         (path / checkpoint.STATE_JSON).write_text(json.dumps(meta))
     restored = tiny_net(1)
-    restored_optimizer, restored_scheduler = optimiser(restored, use_8bit_adam)
+    restored_optimizer, restored_scheduler = optimiser(restored, name, lr)
     assert checkpoint.load(path, {"net": restored}, restored_optimizer, restored_scheduler) == 3
     assert_same(optimizer.state_dict()["state"], restored_optimizer.state_dict()["state"])
     take_step(net, optimizer, lr_scheduler, 3)
@@ -74,7 +74,7 @@ def resume_and_step_both(tmp_path, use_8bit_adam: bool, edit_meta=None):
 
 def test_8bit_adam_steps_on_cpu_and_its_checkpoint_restores_it_bitwise(tmp_path):
     pytest.importorskip("bitsandbytes")
-    net, restored, optimizer = resume_and_step_both(tmp_path, use_8bit_adam=True)
+    net, restored, optimizer = resume_and_step_both(tmp_path, "adamw8bit")
     assert type(optimizer).__name__ == "AdamW8bit"
     state = load_file(str(tmp_path / "step-000003" / checkpoint.STATE_TENSORS))
     assert any(t.dtype == torch.uint8 for t in state.values())  # the weight's state really was quantised
@@ -86,26 +86,26 @@ def test_a_checkpoint_with_flat_optimiser_tensors_from_before_nesting_still_resu
     def as_older(meta):
         del meta["optimizer"], meta["optimizer_state"]
 
-    net, restored, _ = resume_and_step_both(tmp_path, False, as_older)
+    net, restored, _ = resume_and_step_both(tmp_path, "adamw", as_older)
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), restored.parameters()))
 
 
 @pytest.mark.parametrize("older", [False, True])
 def test_adamw_state_is_refused_by_8bit_adam_in_one_line(tmp_path, older):
-    """A run with --use-8bit-adam where bitsandbytes was missing (or on a CPU, before) trained with AdamW; resumed
+    """A run with --optimizer adamw8bit where bitsandbytes was missing (or on a CPU, before) trained with AdamW; resumed
     where bitsandbytes is installed, its state cannot go into 8-bit AdamW."""
     pytest.importorskip("bitsandbytes")
     from dreambooth.errors import UsageError
 
     net = tiny_net(0)
-    optimizer, lr_scheduler = optimiser(net, use_8bit_adam=False)
+    optimizer, lr_scheduler = optimiser(net, "adamw")
     take_step(net, optimizer, lr_scheduler, 0)
     path = checkpoint.save(tmp_path, 1, {"net": net}, optimizer, lr_scheduler)
     if older:  # written before checkpoints named their optimiser and kept nesting
         meta = checkpoint.read_meta(path)
         del meta["optimizer"], meta["optimizer_state"]
         (path / checkpoint.STATE_JSON).write_text(json.dumps(meta))
-    eight_bit, schedule = optimiser(tiny_net(0), use_8bit_adam=True)
+    eight_bit, schedule = optimiser(tiny_net(0), "adamw8bit")
     with pytest.raises(UsageError, match="holds the state of AdamW but this run uses AdamW8bit.*--overwrite"):
         checkpoint.load(path, {"net": tiny_net(0)}, eight_bit, schedule)
 
@@ -176,7 +176,7 @@ def scaler_after_overflows() -> torch.amp.GradScaler:
 def test_the_loss_scale_and_its_growth_count_come_back_from_a_checkpoint(tmp_path):
     scaler = scaler_after_overflows()
     net = tiny_net(0)
-    optimizer, lr_scheduler = optimiser(net, use_8bit_adam=False)
+    optimizer, lr_scheduler = optimiser(net, "adamw")
     path = checkpoint.save(tmp_path, 5, {"net": net}, optimizer, lr_scheduler, scaler=scaler)
     restored = torch.amp.GradScaler("cpu")
     checkpoint.load(path, {"net": net}, optimizer, lr_scheduler, scaler=restored)
@@ -200,7 +200,7 @@ def test_an_8bit_adam_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_o
         instance_prompt="a photo of sks dog",
         output_dir=str(tmp_path / "run"),
         rank=64,  # 64 x 64 LoRA matrices: 4096 elements, enough for bitsandbytes to quantise their state
-        use_8bit_adam=True,
+        optimizer="adamw8bit",
         max_steps=6,
         checkpoint_every=3,
         num_samples=0,
@@ -216,3 +216,77 @@ def test_an_8bit_adam_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_o
     train(dataclasses.replace(cfg, resume=True))  # steps 4 to 6 again, from the checkpoint of step 3
     resumed = load_file(str(out / WEIGHT_NAME))
     assert uninterrupted.keys() == resumed.keys() and all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
+
+
+def test_prodigy_state_comes_back_from_a_checkpoint_and_steps_on_bitwise(tmp_path):
+    net, restored, optimizer = resume_and_step_both(tmp_path, "prodigy", lr=1.0)
+    assert type(optimizer).__name__ == "Prodigy"
+    group = optimizer.param_groups[0]
+    # the authors' settings for LoRAs; its step-size estimate (d and its running sums) travelled in param_groups
+    assert group["safeguard_warmup"] and group["use_bias_correction"] and group["weight_decay"] == 1e-2
+    assert group["k"] == 4 and group["d_numerator"] > 0 and group["d_hat"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), restored.parameters()))
+
+
+def test_ema_of_the_weights_comes_back_from_a_checkpoint(tmp_path):
+    from diffusers.training_utils import EMAModel
+
+    net = tiny_net(0)
+    optimizer, lr_scheduler = optimiser(net, "adamw")
+    ema = EMAModel(list(net.parameters()), decay=0.9, foreach=True)
+    for step in range(3):
+        take_step(net, optimizer, lr_scheduler, step)
+        ema.step(list(net.parameters()))
+    path = checkpoint.save(tmp_path, 3, {"net": net}, optimizer, lr_scheduler, ema=ema)
+    restored = tiny_net(1)
+    restored_optimizer, restored_scheduler = optimiser(restored, "adamw")
+    restored_ema = EMAModel(list(restored.parameters()), decay=0.9, foreach=True)
+    checkpoint.load(path, {"net": restored}, restored_optimizer, restored_scheduler, ema=restored_ema)
+    assert_same(restored_ema.state_dict(), ema.state_dict())
+    for a, b in [(net, ema), (restored, restored_ema)]:
+        take_step(a, *([optimizer, lr_scheduler] if a is net else [restored_optimizer, restored_scheduler]), 3)
+        b.step(list(a.parameters()))
+    assert_same(restored_ema.state_dict(), ema.state_dict())
+    assert not torch.equal(ema.shadow_params[0], net.weight)  # an average, not the weights
+
+    # a run with a moving average cannot continue a checkpoint without one
+    from dreambooth.errors import UsageError
+
+    plain = checkpoint.save(tmp_path, 4, {"net": net}, optimizer, lr_scheduler)
+    with pytest.raises(UsageError, match="no moving average.*--ema-decay 0"):
+        checkpoint.load(plain, {"net": restored}, restored_optimizer, restored_scheduler, ema=restored_ema)
+
+
+@pytest.mark.slow  # seconds of whole runs
+@pytest.mark.parametrize(
+    "extra",
+    [{"optimizer": "prodigy", "learning_rate": 1.0}, {"ema_decay": 0.9, "use_ema_weights": True}],
+    ids=["prodigy", "ema"],
+)
+def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(photos, tmp_path, extra):
+    cfg = TrainConfig(
+        model="tiny",
+        instance_dir=str(photos),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(tmp_path / "run"),
+        rank=4,
+        max_steps=6,
+        checkpoint_every=3,
+        num_samples=0,
+        seed=5,
+        **extra,
+    )
+    out = train(cfg)
+    uninterrupted = load_file(str(out / WEIGHT_NAME))
+    ended = load_file(str(out / "checkpoints" / "step-000006" / checkpoint.STATE_TENSORS))
+    if cfg.use_ema_weights:  # the LoRA file is the average the checkpoint kept, not the last weights
+        assert any(k.startswith("ema.") for k in ended)
+        assert not all(torch.equal(ended[k], ended["ema." + k.removeprefix("param.")]) for k in ended if k.startswith("param."))
+    shutil.rmtree(out / "checkpoints" / "step-000006")
+    (out / WEIGHT_NAME).unlink()
+
+    train(dataclasses.replace(cfg, resume=True))  # steps 4 to 6 again, from the checkpoint of step 3
+    resumed = load_file(str(out / WEIGHT_NAME))
+    assert uninterrupted.keys() == resumed.keys() and all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
+    again = load_file(str(out / "checkpoints" / "step-000006" / checkpoint.STATE_TENSORS))
+    assert ended.keys() == again.keys() and all(torch.equal(ended[k], again[k]) for k in ended)

@@ -14,10 +14,17 @@ ADAPTER = "subject"
 
 
 def add_lora(
-    model: Any, rank: int, alpha: float, dropout: float, targets: list[str], exclude: str | None = None
+    model: Any,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str],
+    exclude: str | None = None,
+    dora: bool = False,
 ) -> list[torch.nn.Parameter]:
     """Freeze `model`, attach a LoRA adapter to `targets` (but not to modules matching the regex `exclude`), return
-    the new trainable parameters (fp32)."""
+    the new trainable parameters (fp32). With `dora`, the adapter is DoRA (Liu et al. 2024, peft's `use_dora`): each
+    adapted layer also learns the magnitude of its weight's columns (`lora_magnitude_vector`)."""
     from peft import LoraConfig
 
     model.requires_grad_(False)
@@ -31,6 +38,7 @@ def add_lora(
         init_lora_weights="gaussian",
         target_modules=targets,
         exclude_modules=exclude,
+        use_dora=dora,
     )
     try:
         model.add_adapter(config)

@@ -140,6 +140,11 @@ def export_with(pipe, path: Path, fmt: str, output: str = "", allow_pickle: bool
     if fmt == "kohya":
         export_in_force("kohya", base.family)  # one line, before anything is read, for a family without the layout
     state, meta = read_native(path, pipe, allow_pickle)
+    if fmt == "kohya" and any(split_key(k)[2] == "magnitude" for k in state):
+        raise UsageError(
+            f"--format kohya: {path} is a DoRA LoRA, which this tool does not write in the kohya layout (its "
+            f".dora_scale could not be checked through diffusers' loader); pass --format diffusers"
+        )
     out = Path(output) if output else path.parent / (KOHYA_NAME if fmt == "kohya" else WEIGHT_NAME)
     if out.exists() and out.resolve() == path.resolve():
         raise UsageError(f"--output {out}: is the input file; pass another path")

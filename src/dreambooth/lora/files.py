@@ -179,12 +179,21 @@ PROCESSOR_KEYS = {
 }
 
 
+# DoRA's learned magnitude of each adapted layer's weight, one value per output feature. peft writes it without
+# `.weight`; files are written with it: diffusers then loads it into the denoiser and (through transformers 5) into
+# the text encoders too, which drop the shorter spelling as an unexpected key.
+MAGNITUDE = ".lora_magnitude_vector.weight"
+
+
 def key_parts(key: str) -> tuple[str, str, str, str] | None:
     """'unet.<module>.lora.down.weight' (or another layout's) -> ('unet', '<module>', '.lora.down.weight', 'down');
-    None if unknown."""
+    a DoRA magnitude -> (..., '.lora_magnitude_vector', 'magnitude'); None if unknown."""
     component, _, rest = key.partition(".")
     for old, new in PROCESSOR_KEYS.items():
         rest = rest.replace(old, new)
+    for ending in (MAGNITUDE, MAGNITUDE.removesuffix(".weight")):
+        if rest.endswith(ending):
+            return component, rest[: -len(ending)], MAGNITUDE, "magnitude"
     for down, up in LAYOUTS:
         if rest.endswith(down):
             return component, rest[: -len(down)], down, "down"
@@ -194,7 +203,8 @@ def key_parts(key: str) -> tuple[str, str, str, str] | None:
 
 
 def parse_key(key: str) -> tuple[str, str, str] | None:
-    """'unet.<module>.lora.down.weight' (or another layout's) -> ('unet', '<module>', 'down'); None if unknown."""
+    """'unet.<module>.lora.down.weight' (or another layout's) -> ('unet', '<module>', 'down'; 'up' or 'magnitude' for
+    the others); None if unknown."""
     parts = key_parts(key)
     return None if parts is None else (parts[0], parts[1], parts[3])
 
@@ -237,6 +247,7 @@ def lora_modules(shapes: dict[str, tuple[int, ...]]) -> dict[tuple[str, str], tu
         if parsed is not None:
             component, module, part = parsed
             entry = out.setdefault((component, module), [None, None])
+            # a down weight is rank x in; an up weight (out x rank) and a DoRA magnitude (out) both give out
             entry[0 if part == "down" else 1] = shape[1] if part == "down" else shape[0]
     return {k: tuple(v) for k, v in out.items()}
 

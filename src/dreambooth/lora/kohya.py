@@ -25,15 +25,24 @@ def has_kohya_layout(family: Family) -> bool:
     return bool(getattr(family, "kohya_prefixes", None))
 
 
-def export_in_force(asked: str, family: Family) -> str:
-    """`--export` as a run does it, "kohya" or "none": left empty, kohya wherever the family has that layout. Asking
-    for kohya on a family without it is refused before training starts."""
+DORA_REFUSED = (
+    "--export kohya: DoRA LoRAs are not written in the kohya layout (its .dora_scale could not be checked through "
+    "diffusers' loader); pass --export none, or train without --dora (pytorch_lora_weights.safetensors, for "
+    "diffusers, is written either way)"
+)
+
+
+def export_in_force(asked: str, family: Family, dora: bool = False) -> str:
+    """`--export` as a run does it, "kohya" or "none": left empty, kohya wherever the family has that layout and the
+    LoRA is no DoRA. Asking for kohya on a family without it, or with --dora, is refused before training starts."""
     if asked == "kohya" and not has_kohya_layout(family):
         raise UsageError(
             f"--export kohya: this tool does not write {family.title} LoRAs in the kohya layout yet; "
             f"pass --export none (pytorch_lora_weights.safetensors, for diffusers, is written either way)"
         )
-    return asked or ("kohya" if has_kohya_layout(family) else "none")
+    if asked == "kohya" and dora:
+        raise UsageError(DORA_REFUSED)
+    return asked or ("kohya" if has_kohya_layout(family) and not dora else "none")
 
 
 def check_layout_names(family: Family, denoiser) -> None:

@@ -100,11 +100,23 @@ def optimizer_kind(optimizer) -> str:
     return type(getattr(optimizer, "optimizer", optimizer)).__name__
 
 
+def ema_state(ema, names: list[str], tensors: dict[str, torch.Tensor]) -> dict:
+    """diffusers' EMAModel state without pickle: each average as tensor `ema.<parameter name>`, the numbers (decay,
+    step count, warmup settings) as JSON."""
+    state = ema.state_dict()
+    for name, shadow in zip(names, state["shadow_params"], strict=True):
+        tensors[f"ema.{name}"] = shadow.detach().cpu().contiguous()
+    return {k: v for k, v in state.items() if k != "shadow_params"}
+
+
 def save(checkpoints_dir: Path, step: int, models: dict, optimizer, lr_scheduler, keep: int = 2,
-         identity: dict | None = None, settings: dict | None = None, scaler=None) -> Path:  # fmt: skip
-    """Write the checkpoint of `step` and prune older ones. `scaler` is the fp16 loss scaler, when there is one."""
+         identity: dict | None = None, settings: dict | None = None, scaler=None, ema=None) -> Path:  # fmt: skip
+    """Write the checkpoint of `step` and prune older ones. `scaler` is the fp16 loss scaler, when there is one;
+    `ema` the moving average of the trained weights (--ema-decay), when there is one."""
     final = Path(checkpoints_dir) / f"step-{step:06d}"
-    tensors = {f"param.{k}": p.detach().cpu().contiguous() for k, p in trainable(models).items()}
+    params = trainable(models)
+    tensors = {f"param.{k}": p.detach().cpu().contiguous() for k, p in params.items()}
+    averages = ema_state(ema, list(params), tensors) if ema is not None else None
     opt = optimizer.state_dict()
     optimizer_state = state_to_json(opt["state"], ("optim",), tensors, {})  # before the folder: a refusal leaves nothing
     tmp = atomic.temp_dir_beside(final)
@@ -117,6 +129,7 @@ def save(checkpoints_dir: Path, step: int, models: dict, optimizer, lr_scheduler
             "param_groups": opt["param_groups"],
             "lr_scheduler": {k: v for k, v in lr_scheduler.state_dict().items() if k != "lr_lambdas"},
             "scaler": scaler.state_dict() if scaler is not None else {},
+            **({"ema": averages} if averages is not None else {}),
             "bytes": (tmp / STATE_TENSORS).stat().st_size,
             "sha256": file_sha256(tmp / STATE_TENSORS),
             "identity": identity or {},
@@ -188,9 +201,9 @@ def newest_intact(checkpoints_dir: Path) -> tuple[Path | None, list[tuple[Path, 
     return None, damaged
 
 
-def load(path: Path, models: dict, optimizer, lr_scheduler, scaler=None) -> int:
-    """Restore weights, optimiser, schedule and, given the run's fp16 loss `scaler`, its scale from `path`; return
-    the step it was saved at."""
+def load(path: Path, models: dict, optimizer, lr_scheduler, scaler=None, ema=None) -> int:
+    """Restore weights, optimiser, schedule and, given the run's fp16 loss `scaler`, its scale, given its `ema`, the
+    moving average, from `path`; return the step it was saved at."""
     tensors = load_file(str(path / STATE_TENSORS))
     meta = read_meta(path)
     params = trainable(models)
@@ -210,13 +223,13 @@ def load(path: Path, models: dict, optimizer, lr_scheduler, scaler=None) -> int:
         state = state_from_json(meta["optimizer_state"], tensors)
     else:
         state = flat_optimizer_state(tensors)
-    # --use-8bit-adam is part of a run's identity, but it means AdamW where bitsandbytes is not installed (and meant
+    # --optimizer is part of a run's identity, but adamw8bit means AdamW where bitsandbytes is not installed (and meant
     # AdamW on every CPU before); older checkpoints do not name their optimiser, AdamW's state does
     saved = meta.get("optimizer") or ("AdamW" if any("exp_avg" in per_param for per_param in state.values()) else None)
     if saved and saved != optimizer_kind(optimizer):
         raise UsageError(
             f"--resume: checkpoint {path} holds the state of {saved} but this run uses {optimizer_kind(optimizer)} "
-            f"(--use-8bit-adam is AdamW8bit where bitsandbytes is installed, AdamW where not); continue it where that "
+            f"(--optimizer adamw8bit is AdamW8bit where bitsandbytes is installed, AdamW where not); continue it where that "
             f"matches, or pass --overwrite to start over"
         )
     try:
@@ -228,6 +241,15 @@ def load(path: Path, models: dict, optimizer, lr_scheduler, scaler=None) -> int:
             f"--overwrite to start over"
         ) from None
     lr_scheduler.load_state_dict({**lr_scheduler.state_dict(), **meta["lr_scheduler"]})
+    if ema is not None:
+        if "ema" not in meta:
+            raise UsageError(
+                f"--resume: checkpoint {path} holds no moving average of the weights (it was trained without "
+                f"--ema-decay); pass --ema-decay 0 to continue it, or --overwrite to start over"
+            )
+        device = next(iter(params.values())).device if params else torch.device("cpu")
+        ema.load_state_dict({**meta["ema"], "shadow_params": [tensors[f"ema.{k}"] for k in params]})
+        ema.to(device)
     # a checkpoint saved without fp16 holds no scale: the scaler then starts from its initial one
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
@@ -235,10 +257,10 @@ def load(path: Path, models: dict, optimizer, lr_scheduler, scaler=None) -> int:
 
 
 def save_or_stop(ckpt_dir: Path, step: int, named: dict, optimizer, lr_scheduler, keep: int,
-                 identity: dict | None = None, settings: dict | None = None, scaler=None) -> Path:  # fmt: skip
+                 identity: dict | None = None, settings: dict | None = None, scaler=None, ema=None) -> Path:  # fmt: skip
     """Save; when the disk refuses, stop training with one line saying what is kept."""
     try:
-        return save(ckpt_dir, step, named, optimizer, lr_scheduler, keep, identity, settings, scaler)
+        return save(ckpt_dir, step, named, optimizer, lr_scheduler, keep, identity, settings, scaler, ema)
     except OSError as e:
         previous = newest(ckpt_dir)
         kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"

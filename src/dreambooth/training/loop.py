@@ -50,6 +50,8 @@ def optimizer_step(run: Run, step: int) -> torch.Tensor:
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
     run.lr_scheduler.step()
+    if run.ema is not None:
+        run.ema.step(run.ema_params)
     return loss
 
 
@@ -59,7 +61,7 @@ def optimizer_step(run: Run, step: int) -> torch.Tensor:
 def save_checkpoint(run: Run, step: int) -> Path:
     return checkpoint.save_or_stop(run.checkpoints, step, run.named, run.optimizer, run.lr_scheduler,
                                    run.cfg.checkpoints_total_limit, run.identity, run_settings(run.cfg),
-                                   run.accelerator.scaler)  # fmt: skip
+                                   run.accelerator.scaler, run.ema)  # fmt: skip
 
 
 def save_samples(run: Run, prompt: str, num: int, path: Path) -> None:
@@ -144,7 +146,13 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         "steps": step,
         "resolution": cfg.resolution,
         "text_encoder": cfg.train_text_encoder,
+        "dora": cfg.dora,
+        "ema": cfg.use_ema_weights,
     }
+    if cfg.use_ema_weights:
+        # the LoRA file, its export and the samples are the moving average; the checkpoint above kept the last
+        # weights, which a resumed run continues from
+        run.ema.copy_to(run.ema_params)
     try:
         save_lora(run.out, type(run.pipe), run.named, meta)
     except OSError as e:
@@ -162,6 +170,8 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
             f"note: no file for ComfyUI / A1111 / Forge: this tool does not write {base.family.title} LoRAs in their layout yet",
             flush=True,
         )
+    elif cfg.dora:
+        print("note: no file for ComfyUI / A1111 / Forge: this tool writes DoRA LoRAs for diffusers only", flush=True)
     if cfg.num_samples:
         save_samples(run, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, run.out / "samples.png")
     atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds))

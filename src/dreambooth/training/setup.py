@@ -49,6 +49,11 @@ class Run:
     offload: Callable[[], object]  # frozen parts off the GPU while training ...
     onload: Callable[[], object]  # ... and back for drawing
     identity: dict  # what must match to continue this run from a checkpoint (see run_identity)
+    ema: Any = None  # the moving average of the trained weights (--ema-decay), over `ema_params`
+
+    @property
+    def ema_params(self) -> list[torch.nn.Parameter]:
+        return list(checkpoint.trainable(self.named).values())
 
     @property
     def main(self) -> bool:
@@ -102,11 +107,30 @@ def make_accelerator(cfg: TrainConfig):
 
 
 def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.device):
-    if cfg.use_8bit_adam:
+    """--optimizer over the parameter groups (each with its learning rate)."""
+    if cfg.optimizer == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError:
+            raise UsageError("--optimizer prodigy: the prodigyopt package is not installed; pip install prodigyopt") from None
+        # The authors' advice for diffusion LoRAs: safeguard_warmup keeps the step-size estimate from racing ahead
+        # while the schedule's learning rate is still small (a warmup would otherwise inflate it), and Adam's bias
+        # correction damps the first steps, when the moments are still mostly their zero start; decoupled weight
+        # decay as AdamW applies it, with AdamW's setting.
+        return Prodigy(
+            param_groups,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_epsilon,
+            weight_decay=cfg.adam_weight_decay,
+            decouple=True,
+            use_bias_correction=True,
+            safeguard_warmup=True,
+        )
+    if cfg.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
         except ImportError:
-            warn("--use-8bit-adam: bitsandbytes is not installed (pip install bitsandbytes); using AdamW")
+            warn("--optimizer adamw8bit: bitsandbytes is not installed (pip install bitsandbytes); using AdamW")
         else:
             return bnb.optim.AdamW8bit(
                 param_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
@@ -121,6 +145,15 @@ def make_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.dev
         fused=cuda,
         foreach=not cuda,
     )
+
+
+def make_ema(cfg: TrainConfig, named: dict[str, torch.nn.Module]):
+    """--ema-decay: diffusers' moving average of the trained LoRA weights (in checkpoint order), or None."""
+    if not cfg.ema_decay:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(list(checkpoint.trainable(named).values()), decay=cfg.ema_decay, foreach=True)
 
 
 MODEL_DECIDES = ("resolution", "lora_alpha", "target_modules", "text_encoder_target_modules", "export")  # when left empty
@@ -151,7 +184,7 @@ def resolved(cfg: TrainConfig, base: Base, class_image_dtype: torch.dtype = torc
         lora_alpha=float(cfg.lora_alpha or cfg.rank),
         target_modules=denoiser_targets(cfg.target_modules, base.family),
         text_encoder_target_modules=cfg.text_encoder_target_modules or list(base.family.text_encoder_targets),
-        export=export_in_force(cfg.export, base.family),
+        export=export_in_force(cfg.export, base.family, cfg.dora),
     )
     if cfg.prior() is PriorMode.GENERATED and not cfg.class_dir:
         cfg = dataclasses.replace(
@@ -224,14 +257,15 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
     trained = {family.denoiser: denoiser}
     unread = family.unread_modules(family.denoiser, denoiser)
-    params = add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, unread)
+    params = add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, unread, cfg.dora)
     groups = [{"params": params, "lr": cfg.learning_rate}]
     if cfg.train_text_encoder:
         for name, encoder in encoders.items():
             if name in family.frozen_text_encoders:
                 continue
             unread = family.unread_modules(name, encoder)
-            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.text_encoder_target_modules, unread)
+            targets = cfg.text_encoder_target_modules
+            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, targets, unread, cfg.dora)
             groups.append({"params": params, "lr": cfg.text_encoder_lr})
             trained[name] = encoder
     for name, m in trained.items():
@@ -275,6 +309,10 @@ def set_up(cfg: TrainConfig) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", to_yaml(cfg))
         print(f"{cfg.model}: {base.summary()}; {len(photos)} photos at {cfg.resolution} px", flush=True)
+        if cfg.optimizer == "prodigy":
+            te = f", text encoder {cfg.text_encoder_lr}" if cfg.train_text_encoder else ""
+            print(f"--optimizer prodigy: learning rate {cfg.learning_rate}{te} (1.0 unless given: Prodigy finds the "
+                  f"step size, the learning rate scales it)", flush=True)  # fmt: skip
     return prepare(cfg, pipe, base, photos, class_photos(cfg, pipe, accelerator), accelerator)
 
 
@@ -329,14 +367,14 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
         offload = lambda: [m.to("cpu") for m in frozen]  # noqa: E731
         onload = lambda: [m.to(device) for m in frozen]  # noqa: E731
         offload()
+    named = {name: accelerator.unwrap_model(m, keep_torch_compile=False) for name, m in models.items()}
     return Run(
         cfg,
         pipe,
         base,
         accelerator,
         models,
-        # without the compile wrapper: saved names must be the module's own, not `_orig_mod.…`
-        {name: accelerator.unwrap_model(m, keep_torch_compile=False) for name, m in models.items()},
+        named,  # without the compile wrapper: saved names must be the module's own, not `_orig_mod.…`
         optimizer,
         lr_scheduler,
         family.objective.scheduler(pipe.scheduler.config),
@@ -346,6 +384,7 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
         offload,
         onload,
         identity,
+        make_ema(cfg, named),
     )
 
 
@@ -366,12 +405,14 @@ def run_identity(cfg: TrainConfig, base: Base, pipe) -> dict:
         "model": fingerprint(pipe, base.family),  # the base's weights, wherever they were loaded from
         "family": base.family.name,
         "adapter": "lora",
+        "dora": cfg.dora,
         "rank": cfg.rank,
         "lora_alpha": cfg.lora_alpha,
         "target_modules": cfg.target_modules,
         "train_text_encoder": cfg.train_text_encoder,
         "text_encoder_target_modules": cfg.text_encoder_target_modules if cfg.train_text_encoder else [],
-        "use_8bit_adam": cfg.use_8bit_adam,
+        "optimizer": cfg.optimizer,
+        "ema_decay": cfg.ema_decay,
     }
 
 
@@ -432,7 +473,7 @@ def resume(run: Run) -> int:
             warn(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
         return 0
     changed = check_same_run(run, found)
-    step = checkpoint.load(found, run.named, run.optimizer, run.lr_scheduler, run.accelerator.scaler)
+    step = checkpoint.load(found, run.named, run.optimizer, run.lr_scheduler, run.accelerator.scaler, run.ema)
     if run.main:
         if changed:
             warn(f"--resume: continuing {found.name} with changed settings: {'; '.join(changed)}")
