@@ -68,6 +68,14 @@ class TrainConfig:
         "fraction of instance examples trained with an empty prompt (0-1): the photos' look is then learned apart "
         "from the identifier, and classifier-free guidance keeps its unconditional side",
     )
+    masked_loss: bool = opt(
+        False,
+        "weigh the photos' loss by a mask (name.mask.png beside name.jpg, white = subject, or the photo's alpha "
+        "channel) so the LoRA learns the subject, not its background; photos without one count as all subject",
+    )
+    mask_background_weight: float = opt(
+        0.0, "--masked-loss: weight of the background's loss (0 = learn the subject only, 1 = as without masks)"
+    )
     with_prior_preservation: bool = opt(False, "add the class-specific prior-preservation loss")
     class_prompt: str = opt("", "prompt for the class prior, e.g. 'a photo of a dog'")
     class_dir: str = opt(
@@ -276,6 +284,7 @@ def check_train(cfg: TrainConfig) -> None:
     )
     check_each(cfg, ["lora_dropout"], lambda v: v < 1, "must be below 1")
     check_each(cfg, ["caption_dropout"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0.1")
+    check_each(cfg, ["mask_background_weight"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0 or 0.1")
     check_each(cfg, ["max_sequence_length"], lambda v: v >= 1, "must be at least 1")
     check_each(cfg, ["logit_std"], lambda v: v > 0, "must be positive")
     check_each(cfg, ["learning_rate", "text_encoder_lr"], lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 1e-4")

@@ -243,7 +243,7 @@ def set_up(cfg: TrainConfig) -> Run:
     `prepare` the run."""
     check_train(cfg)
     check_paths(cfg)
-    photos = load_folder(cfg.instance_dir, "--instance-dir")
+    photos = load_folder(cfg.instance_dir, "--instance-dir", masks=cfg.masked_loss)
     accelerator = make_accelerator(cfg)
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
     if cfg.vae:
