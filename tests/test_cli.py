@@ -204,3 +204,13 @@ def test_a_bad_mask_is_one_line_naming_it_and_nothing_is_written(photos, tmp_pat
     line = bad(train_args(photos, out, "--masked-loss"), capsys, str(photos / "01.mask.png"), "not a readable image")
     assert "Traceback" not in line and not out.exists()
     bad(train_args(photos, out, "--masked-loss", "--mask-background-weight", "2"), capsys, "--mask-background-weight")
+
+
+def test_a_bad_class_prompts_file_is_one_line_naming_it(photos, tmp_path, capsys):
+    out, prior = tmp_path / "out", ["--with-prior-preservation", "--class-prompt", "a photo of a dog"]
+    missing = str(tmp_path / "contexts.txt")
+    bad(train_args(photos, out, *prior, "--class-prompts-file", missing), capsys, f"--class-prompts-file {missing}")
+    (tmp_path / "contexts.txt").write_text("a photo of a dog on the beach\n")
+    both = [*prior, "--class-prompts-file", missing, "--prior-mode", "base-prediction"]
+    bad(train_args(photos, out, *both), capsys, "--class-prompts-file", "--prior-mode generated")
+    assert not out.exists()

@@ -78,6 +78,11 @@ class TrainConfig:
     )
     with_prior_preservation: bool = opt(False, "add the class-specific prior-preservation loss")
     class_prompt: str = opt("", "prompt for the class prior, e.g. 'a photo of a dog'")
+    class_prompts_file: str = opt(
+        "",
+        "text file of more class prompts, one a line (e.g. 'a photo of a dog on the beach'): --num-class-images are "
+        "drawn across --class-prompt and these, so the class half of each batch keeps its contexts too",
+    )
     class_dir: str = opt(
         "",
         "folder of class images; missing ones are generated (default: a shared class-image bank in "
@@ -246,8 +251,13 @@ def check_train(cfg: TrainConfig) -> None:
             raise UsageError(f"{flag_name(name)} is required: pass {what}")
     if cfg.resolution < 0 or cfg.resolution % 8:
         raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
-    if cfg.with_prior_preservation and not cfg.class_prompt:
+    if cfg.with_prior_preservation and not (cfg.class_prompt or cfg.class_prompts_file):
         raise UsageError("--with-prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of a dog'")
+    if cfg.class_prompts_file and cfg.prior() is PriorMode.BASE_PREDICTION:
+        raise UsageError(
+            "--class-prompts-file: class prompts are drawn as class images, which --prior-mode base-prediction does "
+            "not use; drop the file or use --prior-mode generated"
+        )
     check_each(
         cfg,
         [

@@ -113,7 +113,9 @@ class Examples:
         return F.interpolate(pixels, size=latents.shape[-2:], mode="area")
 
     def prompt(self, which: str, idx: int) -> str:
-        if which in ("class", "prior"):
+        if which == "class":  # the prompt the class image was drawn from (--class-prompts-file)
+            return self.sets["class"][idx].caption or self.cfg.class_prompt
+        if which == "prior":
             return self.cfg.class_prompt
         return self.sets["instance"][idx].caption or self.cfg.instance_prompt
 
@@ -147,7 +149,8 @@ class Examples:
                         self.posterior(which, idx, flip, None)
         if not self.cfg.train_text_encoder or self.family.frozen_text_encoders:
             prompts = [self.prompt("instance", i) for i in range(len(self.sets["instance"]))]
-            prompts += [self.cfg.class_prompt] if self.cfg.prior() else []
+            prompts += [self.cfg.class_prompt] if self.cfg.prior() and self.cfg.class_prompt else []
+            prompts += [self.prompt("class", i) for i in range(len(self.sets["class"]))]
             prompts += [""] if self.cfg.caption_dropout > 0 else []  # what a dropped caption reads
             self.cached(prompts, base=False, only_frozen=self.cfg.train_text_encoder)
         if self.cfg.prior() is PriorMode.BASE_PREDICTION:
