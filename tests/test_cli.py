@@ -196,3 +196,21 @@ def test_world_commands_bad_inputs(tmp_path, capsys):
     bad(["pretrain-world", "--output-dir", str(tmp_path / "w"), "--diffusion-steps", "0"], capsys, "--diffusion-steps")
     bad(["pretrain-world", "--output-dir", str(tmp_path / "w"), "--learning-rate", "-1"], capsys, "--learning-rate")
     assert not (tmp_path / "w").exists()
+
+
+def test_a_bad_mask_is_one_line_naming_it_and_nothing_is_written(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    (photos / "01.mask.png").write_bytes(b"\x89PNG broken")
+    line = bad(train_args(photos, out, "--masked-loss"), capsys, str(photos / "01.mask.png"), "not a readable image")
+    assert "Traceback" not in line and not out.exists()
+    bad(train_args(photos, out, "--masked-loss", "--mask-background-weight", "2"), capsys, "--mask-background-weight")
+
+
+def test_a_bad_class_prompts_file_is_one_line_naming_it(photos, tmp_path, capsys):
+    out, prior = tmp_path / "out", ["--with-prior-preservation", "--class-prompt", "a photo of a dog"]
+    missing = str(tmp_path / "contexts.txt")
+    bad(train_args(photos, out, *prior, "--class-prompts-file", missing), capsys, f"--class-prompts-file {missing}")
+    (tmp_path / "contexts.txt").write_text("a photo of a dog on the beach\n")
+    both = [*prior, "--class-prompts-file", missing, "--prior-mode", "base-prediction"]
+    bad(train_args(photos, out, *both), capsys, "--class-prompts-file", "--prior-mode generated")
+    assert not out.exists()

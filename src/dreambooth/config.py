@@ -72,8 +72,21 @@ class TrainConfig:
         "fraction of instance examples trained with an empty prompt (0-1): the photos' look is then learned apart "
         "from the identifier, and classifier-free guidance keeps its unconditional side",
     )
+    masked_loss: bool = opt(
+        False,
+        "weigh the photos' loss by a mask (name.mask.png beside name.jpg, white = subject, or the photo's alpha "
+        "channel) so the LoRA learns the subject, not its background; photos without one count as all subject",
+    )
+    mask_background_weight: float = opt(
+        0.0, "--masked-loss: weight of the background's loss (0 = learn the subject only, 1 = as without masks)"
+    )
     with_prior_preservation: bool = opt(False, "add the class-specific prior-preservation loss")
     class_prompt: str = opt("", "prompt for the class prior, e.g. 'a photo of a dog'")
+    class_prompts_file: str = opt(
+        "",
+        "text file of more class prompts, one a line (e.g. 'a photo of a dog on the beach'): --num-class-images are "
+        "drawn across --class-prompt and these, so the class half of each batch keeps its contexts too",
+    )
     class_dir: str = opt(
         "",
         "folder of class images; missing ones are generated (default: a shared class-image bank in "
@@ -274,8 +287,13 @@ def check_train(cfg: TrainConfig) -> None:
             raise UsageError(f"{flag_name(name)} is required: pass {what}")
     if cfg.resolution < 0 or cfg.resolution % 8:
         raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
-    if cfg.with_prior_preservation and not cfg.class_prompt:
+    if cfg.with_prior_preservation and not (cfg.class_prompt or cfg.class_prompts_file):
         raise UsageError("--with-prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of a dog'")
+    if cfg.class_prompts_file and cfg.prior() is PriorMode.BASE_PREDICTION:
+        raise UsageError(
+            "--class-prompts-file: class prompts are drawn as class images, which --prior-mode base-prediction does "
+            "not use; drop the file or use --prior-mode generated"
+        )
     check_each(
         cfg,
         [
@@ -312,6 +330,7 @@ def check_train(cfg: TrainConfig) -> None:
     )
     check_each(cfg, ["lora_dropout"], lambda v: v < 1, "must be below 1")
     check_each(cfg, ["caption_dropout"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0.1")
+    check_each(cfg, ["mask_background_weight"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0 or 0.1")
     check_each(cfg, ["max_sequence_length"], lambda v: v >= 1, "must be at least 1")
     check_each(cfg, ["logit_std"], lambda v: v > 0, "must be positive")
     check_optimizer(cfg)

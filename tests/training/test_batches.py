@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 from PIL import Image
 
@@ -157,3 +158,62 @@ def test_caption_dropout_empties_that_share_of_instance_prompts_and_nothing_else
     assert 0.15 < instance.count("") / len(instance) < 0.45  # 80 draws at 0.3
     assert all(p[2:] == ["a photo of a dog"] * 2 for p in half)  # class prompts are never dropped
     assert half == prompts(0.3)  # the same examples drop their caption in every run and on resume
+
+
+def subject_photo() -> Photo:
+    """A wide photo with a red subject off-centre (in every 64 px crop), and its exact mask."""
+    image, mask = Image.new("RGB", (160, 128), "white"), Image.new("L", (160, 128), 0)
+    image.paste((255, 0, 0), (24, 40, 96, 120))
+    mask.paste(255, (24, 40, 96, 120))
+    return Photo(None, image, None, mask)
+
+
+def test_the_mask_reaches_the_latent_grid_with_its_photos_crop_and_flip():
+    import torch.nn.functional as F
+
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+    from dreambooth.training.batches import example_generator
+    from dreambooth.training.photos import resize_and_crop
+
+    pipe = build_tiny_pipeline()
+    cfg = TrainConfig(resolution=64, center_crop=False, random_flip=True, batch_size=1, seed=5, masked_loss=True,
+                      with_prior_preservation=True, class_prompt="a photo of a dog")  # fmt: skip
+    photo, other = subject_photo(), Photo(None, Image.new("RGB", (64, 64), "blue"), None)
+    examples = Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, [photo], [other])
+    flips = set()
+    for micro in range(8):
+        batch = examples.batch(micro)
+        latent_grid = batch.latents.shape[-2:]
+        assert batch.masks.shape == (2, 1, *latent_grid) and latent_grid == (32, 32)  # the tiny VAE's real factor: 2
+        assert torch.equal(batch.masks[1], torch.ones(1, *latent_grid))  # class examples count whole
+        # the photo as this example saw it: the subject's pixels, area-averaged onto the latent grid
+        g = example_generator(cfg.seed, "instance", micro)
+        flip = bool(torch.randint(0, 2, (1,), generator=g))
+        crop, _ = resize_and_crop(photo.image, 64, False, g, flip)
+        subject = torch.from_numpy((np.asarray(crop)[..., 1] < 128).astype(np.float32))[None, None]
+        expected = F.interpolate(subject, size=latent_grid, mode="area")[0]
+        assert (batch.masks[0] - expected).abs().max() < 0.2  # resampling softens the edge; a misplaced mask is off by 1
+        assert (batch.masks[0] - expected.flip(-1)).abs().max() > 0.9  # (the subject is not symmetric)
+        flips.add(flip)
+    assert flips == {False, True}
+    unmasked = Examples(TrainConfig(resolution=64, center_crop=False, random_flip=True, batch_size=1, seed=5),
+                        sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, [photo], [])  # fmt: skip
+    assert unmasked.batch(0).masks is None
+    assert torch.equal(unmasked.batch(3).latents, Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder],
+                       "cpu", torch.float32, [photo], [other]).batch(3).latents[:1])  # fmt: skip  # masks draw nothing
+
+
+def test_masks_are_cached_with_their_latents():
+    from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    cfg = TrainConfig(resolution=64, random_flip=True, batch_size=2, seed=1, masked_loss=True)
+    photos = [subject_photo(), Photo(None, Image.new("RGB", (64, 64), "blue"), None)]  # the second has no mask
+    ahead = Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, photos, [])
+    lazy = Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, photos, [])
+    ahead.precompute()
+    assert all(cached[3] is not None for (_, idx, _), cached in ahead.posteriors.items() if idx == 0)
+    for micro in range(4):
+        x, y = ahead.batch(micro), lazy.batch(micro)
+        assert torch.equal(x.masks, y.masks) and torch.equal(x.latents, y.latents)
+        assert 0 < x.masks.sum() < x.masks.numel()

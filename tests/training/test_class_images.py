@@ -78,3 +78,55 @@ def test_class_images_drawn_under_a_gpus_fp16_autocast_decode_in_fp32_into_their
     seen = watch_vae(pipe.vae)
     assert len(setup.class_photos(cfg, pipe, accelerator)) == 1
     assert seen["decoder"] == {torch.float32}
+
+
+def test_class_prompts_file_lines_join_the_class_prompt_once_each(tmp_path):
+    import pytest
+
+    from dreambooth.errors import UsageError
+    from dreambooth.training.class_images import read_class_prompts, shares
+
+    listed = tmp_path / "prompts.txt"
+    listed.write_text("# contexts\na photo of a dog on the beach\n\n  a photo of a dog in the snow  \na photo of a dog\n")
+    assert read_class_prompts("a photo of a dog", str(listed)) == [
+        "a photo of a dog",
+        "a photo of a dog on the beach",
+        "a photo of a dog in the snow",
+    ]
+    assert read_class_prompts("a photo of a dog", "") == ["a photo of a dog"]
+    assert shares(100, 3) == [34, 33, 33] and shares(2, 3) == [1, 1, 0]
+    with pytest.raises(UsageError, match=r"--class-prompts-file .*missing\.txt: cannot read it"):
+        read_class_prompts("a photo of a dog", str(tmp_path / "missing.txt"))
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(UsageError, match=r"--class-prompts-file .*empty\.txt: holds no prompt"):
+        read_class_prompts("", str(tmp_path / "empty.txt"))
+
+
+def test_several_class_prompts_each_get_their_images_in_the_bank_and_the_class_half_reads_them(photos, tmp_path):
+    from dreambooth.config import TrainConfig
+    from dreambooth.training.class_images import cache_root
+    from dreambooth.training.setup import set_up
+
+    contexts = tmp_path / "contexts.txt"
+    contexts.write_text("a photo of a dog on the beach\na photo of a dog in the snow\n")
+    bank = cache_root() / "class-images"
+    before = set(bank.iterdir()) if bank.is_dir() else set()
+    cfg = TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog",
+                      output_dir=str(tmp_path / "run"), with_prior_preservation=True, class_prompt="a photo of a dog",
+                      class_prompts_file=str(contexts), num_class_images=5, class_image_steps=2, batch_size=2,
+                      num_samples=0, seed=4)  # fmt: skip
+    run = set_up(cfg)
+    made = sorted(set(bank.iterdir()) - before)
+    counts = {folder.name.rsplit("-", 1)[0]: len(list(folder.glob("*.png"))) for folder in made}
+    assert counts == {"a-photo-of-a-dog": 2, "a-photo-of-a-dog-on-the-beach": 2, "a-photo-of-a-dog-in-the-snow": 1}
+    assert [p.caption for p in run.examples.sets["class"]] == [
+        "a photo of a dog", "a photo of a dog", "a photo of a dog on the beach", "a photo of a dog on the beach",
+        "a photo of a dog in the snow",
+    ]  # fmt: skip
+    class_half = [p for step in range(10) for p in run.examples.batch(step).prompts[2:]]
+    assert set(class_half) == {"a photo of a dog", "a photo of a dog on the beach", "a photo of a dog in the snow"}
+    # the plain prompt's images are those a run without the file draws into the same bank folder
+    single = set_up(TrainConfig(**{**cfg.__dict__, "class_prompts_file": "", "class_dir": "", "num_class_images": 2,
+                                   "output_dir": str(tmp_path / "single")}))  # fmt: skip
+    assert set(bank.iterdir()) - before == set(made)
+    assert {p.path for p in single.examples.sets["class"]} == {p.path for p in run.examples.sets["class"][:2]}

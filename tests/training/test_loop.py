@@ -396,3 +396,41 @@ def test_a_finished_run_lets_its_models_go_without_the_garbage_collector(photos,
             assert [ref() is None for ref in held] == [True] * len(held)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("model", list(PINNED))
+def test_masks_of_zeros_leave_no_instance_loss_and_a_background_weight_of_one_changes_nothing(model, tmp_path, capsys):
+    import dataclasses
+    import shutil
+
+    from conftest import SAMPLE
+    from PIL import Image
+
+    photos = shutil.copytree(SAMPLE, tmp_path / "photos")
+    for photo in sorted(photos.glob("*.jpg"))[1:]:  # the first photo has no mask: it counts as all subject
+        with Image.open(photo) as im:
+            Image.new("L", im.size, 0).save(photo.with_name(photo.stem + ".mask.png"))
+    cfg = settings(TrainConfig, model=model, instance_dir=str(photos), instance_prompt="a photo of sks dog",
+                   output_dir=str(tmp_path / "run"), rank=4, max_steps=3, num_samples=0, seed=0, batch_size=2,
+                   learning_rate=1e-2, masked_loss=True, mask_background_weight=0.0, **PINNED_SETTINGS[model])  # fmt: skip
+    run = set_up(cfg)
+    assert "no mask for 00.jpg" in capsys.readouterr().err
+    denoiser = run.models[run.base.family.denoiser]
+    whole = dataclasses.replace(run.cfg, mask_background_weight=1.0)
+    for step in range(3):
+        with torch.no_grad():
+            masked = train_mod.step_loss(run.cfg, run.base.family, denoiser, run.noise_scheduler, run.examples, step)
+            unmasked = train_mod.step_loss(whole, run.base.family, denoiser, run.noise_scheduler, run.examples, step)
+        assert [x.item() for x in unmasked] == pytest.approx(PINNED[model][step], rel=1e-4, abs=1e-6), step
+        photos_seen = stream_positions(step)
+        if 0 not in photos_seen:  # only masked photos in this batch
+            assert masked[1].item() == 0.0, step
+        else:
+            assert 0 < masked[1].item() < unmasked[1].item(), step
+        train_mod.optimizer_step(dataclasses.replace(run, cfg=whole), step)  # trained as the pinned run was
+
+
+def stream_positions(step: int, batch_size: int = 2) -> list[int]:
+    from dreambooth.training.batches import stream_indices
+
+    return stream_indices(step * batch_size, batch_size, 5, seed=0)

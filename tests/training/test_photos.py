@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from dreambooth.errors import UsageError
-from dreambooth.training.photos import load_folder, resize_and_crop, to_rgb, to_tensor
+from dreambooth.training.photos import crop_like, load_folder, resize_and_crop, to_rgb, to_tensor
 
 
 def test_every_mode_becomes_rgb():
@@ -130,3 +130,53 @@ def test_unlistable_folder_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "iterdir", denied)
     with pytest.raises(UsageError, match="cannot list it \\(Permission denied\\)"):
         load_folder(tmp_path)
+
+
+def test_masks_beside_photos_or_in_their_alpha_are_read_and_photos_without_one_warn(tmp_path, capsys):
+    Image.new("RGB", (40, 32), "red").save(tmp_path / "a.jpg")
+    drawn = Image.new("L", (40, 32), 0)
+    drawn.paste(255, (10, 4, 30, 28))
+    drawn.save(tmp_path / "a.mask.png")
+    cutout = Image.new("RGBA", (40, 32), (0, 0, 255, 0))
+    cutout.paste((0, 0, 255, 255), (0, 0, 20, 32))
+    cutout.save(tmp_path / "b.png")
+    Image.new("RGB", (40, 32), "green").save(tmp_path / "c.png")
+
+    plain = load_folder(tmp_path)
+    assert [p.path.name for p in plain] == ["a.jpg", "b.png", "c.png"]  # a mask is never a photo
+    assert all(p.mask is None for p in plain) and "warning" not in capsys.readouterr().err
+
+    a, b, c = load_folder(tmp_path, masks=True)
+    assert a.mask.tobytes() == drawn.tobytes()
+    assert b.mask.getpixel((5, 5)) == 255 and b.mask.getpixel((35, 5)) == 0  # the cut-out's alpha
+    assert b.image.getpixel((35, 5)) == (255, 255, 255)  # the photo itself is still laid on white
+    assert c.mask is None
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert "c.png" in warning and "a.jpg" not in warning and "b.png" not in warning and "all subject" in warning
+
+
+def test_a_bad_mask_is_one_error_naming_it(tmp_path):
+    Image.new("RGB", (40, 32), "red").save(tmp_path / "a.jpg")
+    (tmp_path / "a.mask.png").write_bytes(b"not a png")
+    with pytest.raises(UsageError, match=r"a\.mask\.png: not a readable image"):
+        load_folder(tmp_path, masks=True)
+    Image.new("L", (32, 32), 255).save(tmp_path / "a.mask.png")
+    with pytest.raises(UsageError, match=r"a\.mask\.png: 32x32 px but its photo is 40x32"):
+        load_folder(tmp_path, masks=True)
+
+
+def test_a_mask_follows_its_photo_through_resize_crop_and_flip():
+    # a red subject off-centre in a wide photo, and its exact mask
+    photo, mask = Image.new("RGB", (256, 128), "white"), Image.new("L", (256, 128), 0)
+    photo.paste((255, 0, 0), (24, 40, 96, 120))
+    mask.paste(255, (24, 40, 96, 120))
+    seen = set()
+    for seed in range(12):
+        flip = seed % 2 == 1
+        crop, corner = resize_and_crop(photo, 64, False, torch.Generator().manual_seed(seed), flip)
+        cropped_mask = crop_like(mask, 64, flip, corner)
+        subject = np.asarray(crop)[..., 1] < 128  # red: little green
+        assert cropped_mask.size == (64, 64)
+        assert np.array_equal(np.asarray(cropped_mask) >= 128, subject), (seed, corner)
+        seen.add((flip, corner))
+    assert len(seen) > 6 and {f for f, _ in seen} == {False, True}

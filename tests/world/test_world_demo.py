@@ -37,7 +37,8 @@ def test_the_demo_writes_its_report_and_scores(demo):
     assert json.loads((out / "scores.json").read_text()) == scores
     page = (out / "report.html").read_text()
     assert "a photo of sks dog on the beach" in page and "subject fidelity" in page
-    assert len(list((out / "subject").glob("*.png"))) == 5 and (out / "grid.png").is_file()
+    assert len(list((out / "subject").glob("*.png"))) == 10 and (out / "grid.png").is_file()  # 5 photos, their masks
+    assert len(list((out / "subject").glob("*.mask.png"))) == 5
 
 
 def test_before_fine_tuning_the_base_model_never_draws_the_subject(demo):

@@ -79,3 +79,15 @@ def test_subject_photos_wear_the_held_out_combination_on_plain_backgrounds():
     scenes = R.subject_scenes("dog", 6)
     assert {(s.cls, s.colour, s.pattern, s.context) for s in scenes} == {("dog", "purple", "dotted", "plain")}
     assert len({(s.x, s.flip, s.scale) for s in scenes}) == 6  # poses vary
+
+
+def test_the_mask_of_a_render_is_exactly_where_its_object_is():
+    for cls in R.CLASSES:
+        scene = R.Scene(cls, "blue", "plain", "beach", x=0.42, flip=True, seed=2)
+        mask = R.render_mask(scene)
+        assert mask.shape == (32, 32) and mask.dtype == np.uint8
+        drawn = object_mask(scene)
+        assert np.array_equal(mask[drawn] > 0, np.ones(drawn.sum(), bool)), cls  # every drawn pixel is in the mask
+        assert (mask[~drawn] == 255).sum() == 0, cls  # no pixel wholly object was left undrawn
+        assert np.array_equal(R.render_mask(scene), R.render_mask(R.Scene(cls, "red", "dotted", "snow", x=0.42, flip=True)))
+    assert not np.array_equal(R.render_mask(scene), np.fliplr(R.render_mask(scene)))

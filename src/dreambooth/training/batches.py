@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import autoencoder
 from ..config import PriorMode, TrainConfig
 from ..families import Family, PromptEmbeddings
 from ..lora.adapter import adapters_off
-from .photos import resize_and_crop, to_tensor
+from .photos import crop_like, resize_and_crop, to_tensor
 
 
 def example_generator(seed: int, kind: str, position: int) -> torch.Generator:
@@ -51,12 +53,13 @@ class Batch:
     num_class: int
     geometry: torch.Tensor  # per example: original height and width, the crop's top and left, target height and width
     rngs: list  # each example's generator on the device (see device_generator), to draw its noise and timestep next
+    masks: torch.Tensor | None = None  # --masked-loss: (B, 1, h, w) share of subject in each latent cell; 1 for class examples
 
 
 class Examples:
     """Draws micro-batches. With a centre crop the VAE posterior of each (image, flip) is computed once and
-    reused; each step still samples a fresh latent from it, as encoding anew would. Prompt embeddings
-    are cached while the text encoders are frozen."""
+    reused (with its mask, under --masked-loss); each step still samples a fresh latent from it, as encoding anew
+    would. Prompt embeddings are cached while the text encoders are frozen."""
 
     def __init__(
         self,
@@ -95,13 +98,24 @@ class Examples:
             [[photo.image.height, photo.image.width, top, left, res, res]], dtype=torch.float32, device=self.device
         )
         # an fp32 VAE's posterior joins the rest of the batch in the compute dtype, as a VAE in that dtype gave it
-        out = (dist.mean.to(self.dtype), dist.std.to(self.dtype), geometry)
+        out = (dist.mean.to(self.dtype), dist.std.to(self.dtype), geometry, self.latent_mask(photo, flip, (top, left), dist.mean))
         if fixed:
             self.posteriors[key] = out
         return out
 
+    def latent_mask(self, photo, flip: bool, corner: tuple[int, int], latents: torch.Tensor) -> torch.Tensor | None:
+        """The photo's mask, cropped and flipped as the photo was, then area-averaged onto the latent grid (whatever the
+        VAE's downsampling factor): each latent cell's share of subject. None without --masked-loss or a mask."""
+        if not self.cfg.masked_loss or photo.mask is None:
+            return None
+        cropped = crop_like(photo.mask, self.cfg.resolution, flip, corner)
+        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)[None, None].to(self.device)
+        return F.interpolate(pixels, size=latents.shape[-2:], mode="area")
+
     def prompt(self, which: str, idx: int) -> str:
-        if which in ("class", "prior"):
+        if which == "class":  # the prompt the class image was drawn from (--class-prompts-file)
+            return self.sets["class"][idx].caption or self.cfg.class_prompt
+        if which == "prior":
             return self.cfg.class_prompt
         return self.sets["instance"][idx].caption or self.cfg.instance_prompt
 
@@ -135,7 +149,8 @@ class Examples:
                         self.posterior(which, idx, flip, None)
         if not self.cfg.train_text_encoder or self.family.frozen_text_encoders:
             prompts = [self.prompt("instance", i) for i in range(len(self.sets["instance"]))]
-            prompts += [self.cfg.class_prompt] if self.cfg.prior() else []
+            prompts += [self.cfg.class_prompt] if self.cfg.prior() and self.cfg.class_prompt else []
+            prompts += [self.prompt("class", i) for i in range(len(self.sets["class"]))]
             prompts += [""] if self.cfg.caption_dropout > 0 else []  # what a dropped caption reads
             self.cached(prompts, base=False, only_frozen=self.cfg.train_text_encoder)
         if self.cfg.prior() is PriorMode.BASE_PREDICTION:
@@ -178,17 +193,22 @@ class Examples:
         elif prior is PriorMode.GENERATED:
             classes = stream_indices(first, bs, len(self.sets["class"]), cfg.seed + 1)
             picks += [("class", i, first + j) for j, i in enumerate(classes)]
-        samples, geometry, rngs, prompts = [], [], [], []
+        samples, geometry, rngs, prompts, masks = [], [], [], [], []
         for which, idx, pos in picks:
             g = example_generator(cfg.seed, which, pos)
             flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
             # drawn only when asked for, so that runs without it draw exactly what they always drew
             dropped = which == "instance" and cfg.caption_dropout > 0 and bool(torch.rand(1, generator=g) < cfg.caption_dropout)
             prompts.append("" if dropped else self.prompt(which, idx))
-            mean, std, ids = self.posterior(which, idx, flip, g)
+            mean, std, ids, mask = self.posterior(which, idx, flip, g)
             dg = device_generator(g, mean.device)
             noise = torch.randn(mean.shape, generator=dg, device=mean.device).to(mean.dtype)
             samples.append(mean + std * noise)
             geometry.append(ids)
             rngs.append(dg)
-        return Batch(autoencoder.normalised(self.vae, torch.cat(samples)), prompts, len(picks) - bs, torch.cat(geometry), rngs)
+            # only the photos are masked: class examples (and the prior half, judged against the base) count whole
+            whole = mask is None or which != "instance"
+            masks.append(torch.ones((1, 1, *mean.shape[-2:]), device=mean.device) if whole else mask)
+        latents = autoencoder.normalised(self.vae, torch.cat(samples))
+        batch_masks = torch.cat(masks) if cfg.masked_loss else None
+        return Batch(latents, prompts, len(picks) - bs, torch.cat(geometry), rngs, batch_masks)

@@ -13,7 +13,10 @@ def prior_words(cfg: TrainConfig) -> str:
     if mode is PriorMode.BASE_PREDICTION:
         return f"yes: `{cfg.class_prompt}`, targets from the base model's own predictions, λ = {cfg.prior_loss_weight}"
     if mode is PriorMode.GENERATED:
-        return f"yes: `{cfg.class_prompt}`, {cfg.num_class_images} class images, λ = {cfg.prior_loss_weight}"
+        prompts = f"`{cfg.class_prompt}`" if cfg.class_prompt else ""
+        if cfg.class_prompts_file:
+            prompts += f"{' and ' if prompts else ''}the prompts of `{cfg.class_prompts_file}`"
+        return f"yes: {prompts}, {cfg.num_class_images} class images, λ = {cfg.prior_loss_weight}"
     return "no"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import atomic
+from ..errors import UsageError
 from ..models import identity
 from ..sampling import draw
 from .photos import IMAGE_SUFFIXES, slug
@@ -114,3 +115,37 @@ def bank_dir(
     # 41 then 40: the folder names earlier versions made (cut at 40 characters after the dashes were trimmed)
     name = slug(class_prompt, 41, "class")[:40]
     return cache_root() / "class-images" / f"{name}-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]}"
+
+
+def read_class_prompts(class_prompt: str, prompts_file: str) -> list[str]:
+    """The class prompts of prior preservation: `class_prompt` (when given), then each line of `prompts_file`
+    (blank lines and lines starting with # skipped), each once."""
+    prompts = [class_prompt] if class_prompt else []
+    if prompts_file:
+        path = Path(prompts_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            raise UsageError(
+                f"--class-prompts-file {prompts_file}: cannot read it ({why}); pass a UTF-8 text file, one prompt a line"
+            ) from None
+        lines = [line.strip() for line in text.splitlines()]
+        found = [line for line in lines if line and not line.startswith("#")]
+        if not found:
+            raise UsageError(
+                f"--class-prompts-file {prompts_file}: holds no prompt; write one a line, e.g. 'a photo of a dog on the beach'"
+            )
+        prompts += found
+    return list(dict.fromkeys(prompts))
+
+
+def shares(total: int, parts: int) -> list[int]:
+    """`total` images spread over `parts` prompts as evenly as they go, the first prompts taking the remainder."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def prompt_folder(class_dir: str | Path, class_prompt: str) -> Path:
+    """The folder of one class prompt's images inside a --class-dir shared by several prompts."""
+    digest = hashlib.sha256(class_prompt.encode()).hexdigest()[:8]
+    return Path(class_dir).expanduser() / f"{slug(class_prompt, 40, 'class')}-{digest}"

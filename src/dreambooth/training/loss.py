@@ -18,14 +18,29 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
 
 
 def dreambooth_loss(
-    pred: torch.Tensor, target: torch.Tensor, num_class: int, prior_loss_weight: float, weights: torch.Tensor | None = None
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_class: int,
+    prior_loss_weight: float,
+    weights: torch.Tensor | None = None,
+    pixel_weights: torch.Tensor | None = None,
 ):
-    """Instance MSE + lambda * class MSE, each example's MSE times its weight when `weights` are given.
+    """Instance MSE + lambda * class MSE, each example's MSE times its weight when `weights` are given, each latent
+    cell's squared error times its weight when `pixel_weights` (B, 1, h, w) are (--masked-loss).
 
     The batch holds the instance examples first and `num_class` class examples last
     (0 without prior preservation). Returns (total, instance, prior) losses.
     """
     pred, target = pred.float(), target.float()
+    if pixel_weights is not None:
+        # still the mean over every cell, as kohya's masked loss takes it: a weight of 0 removes a cell's error
+        # without making the subject's cells count for more when the subject is small
+        errors = (pixel_weights.float() * (pred - target).pow(2)).mean(dim=tuple(range(1, pred.ndim)))
+        errors = errors if weights is None else errors * weights
+        n = pred.shape[0] - num_class
+        instance = errors[:n].mean()
+        prior = errors[n:].mean() if num_class else torch.zeros_like(instance)
+        return instance + prior_loss_weight * prior, instance, prior
     if weights is not None:
         n = pred.shape[0] - num_class
         instance = weighted_mse(pred[:n], target[:n], weights[:n])

@@ -15,11 +15,15 @@ from ..errors import UsageError, warn
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
+MASK_SUFFIX = ".mask.png"  # name.mask.png beside name.jpg: white where the subject is
+
+
 @dataclass
 class Photo:
     path: Path
     image: Image.Image  # RGB, upright
     caption: str | None  # from a .txt beside the image, if any
+    mask: Image.Image | None = None  # "L", the image's size, 255 = subject (--masked-loss); None = all subject
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -46,6 +50,11 @@ class TooLarge(ValueError):
 
 def open_photo(path: Path) -> Image.Image:
     """Decode fully (so truncated files fail here, not mid-training), upright, RGB."""
+    return to_rgb(open_upright(path))
+
+
+def open_upright(path: Path) -> Image.Image:
+    """Decode fully, upright, in the file's own mode (its alpha channel kept)."""
     try:
         opened = Image.open(path)
     except Image.DecompressionBombError:  # Pillow refuses headers past twice its own limit
@@ -56,18 +65,62 @@ def open_photo(path: Path) -> Image.Image:
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise TooLarge(f"{im.size[0]}x{im.size[1]} px")
         im.load()
-        return to_rgb(ImageOps.exif_transpose(im))
+        return ImageOps.exif_transpose(im)
 
 
-def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]:
-    """Every readable image in `folder`, sorted by name; unreadable files are skipped with a warning."""
+def alpha_of(image: Image.Image) -> Image.Image | None:
+    """The image's transparency as an "L" image (255 = opaque), or None when it has none."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return image.getchannel("A")
+    return None
+
+
+def is_mask(path: Path) -> bool:
+    return path.name.lower().endswith(MASK_SUFFIX)
+
+
+def read_mask(path: Path, opened: Image.Image) -> Image.Image | None:
+    """The mask of the photo at `path` (`opened`, upright, in its own mode): its name.mask.png, else its alpha
+    channel, else None. A mask that cannot be read or does not fit its photo is an error naming it."""
+    mask_path = path.with_name(path.stem + MASK_SUFFIX)
+    if not mask_path.is_file():
+        return alpha_of(opened)
+    try:
+        mask = to_grey(open_upright(mask_path))
+    except (OSError, ValueError, SyntaxError, TooLarge) as e:
+        raise UsageError(
+            f"mask {mask_path}: not a readable image ({type(e).__name__}); save it as a PNG, white = subject"
+        ) from None
+    if mask.size != opened.size:
+        raise UsageError(
+            f"mask {mask_path}: {mask.size[0]}x{mask.size[1]} px but its photo is {opened.size[0]}x{opened.size[1]}; "
+            f"draw the mask at the photo's size"
+        )
+    return mask
+
+
+def to_grey(image: Image.Image) -> Image.Image:
+    """A mask in any mode -> 8-bit "L"; a transparent mask reads as its alpha (transparent = background)."""
+    alpha = alpha_of(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        image = to_rgb(image)
+    grey = image.convert("RGB").convert("L")
+    return grey if alpha is None else Image.fromarray(np.minimum(np.asarray(grey), np.asarray(alpha)))
+
+
+def load_folder(folder: str | Path, flag: str = "--instance-dir", masks: bool = False) -> list[Photo]:
+    """Every readable image in `folder`, sorted by name; unreadable files are skipped with a warning. Masks
+    (name.mask.png) are never photos; with `masks` each photo's mask is read (`read_mask`), and the photos without
+    one are named in a warning."""
     root = Path(folder).expanduser()
     if not root.exists():
         raise UsageError(f"{flag} {folder}: no such folder; pass the folder that holds the photos")
     if not root.is_dir():
         raise UsageError(f"{flag} {folder}: is a file, not a folder; pass the folder that holds the photos")
     try:
-        entries = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        entries = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask(p))
     except OSError as e:
         raise UsageError(f"{flag} {folder}: cannot list it ({e.strerror}); check its permissions") from None
     photos = []
@@ -76,7 +129,8 @@ def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]
             warn(f"skipping {path}: not a regular file")
             continue
         try:
-            image = open_photo(path)
+            opened = open_upright(path)
+            image = to_rgb(opened)
         except TooLarge as e:
             warn(f"skipping {path}: {e} is larger than {MAX_PIXELS // 1_000_000} megapixels; downsize it")
             continue
@@ -92,10 +146,23 @@ def load_folder(folder: str | Path, flag: str = "--instance-dir") -> list[Photo]
         except OSError as e:
             warn(f"ignoring caption {caption_file}: {e.strerror}")
             caption = None
-        photos.append(Photo(path, image, caption or None))
+        photos.append(Photo(path, image, caption or None, read_mask(path, opened) if masks else None))
     if not photos:
         raise UsageError(f"{flag} {folder}: no usable image in it (.jpg, .png, .webp, ...); add the subject's photos")
+    unmasked = [p.path.name for p in photos if masks and p.mask is None]
+    if unmasked:
+        warn(
+            f"--masked-loss: no mask for {', '.join(unmasked)} in {folder} (no name{MASK_SUFFIX} beside it, no alpha "
+            f"channel); {'it counts' if len(unmasked) == 1 else 'they count'} as all subject"
+        )
     return photos
+
+
+def resized(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """(width, height) with the shorter side at `resolution`."""
+    w, h = size
+    scale = resolution / min(w, h)
+    return max(resolution, round(w * scale)), max(resolution, round(h * scale))
 
 
 def resize_and_crop(
@@ -104,9 +171,7 @@ def resize_and_crop(
     """Shorter side to `resolution`, optionally mirrored, then a square crop: centred, or at a seeded random place.
 
     Returns the crop and its (top, left) corner in the resized (mirrored) image, which some families are conditioned on."""
-    w, h = image.size
-    scale = resolution / min(w, h)
-    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    new_w, new_h = resized(image.size, resolution)
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -116,6 +181,15 @@ def resize_and_crop(
         left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
         top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
     return image.crop((left, top, left + resolution, top + resolution)), (top, left)
+
+
+def crop_like(mask: Image.Image, resolution: int, flip: bool, corner: tuple[int, int]) -> Image.Image:
+    """`mask` resized, mirrored and cropped exactly as `resize_and_crop` did its photo, given that crop's corner."""
+    mask = mask.resize(resized(mask.size, resolution), Image.Resampling.BILINEAR)
+    if flip:
+        mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    top, left = corner
+    return mask.crop((left, top, left + resolution, top + resolution))
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ..models import Base, describe, fingerprint, load_pipeline, load_vae, quant
 from ..sampling import autocast_in, sampling_dtype
 from . import checkpoint
 from .batches import Examples
-from .class_images import bank_dir, ensure_class_images
+from .class_images import bank_dir, ensure_class_images, prompt_folder, read_class_prompts, shares
 from .identifier import check_identifier
 from .photos import load_folder
 
@@ -186,23 +186,31 @@ def resolved(cfg: TrainConfig, base: Base, class_image_dtype: torch.dtype = torc
         text_encoder_target_modules=cfg.text_encoder_target_modules or list(base.family.text_encoder_targets),
         export=export_in_force(cfg.export, base.family, cfg.dora),
     )
-    if cfg.prior() is PriorMode.GENERATED and not cfg.class_dir:
-        cfg = dataclasses.replace(
-            cfg,
-            class_dir=str(
-                bank_dir(
-                    cfg.model,
-                    cfg.vae,
-                    cfg.class_prompt,
-                    cfg.resolution,
-                    cfg.class_image_steps,
-                    cfg.guidance_scale,
-                    cfg.seed,
-                    PRECISION_NAMES[class_image_dtype],
-                )
-            ),
-        )
+    prompts = class_prompts(cfg)
+    if cfg.prior() is PriorMode.GENERATED and not cfg.class_dir and len(prompts) == 1:
+        cfg = dataclasses.replace(cfg, class_dir=str(bank_for(cfg, prompts[0], class_image_dtype)))
     return cfg
+
+
+def class_prompts(cfg: TrainConfig) -> list[str]:
+    """The prompts class images are drawn from: --class-prompt and those of --class-prompts-file."""
+    return read_class_prompts(cfg.class_prompt, cfg.class_prompts_file)
+
+
+def bank_for(cfg: TrainConfig, class_prompt: str, class_image_dtype: torch.dtype) -> Path:
+    """The class-image bank's folder of one class prompt, for these settings."""
+    return bank_dir(cfg.model, cfg.vae, class_prompt, cfg.resolution, cfg.class_image_steps, cfg.guidance_scale,
+                    cfg.seed, PRECISION_NAMES[class_image_dtype])  # fmt: skip
+
+
+def class_folders(cfg: TrainConfig, class_image_dtype: torch.dtype) -> list[tuple[str, Path, int]]:
+    """(prompt, folder, number of images) for each class prompt: --num-class-images spread over the prompts. One
+    prompt keeps --class-dir (or its bank folder, see `resolved`); several get a folder each, in --class-dir or the bank."""
+    prompts = class_prompts(cfg)
+    if len(prompts) == 1:
+        return [(prompts[0], Path(cfg.class_dir).expanduser(), cfg.num_class_images)]
+    folders = [prompt_folder(cfg.class_dir, p) if cfg.class_dir else bank_for(cfg, p, class_image_dtype) for p in prompts]
+    return [(p, f, n) for p, f, n in zip(prompts, folders, shares(cfg.num_class_images, len(prompts))) if n]
 
 
 PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -223,22 +231,26 @@ def class_photos(cfg: TrainConfig, pipe, accelerator) -> list:
     if cfg.prior() is not PriorMode.GENERATED:
         return []
     pipe.to(accelerator.device)
-    ensure_class_images(
-        pipe,
-        cfg.class_prompt,
-        cfg.class_dir,
-        cfg.num_class_images,
-        cfg.resolution,
-        cfg.seed,
-        cfg.class_image_steps,
-        cfg.sample_batch_size,
-        cfg.guidance_scale,
-        sampling_precision(accelerator),
-        shard=(accelerator.process_index, accelerator.num_processes),
-        barrier=accelerator.wait_for_everyone,
-    )
-    accelerator.wait_for_everyone()
-    return load_folder(cfg.class_dir, "--class-dir")[: cfg.num_class_images]
+    photos = []
+    for prompt, folder, count in class_folders(cfg, class_image_precision(accelerator.device)):
+        ensure_class_images(
+            pipe,
+            prompt,
+            folder,
+            count,
+            cfg.resolution,
+            cfg.seed,
+            cfg.class_image_steps,
+            cfg.sample_batch_size,
+            cfg.guidance_scale,
+            sampling_precision(accelerator),
+            shard=(accelerator.process_index, accelerator.num_processes),
+            barrier=accelerator.wait_for_everyone,
+        )
+        accelerator.wait_for_everyone()
+        # each image carries the prompt it was drawn from: the class half of a batch reads it
+        photos += [dataclasses.replace(p, caption=prompt) for p in load_folder(folder, "--class-dir")[:count]]
+    return photos
 
 
 def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
@@ -285,7 +297,8 @@ def set_up(cfg: TrainConfig) -> Run:
     `prepare` the run."""
     check_train(cfg)
     check_paths(cfg)
-    photos = load_folder(cfg.instance_dir, "--instance-dir")
+    prompts = class_prompts(cfg)  # a bad --class-prompts-file fails here, before anything is loaded or written
+    photos = load_folder(cfg.instance_dir, "--instance-dir", masks=cfg.masked_loss)
     accelerator = make_accelerator(cfg)
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
     if cfg.vae:
@@ -305,7 +318,7 @@ def set_up(cfg: TrainConfig) -> Run:
         out = Path(cfg.output_dir).expanduser()
         if cfg.overwrite and out.is_dir() and holds_run(out):
             print(f"--overwrite: the earlier run in {out} moved to {set_aside(out)}", flush=True)
-        check_identifier(tokenizers(pipe, base.family)[0], cfg.instance_prompt, cfg.class_prompt)
+        check_identifier(tokenizers(pipe, base.family)[0], cfg.instance_prompt, prompts[0] if prompts else "")
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", to_yaml(cfg))
         print(f"{cfg.model}: {base.summary()}; {len(photos)} photos at {cfg.resolution} px", flush=True)

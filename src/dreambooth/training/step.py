@@ -33,7 +33,11 @@ def step_loss(cfg: TrainConfig, family: Family, denoiser, noise_scheduler, examp
         )
         target = torch.cat([target[:-n], base])
     weights = objective.weights(noise_scheduler, timesteps, cfg)
-    return dreambooth_loss(pred, target, batch.num_class, cfg.prior_loss_weight, weights)
+    pixel_weights = None
+    if batch.masks is not None:  # subject cells weigh 1, background cells --mask-background-weight
+        background = cfg.mask_background_weight
+        pixel_weights = background + (1 - background) * batch.masks
+    return dreambooth_loss(pred, target, batch.num_class, cfg.prior_loss_weight, weights, pixel_weights)
 
 
 def base_prediction(family: Family, denoiser, prompts, noisy: torch.Tensor, timesteps: torch.Tensor, geometry: torch.Tensor):

@@ -23,6 +23,17 @@ def add_parsers(sub, add_config_flags) -> None:
     demo.add_argument("--max-steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
     demo.add_argument("--subject", default="dog", choices=CLASSES, help="class of the subject (default: dog)")
     demo.add_argument("--samples", type=int, default=32, help="samples per prompt for the scores (default: 32)")
+    demo.add_argument(
+        "--masked-loss",
+        action="store_true",
+        help="train on the photos' exact masks (written beside them): the subject, not its background",
+    )
+    demo.add_argument(
+        "--mask-background-weight",
+        type=float,
+        default=0.0,
+        help="with --masked-loss: weight of the background's loss (default: 0)",
+    )
 
 
 def run(args: argparse.Namespace, config_of) -> None:
@@ -37,4 +48,6 @@ def run(args: argparse.Namespace, config_of) -> None:
 
         if args.max_steps < 1 or args.samples < 1:
             raise UsageError("--max-steps and --samples must be at least 1")
-        run_demo(args.output_dir, args.max_steps, args.subject, args.samples)
+        if not 0 <= args.mask_background_weight <= 1:
+            raise UsageError(f"--mask-background-weight {args.mask_background_weight}: must be between 0 and 1, e.g. 0 or 0.1")
+        run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight)

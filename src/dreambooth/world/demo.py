@@ -17,15 +17,17 @@ from .. import atomic
 from ..config import TrainConfig
 from ..fields import settings
 from ..sampling import grid
+from ..training.photos import MASK_SUFFIX
 from . import DEMO_STEPS, MODEL, TEXT_ENCODER_SCALE, folder
-from .render import HELD_OUT, render, subject_scenes
+from .render import HELD_OUT, render, render_mask, subject_scenes
 from .scores import SCORES
 
 UPSCALE = 3  # 32 px images are shown 96 px wide
 
 
-def demo_train_config(cls: str, photos: Path, out: Path, max_steps: int, prior: bool = True) -> TrainConfig:
-    """The settings the demo and the world's tests train with: the world model's recommended ones (the registry's)."""
+def demo_train_config(cls: str, photos: Path, out: Path, max_steps: int, prior: bool = True, **more) -> TrainConfig:
+    """The settings the demo and the world's tests train with: the world model's recommended ones (the registry's),
+    and any `more` (e.g. masked_loss=True)."""
     return settings(
         TrainConfig,
         model=MODEL,
@@ -37,12 +39,15 @@ def demo_train_config(cls: str, photos: Path, out: Path, max_steps: int, prior: 
         max_steps=max_steps,
         num_samples=0,
         seed=0,
+        **more,
     )
 
 
 def write_photos(cls: str, folder: Path, n: int = 5, seed: int = 0) -> Path:
+    """The subject's photos, each with its exact mask beside it (cls-i.mask.png, for --masked-loss)."""
     for i, scene in enumerate(subject_scenes(cls, n, seed)):
         atomic.save_image(Image.fromarray(render(scene)), folder / f"{cls}-{i}.png")
+        atomic.save_image(Image.fromarray(render_mask(scene), "L"), folder / f"{cls}-{i}{MASK_SUFFIX}")
     return folder
 
 
@@ -50,8 +55,17 @@ def big(image: Image.Image) -> Image.Image:
     return image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.Resampling.NEAREST)
 
 
-def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: int = 32, contexts=None) -> dict:
-    """`contexts`: the contexts to ask for the subject in (default: all but plain)."""
+def run_demo(
+    output_dir: str,
+    max_steps: int = DEMO_STEPS,
+    cls: str = "dog",
+    n: int = 32,
+    contexts=None,
+    masked_loss: bool = False,
+    mask_background_weight: float = 0.0,
+) -> dict:
+    """`contexts`: the contexts to ask for the subject in (default: all but plain). `masked_loss`: train on the
+    photos' exact masks, the background's loss weighted `mask_background_weight`."""
     from ..lora.files import load_lora
     from ..models import load_pipeline
     from ..training.loop import train
@@ -67,7 +81,10 @@ def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: 
     print(f"scoring the base model ({n} samples per prompt)", flush=True)
     before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
     # the demo owns its folder: a run there before is set aside, not continued
-    lora_dir = train(dataclasses.replace(demo_train_config(cls, photos, out / "lora", max_steps), overwrite=True))
+    cfg = demo_train_config(
+        cls, photos, out / "lora", max_steps, masked_loss=masked_loss, mask_background_weight=mask_background_weight
+    )
+    lora_dir = train(dataclasses.replace(cfg, overwrite=True))
     load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
     print(f"scoring the fine-tuned model ({n} samples per prompt)", flush=True)
     after, after_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
@@ -82,7 +99,8 @@ def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: 
 
 def write_report(out: Path, cls: str, photos: Path, before: dict, after: dict, scores: dict, per_row: int = 8) -> None:
     (out / "report").mkdir(parents=True, exist_ok=True)
-    atomic.save_image(big(grid([Image.open(p) for p in sorted(photos.glob("*.png"))], cols=8)), out / "report" / "photos.png")
+    shots = sorted(p for p in photos.glob("*.png") if not p.name.endswith(MASK_SUFFIX))
+    atomic.save_image(big(grid([Image.open(p) for p in shots], cols=8)), out / "report" / "photos.png")
     rows = []
     for name in before:
         for when, images in (("before", before), ("after", after)):

@@ -101,13 +101,7 @@ def render(scene: Scene, size: int = SIZE) -> np.ndarray:
     rng = np.random.default_rng(scene.seed)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) + 0.5
     img = BACKGROUNDS[scene.context](xx / n, yy / n, rng)
-    # object frame: unit coordinates, the object spans about [-1, 1] with its feet at v = 0.85
-    r = scene.scale * n
-    u = (xx - scene.x * n) / r
-    v = (yy - scene.ground * n) / r + 0.85
-    if scene.flip:
-        u = -u
-    mask = SHAPES[scene.cls](u, v)
+    mask = silhouette(scene, xx, yy, n)
     tint = np.clip(np.array(COLOURS[scene.colour], np.float32) + rng.uniform(-12, 12, 3), 0, 255)
     body = np.broadcast_to(tint, img.shape).copy()
     mark = pattern_mask(scene.pattern, xx, yy, rng)
@@ -117,6 +111,26 @@ def render(scene: Scene, size: int = SIZE) -> np.ndarray:
     img[edge] = tint * 0.45
     small = img.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
     return np.clip(small + 0.5, 0, 255).astype(np.uint8)
+
+
+def silhouette(scene: Scene, xx: np.ndarray, yy: np.ndarray, n: int) -> np.ndarray:
+    """Where the object is on the n x n drawing grid (pixel centres xx, yy)."""
+    # object frame: unit coordinates, the object spans about [-1, 1] with its feet at v = 0.85
+    r = scene.scale * n
+    u = (xx - scene.x * n) / r
+    v = (yy - scene.ground * n) / r + 0.85
+    if scene.flip:
+        u = -u
+    return SHAPES[scene.cls](u, v)
+
+
+def render_mask(scene: Scene, size: int = SIZE) -> np.ndarray:
+    """The exact share of each output pixel that the object covers, as a uint8 array (size, size): 255 = all object,
+    the `--masked-loss` mask of `render(scene, size)` (its outline included)."""
+    n = 2 * size
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) + 0.5
+    covered = silhouette(scene, xx, yy, n).astype(np.float32)
+    return np.round(covered.reshape(size, 2, size, 2).mean(axis=(1, 3)) * 255).astype(np.uint8)
 
 
 def shade(c: np.ndarray) -> np.ndarray:
