@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +43,7 @@ def run_list(workspace: Path, current: str | None = None):
     return gr.Dropdown(choices=choices, value=current if current in choices else (choices[0] if choices else None))
 
 
-def train_layout(t: TrainConfig) -> SimpleNamespace:
+def train_layout(t: TrainConfig, photo_roots: Sequence[Path] = ()) -> SimpleNamespace:
     """The Train tab's components."""
     with gr.Tab("Train", id="train"):
         with gr.Row():
@@ -54,7 +55,12 @@ def train_layout(t: TrainConfig) -> SimpleNamespace:
                     elem_id="photos",
                 )
                 photo_check = gr.Markdown(elem_id="photo-check")
-                folder = gr.Textbox(label="…or a folder of photos on this machine", placeholder="e.g. ~/photos/my-dog")
+                where = "the workspace" + "".join(f" or {root}" for root in photo_roots)
+                folder = gr.Textbox(
+                    label=f"…or a folder of photos in {where}",
+                    placeholder=f"e.g. {photo_roots[0] / 'my-dog' if photo_roots else 'photos/my-dog'}",
+                    elem_id="folder",
+                )
                 class_noun = gr.Textbox(label="Class noun", value="dog", elem_id="class-noun")
                 with gr.Row():
                     identifier = gr.Textbox(label="Identifier (a rare token)", value=train_tab.suggest(0), elem_id="identifier")
@@ -215,7 +221,8 @@ def evaluate_layout(e: EvaluateConfig) -> SimpleNamespace:
     )
 
 
-def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
+def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[Path] = ()) -> gr.Blocks:
+    """The page over `workspace`; its folder field reads photos only there and in `photo_roots`."""
     jobs = jobs or Jobs()
     t, g = TrainConfig(), GenerateConfig()
     with gr.Blocks(title="DreamBooth", analytics_enabled=False) as app:
@@ -223,7 +230,7 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
             "## DreamBooth + LoRA\nTeach a Stable Diffusion model one subject from a few photos, then draw it anywhere. "
             f"Workspace: `{workspace.name}`"
         )
-        tr = train_layout(t)
+        tr = train_layout(t, photo_roots)
         ge = generate_layout(g)
         ev = evaluate_layout(EvaluateConfig())
         # ---- wiring: each action is a plain function with the workspace and the job queue bound
@@ -232,7 +239,7 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
         for box in (tr.identifier, tr.class_noun):
             box.change(train_tab.tokens_markdown, [tr.identifier, tr.class_noun], tr.tokens, show_progress="hidden")
         tr.start.click(
-            partial(train_tab.start, workspace, jobs),
+            partial(train_tab.start, workspace, jobs, photo_roots=list(photo_roots)),
             [
                 tr.photos,
                 tr.folder,
@@ -252,6 +259,7 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
                 tr.kohya,
             ],
             tr.message,
+            api_name="start",
         )
         tr.model.change(
             train_tab.defaults_for, tr.model, [tr.steps, tr.rank, tr.lr, tr.te_lr, tr.resolution, tr.train_te, tr.num_class]

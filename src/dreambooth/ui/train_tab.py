@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import shutil
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -99,8 +100,12 @@ def start(
     train_te,
     validation_every,
     kohya,
+    *,
+    photo_roots: Sequence[Path] = (),
 ) -> str:
-    """Validate everything that needs no model, store the photos, queue the job; the message for the page."""
+    """Validate everything that needs no model, store the photos, queue the job; the message for the page.
+
+    The folder field reads only the workspace and `photo_roots` (the --photo-root folders)."""
     class_noun, identifier, folder = (class_noun or "").strip(), (identifier or "").strip(), (folder or "").strip()
     if not class_noun:
         return "Error: Name the subject's class, e.g. dog"
@@ -135,7 +140,7 @@ def start(
     sources = [(Path(f).name, Path(f)) for f in files or []]
     problems: list[str] = []
     if folder:
-        found, problems = folder_sources(folder)
+        found, problems = folder_sources(folder, [workspace, *photo_roots])
         sources += found
     if not sources:
         return (
