@@ -202,6 +202,48 @@ def test_time_left_leaves_out_loading():
     assert status_line(job) == "a: step 4/10 · loss 0.2500 · 12 s left"
 
 
+def test_on_a_cpu_the_page_proposes_the_world_and_its_sample_subject(tmp_path, monkeypatch):
+    """The sample subject is the demo's rendered photos, and Start with the page's first values trains as the demo does."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from dreambooth.fields import settings
+    from dreambooth.ui import train_tab
+    from dreambooth.world import DEMO_STEPS
+    from dreambooth.world.demo import demo_train_config, write_photos
+    from dreambooth.world.render import CLASSES
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train_tab.proposed_model() == "tiny"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_tab.proposed_model() == "world"
+    workspace = tmp_path / "ws"
+    for cls in CLASSES:
+        files, noun, identifier, model, message = train_tab.sample_subject(workspace, cls)
+        demo = sorted(write_photos(cls, tmp_path / "demo" / cls).glob("*.png"))
+        assert [Path(f).name for f in files] == [p.name for p in demo] and len(files) == 5
+        assert all(np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(d))) for f, d in zip(files, demo))
+        assert (noun, identifier, model) == (cls, "sks", "world") and f" {cls}, which its base model never drew" in message
+    assert runs.find_runs(workspace) == []
+
+    # the page's first values (build_app's) for a sample cat, Start pressed at once
+    page = settings(TrainConfig, model=train_tab.proposed_model())
+    jobs = Jobs(fake_train([]))
+    files, noun, identifier, model, _ = train_tab.sample_subject(workspace, "cat")
+    message = train_tab.start(workspace, jobs, files, "", noun, identifier, model, True, "", page.num_class_images,
+                              page.max_steps, page.rank, page.learning_rate, page.text_encoder_lr, page.resolution,
+                              page.train_text_encoder, page.validation_steps, True)  # fmt: skip
+    assert "queued with 5 photos" in message, message
+    cfg = jobs.snapshot()[0].cfg
+    demo = demo_train_config("cat", Path(cfg.instance_dir), Path(cfg.output_dir), DEMO_STEPS)
+    differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(demo, f.name)}
+    # what the page adds: validation images as it trains, samples for the model card, the ComfyUI file
+    assert differ == {"validation_prompt", "num_validation_images", "num_samples"}, differ
+    assert wait_for(lambda: jobs.snapshot()[0].state == "done")
+
+
 # ---------------------------------------------------------------- the page in a browser
 
 
@@ -300,6 +342,22 @@ def shoot(page, tmp_path, name: str) -> None:
 
 @needs_browser
 @pytest.mark.slow
+def test_the_world_first_on_a_cpu(page):
+    """Without a GPU the page opens on the world with the demo's settings; Sample subject fills in the rest."""
+    assert page.input_value("#model input") == "world" and page.input_value("#steps input") == "1000"
+    page.click("#subject input")
+    page.get_by_role("option", name="teapot").click()
+    page.click("#sample")
+    page.wait_for_selector("#photo-check:has-text('5 usable photos')")
+    page.wait_for_function("document.querySelector('#class-noun textarea').value === 'teapot'")
+    assert page.input_value("#identifier textarea") == "sks" and "red dotted teapot" in page.inner_text("#train-message")
+    page.wait_for_selector("#tokens:has-text('a photo of sks teapot')")
+    page.reload()
+    page.wait_for_selector("#photos")
+
+
+@needs_browser
+@pytest.mark.slow
 def test_only_unreadable_photos_start_nothing(page, tmp_path):
     fake = tmp_path / "holiday.jpg"
     fake.write_text("this is text, not a photo")
@@ -319,6 +377,9 @@ def test_train_generate_download(page, server, tmp_path):
     url, workspace = server
     fake = tmp_path / "notes.jpg"
     fake.write_text("plain text with an image's name")
+    page.fill("#model input", "tiny")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#steps input').value === '300'")  # tiny's settings are in
     page.set_input_files("#photos input[type=file]", [str(p) for p in SAMPLE] + [str(fake)])
     page.wait_for_selector("#photo-check:has-text('notes.jpg')")  # the bad file, named, before training
     assert "5 usable photos" in page.inner_text("#photo-check")

@@ -10,7 +10,9 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import EvaluateConfig, GenerateConfig, TrainConfig
+from ..fields import settings
 from ..models import EMBEDDED, embedded_help
+from ..world.render import CLASSES
 from . import evaluate_tab, generate_tab, runs, train_tab
 from .jobs import Jobs
 from .uploads import MAX_PHOTOS
@@ -55,6 +57,9 @@ def train_layout(t: TrainConfig, photo_roots: Sequence[Path] = ()) -> SimpleName
                     elem_id="photos",
                 )
                 photo_check = gr.Markdown(elem_id="photo-check")
+                with gr.Row():
+                    subject = gr.Dropdown(list(CLASSES), value="dog", label="The world's subjects", elem_id="subject", scale=2)
+                    sample = gr.Button("Sample subject", size="sm", elem_id="sample", scale=1)
                 where = "the workspace" + "".join(f" or {root}" for root in photo_roots)
                 folder = gr.Textbox(
                     label=f"…or a folder of photos in {where}",
@@ -69,7 +74,7 @@ def train_layout(t: TrainConfig, photo_roots: Sequence[Path] = ()) -> SimpleName
                 tokens = gr.Markdown(train_tab.tokens_markdown(train_tab.suggest(0), "dog"), elem_id="tokens")
                 model = gr.Dropdown(
                     MODELS,
-                    value="tiny",
+                    value=t.model,
                     allow_custom_value=True,
                     elem_id="model",
                     label=f"Base model: {embedded_help()}, a hub id, a local diffusers folder or .safetensors file",
@@ -84,7 +89,7 @@ def train_layout(t: TrainConfig, photo_roots: Sequence[Path] = ()) -> SimpleName
                 with gr.Row():
                     steps = gr.Number(label="Steps", value=t.max_steps, precision=0, minimum=1, elem_id="steps")
                     rank = gr.Number(label="LoRA rank", value=t.rank, precision=0, minimum=1)
-                    resolution = gr.Number(label="Resolution (0 = model's)", value=0, precision=0, minimum=0, step=8)
+                    resolution = gr.Number(label="Resolution (0 = model's)", value=t.resolution, precision=0, minimum=0, step=8)
                 with gr.Row():
                     lr = gr.Number(label="UNet learning rate", value=t.learning_rate)
                     te_lr = gr.Number(label="Text-encoder learning rate", value=t.text_encoder_lr)
@@ -108,6 +113,8 @@ def train_layout(t: TrainConfig, photo_roots: Sequence[Path] = ()) -> SimpleName
     return SimpleNamespace(
         photos=photos,
         photo_check=photo_check,
+        subject=subject,
+        sample=sample,
         folder=folder,
         class_noun=class_noun,
         identifier=identifier,
@@ -224,7 +231,8 @@ def evaluate_layout(e: EvaluateConfig) -> SimpleNamespace:
 def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[Path] = ()) -> gr.Blocks:
     """The page over `workspace`; its folder field reads photos only there and in `photo_roots`."""
     jobs = jobs or Jobs()
-    t, g = TrainConfig(), GenerateConfig()
+    # the fields start at the proposed base's recommended settings: on a CPU the world's, those of `dreambooth demo`
+    t, g = settings(TrainConfig, model=train_tab.proposed_model()), GenerateConfig()
     with gr.Blocks(title="DreamBooth", analytics_enabled=False) as app:
         gr.Markdown(
             "## DreamBooth + LoRA\nTeach a Stable Diffusion model one subject from a few photos, then draw it anywhere. "
@@ -235,6 +243,11 @@ def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[P
         ev = evaluate_layout(EvaluateConfig())
         # ---- wiring: each action is a plain function with the workspace and the job queue bound
         tr.photos.change(train_tab.check_uploads, tr.photos, tr.photo_check)
+        tr.sample.click(
+            partial(train_tab.sample_subject, workspace),
+            tr.subject,
+            [tr.photos, tr.class_noun, tr.identifier, tr.model, tr.message],
+        )
         tr.another.click(lambda s: (s + 1, train_tab.suggest(s + 1)), tr.seed_state, [tr.seed_state, tr.identifier])
         for box in (tr.identifier, tr.class_noun):
             box.change(train_tab.tokens_markdown, [tr.identifier, tr.class_noun], tr.tokens, show_progress="hidden")

@@ -73,6 +73,26 @@ def check_uploads(files: list[str] | None) -> str:
     return "  \n".join(problems + lines) if files else ""
 
 
+def proposed_model() -> str:
+    """The base the page starts with: without a GPU, the world (it draws real scenes on a CPU and learns a subject in
+    minutes); with one, the small test model, until a hub base is chosen."""
+    import torch
+
+    return "tiny" if torch.cuda.is_available() else "world"
+
+
+def sample_subject(workspace: Path, subject: str) -> tuple:
+    """The world's subject as `dreambooth demo` renders it: (its five photos, class noun, identifier, base model,
+    message). The photos are rendered (the same each time) into WORKSPACE/samples/<class>/."""
+    from ..world.demo import write_photos
+    from ..world.render import HELD_OUT
+
+    colour, pattern = HELD_OUT[subject]  # the page's list offers only these five
+    photos = sorted(write_photos(subject, workspace / "samples" / subject).glob(f"{subject}-*.png"))
+    message = f"The world's sample subject: a {colour} {pattern} {subject}, which its base model never drew. Press Start."
+    return [str(p) for p in photos], subject, "sks", "world", message
+
+
 def defaults_for(model: str) -> tuple:
     """The settings fields' values for `model`: an embedded model's recommended ones, else the general defaults
     (steps, rank, learning rates, resolution, text-encoder LoRA, class images)."""
