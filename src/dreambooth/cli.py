@@ -103,7 +103,22 @@ def build_parser() -> Parser:
         default="dreambooth-workspace",
         help="folder for uploads, runs, images and scores; any LoRA folder in it is listed (default: dreambooth-workspace)",
     )
-    ui.add_argument("--auth", default="", metavar="USER:PASSWORD", help="ask for this user and password (advised with --host)")
+    ui.add_argument(
+        "--auth",
+        default="",
+        metavar="USER:PASSWORD",
+        help="ask for this user and password (needed with a --host other machines reach)",
+    )
+    ui.add_argument(
+        "--no-auth", action="store_true", help="serve a --host other machines reach without a password (anyone there can use it)"
+    )
+    ui.add_argument(
+        "--photo-root",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="a folder whose photo folders the page may read (repeatable; the workspace always is)",
+    )
     return parser
 
 
@@ -144,7 +159,7 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "ui":
         from .ui import serve
 
-        serve(args.host, args.port, args.workspace, args.auth)
+        serve(args.host, args.port, args.workspace, args.auth, args.no_auth, args.photo_root)
     else:
         from .world import commands as world_commands
 

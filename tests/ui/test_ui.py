@@ -3,6 +3,10 @@ page in headless Chromium against a live server: photos -> training -> images ->
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -198,6 +202,48 @@ def test_time_left_leaves_out_loading():
     assert status_line(job) == "a: step 4/10 · loss 0.2500 · 12 s left"
 
 
+def test_on_a_cpu_the_page_proposes_the_world_and_its_sample_subject(tmp_path, monkeypatch):
+    """The sample subject is the demo's rendered photos, and Start with the page's first values trains as the demo does."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from dreambooth.fields import settings
+    from dreambooth.ui import train_tab
+    from dreambooth.world import DEMO_STEPS
+    from dreambooth.world.demo import demo_train_config, write_photos
+    from dreambooth.world.render import CLASSES
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train_tab.proposed_model() == "tiny"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_tab.proposed_model() == "world"
+    workspace = tmp_path / "ws"
+    for cls in CLASSES:
+        files, noun, identifier, model, message = train_tab.sample_subject(workspace, cls)
+        demo = sorted(write_photos(cls, tmp_path / "demo" / cls).glob("*.png"))
+        assert [Path(f).name for f in files] == [p.name for p in demo] and len(files) == 5
+        assert all(np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(d))) for f, d in zip(files, demo))
+        assert (noun, identifier, model) == (cls, "sks", "world") and f" {cls}, which its base model never drew" in message
+    assert runs.find_runs(workspace) == []
+
+    # the page's first values (build_app's) for a sample cat, Start pressed at once
+    page = settings(TrainConfig, model=train_tab.proposed_model())
+    jobs = Jobs(fake_train([]))
+    files, noun, identifier, model, _ = train_tab.sample_subject(workspace, "cat")
+    message = train_tab.start(workspace, jobs, files, "", noun, identifier, model, True, "", page.num_class_images,
+                              page.max_steps, page.rank, page.learning_rate, page.text_encoder_lr, page.resolution,
+                              page.train_text_encoder, page.validation_steps, True)  # fmt: skip
+    assert "queued with 5 photos" in message, message
+    cfg = jobs.snapshot()[0].cfg
+    demo = demo_train_config("cat", Path(cfg.instance_dir), Path(cfg.output_dir), DEMO_STEPS)
+    differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(demo, f.name)}
+    # what the page adds: validation images as it trains, samples for the model card, the ComfyUI file
+    assert differ == {"validation_prompt", "num_validation_images", "num_samples"}, differ
+    assert wait_for(lambda: jobs.snapshot()[0].state == "done")
+
+
 # ---------------------------------------------------------------- the page in a browser
 
 
@@ -213,6 +259,9 @@ def browser_missing() -> str:
 
 
 needs_browser = pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "ok")
+needs_gradio = pytest.mark.skipif(
+    importlib.util.find_spec("gradio") is None, reason="needs the ui extra (pip install -e '.[ui]')"
+)
 
 
 def free_port() -> int:
@@ -221,15 +270,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`dreambooth ui` on a free port, as a user starts it; its log is printed when a test fails."""
-    workspace = tmp_path_factory.mktemp("workspace")
+@contextlib.contextmanager
+def serve_ui(workspace: Path, *flags: str):
+    """`dreambooth ui` on a free port, as a user starts it: yields its address; its log is in the failure message."""
     log = open(workspace.parent / "ui.log", "w")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dreambooth.cli", "ui", "--port", str(port), "--workspace", str(workspace)],
+        [sys.executable, "-m", "dreambooth.cli", "ui", "--port", str(port), "--workspace", str(workspace), *flags],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -248,7 +296,7 @@ def server(tmp_path_factory):
             pytest.fail("the page did not come up in 60 s")
         if proc.poll() is not None:
             pytest.fail(f"dreambooth ui exited: {(workspace.parent / 'ui.log').read_text()[-2000:]}")
-        yield url, workspace
+        yield url
     finally:
         proc.terminate()
         try:
@@ -256,6 +304,13 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("workspace")
+    with serve_ui(workspace) as url:
+        yield url, workspace
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +342,22 @@ def shoot(page, tmp_path, name: str) -> None:
 
 @needs_browser
 @pytest.mark.slow
+def test_the_world_first_on_a_cpu(page):
+    """Without a GPU the page opens on the world with the demo's settings; Sample subject fills in the rest."""
+    assert page.input_value("#model input") == "world" and page.input_value("#steps input") == "1000"
+    page.click("#subject input")
+    page.get_by_role("option", name="teapot").click()
+    page.click("#sample")
+    page.wait_for_selector("#photo-check:has-text('5 usable photos')")
+    page.wait_for_function("document.querySelector('#class-noun textarea').value === 'teapot'")
+    assert page.input_value("#identifier textarea") == "sks" and "red dotted teapot" in page.inner_text("#train-message")
+    page.wait_for_selector("#tokens:has-text('a photo of sks teapot')")
+    page.reload()
+    page.wait_for_selector("#photos")
+
+
+@needs_browser
+@pytest.mark.slow
 def test_only_unreadable_photos_start_nothing(page, tmp_path):
     fake = tmp_path / "holiday.jpg"
     fake.write_text("this is text, not a photo")
@@ -306,6 +377,9 @@ def test_train_generate_download(page, server, tmp_path):
     url, workspace = server
     fake = tmp_path / "notes.jpg"
     fake.write_text("plain text with an image's name")
+    page.fill("#model input", "tiny")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#steps input').value === '300'")  # tiny's settings are in
     page.set_input_files("#photos input[type=file]", [str(p) for p in SAMPLE] + [str(fake)])
     page.wait_for_selector("#photo-check:has-text('notes.jpg')")  # the bad file, named, before training
     assert "5 usable photos" in page.inner_text("#photo-check")
@@ -438,3 +512,178 @@ def test_ui_command_checks_its_flags(capsys):
     assert main(["ui", "--auth", "nopassword"]) == 2
     assert "--auth: pass user:password" in capsys.readouterr().err
     assert main(["ui", "--port", "0"]) == 2
+
+
+# ---------------------------------------------------------------- safe when shared
+
+
+def test_an_open_host_needs_auth_or_no_auth(tmp_path, capsys):
+    from dreambooth.cli import main
+
+    workspace = tmp_path / "ws"
+    assert main(["ui", "--host", "0.0.0.0", "--workspace", str(workspace)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "--host 0.0.0.0" in err and "--auth user:password" in err and "--no-auth" in err
+    assert main(["ui", "--host", "0.0.0.0", "--auth", "me:pw", "--no-auth", "--workspace", str(workspace)]) == 2
+    assert "--auth and --no-auth" in capsys.readouterr().err
+    missing = tmp_path / "no-such-photos"
+    assert main(["ui", "--photo-root", str(missing), "--workspace", str(workspace)]) == 2
+    assert f"--photo-root {missing}: no such folder" in capsys.readouterr().err
+    assert not workspace.exists()  # nothing written before the flags are checked
+
+    from dreambooth.ui.server import is_local
+
+    assert [is_local(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost")] == [True] * 4
+    assert [is_local(h) for h in ("0.0.0.0", "::", "", "192.168.1.5", "example.org")] == [False] * 5
+
+
+def folders_to_probe(tmp_path):
+    """A workspace, a --photo-root folder, and a folder of photos outside both, with links from inside to it."""
+    workspace, root, secret = tmp_path / "ws", tmp_path / "shared", tmp_path / "secret"
+    shutil.copytree(SAMPLE[0].parent, root / "dog")
+    shutil.copytree(SAMPLE[0].parent, secret)
+    shutil.copytree(SAMPLE[0].parent, workspace / "mine")
+    (root / "link").symlink_to(secret, target_is_directory=True)
+    (root / "dog" / "zz-link.jpg").symlink_to(secret / SAMPLE[0].name)
+    return workspace, root, secret
+
+
+def test_the_folder_field_reads_only_the_workspace_and_photo_roots(tmp_path):
+    from dreambooth.ui import train_tab
+
+    workspace, root, secret = folders_to_probe(tmp_path)
+    jobs = Jobs(fake_train([]))
+
+    def start(folder):
+        return train_tab.start(workspace, jobs, [], folder, "dog", "sks", "tiny", False, "", 1, 1, 4, 1e-4, 1e-4, 0,
+                               False, 0, False, photo_roots=[root])  # fmt: skip
+
+    outside = [str(secret), f"{root}/../secret", str(root / "link"), "../secret", "~", "/etc", "/no/such/folder"]
+    for folder in outside:
+        message = start(folder)
+        assert message.startswith(f"Error: {folder}: outside the folders this page reads"), (folder, message)
+        assert "--photo-root FOLDER" in message
+    assert not (workspace / "uploads").exists() and jobs.snapshot() == []
+    message = start(str(root / "dog"))  # a link inside a readable folder that leads out is left out, by name
+    assert message.endswith("queued with 5 photos  \nWarning: zz-link.jpg leads outside the folders this page reads; skipped")
+    assert "queued with 5 photos" in start("mine")  # a relative name is taken in the workspace
+    assert start("nothing-here") == "Error: nothing-here: no such folder on this machine"
+    assert "outside" in train_tab.start(workspace, jobs, [], str(root / "dog"), "dog", "sks", "tiny", False, "", 1, 1, 4,
+                                        1e-4, 1e-4, 0, False, 0, False)  # without --photo-root only the workspace  # fmt: skip
+    assert wait_for(lambda: all(j.state == "done" for j in jobs.snapshot()))
+
+
+def request(url: str, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """One HTTP request with the path sent as written (no `..` folded away on the way, as a hostile client sends it)."""
+    host, port = url.split("//")[1].strip("/").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def login_cookie(url: str, user: str, password: str) -> str:
+    conn = http.client.HTTPConnection(*url.split("//")[1].strip("/").split(":"), timeout=60)
+    conn.request("POST", "/login", body=f"username={user}&password={password}",
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    response = conn.getresponse()
+    cookies = [v.split(";")[0] for k, v in response.getheaders() if k.lower() == "set-cookie"]
+    conn.close()
+    return "; ".join(cookies) if response.status == 200 else ""
+
+
+def call(url: str, cookie: str, api_name: str, data: list) -> tuple[str, object]:
+    """An event through gradio's HTTP API, as any client can send one: ("complete", outputs) or ("error", message)."""
+    headers = {"Cookie": cookie, "Content-Type": "application/json"}
+    status, _, body = request(url, "POST", f"/gradio_api/call/{api_name}", json.dumps({"data": data}).encode(), headers)
+    assert status == 200, body
+    event_id = json.loads(body)["event_id"]
+    _, _, stream = request(url, "GET", f"/gradio_api/call/{api_name}/{event_id}", headers={"Cookie": cookie})
+    lines = stream.decode().splitlines()
+    kind = next(line.split(": ", 1)[1] for line in lines if line.startswith("event: ") and "heartbeat" not in line)
+    payload = json.loads(next(line.split(": ", 1)[1] for line in reversed(lines) if line.startswith("data: ")))
+    return kind, payload
+
+
+def upload(url: str, cookie: str, file: Path, name: str) -> tuple[int, object]:
+    """A file sent as the page's upload button sends it, under the name `name` (which the browser controls)."""
+    boundary = "probe-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode() + file.read_bytes() + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    headers = {"Cookie": cookie, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    status, _, answer = request(url, "POST", "/gradio_api/upload", body, headers)
+    return status, json.loads(answer) if status == 200 else answer
+
+
+@needs_gradio
+@pytest.mark.slow
+def test_a_shared_page_guards_its_files(tmp_path):
+    """With --auth, nothing answers without the password; with it, neither the file route, nor an upload's name, nor
+    a crafted upload path, nor the folder field reaches a file outside the workspace and --photo-root folders."""
+    workspace, root, secret = folders_to_probe(tmp_path)
+    (workspace / "link").symlink_to(secret, target_is_directory=True)
+    photo = SAMPLE[0].name
+    with serve_ui(workspace, "--auth", "me:a-long-passphrase", "--photo-root", str(root)) as url:
+        # no credentials, or wrong ones: no page data, no files, no uploads, no events
+        for method, path in [("GET", "/config"), ("GET", f"/gradio_api/file={workspace}/mine/{photo}"),
+                             ("POST", "/gradio_api/upload"), ("POST", "/gradio_api/call/start")]:  # fmt: skip
+            assert request(url, method, path)[0] == 401, path
+        assert login_cookie(url, "me", "wrong") == ""
+        cookie = login_cookie(url, "me", "a-long-passphrase")
+        assert cookie and request(url, "GET", "/config", headers={"Cookie": cookie})[0] == 200
+
+        # the file route serves the workspace, and nothing that `..`, an absolute path or a link leads to
+        status, _, body = request(url, "GET", f"/gradio_api/file={workspace}/mine/{photo}", headers={"Cookie": cookie})
+        assert status == 200 and body == SAMPLE[0].read_bytes()
+        for path in [f"{secret}/{photo}", f"{workspace}/../secret/{photo}", f"{workspace}/link/{photo}",
+                     f"{workspace}/mine/../../secret/{photo}", "/etc/passwd"]:  # fmt: skip
+            assert request(url, "GET", f"/gradio_api/file={path}", headers={"Cookie": cookie})[0] == 403, path
+
+        # an upload lands in the workspace's upload cache under its base name, whatever folders its name carries
+        status, stored = upload(url, cookie, SAMPLE[0], "../../../../evil.jpg")
+        assert status == 200 and isinstance(stored, list), stored
+        cache = (workspace / ".cache" / "gradio").resolve()
+        assert Path(stored[0]).name == "evil.jpg" and Path(stored[0]).resolve().is_relative_to(cache)
+        assert call(url, cookie, "check_uploads", [[{"path": stored[0], "meta": {"_type": "gradio.FileData"}}]]) == (
+            "complete", ["1 usable photo  \n3–5 photos of the subject give a better likeness than 1"])  # fmt: skip
+        # a path the client makes up is refused before any handler reads it
+        for path in [f"{secret}/{photo}", f"{cache}/../../link/{photo}", f"{workspace}/mine/{photo}"]:
+            kind, answer = call(url, cookie, "check_uploads", [[{"path": path, "meta": {"_type": "gradio.FileData"}}]])
+            assert kind == "error" and "not uploaded by a user" in str(answer), (path, answer)
+
+        # the folder field
+        for folder in [str(secret), f"{root}/../secret", str(root / "link"), "link", "../secret", "/etc"]:
+            kind, answer = call(url, cookie, "start", [[], folder, "dog", "sks", "tiny", False, "", 1, 1, 4, 1e-4, 1e-4,
+                                                       0, False, 0, False])  # fmt: skip
+            assert kind == "complete" and "outside the folders this page reads" in answer[0], (folder, answer)
+        assert not (workspace / "uploads").exists()
+
+
+@needs_gradio
+@pytest.mark.slow
+def test_no_auth_serves_an_open_host_on_purpose(tmp_path, capsys, monkeypatch):
+    """--no-auth starts the page, with a warning; --photo-root folders reach the page's folder field."""
+    from dreambooth.cli import main
+    from dreambooth.ui import app
+
+    launched, roots = [], []
+
+    class Page:
+        def queue(self, **_):
+            pass
+
+        def launch(self, **kwargs):
+            launched.append(kwargs)
+
+    monkeypatch.setattr(app, "build_app", lambda root, photo_roots=(): roots.extend(photo_roots) or Page())
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    flags = ["ui", "--host", "0.0.0.0", "--workspace", str(tmp_path / "ws"), "--photo-root", str(shared)]
+    assert main([*flags, "--no-auth"]) == 0
+    assert "--host 0.0.0.0 --no-auth: anyone who can reach this machine" in capsys.readouterr().err
+    assert launched[0]["server_name"] == "0.0.0.0" and launched[0]["auth"] is None and roots == [shared.resolve()]
+    assert main([*flags, "--auth", "me:pw"]) == 0 and launched[1]["auth"] == ("me", "pw")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,7 +10,9 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import EvaluateConfig, GenerateConfig, TrainConfig
+from ..fields import settings
 from ..models import EMBEDDED, embedded_help
+from ..world.render import CLASSES
 from . import evaluate_tab, generate_tab, runs, train_tab
 from .jobs import Jobs
 from .uploads import MAX_PHOTOS
@@ -42,7 +45,7 @@ def run_list(workspace: Path, current: str | None = None):
     return gr.Dropdown(choices=choices, value=current if current in choices else (choices[0] if choices else None))
 
 
-def train_layout(t: TrainConfig) -> SimpleNamespace:
+def train_layout(t: TrainConfig, photo_roots: Sequence[Path] = ()) -> SimpleNamespace:
     """The Train tab's components."""
     with gr.Tab("Train", id="train"):
         with gr.Row():
@@ -54,7 +57,15 @@ def train_layout(t: TrainConfig) -> SimpleNamespace:
                     elem_id="photos",
                 )
                 photo_check = gr.Markdown(elem_id="photo-check")
-                folder = gr.Textbox(label="…or a folder of photos on this machine", placeholder="e.g. ~/photos/my-dog")
+                with gr.Row():
+                    subject = gr.Dropdown(list(CLASSES), value="dog", label="The world's subjects", elem_id="subject", scale=2)
+                    sample = gr.Button("Sample subject", size="sm", elem_id="sample", scale=1)
+                where = "the workspace" + "".join(f" or {root}" for root in photo_roots)
+                folder = gr.Textbox(
+                    label=f"…or a folder of photos in {where}",
+                    placeholder=f"e.g. {photo_roots[0] / 'my-dog' if photo_roots else 'photos/my-dog'}",
+                    elem_id="folder",
+                )
                 class_noun = gr.Textbox(label="Class noun", value="dog", elem_id="class-noun")
                 with gr.Row():
                     identifier = gr.Textbox(label="Identifier (a rare token)", value=train_tab.suggest(0), elem_id="identifier")
@@ -63,7 +74,7 @@ def train_layout(t: TrainConfig) -> SimpleNamespace:
                 tokens = gr.Markdown(train_tab.tokens_markdown(train_tab.suggest(0), "dog"), elem_id="tokens")
                 model = gr.Dropdown(
                     MODELS,
-                    value="tiny",
+                    value=t.model,
                     allow_custom_value=True,
                     elem_id="model",
                     label=f"Base model: {embedded_help()}, a hub id, a local diffusers folder or .safetensors file",
@@ -78,7 +89,7 @@ def train_layout(t: TrainConfig) -> SimpleNamespace:
                 with gr.Row():
                     steps = gr.Number(label="Steps", value=t.max_steps, precision=0, minimum=1, elem_id="steps")
                     rank = gr.Number(label="LoRA rank", value=t.rank, precision=0, minimum=1)
-                    resolution = gr.Number(label="Resolution (0 = model's)", value=0, precision=0, minimum=0, step=8)
+                    resolution = gr.Number(label="Resolution (0 = model's)", value=t.resolution, precision=0, minimum=0, step=8)
                 with gr.Row():
                     lr = gr.Number(label="UNet learning rate", value=t.learning_rate)
                     te_lr = gr.Number(label="Text-encoder learning rate", value=t.text_encoder_lr)
@@ -102,6 +113,8 @@ def train_layout(t: TrainConfig) -> SimpleNamespace:
     return SimpleNamespace(
         photos=photos,
         photo_check=photo_check,
+        subject=subject,
+        sample=sample,
         folder=folder,
         class_noun=class_noun,
         identifier=identifier,
@@ -215,24 +228,31 @@ def evaluate_layout(e: EvaluateConfig) -> SimpleNamespace:
     )
 
 
-def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
+def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[Path] = ()) -> gr.Blocks:
+    """The page over `workspace`; its folder field reads photos only there and in `photo_roots`."""
     jobs = jobs or Jobs()
-    t, g = TrainConfig(), GenerateConfig()
+    # the fields start at the proposed base's recommended settings: on a CPU the world's, those of `dreambooth demo`
+    t, g = settings(TrainConfig, model=train_tab.proposed_model()), GenerateConfig()
     with gr.Blocks(title="DreamBooth", analytics_enabled=False) as app:
         gr.Markdown(
             "## DreamBooth + LoRA\nTeach a Stable Diffusion model one subject from a few photos, then draw it anywhere. "
             f"Workspace: `{workspace.name}`"
         )
-        tr = train_layout(t)
+        tr = train_layout(t, photo_roots)
         ge = generate_layout(g)
         ev = evaluate_layout(EvaluateConfig())
         # ---- wiring: each action is a plain function with the workspace and the job queue bound
         tr.photos.change(train_tab.check_uploads, tr.photos, tr.photo_check)
+        tr.sample.click(
+            partial(train_tab.sample_subject, workspace),
+            tr.subject,
+            [tr.photos, tr.class_noun, tr.identifier, tr.model, tr.message],
+        )
         tr.another.click(lambda s: (s + 1, train_tab.suggest(s + 1)), tr.seed_state, [tr.seed_state, tr.identifier])
         for box in (tr.identifier, tr.class_noun):
             box.change(train_tab.tokens_markdown, [tr.identifier, tr.class_noun], tr.tokens, show_progress="hidden")
         tr.start.click(
-            partial(train_tab.start, workspace, jobs),
+            partial(train_tab.start, workspace, jobs, photo_roots=list(photo_roots)),
             [
                 tr.photos,
                 tr.folder,
@@ -252,6 +272,7 @@ def build_app(workspace: Path, jobs: Jobs | None = None) -> gr.Blocks:
                 tr.kohya,
             ],
             tr.message,
+            api_name="start",
         )
         tr.model.change(
             train_tab.defaults_for, tr.model, [tr.steps, tr.rank, tr.lr, tr.te_lr, tr.resolution, tr.train_te, tr.num_class]

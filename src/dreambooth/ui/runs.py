@@ -4,6 +4,7 @@
     WORKSPACE/runs/<run>/                      `dreambooth train` output folders started from the page
     WORKSPACE/images/<run>/NNN-<prompt>/       `dreambooth generate` output folders, one per Generate click
     WORKSPACE/scores/<run>/scores.json         `dreambooth evaluate` scores of those images
+    WORKSPACE/samples/<class>/                 the world's sample subject, rendered as `dreambooth demo` renders it
 
 A run is any folder under the workspace that holds LoRA weights, so folders made by the command line
 (`dreambooth train --output-dir WORKSPACE/...`) show up too, and are used unchanged.
@@ -20,7 +21,7 @@ from ..fields import saved_settings
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME
 from ..training.photos import slug
 
-SKIP = {"uploads", "images", "scores", "checkpoints", "validation", ".cache"}  # never hold a run; keeps the scan short
+SKIP = {"uploads", "images", "scores", "samples", "checkpoints", "validation", ".cache"}  # never hold a run; keeps the scan short
 MAX_DEPTH = 4
 
 

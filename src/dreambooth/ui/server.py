@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UsageError, warn
 from .uploads import MAX_BYTES, MAX_PHOTOS
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+def is_local(host: str) -> bool:
+    """Whether only this machine can reach a server listening on `host` (a loopback address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every address)
 
 
 def parse_auth(text: str) -> tuple[str, str] | None:
@@ -20,10 +30,37 @@ def parse_auth(text: str) -> tuple[str, str] | None:
     return user, password
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, workspace: str = "dreambooth-workspace", auth: str = "") -> None:
+def check_photo_roots(photo_roots: Sequence[str]) -> list[Path]:
+    """The --photo-root folders, resolved: the folder field may read photos there (and in the workspace), nowhere else."""
+    roots = []
+    for folder in photo_roots:
+        path = Path(folder).expanduser().resolve()
+        if not path.is_dir():
+            raise UsageError(f"--photo-root {folder}: no such folder; pass a folder of photos on this machine")
+        roots.append(path)
+    return roots
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    workspace: str = "dreambooth-workspace",
+    auth: str = "",
+    no_auth: bool = False,
+    photo_roots: Sequence[str] = (),
+) -> None:
     credentials = parse_auth(auth)
+    if credentials and no_auth:
+        raise UsageError("--auth and --no-auth: pass one of them")
     if not 0 < port < 65536:
         raise UsageError(f"--port {port}: pass a port between 1 and 65535")
+    if not is_local(host) and not credentials and not no_auth:
+        # Open to the network, the page trains on the machine's CPU or GPU and serves the workspace to anyone.
+        raise UsageError(
+            f"--host {host}: the page would be reachable from other machines without a password; "
+            "add --auth user:password (or --no-auth to serve it to anyone who reaches the port)"
+        )
+    roots = check_photo_roots(photo_roots)
     root = Path(workspace).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise UsageError(f"--workspace {workspace}: is a file; pass a folder")
@@ -36,17 +73,14 @@ def serve(host: str = "127.0.0.1", port: int = 7860, workspace: str = "dreamboot
         import gradio  # noqa: F401
     except ImportError:
         raise UsageError("the web page needs its extra packages: pip install 'dreambooth[ui]'") from None
-    if host not in LOCAL_HOSTS:
+    if not is_local(host):
         if credentials:
             warn(f"--host {host}: the page is reachable from other machines; its password travels unencrypted over http")
         else:
-            warn(
-                f"--host {host}: anyone who can reach this machine can use the page and read the workspace; "
-                f"add --auth user:password"
-            )
+            warn(f"--host {host} --no-auth: anyone who can reach this machine can use the page and read the workspace")
     from .app import CSS, build_app, theme
 
-    app = build_app(root)
+    app = build_app(root, photo_roots=roots)
     app.queue(default_concurrency_limit=1)
     print(f"workspace {root}; at most {MAX_PHOTOS} photos of {MAX_BYTES // (1024 * 1024)} MB each per run", flush=True)
     app.launch(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import shutil
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -72,6 +73,26 @@ def check_uploads(files: list[str] | None) -> str:
     return "  \n".join(problems + lines) if files else ""
 
 
+def proposed_model() -> str:
+    """The base the page starts with: without a GPU, the world (it draws real scenes on a CPU and learns a subject in
+    minutes); with one, the small test model, until a hub base is chosen."""
+    import torch
+
+    return "tiny" if torch.cuda.is_available() else "world"
+
+
+def sample_subject(workspace: Path, subject: str) -> tuple:
+    """The world's subject as `dreambooth demo` renders it: (its five photos, class noun, identifier, base model,
+    message). The photos are rendered (the same each time) into WORKSPACE/samples/<class>/."""
+    from ..world.demo import write_photos
+    from ..world.render import HELD_OUT
+
+    colour, pattern = HELD_OUT[subject]  # the page's list offers only these five
+    photos = sorted(write_photos(subject, workspace / "samples" / subject).glob(f"{subject}-*.png"))
+    message = f"The world's sample subject: a {colour} {pattern} {subject}, which its base model never drew. Press Start."
+    return [str(p) for p in photos], subject, "sks", "world", message
+
+
 def defaults_for(model: str) -> tuple:
     """The settings fields' values for `model`: an embedded model's recommended ones, else the general defaults
     (steps, rank, learning rates, resolution, text-encoder LoRA, class images)."""
@@ -99,8 +120,12 @@ def start(
     train_te,
     validation_every,
     kohya,
+    *,
+    photo_roots: Sequence[Path] = (),
 ) -> str:
-    """Validate everything that needs no model, store the photos, queue the job; the message for the page."""
+    """Validate everything that needs no model, store the photos, queue the job; the message for the page.
+
+    The folder field reads only the workspace and `photo_roots` (the --photo-root folders)."""
     class_noun, identifier, folder = (class_noun or "").strip(), (identifier or "").strip(), (folder or "").strip()
     if not class_noun:
         return "Error: Name the subject's class, e.g. dog"
@@ -135,7 +160,7 @@ def start(
     sources = [(Path(f).name, Path(f)) for f in files or []]
     problems: list[str] = []
     if folder:
-        found, problems = folder_sources(folder)
+        found, problems = folder_sources(folder, [workspace, *photo_roots])
         sources += found
     if not sources:
         return (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..training.photos import IMAGE_SUFFIXES, TooLarge, open_photo
@@ -79,13 +80,29 @@ def store_photos(sources: list[tuple[str, Path]], dest: Path) -> tuple[list[Path
     return stored, problems
 
 
-def folder_sources(folder: str) -> tuple[list[tuple[str, Path]], list[str]]:
-    """The image files of a folder on the server, as store_photos' sources; problems if it is not one."""
-    root = Path(folder.strip()).expanduser()
+def inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def folder_sources(folder: str, roots: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The image files of a folder on the server, as store_photos' sources; problems if it is not one.
+
+    Only folders in `roots` (the workspace first, then the --photo-root folders) are read: a relative name is taken
+    in the workspace, and links are followed before the check, so neither `../` nor a link leads out of them. A
+    folder outside gets the same answer whether it exists or not."""
+    roots = [Path(r).resolve() for r in roots]
+    named = Path(folder.strip()).expanduser()
+    root = (roots[0] / named if roots and not named.is_absolute() else named).resolve()
+    if not inside(root, roots):
+        return [], [f"{folder}: outside the folders this page reads (the workspace and --photo-root folders); "
+                    "copy the photos there, or start the page with --photo-root FOLDER"]  # fmt: skip
     if not root.is_dir():
         return [], [f"{folder}: no such folder on this machine"]
     try:
         files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     except OSError as e:
         return [], [f"{folder}: cannot list it ({e.strerror})"]
-    return [(p.name, p) for p in files], []
+    # A file is copied from where its links lead, checked to be inside as well.
+    found = [(p.name, p.resolve()) for p in files]
+    problems = [f"{shown_name(n)} leads outside the folders this page reads; skipped" for n, p in found if not inside(p, roots)]
+    return [(n, p) for n, p in found if inside(p, roots)], problems
