@@ -227,10 +227,10 @@ def test_a_family_without_a_kohya_layout_writes_the_diffusers_file_with_a_note(n
     assert sorted(p.name for p in (tmp_path / "run").glob("*.safetensors")) == ["pytorch_lora_weights.safetensors"]
     assert (
         out[-2]
-        == "note: no file for ComfyUI / A1111 / Forge: this tool does not write Stable Diffusion 1.x/2.x LoRAs in their layout yet"
+        == "note: no file in the kohya layout (A1111 / Forge, sd-scripts): this tool does not write Stable Diffusion 1.x/2.x LoRAs in it yet"
     )
     assert out[-1].endswith(": pytorch_lora_weights.safetensors for diffusers")
-    assert "No file for ComfyUI, A1111 / Forge or sd-scripts" in (tmp_path / "run" / "README.md").read_text()
+    assert "No file in the kohya layout (A1111 / Forge, sd-scripts)" in (tmp_path / "run" / "README.md").read_text()
 
     assert main([*args, "--export", "kohya", "--output-dir", str(tmp_path / "asked")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("warning:")]

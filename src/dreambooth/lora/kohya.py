@@ -16,7 +16,7 @@ import torch
 
 from ..errors import UsageError
 from ..families import Family
-from .files import parse_key, stored_alphas
+from .keys import parse_key, stored_alphas
 
 
 def has_kohya_layout(family: Family) -> bool:

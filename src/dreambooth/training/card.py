@@ -44,7 +44,7 @@ def files_words(cfg: TrainConfig, base: Base) -> list[str]:
     else:
         lines += [
             "",
-            f"No file for ComfyUI, A1111 / Forge or sd-scripts: this tool does not write {base.family.title} LoRAs in their layout yet.",
+            f"No file in the kohya layout (A1111 / Forge, sd-scripts): this tool does not write {base.family.title} LoRAs in it yet.",
             "",
         ]
     return lines

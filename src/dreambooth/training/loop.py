@@ -167,7 +167,7 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         export_with(run.pipe, run.out / WEIGHT_NAME, cfg.export, model=cfg.model)
     elif not has_kohya_layout(base.family):
         print(
-            f"note: no file for ComfyUI / A1111 / Forge: this tool does not write {base.family.title} LoRAs in their layout yet",
+            f"note: no file in the kohya layout (A1111 / Forge, sd-scripts): this tool does not write {base.family.title} LoRAs in it yet",
             flush=True,
         )
     elif cfg.dora:
