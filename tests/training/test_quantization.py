@@ -66,7 +66,20 @@ def test_without_cuda_the_run_warns_and_trains_the_full_precision_base(photos, t
     train(run(photos, tmp_path / "run", base_quantization="nf4", max_steps=1, export="none"))
     out = capsys.readouterr().out
     assert "warning: --base-quantization nf4 needs a CUDA GPU; training on the full-precision base on this cpu" in out
-    assert "base_quantization: nf4" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "base_quantization: none" in (tmp_path / "run" / "config.yaml").read_text()  # what the run did
+
+
+def test_a_quantized_base_has_its_own_class_image_bank():
+    import dataclasses
+
+    import torch
+
+    from dreambooth.training.setup import bank_for
+
+    cfg = settings(TrainConfig, model="tiny-flux", class_prompt="a photo of a dog", with_prior_preservation=True)
+    plain = bank_for(cfg, "a photo of a dog", torch.bfloat16)
+    assert bank_for(dataclasses.replace(cfg, base_quantization="nf4"), "a photo of a dog", torch.bfloat16) != plain
+    assert bank_for(dataclasses.replace(cfg, base_quantization="none"), "a photo of a dog", torch.bfloat16) == plain
 
 
 def test_an_unknown_quantization_is_one_line(photos, tmp_path, capsys):

@@ -199,8 +199,10 @@ def class_prompts(cfg: TrainConfig) -> list[str]:
 
 def bank_for(cfg: TrainConfig, class_prompt: str, class_image_dtype: torch.dtype) -> Path:
     """The class-image bank's folder of one class prompt, for these settings."""
+    # a quantized base draws other images than the full-precision one: its own bank
+    precision = PRECISION_NAMES[class_image_dtype] + ("" if cfg.base_quantization == "none" else f"+{cfg.base_quantization}")
     return bank_dir(cfg.model, cfg.vae, class_prompt, cfg.resolution, cfg.class_image_steps, cfg.guidance_scale,
-                    cfg.seed, PRECISION_NAMES[class_image_dtype])  # fmt: skip
+                    cfg.seed, precision)  # fmt: skip
 
 
 def class_folders(cfg: TrainConfig, class_image_dtype: torch.dtype) -> list[tuple[str, Path, int]]:
@@ -307,12 +309,14 @@ def set_up(cfg: TrainConfig) -> Run:
     if cfg.base_quantization != "none":
         if quantizes_on(accelerator.device):
             quantized_denoiser(pipe, base.family, cfg.base_quantization, cfg.mixed_precision.dtype, accelerator.device)
-        elif accelerator.is_main_process:
-            print(
-                f"warning: --base-quantization {cfg.base_quantization} needs a CUDA GPU; training on the "
-                f"full-precision base on this {accelerator.device.type}",
-                flush=True,
-            )
+        else:
+            if accelerator.is_main_process:
+                print(
+                    f"warning: --base-quantization {cfg.base_quantization} needs a CUDA GPU; training on the "
+                    f"full-precision base on this {accelerator.device.type}",
+                    flush=True,
+                )
+            cfg = dataclasses.replace(cfg, base_quantization="none")  # the effective setting, as config.yaml says
     cfg = resolved(cfg, base, class_image_precision(accelerator.device))
     if accelerator.is_main_process:
         out = Path(cfg.output_dir).expanduser()
@@ -415,6 +419,7 @@ def set_aside(out: Path) -> Path:
 def run_identity(cfg: TrainConfig, base: Base, pipe) -> dict:
     """What must match to continue a run from its checkpoints, by setting name; every other setting may change."""
     return {
+        "base_quantization": cfg.base_quantization,  # before "model": a quantized base's weights differ too
         "model": fingerprint(pipe, base.family),  # the base's weights, wherever they were loaded from
         "family": base.family.name,
         "adapter": "lora",
