@@ -104,6 +104,14 @@ EMBEDDED = {
             generate=dict(guidance=5.0),
         ),
         Embedded(
+            "tiny-qwen-image",
+            "Qwen-Image-shaped, random weights, 64 px",
+            "qwen-image",
+            build="dreambooth.families.qwenimage:build_tiny",
+            train=dict(guidance_scale=4.0, max_sequence_length=32),
+            generate=dict(guidance=4.0),
+        ),
+        Embedded(
             "world",
             "trained on the procedural world, 32 px, see `dreambooth demo`",
             "sd",
