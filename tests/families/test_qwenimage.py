@@ -15,7 +15,7 @@ from dreambooth.families.qwenimage import build_tiny as build_tiny_qwen_image
 from dreambooth.families.sd import build_tiny as build_tiny_sd
 from dreambooth.fields import settings
 from dreambooth.generation import generate
-from dreambooth.lora.files import load_lora
+from dreambooth.lora.files import WEIGHT_NAME, load_lora
 from dreambooth.models import describe
 from dreambooth.sampling import draw
 
@@ -141,6 +141,38 @@ def test_generate_draws_with_the_qwen_image_base_it_was_trained_on(qwen_image_lo
     paths = generate(GenerateConfig(lora=str(qwen_image_lora), prompt="a photo of sks dog in the snow", num_images=1,
                                     steps=2, output_dir=str(tmp_path / "g")))  # fmt: skip
     assert len(paths) == 1 and "model: tiny-qwen-image" in (tmp_path / "g" / "config.yaml").read_text()
+
+
+def test_the_kohya_file_keeps_diffusers_names_under_lora_unet(qwen_image_lora):
+    """ComfyUI reads Qwen-Image LoRAs by the model's own module names, bare, under `transformer.` (the diffusers
+    file) or `lora_unet_` with underscores (this file), as diffusers' reader of such files does; the run checked it
+    reads back through diffusers' loader before keeping it."""
+    from safetensors import safe_open
+
+    with safe_open(str(qwen_image_lora / "lora_kohya.safetensors"), framework="pt") as f:
+        keys, header = set(f.keys()), f.metadata()
+    assert {"lora_unet_transformer_blocks_0_attn_to_add_out.lora_down.weight",
+            "lora_unet_transformer_blocks_0_attn_add_q_proj.lora_up.weight",
+            "lora_unet_transformer_blocks_1_attn_to_out_0.alpha"} <= keys  # fmt: skip
+    # 8 projections in block 0, 6 in the last block (its text query and text output feed nothing)
+    assert len(keys) == 3 * 14 and not any("blocks_1_attn_add_q_proj" in k or "blocks_1_attn_to_add_out" in k for k in keys)
+    assert header["ss_network_module"] == "networks.lora_qwen_image" and header["ss_base_model_version"] == "qwen_image"
+
+
+@pytest.mark.slow  # seconds of whole runs: the full suite keeps it, the fast lane does not
+def test_the_kohya_file_of_every_linear_layer_draws_what_the_diffusers_file_draws(photos, tmp_path):
+    from PIL import Image
+
+    run = train_mod.train(qwen_image_run(photos, tmp_path / "run", target_modules=["all-linear"], lora_alpha=8,
+                                         with_prior_preservation=False, max_steps=2))  # fmt: skip
+    assert (run / "lora_kohya.safetensors").is_file()
+    images = {}
+    for name in (WEIGHT_NAME, "lora_kohya.safetensors"):
+        out = tmp_path / name
+        generate(settings(GenerateConfig, model="tiny-qwen-image", lora=str(run / name), prompt="a photo of sks dog",
+                          num_images=1, steps=2, seed=0, output_dir=str(out)))  # fmt: skip
+        images[name] = np.asarray(Image.open(next(out.glob("*.png"))))
+    assert np.array_equal(images[WEIGHT_NAME], images["lora_kohya.safetensors"])
 
 
 def test_an_sd_lora_on_a_qwen_image_base_is_one_line(qwen_image_lora, photos, tmp_path):

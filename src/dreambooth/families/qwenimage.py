@@ -158,9 +158,16 @@ def unread_modules(component: str, model) -> str | None:
     return rf"transformer_blocks\.{last}\.(attn\.(add_q_proj|to_add_out)|txt_mlp\..+)"
 
 
+# the layers outside the blocks that diffusers' reader of kohya-layout Qwen-Image files names back
+OUTER_LAYERS = ("img_in", "txt_in", "proj_out", "norm_out.linear", "time_text_embed.timestep_embedder.linear_1",
+                "time_text_embed.timestep_embedder.linear_2")  # fmt: skip
+
+
 def kohya_module(module: str, config) -> str:
-    """sd-scripts' Qwen-Image LoRAs (musubi-tuner's) keep diffusers' module paths under `lora_unet_`."""
-    if not re.fullmatch(r"transformer_blocks\.\d+\..+", module):
+    """The kohya layout's Qwen-Image LoRAs (musubi-tuner's) keep diffusers' module paths, which are also the original
+    model's (ComfyUI's `diffusion_model.*`), under `lora_unet_`; diffusers' reader of them knows the blocks' names
+    and OUTER_LAYERS."""
+    if not (module in OUTER_LAYERS or re.fullmatch(r"transformer_blocks\.\d+\..+", module)):
         from ..errors import UsageError
 
         raise UsageError(
@@ -192,8 +199,9 @@ FAMILY = Family(
     denoiser_targets=TRANSFORMER_TARGETS,
     mlp_targets=MLP_TARGETS,
     text_encoder_targets=(),
-    kohya_prefixes={},
+    kohya_prefixes={"transformer": "lora_unet_"},
     kohya_module=kohya_module,
+    kohya_network_module="networks.lora_qwen_image",  # musubi-tuner's, which trains Qwen-Image LoRAs for sd-scripts
     kohya_base_version=kohya_base_version,
     adapters_words=("transformer", "transformer"),
     unread_modules=unread_modules,
