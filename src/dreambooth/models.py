@@ -302,10 +302,11 @@ def load_vae(vae: str, dtype: torch.dtype | None = None):
 def load_tokenizer(model: str):
     """Only the (first) tokenizer of a model, for `dreambooth identifier`."""
     entry = EMBEDDED.get(model)
-    if entry is not None and entry.build:
-        from .families.clip import load_clip_tokenizer
+    if entry is not None and entry.build:  # built in code in a moment: its family's first tokenizer (CLIP, Qwen's)
+        from .families import family_of, tokenizers
 
-        return load_clip_tokenizer()
+        pipe = load_pipeline(model)
+        return tokenizers(pipe, family_of(pipe))[0]
     from transformers import AutoTokenizer
 
     path = entry.path() if entry is not None else Path(model).expanduser()

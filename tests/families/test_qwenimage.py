@@ -80,6 +80,19 @@ def test_the_pipeline_drops_exactly_the_template_of_the_tiny_tokenizer():
     assert ids[TEMPLATE_TOKENS : TEMPLATE_TOKENS + 5] == tokenizer("a photo of sks dog").input_ids
 
 
+def test_the_identifier_is_read_as_the_prompt_reads_it(capsys):
+    """`dreambooth identifier --model tiny-qwen-image` and the run's check read the model's own tokenizer, and a word
+    as it stands in a prompt, after a space: byte-level BPE tokenizes " sks" (one token here) and "sks" apart."""
+    from dreambooth.models import load_tokenizer
+    from dreambooth.training.identifier import check_identifier, tokenise
+
+    tokenizer = load_tokenizer("tiny-qwen-image")
+    in_prompt = tokenizer(" sks").input_ids
+    assert len(in_prompt) == 1 and tokenise(tokenizer, "sks dog")[0] == ("sks", [("sks", in_prompt[0])])
+    check_identifier(tokenizer, "a photo of sks dog", "a photo of a dog")
+    assert "splits into" not in capsys.readouterr().err
+
+
 def test_drawing_gives_the_pipelines_own_image():
     """sampling.draw stops at the latents and decodes them through the family (unpacked, de-normalised, one frame)
     with true classifier-free guidance: the image the pipeline makes by itself."""
