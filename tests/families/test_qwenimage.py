@@ -201,6 +201,7 @@ def test_an_sd_lora_on_a_qwen_image_base_is_one_line(qwen_image_lora, photos, tm
 def test_the_text_encoder_is_never_trained(photos, tmp_path):
     with pytest.raises(UsageError, match="--train-text-encoder: Qwen-Image's text encoder is never trained"):
         train_mod.train(qwen_image_run(photos, tmp_path / "run", train_text_encoder=True))
+    assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 @pytest.mark.slow  # seconds of whole runs: the full suite keeps it, the fast lane does not
