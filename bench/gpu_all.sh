@@ -71,6 +71,10 @@ else
       --json "$OUT/step_flux.json"
   job step-sd35 120 "$PY" bench/gpu_step.py --device cuda --shape sd35 --warmup 2 --steps 8 --variants b1 b1:gc \
       --json "$OUT/step_sd35.json"
+  # Qwen-Image's shape at 1024 px (20.4 B transformer, 8.3 B Qwen2.5-VL cached then off the GPU): batch 1 + 1 with
+  # gradient checkpointing
+  job step-qwen-image 180 "$PY" bench/gpu_step.py --device cuda --shape qwen-image --warmup 2 --steps 6 --variants b1:gc \
+      --json "$OUT/step_qwen_image.json"
   # the script at batch 8 (its class images of theirs-sd15 reused): the rate to set against step-sd15's b8
   [ -n "$SCRIPT" ] && [ -d "$WORK/theirs/class" ] && job theirs-sd15-b8 90 "$PY" bench/diffusers_baseline.py \
       --device cuda --script "$SCRIPT" --python "$PY" --model-dir "$SD15" --resolution 512 --mixed-precision fp16 \

@@ -313,10 +313,75 @@ def build_sd35_pipeline(seed: int = 0, device: torch.device | str | None = None)
     )
 
 
-BUILD = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline, "flux": build_flux_pipeline, "sd35": build_sd35_pipeline}
-NATIVE = {"sd15": 512, "sdxl": 1024, "flux": 1024, "sd35": 1024}
+QWEN_IMAGE_TRANSFORMER = dict(  # Qwen/Qwen-Image's transformer/config.json: 60 double-stream blocks, 20.4 B parameters
+    patch_size=2,
+    in_channels=64,
+    out_channels=16,
+    num_layers=60,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=3584,
+    axes_dims_rope=(16, 56, 56),
+)
+QWEN_25_VL_7B_TEXT = dict(  # Qwen2.5-VL-7B-Instruct's language model (the part Qwen-Image reads)
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    max_position_embeddings=128000,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+)
+QWEN_25_VL_7B_VISION = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    out_hidden_size=3584,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    tokens_per_second=2,
+    fullatt_block_indexes=[7, 15, 23, 31],
+)
+
+
+def build_qwen_image_pipeline(seed: int = 0, device: torch.device | str | None = None):
+    """A Qwen-Image-shaped QwenImagePipeline with random weights (build it on the GPU in bf16: 28.7 B parameters with
+    the 8.3 B Qwen2.5-VL); the video VAE's default config is Qwen-Image's. The tokenizer is the tiny models' (its ids
+    fall inside Qwen2.5's vocabulary, and it opens the prompt template with the 34 tokens the pipeline drops)."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from dreambooth.families.qwenimage import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        transformer = QwenImageTransformer2DModel(**QWEN_IMAGE_TRANSFORMER)
+        vae = AutoencoderKLQwenImage()
+        config = Qwen2_5_VLConfig(text_config={**QWEN_25_VL_7B_TEXT, **ids}, vision_config=QWEN_25_VL_7B_VISION)
+        text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+    )  # fmt: skip
+    return QwenImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+
+
+BUILD = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline, "flux": build_flux_pipeline, "sd35": build_sd35_pipeline,
+         "qwen-image": build_qwen_image_pipeline}  # fmt: skip
+NATIVE = {"sd15": 512, "sdxl": 1024, "flux": 1024, "sd35": 1024, "qwen-image": 1024}
 # Too large to build on the host and copy per variant: built for each variant on the device, in bf16
-ON_DEVICE = ("flux", "sd35")
+ON_DEVICE = ("flux", "sd35", "qwen-image")
+# families whose text encoders are never trained (Qwen-Image's Qwen2.5-VL): no --text-encoder LoRA by default
+FROZEN_TEXT = ("qwen-image",)
 
 
 def build(args, device: torch.device):
@@ -394,7 +459,9 @@ def set_up(args, device: torch.device, mixed_precision: str, work: Path, pipe=No
     if pipe is None:
         pipe = build(args, device)
     names = [
-        n for n in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae") if getattr(pipe, n, None)
+        n
+        for n in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
+        if getattr(pipe, n, None) is not None
     ]
     sizes = {f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters()) for name in names}
     base = describe(pipe, cfg.model)
@@ -486,8 +553,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--text-encoder",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="train a text-encoder LoRA too (--train-text-encoder)",
+        default=None,
+        help="train a text-encoder LoRA too (--train-text-encoder; default: yes, except for qwen-image, whose Qwen2.5-VL "
+        "is never trained)",
     )
     p.add_argument(
         "--vae-encode",
@@ -520,6 +588,13 @@ def parse_args(argv=None):
     if args.smoke:
         args.resolution, args.warmup, args.steps = 64, 1, 2
     args.resolution = args.resolution or NATIVE[args.shape]
+    if args.count_only and args.shape == "qwen-image":
+        raise SystemExit(
+            "--count-only --shape qwen-image: Qwen2.5-VL reads its padding mask's values, which the meta device has "
+            "none of; measure it on a GPU"
+        )
+    if args.text_encoder is None:
+        args.text_encoder = args.shape not in FROZEN_TEXT
     if args.resolution % 64:
         raise SystemExit("--resolution must be a multiple of 64 (three 2x downsamplings of the 1/8 latents)")
     return args

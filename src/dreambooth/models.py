@@ -104,6 +104,14 @@ EMBEDDED = {
             generate=dict(guidance=5.0),
         ),
         Embedded(
+            "tiny-qwen-image",
+            "Qwen-Image-shaped, random weights, 64 px",
+            "qwen-image",
+            build="dreambooth.families.qwenimage:build_tiny",
+            train=dict(guidance_scale=4.0, max_sequence_length=32),
+            generate=dict(guidance=4.0),
+        ),
+        Embedded(
             "world",
             "trained on the procedural world, 32 px, see `dreambooth demo`",
             "sd",
@@ -294,10 +302,11 @@ def load_vae(vae: str, dtype: torch.dtype | None = None):
 def load_tokenizer(model: str):
     """Only the (first) tokenizer of a model, for `dreambooth identifier`."""
     entry = EMBEDDED.get(model)
-    if entry is not None and entry.build:
-        from .families.clip import load_clip_tokenizer
+    if entry is not None and entry.build:  # built in code in a moment: its family's first tokenizer (CLIP, Qwen's)
+        from .families import family_of, tokenizers
 
-        return load_clip_tokenizer()
+        pipe = load_pipeline(model)
+        return tokenizers(pipe, family_of(pipe))[0]
     from transformers import AutoTokenizer
 
     path = entry.path() if entry is not None else Path(model).expanduser()

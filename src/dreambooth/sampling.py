@@ -9,7 +9,6 @@ import math
 import torch
 from PIL import Image
 
-from . import autoencoder
 from .families import components, family_of
 
 
@@ -61,7 +60,8 @@ def draw(
     """`num` images of `prompt`; image i is drawn with seed `seed + first_index + i` whatever the batch size.
 
     `autocast` is the precision the denoiser and text encoders run in; the pipeline stops at the latents and they are
-    decoded here, so that a VAE that must run in fp32 does, outside it (see `autoencoder`)."""
+    decoded here (by the family: see `Family.decoded_latents`), so that a VAE that must run in fp32 does, outside it
+    (see `autoencoder`)."""
     sampler, pipe.scheduler = pipe.scheduler, family_of(pipe).objective.sampler(pipe)
     pipe.set_progress_bar_config(disable=True)
     images = []
@@ -70,15 +70,15 @@ def draw(
             for start in range(0, num, batch_size):
                 n = min(batch_size, num - start)
                 generators = [torch.Generator().manual_seed(seed + first_index + start + i) for i in range(n)]
+                negative = [negative_prompt] * n if negative_prompt else None
                 latents = pipe(
                     [prompt] * n,
-                    negative_prompt=[negative_prompt] * n if negative_prompt else None,
                     height=resolution,
                     width=resolution,
                     num_inference_steps=steps,
-                    guidance_scale=guidance,
                     generator=generators,
                     output_type="latent",
+                    **family_of(pipe).guidance_options(guidance, negative, n),
                 ).images
                 batch = to_images(pipe, family_of(pipe).sampled_latents(pipe, latents, resolution, resolution))
                 images += batch
@@ -91,7 +91,7 @@ def draw(
 
 def to_images(pipe, latents: torch.Tensor) -> list[Image.Image]:
     """The pipeline's latents -> its images, as the pipeline would have finished them (watermark where it has one)."""
-    image = autoencoder.decode(pipe.vae, latents)
+    image = family_of(pipe).decoded_latents(pipe.vae, latents)
     if getattr(pipe, "watermark", None) is not None:
         image = pipe.watermark.apply_watermark(image)
     return pipe.image_processor.postprocess(image, output_type="pil")

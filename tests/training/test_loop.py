@@ -286,6 +286,8 @@ PINNED = {
     # measured when the flow families were added (2026-11-29)
     "tiny-flux": ([1.54913831, 1.54913831, 0.0], [1.52357829, 1.52356112, 1.712e-05], [1.52485287, 1.52478707, 6.576e-05]),
     "tiny-sd3": ([3.90423489, 3.90423489, 0.0], [4.92200947, 4.92200947, 0.0], [2.88191962, 2.88191962, 0.0]),
+    # measured when Qwen-Image was added (2026-11-30)
+    "tiny-qwen-image": ([1.81495726, 1.81495726, 0.0], [1.83031166, 1.83025682, 5.484e-05], [1.8156451, 1.81552386, 0.00012123]),
 }
 PINNED_SETTINGS = {  # epsilon with base-prediction prior; v with min-SNR weights; SDXL with both text encoders' LoRA
     "tiny": dict(with_prior_preservation=True, class_prompt="a photo of a dog", prior_mode="base-prediction"),
@@ -300,6 +302,13 @@ PINNED_SETTINGS = {  # epsilon with base-prediction prior; v with min-SNR weight
         weighting_scheme="logit_normal",
     ),  # fmt: skip
     "tiny-sd3": dict(train_text_encoder=True, weighting_scheme="cosmap"),
+    # Qwen-Image: logit-normal levels, base-prediction prior, Qwen2.5-VL cached (never trained)
+    "tiny-qwen-image": dict(
+        with_prior_preservation=True,
+        class_prompt="a photo of a dog",
+        prior_mode="base-prediction",
+        weighting_scheme="logit_normal",
+    ),  # fmt: skip
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .. import autoencoder
 from ..objectives import Objective
 
 # Prompt embeddings as a family makes them: named tensors, batch first (e.g. "hidden", "pooled").
@@ -25,6 +26,10 @@ def no_fused_layers(path: str, config: Any) -> tuple[tuple[str, int], ...]:
 
 def diffusers_reads_every_size(config: Any) -> bool:
     return True
+
+
+def classifier_free_guidance(guidance: float, negative_prompts: list[str] | None, count: int) -> dict:
+    return {"guidance_scale": guidance, "negative_prompt": negative_prompts}
 
 
 def latents_as_they_are(pipe: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -75,6 +80,14 @@ class Family:
     kohya_network_module: str = "networks.lora"  # sd-scripts' `ss_network_module` for the family
     # (denoiser config) -> diffusers' own reader reads this family's kohya files at this model's sizes
     diffusers_reads_kohya: Callable[[Any], bool] = diffusers_reads_every_size
+    # The VAE's conventions, for a VAE that is not an image AutoencoderKL (Qwen-Image's video VAE: a frame axis, per-
+    # channel latent statistics): (vae, pixels (B, 3, H, W) in [-1, 1]) -> the posterior of (B, C, h, w) latents
+    encode_images: Callable[[Any, torch.Tensor], Any] = autoencoder.encode
+    normalised_latents: Callable[[Any, torch.Tensor], torch.Tensor] = autoencoder.normalised  # (vae, VAE latents)
+    # (vae, denoised latents (B, C, h, w)) -> images (B, 3, H, W) in [-1, 1]
+    decoded_latents: Callable[[Any, torch.Tensor], torch.Tensor] = autoencoder.decode
+    # (guidance, negative prompts or None, number of prompts) -> the pipeline call's guidance keywords
+    guidance_options: Callable[[float, list[str] | None, int], dict] = classifier_free_guidance
 
 
 def checkpoint_has(path: Path, prefix: str) -> bool:

@@ -86,8 +86,9 @@ def read_with_diffusers(pipe, written: Path, denoiser_config) -> tuple[dict[str,
     if "return_alphas" in inspect.signature(reader).parameters:
         state, alphas = reader(str(written), return_alphas=True)
         return state, alphas
-    state, alphas = reader(str(written), unet_config=denoiser_config)
-    return state, alphas
+    read = reader(str(written), unet_config=denoiser_config)
+    # a reader that folds each alpha into the weights may return the state alone (Qwen-Image's)
+    return read if isinstance(read, tuple) else (read, None)
 
 
 def check_updates(

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import autoencoder
 from ..config import PriorMode, TrainConfig
 from ..families import Family, PromptEmbeddings
 from ..lora.adapter import adapters_off
@@ -92,7 +91,7 @@ class Examples:
         fixed = self.cfg.center_crop or which == "class"
         image, (top, left) = resize_and_crop(photo.image, self.cfg.resolution, fixed, g, flip)
         with torch.no_grad():
-            dist = autoencoder.encode(self.vae, to_tensor(image)[None].to(self.device))
+            dist = self.family.encode_images(self.vae, to_tensor(image)[None].to(self.device))
         res = self.cfg.resolution
         geometry = torch.tensor(
             [[photo.image.height, photo.image.width, top, left, res, res]], dtype=torch.float32, device=self.device
@@ -209,6 +208,6 @@ class Examples:
             # only the photos are masked: class examples (and the prior half, judged against the base) count whole
             whole = mask is None or which != "instance"
             masks.append(torch.ones((1, 1, *mean.shape[-2:]), device=mean.device) if whole else mask)
-        latents = autoencoder.normalised(self.vae, torch.cat(samples))
+        latents = self.family.normalised_latents(self.vae, torch.cat(samples))
         batch_masks = torch.cat(masks) if cfg.masked_loss else None
         return Batch(latents, prompts, len(picks) - bs, torch.cat(geometry), rngs, batch_masks)

@@ -10,6 +10,7 @@ from importlib import resources
 from ..errors import warn
 
 WORD_END = "</w>"
+SPACE = "\u0120"  # byte-level BPE's mark of a word after a space ("Ġ")
 
 
 @lru_cache(maxsize=1)
@@ -39,8 +40,10 @@ def tokenise(tokenizer, text: str) -> list[tuple[str, list[tuple[str, int]]]]:
     """Each word of `text` with the tokens it becomes: [(word, [(token, id), ...]), ...]."""
     out = []
     for word in text.split():
-        ids = tokenizer(word, add_special_tokens=False).input_ids
-        out.append((word, [(t.replace(WORD_END, ""), i) for t, i in zip(tokenizer.convert_ids_to_tokens(ids), ids)]))
+        # as the word reads inside a prompt, after a space: byte-level BPE (Qwen's) tokenizes " sks" and "sks" apart
+        ids = tokenizer(" " + word, add_special_tokens=False).input_ids
+        tokens = [(t.replace(WORD_END, "").removeprefix(SPACE), i) for t, i in zip(tokenizer.convert_ids_to_tokens(ids), ids)]
+        out.append((word, [(t, i) for t, i in tokens if t]))  # a lone space marker is no piece of the word
     return out
 
 

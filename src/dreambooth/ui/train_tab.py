@@ -18,11 +18,11 @@ from .uploads import MAX_PHOTOS, MIN_PHOTOS, Rejected, check_photo, folder_sourc
 
 @lru_cache(maxsize=1)
 def clip_tokenizer():
-    # The families so far all read prompts with CLIP's BPE vocabulary, so the embedded tokenizer answers for
-    # every base model without downloading one.
-    from ..models import load_tokenizer
+    # The families but Qwen-Image read prompts with CLIP's BPE vocabulary, so the packaged tokenizer answers for
+    # them without downloading one.
+    from ..families.clip import load_clip_tokenizer
 
-    return load_tokenizer("tiny")
+    return load_clip_tokenizer()
 
 
 def suggest(seed: int) -> str:
