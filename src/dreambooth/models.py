@@ -252,7 +252,8 @@ def quantized_denoiser(pipe, family: Family, mode: str, compute_dtype: torch.dty
     denoiser goes through a temporary folder once."""
     import tempfile
 
-    denoiser = getattr(pipe, family.denoiser)
+    # in the compute dtype first: diffusers would cast to it on loading anyway, and the copy is half an fp32 one
+    denoiser = getattr(pipe, family.denoiser).to(compute_dtype)
     with tempfile.TemporaryDirectory() as folder:
         denoiser.save_pretrained(folder)
         quantized = type(denoiser).from_pretrained(
