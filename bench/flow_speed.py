@@ -169,7 +169,12 @@ def parse_args(argv=None):
     p.add_argument("--shape", required=True, choices=tuple(SHAPES))
     p.add_argument("--tool", required=True, choices=("ours", "theirs"), help="ours: dreambooth train; theirs: --script")
     p.add_argument("--model-dir", required=True, help="diffusers folder of the model (written by save_flow_model.py if missing)")
-    p.add_argument("--tiny", action="store_true", help="the tiny model (default on the CPU; on CUDA the real shape)")
+    p.add_argument(
+        "--tiny",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the tiny model: written if --model-dir is missing, 64 px, 32 T5 tokens (default: on the CPU only)",
+    )
     p.add_argument("--script", default="", help="diffusers' train_dreambooth_lora_flux.py / _sd3.py (--tool theirs)")
     p.add_argument("--python", default=sys.executable, help="interpreter in which --script runs (default: this one)")
     p.add_argument("--our-python", default=sys.executable, help="interpreter with `dreambooth` importable (default: this one)")
@@ -200,7 +205,8 @@ def parse_args(argv=None):
         p.error("--base-quantization is measured for --tool ours only")
     if args.base_quantization != "none" and args.device != "cuda":
         p.error("--base-quantization runs on CUDA only (elsewhere the tool trains the full-precision base)")
-    args.tiny = args.tiny or args.device == "cpu"
+    if args.tiny is None:
+        args.tiny = args.device == "cpu"
     if args.quick:
         args.steps, args.warmup = 20, 5
     if args.warmup is None:
@@ -208,6 +214,14 @@ def parse_args(argv=None):
     args.resolution = args.resolution or (64 if args.tiny else 1024)
     args.images_per_step = args.batch  # no class images
     return args
+
+
+def transformer_blocks(model_dir: Path) -> dict:
+    """The folder's transformer depth, as its config says (the real shape's or a cut-down one's)."""
+    import json
+
+    config = json.loads((model_dir / "transformer" / "config.json").read_text())
+    return {k: config[k] for k in ("num_layers", "num_single_layers") if k in config}
 
 
 def env_for(args) -> dict:
@@ -249,6 +263,7 @@ def main() -> None:
         "shape": args.shape,
         "model": str(model_dir),
         "tiny": args.tiny,
+        "transformer_blocks": transformer_blocks(model_dir),
         "resolution": args.resolution,
         "batch": args.batch,
         "prior_preservation": False,
@@ -280,7 +295,9 @@ def main() -> None:
         if args.device == "cuda":
             res["cuda_max_allocated_mib"] = B.cuda_peak(run)
         report["a"] = res
-        size = "tiny model" if args.tiny else f"{SHAPES[args.shape][0]}-shaped, random weights"
+        words = {"num_layers": "joint", "num_single_layers": "single"}
+        blocks = " + ".join(f"{v} {words[k]}" for k, v in report["transformer_blocks"].items())
+        size = f"{'tiny model' if args.tiny else SHAPES[args.shape][0] + '-shaped'}, {blocks} blocks, random weights"
         quantized = f", base {args.base_quantization}" if args.base_quantization != "none" else ""
         print_training(
             res,
