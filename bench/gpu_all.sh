@@ -16,8 +16,9 @@
 # both tools (bench/flow_speed.py: batch 1, 1024 px, bf16, 25 steps, no prior preservation), then ours with the
 # base in nf4 and int8; sd = the SD 1.5 / SDXL figures and the transformer families' one-step figures
 # (gpu_step.py). BUDGET (seconds, default 540) bounds the whole script: the jobs run most important first, and one
-# that would not finish in what is left is skipped and named in the log (all of them: about 18 + 8 minutes on
-# an H200, most of it writing and reading the FLUX.1-shaped folder).
+# that would not finish in what is left is skipped and named in the log. The flow group's estimates below (guesses
+# until a GPU run: most of it is writing and reading the 24 GB FLUX.1-shaped folder) add up to about 18 minutes:
+# by them BUDGET=540 reaches FLUX.1 with both tools and the SD3.5 folder, BUDGET=1100 the whole group.
 #
 # DEVICE=cpu bench/gpu_all.sh OUT_DIR [SCRIPT] runs the same sequence at smoke size on a CPU, to check
 # the script itself: the SD 1.5-sized jobs are left out there (one 512 px step takes minutes on a CPU), and the

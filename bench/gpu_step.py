@@ -419,8 +419,6 @@ def set_up(args, device: torch.device, mixed_precision: str, work: Path, pipe=No
     sizes = {f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters()) for name in names}
     base = describe(pipe, cfg.model)
     if cfg.base_quantization != "none":
-        if device.type != "cuda":
-            raise SystemExit(f"--base-quantization {cfg.base_quantization}: CUDA only (bitsandbytes' quantizers)")
         # what `dreambooth train` does after loading: the frozen denoiser's weights stored quantized
         quantized_denoiser(pipe, base.family, cfg.base_quantization, cfg.mixed_precision.dtype, accelerator.device)
     cfg = resolved(cfg, base)
@@ -548,6 +546,8 @@ def parse_args(argv=None):
     )
     p.add_argument("--json", default="", help="write the figures to this file")
     args = p.parse_args(argv)
+    if args.base_quantization != "none" and args.device != "cuda":
+        raise SystemExit(f"--base-quantization {args.base_quantization}: CUDA only (diffusers' bitsandbytes quantizers)")
     if args.smoke:
         args.resolution, args.warmup, args.steps = 64, 1, 2
     args.resolution = args.resolution or NATIVE[args.shape]
