@@ -13,12 +13,12 @@
 # FLUX.1 [dev]'s and SD3.5 Medium's shapes; each is written when first needed if missing (2, 24 and 5 GB).
 #
 # JOBS (default "flow sd") picks the groups and their order: flow = FLUX.1 [dev] and SD3.5 Medium's whole jobs with
-# both tools (bench/flow_speed.py: batch 1, 1024 px, bf16, 25 steps, no prior preservation), then ours with the
-# base in nf4 and int8; sd = the SD 1.5 / SDXL figures and the transformer families' one-step figures
+# both tools (bench/flow_speed.py: batch 1, 1024 px, bf16, 25 steps, no prior preservation), then the tool's FLUX.1
+# step with the base in nf4 and int8 beside the same step unquantized (gpu_step.py); sd = the SD 1.5 / SDXL figures and the transformer families' one-step figures
 # (gpu_step.py). BUDGET (seconds, default 540) bounds the whole script: the jobs run most important first, and one
 # that would not finish in what is left is skipped and named in the log. The flow group's estimates below (guesses
-# until a GPU run: most of it is writing and reading the 24 GB FLUX.1-shaped folder) add up to about 18 minutes:
-# by them BUDGET=540 reaches FLUX.1 with both tools and the SD3.5 folder, BUDGET=1100 the whole group.
+# until a GPU run: most of it is writing and reading the 24 GB FLUX.1-shaped folder) add up to about 17 minutes:
+# by them BUDGET=540 reaches FLUX.1 with both tools and the SD3.5 folder, BUDGET=1020 the whole group.
 #
 # DEVICE=cpu bench/gpu_all.sh OUT_DIR [SCRIPT] runs the same sequence at smoke size on a CPU, to check
 # the script itself: the SD 1.5-sized jobs are left out there (one 512 px step takes minutes on a CPU), and the
@@ -81,11 +81,13 @@ flow() {  # FLUX.1 [dev]'s and SD3.5 Medium's whole jobs, ours then theirs, then
   job ours-sd35 "$(est 120 80)" "${run[@]}" --shape sd35 --tool ours --model-dir "$SD35" --json "$OUT/ours_sd35.json"
   [ -n "$SD3_SCRIPT" ] && job theirs-sd35 "$(est 120 110)" "${run[@]}" --shape sd35 --tool theirs \
       --script "$SD3_SCRIPT" --model-dir "$SD35" --json "$OUT/theirs_sd35.json"
-  if [ "$DEVICE" != cpu ]; then  # bitsandbytes quantizes on CUDA only; the denoiser goes through a temporary folder
-    job ours-flux-nf4 200 "${run[@]}" --shape flux --tool ours --model-dir "$FLUX" --base-quantization nf4 \
-        --json "$OUT/ours_flux_nf4.json"
-    job ours-flux-int8 200 "${run[@]}" --shape flux --tool ours --model-dir "$FLUX" --base-quantization int8 \
-        --json "$OUT/ours_flux_int8.json"
+  if [ "$DEVICE" != cpu ]; then  # bitsandbytes quantizes on CUDA only
+    # The tool quantizes through a temporary copy of the denoiser as loaded: from a folder that is fp32, 48 GB for
+    # FLUX.1, which beside the 24 GB folder would fill a 64 GB disk. gpu_step.py builds it on the GPU in bf16 (a
+    # 24 GB copy) and runs the same quantization and step; the folder, when it is this script's own, goes first.
+    [ -z "${FLUX_DIR:-}" ] && rm -rf "$FLUX"
+    job step-flux-quantized 330 "$PY" bench/gpu_step.py --device cuda --shape flux --no-prior --no-text-encoder \
+        --warmup 3 --steps 10 --variants b1 b1:nf4 b1:int8 --json "$OUT/step_flux_quantized.json"
   fi
 }
 
