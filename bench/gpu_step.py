@@ -252,6 +252,14 @@ SD35_TRANSFORMER = dict(
 )
 
 
+def with_layers(config: dict, layers: int | None) -> dict:
+    """A text encoder's config with `layers` layers (None: as it is): same widths, so the same output shapes."""
+    if layers is None:
+        return config
+    key = "num_layers" if "num_layers" in config else "num_hidden_layers"
+    return {**config, key: layers}
+
+
 def clip_tokenizer():
     """The real SD tokenizer the package ships, and the special-token ids a CLIP text config needs from it."""
     from dreambooth.families.clip import load_clip_tokenizer
@@ -269,37 +277,48 @@ def t5_tokenizer():
     return tiny_tokenizer(max_length=512)
 
 
-def build_flux_pipeline(seed: int = 0, device: torch.device | str | None = None):
-    """A FLUX.1 [dev]-shaped FluxPipeline with random weights (build it on the GPU in bf16: 17 B parameters)."""
+def build_flux_pipeline(
+    seed: int = 0, device: torch.device | str | None = None, text_layers: int | None = None, blocks: int | None = None
+):
+    """A FLUX.1 [dev]-shaped FluxPipeline with random weights (build it on the GPU in bf16: 17 B parameters).
+
+    text_layers: that many layers in each text encoder (their widths, and so their outputs' shapes, unchanged);
+    blocks: that many joint blocks and twice as many single blocks (a cheap check of the real widths on a CPU)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer, ids = clip_tokenizer()
+    layers = {} if blocks is None else dict(num_layers=blocks, num_single_layers=2 * blocks)
     torch.manual_seed(seed)
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        transformer = FluxTransformer2DModel(**FLUX_TRANSFORMER)
+        transformer = FluxTransformer2DModel(**{**FLUX_TRANSFORMER, **layers})
         vae = AutoencoderKL(**VAE_16, shift_factor=0.1159, scaling_factor=0.3611)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER, **ids))
-        text_encoder_2 = T5EncoderModel(T5Config(**T5_XXL))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**with_layers(SD15_TEXT_ENCODER, text_layers), **ids))
+        text_encoder_2 = T5EncoderModel(T5Config(**with_layers(T5_XXL, text_layers)))
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
     )
     return FluxPipeline(scheduler, vae, text_encoder, tokenizer, text_encoder_2, t5_tokenizer(), transformer)
 
 
-def build_sd35_pipeline(seed: int = 0, device: torch.device | str | None = None):
-    """An SD3.5 Medium-shaped StableDiffusion3Pipeline with random weights."""
+def build_sd35_pipeline(
+    seed: int = 0, device: torch.device | str | None = None, text_layers: int | None = None, blocks: int | None = None
+):
+    """An SD3.5 Medium-shaped StableDiffusion3Pipeline with random weights (text_layers, blocks: as for FLUX.1;
+    the first blocks keep their dual attention)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     tokenizer, ids = clip_tokenizer()
+    dual = SD35_TRANSFORMER["dual_attention_layers"]
+    layers = {} if blocks is None else dict(num_layers=blocks, dual_attention_layers=tuple(i for i in dual if i < blocks))
     torch.manual_seed(seed)
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        transformer = SD3Transformer2DModel(**SD35_TRANSFORMER)
+        transformer = SD3Transformer2DModel(**{**SD35_TRANSFORMER, **layers})
         vae = AutoencoderKL(**VAE_16, shift_factor=0.0609, scaling_factor=1.5305)
-        clip_l = CLIPTextModelWithProjection(CLIPTextConfig(**SD15_TEXT_ENCODER, **ids))
-        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_ENCODER_2, **ids))
-        t5 = T5EncoderModel(T5Config(**T5_XXL))
+        clip_l = CLIPTextModelWithProjection(CLIPTextConfig(**with_layers(SD15_TEXT_ENCODER, text_layers), **ids))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**with_layers(SDXL_TEXT_ENCODER_2, text_layers), **ids))
+        t5 = T5EncoderModel(T5Config(**with_layers(T5_XXL, text_layers)))
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -429,6 +448,7 @@ def train_config(args, work: Path, mixed_precision: str):
         mixed_precision=mixed_precision,
         optimizer="adamw8bit" if args.adam8bit else "adamw",
         compile=args.compile,
+        base_quantization=args.base_quantization,
         max_steps=args.warmup + args.steps + 1,  # the last one is the step whose FLOPs are counted
         num_samples=0,
         seed=0,
@@ -440,7 +460,7 @@ def set_up(args, device: torch.device, mixed_precision: str, work: Path, pipe=No
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
-    from dreambooth.models import describe
+    from dreambooth.models import describe, quantized_denoiser
     from dreambooth.training.setup import make_accelerator, prepare, resolved
 
     dlog.set_verbosity_error()
@@ -465,6 +485,9 @@ def set_up(args, device: torch.device, mixed_precision: str, work: Path, pipe=No
     ]
     sizes = {f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters()) for name in names}
     base = describe(pipe, cfg.model)
+    if cfg.base_quantization != "none":
+        # what `dreambooth train` does after loading: the frozen denoiser's weights stored quantized
+        quantized_denoiser(pipe, base.family, cfg.base_quantization, cfg.mixed_precision.dtype, accelerator.device)
     cfg = resolved(cfg, base)
     photos = sample_photos()
     run = prepare(cfg, pipe, base, photos, photos if args.prior else [], accelerator)
@@ -567,11 +590,17 @@ def parse_args(argv=None):
     p.add_argument("--adam8bit", action="store_true", help="bitsandbytes' 8-bit AdamW (--optimizer adamw8bit)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (--compile); its FLOPs are not counted")
     p.add_argument(
+        "--base-quantization",
+        default="none",
+        choices=("none", "nf4", "int8"),
+        help="the frozen denoiser stored quantized (--base-quantization; CUDA only, bitsandbytes)",
+    )
+    p.add_argument(
         "--variants",
         nargs="*",
         default=[],
-        help="several runs in one process, the model built once: each BATCH[:DTYPE][:8bit][:compile][:gc], e.g. "
-        "b1 b8 b8:fp16 b8:8bit b8:compile; --json then gets a list",
+        help="several runs in one process, the model built once: each BATCH[:DTYPE][:8bit][:compile][:gc][:nf4|:int8], "
+        "e.g. b1 b8 b8:fp16 b8:8bit b8:compile b1:nf4; --json then gets a list",
     )
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -585,6 +614,8 @@ def parse_args(argv=None):
     )
     p.add_argument("--json", default="", help="write the figures to this file")
     args = p.parse_args(argv)
+    if args.base_quantization != "none" and args.device != "cuda":
+        raise SystemExit(f"--base-quantization {args.base_quantization}: CUDA only (diffusers' bitsandbytes quantizers)")
     if args.smoke:
         args.resolution, args.warmup, args.steps = 64, 1, 2
     args.resolution = args.resolution or NATIVE[args.shape]
@@ -614,8 +645,12 @@ def variant(args, spec: str):
             args.compile = True
         elif part == "gc":
             args.gradient_checkpointing = True
+        elif part in ("nf4", "int8"):
+            args.base_quantization = part
         else:
-            raise SystemExit(f"--variants {spec}: unknown part {part!r} (bN, fp32/bf16/fp16, 8bit, compile, gc)")
+            raise SystemExit(f"--variants {spec}: unknown part {part!r} (bN, fp32/bf16/fp16, 8bit, compile, gc, nf4, int8)")
+    if args.base_quantization != "none" and args.device != "cuda":
+        raise SystemExit(f"--variants {spec}: quantization runs on CUDA only")
     args.name = spec
     return args
 
@@ -681,7 +716,9 @@ def measure(args, pipe=None) -> dict:
         cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
         # FlopCounterMode cannot see inside a compiled graph: a compiled run's FLOPs are those of the same run uncompiled
-        flops, by_op = count_flops(run, args.warmup + args.steps) if not args.compile else (0, {})
+        # nor into bitsandbytes' kernels: a quantized base's FLOPs are the full-precision one's
+        counted = not args.compile and args.base_quantization == "none"
+        flops, by_op = count_flops(run, args.warmup + args.steps) if counted else (0, {})
         sync()
         del run
 
@@ -704,6 +741,7 @@ def measure(args, pipe=None) -> dict:
         "gradient_checkpointing": args.gradient_checkpointing,
         "adam8bit": args.adam8bit,
         "compile": args.compile,
+        "base_quantization": args.base_quantization,
         "rank": args.rank,
         **sizes,
         "step": "dreambooth.training.loop.optimizer_step",
