@@ -104,6 +104,14 @@ EMBEDDED = {
             generate=dict(guidance=5.0),
         ),
         Embedded(
+            "tiny-z-image",
+            "Z-Image-shaped, random weights, 64 px",
+            "z-image",
+            build="dreambooth.families.z_image:build_tiny",
+            train=dict(guidance_scale=4.0),
+            generate=dict(guidance=4.0),
+        ),
+        Embedded(
             "world",
             "trained on the procedural world, 32 px, see `dreambooth demo`",
             "sd",

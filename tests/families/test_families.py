@@ -19,6 +19,7 @@ def test_names_in_lora_headers_old_and_new_map_to_families():
     assert by_name("sdxl").name == by_name("tiny-sdxl").name == "sdxl"
     assert by_name("flux").name == "flux"
     assert by_name("sd3").name == "sd3"
+    assert by_name("z-image").name == "z-image"
     assert by_name("auraflow") is None and by_name("") is None
     assert len({f.name for f in all_families()}) == len(all_families())
 
@@ -42,12 +43,14 @@ def test_single_file_checkpoints_are_told_apart_by_their_tensor_names(tmp_path):
         ("flux-aio.safetensors", "model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "flux"),
         ("flux-diffusers.safetensors", "single_transformer_blocks.0.attn.to_q.weight", "flux"),
         ("sd35.safetensors", "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "sd3"),
+        ("z-image.safetensors", "x_pad_token", "z-image"),
+        ("z-image-comfy.safetensors", "model.diffusion_model.x_pad_token", "z-image"),
     ]:
         save_file({key: torch.zeros(1)}, str(tmp_path / name))
         assert family_of_file(tmp_path / name).name == family, name
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny-flux", "tiny-sd3"])
+@pytest.mark.parametrize("model", ["tiny", "tiny-flux", "tiny-sd3", "tiny-z-image"])
 def test_target_presets_widen_in_order(model):
     from dreambooth.lora.adapter import add_lora
     from dreambooth.models import describe, load_pipeline

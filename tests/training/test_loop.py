@@ -286,6 +286,8 @@ PINNED = {
     # measured when the flow families were added (2026-11-29)
     "tiny-flux": ([1.54913831, 1.54913831, 0.0], [1.52357829, 1.52356112, 1.712e-05], [1.52485287, 1.52478707, 6.576e-05]),
     "tiny-sd3": ([3.90423489, 3.90423489, 0.0], [4.92200947, 4.92200947, 0.0], [2.88191962, 2.88191962, 0.0]),
+    # measured when Z-Image was added (2026-11-30)
+    "tiny-z-image": ([1.45947587, 1.45947587, 0.0], [1.45695865, 1.44842982, 0.00852882], [1.46577299, 1.45784605, 0.00792696]),
 }
 PINNED_SETTINGS = {  # epsilon with base-prediction prior; v with min-SNR weights; SDXL with both text encoders' LoRA
     "tiny": dict(with_prior_preservation=True, class_prompt="a photo of a dog", prior_mode="base-prediction"),
@@ -300,6 +302,13 @@ PINNED_SETTINGS = {  # epsilon with base-prediction prior; v with min-SNR weight
         weighting_scheme="logit_normal",
     ),  # fmt: skip
     "tiny-sd3": dict(train_text_encoder=True, weighting_scheme="cosmap"),
+    # Z-Image: its negated, time-reversed transformer under the flow objective, base-prediction prior, Qwen3 cached
+    "tiny-z-image": dict(
+        with_prior_preservation=True,
+        class_prompt="a photo of a dog",
+        prior_mode="base-prediction",
+        weighting_scheme="logit_normal",
+    ),
 }
 
 

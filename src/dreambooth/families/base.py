@@ -75,6 +75,9 @@ class Family:
     kohya_network_module: str = "networks.lora"  # sd-scripts' `ss_network_module` for the family
     # (denoiser config) -> diffusers' own reader reads this family's kohya files at this model's sizes
     diffusers_reads_kohya: Callable[[Any], bool] = diffusers_reads_every_size
+    # ComfyUI's key map for the family reads the diffusers file's names as they are (`transformer.<module>`): with no
+    # kohya layout, that file is the one to load there
+    comfyui_reads_diffusers_file: bool = False
 
 
 def checkpoint_has(path: Path, prefix: str) -> bool:

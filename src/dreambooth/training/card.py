@@ -35,6 +35,8 @@ def files_words(cfg: TrainConfig, base: Base) -> list[str]:
             f"`<lora:{KOHYA_NAME.removesuffix('.safetensors')}:1>` in the prompt), kohya's sd-scripts (`--network_weights`) |",
             "",
         ]
+    elif base.family.comfyui_reads_diffusers_file and not has_kohya_layout(base.family):
+        lines += ["", f"ComfyUI loads `{WEIGHT_NAME}` as it is (`models/loras/`, a LoRA loader node).", ""]
     elif has_kohya_layout(base.family):
         lines += [
             "",

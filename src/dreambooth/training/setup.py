@@ -178,6 +178,12 @@ def resolved(cfg: TrainConfig, base: Base, class_image_dtype: torch.dtype = torc
     """The settings with what the model decides filled in: resolution, alpha, LoRA targets, the file for ComfyUI /
     A1111 / Forge (refused for a family without its layout), class-image folder (keyed by the precision class images
     are drawn in: `class_image_precision` of the run's device)."""
+    family = base.family
+    if cfg.train_text_encoder and set(family.text_encoders) <= set(family.frozen_text_encoders):
+        raise UsageError(
+            f"--train-text-encoder: {family.title} trains its {family.denoiser} alone (its text encoder is cached and "
+            f"never trained, and diffusers loads no text-encoder LoRA for it); leave the flag off"
+        )
     cfg = dataclasses.replace(
         cfg,
         resolution=cfg.resolution or base.native_resolution,
