@@ -35,12 +35,18 @@ def candidates(tokenizer, count: int = 20, max_chars: int = 3, min_id: int = 350
     return sorted(chosen, key=lambda x: x[1])
 
 
-def tokenise(tokenizer, text: str) -> list[tuple[str, list[tuple[str, int]]]]:
-    """Each word of `text` with the tokens it becomes: [(word, [(token, id), ...]), ...]."""
+# byte-level BPE (Qwen's tokenizers) marks a token that starts after a space with this
+SPACE_MARK = "\u0120"
+
+
+def tokenise(tokenizer, text: str, in_prompt: bool = False) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Each word of `text` with the tokens it becomes: [(word, [(token, id), ...]), ...]; `in_prompt`: as it becomes
+    after a space, inside a prompt (byte-level BPE tokenizes 'sks' alone and ' sks' differently; CLIP's the same)."""
     out = []
     for word in text.split():
-        ids = tokenizer(word, add_special_tokens=False).input_ids
-        out.append((word, [(t.replace(WORD_END, ""), i) for t, i in zip(tokenizer.convert_ids_to_tokens(ids), ids)]))
+        ids = tokenizer((" " if in_prompt else "") + word, add_special_tokens=False).input_ids
+        tokens = [t.replace(WORD_END, "").removeprefix(SPACE_MARK) for t in tokenizer.convert_ids_to_tokens(ids)]
+        out.append((word, list(zip(tokens, ids))))
     return out
 
 
@@ -60,7 +66,7 @@ def check_identifier(tokenizer, instance_prompt: str, class_prompt: str = "") ->
     ident = guess_identifier(instance_prompt, class_prompt)
     if not ident:
         return
-    tokens = tokenise(tokenizer, ident)[0][1]
+    tokens = tokenise(tokenizer, ident, in_prompt=True)[0][1]
     if len(tokens) > 1:
         pieces = " + ".join(t for t, _ in tokens)
         warn(
