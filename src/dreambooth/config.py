@@ -166,8 +166,9 @@ class TrainConfig:
     mode_scale: float = opt(1.29, "scale of the mode density (--weighting-scheme mode)")
     max_sequence_length: int = opt(
         512,
-        "prompt tokens of T5 (FLUX.1, SD3; shorter is faster, 77 often enough for one subject) or Qwen3 (Z-Image: "
-        "padding is dropped, so only a longer prompt is cut)",
+        "prompt tokens of T5 (FLUX.1, SD3; shorter is faster, 77 often enough for one subject) or Qwen3 (FLUX.2 "
+        "[klein]: its transformer reads the padding too, so train at the length you draw at; Z-Image: padding is "
+        "dropped, so only a longer prompt is cut)",
     )
     training_guidance: float = opt(
         1.0,

@@ -98,7 +98,7 @@ def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_sampl
         f"from diffusers import {pipeline}",
         f'pipe = {pipeline}.from_pretrained("{cfg.model}")',
         'pipe.load_lora_weights("path/to/this/folder")',
-        f'pipe("{cfg.instance_prompt} on the grass").images[0]',
+        f'pipe(prompt="{cfg.instance_prompt} on the grass").images[0]',
         "```",
         "",
         "The full settings are in `config.yaml`.",
