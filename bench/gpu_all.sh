@@ -121,6 +121,13 @@ else
   # gradient checkpointing
   job step-qwen-image 180 "$PY" bench/gpu_step.py --device cuda --shape qwen-image --warmup 2 --steps 6 --variants b1:gc \
       --json "$OUT/step_qwen_image.json"
+  # Z-Image's and FLUX.2 [klein] 4B's / 9B's shapes at 1024 px (Qwen3 cached, never trained): the 16-24 GB settings
+  job step-z-image 150 "$PY" bench/gpu_step.py --device cuda --shape z-image --warmup 2 --steps 8 \
+      --variants b1 b1:gc b1:gc:8bit --json "$OUT/step_z_image.json"
+  job step-klein-4b 120 "$PY" bench/gpu_step.py --device cuda --shape flux2-klein-4b --warmup 2 --steps 8 \
+      --variants b1 b1:gc b1:gc:8bit --json "$OUT/step_klein_4b.json"
+  job step-klein-9b 150 "$PY" bench/gpu_step.py --device cuda --shape flux2-klein-9b --warmup 2 --steps 8 \
+      --variants b1:gc b1:gc:8bit --json "$OUT/step_klein_9b.json"
   # the script at batch 8 (its class images of theirs-sd15 reused): the rate to set against step-sd15's b8
   [ -n "$SCRIPT" ] && [ -d "$WORK/theirs/class" ] && job theirs-sd15-b8 90 "$PY" bench/diffusers_baseline.py \
       --device cuda --script "$SCRIPT" --python "$THEIR_PY" --model-dir "$SD15" --resolution 512 --mixed-precision fp16 \

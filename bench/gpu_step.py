@@ -394,13 +394,109 @@ def build_qwen_image_pipeline(seed: int = 0, device: torch.device | str | None =
     )
 
 
-BUILD = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline, "flux": build_flux_pipeline, "sd35": build_sd35_pipeline,
-         "qwen-image": build_qwen_image_pipeline}  # fmt: skip
-NATIVE = {"sd15": 512, "sdxl": 1024, "flux": 1024, "sd35": 1024, "qwen-image": 1024}
+# Qwen3-4B and Qwen3-8B without their heads: Z-Image's and FLUX.2 [klein]'s text encoders
+QWEN3_4B = dict(
+    vocab_size=151936,
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+    rope_theta=1000000.0,
+)
+QWEN3_8B = {**QWEN3_4B, "hidden_size": 4096, "intermediate_size": 12288}
+# Z-Image (Turbo): single-stream S3-DiT, 30 layers + 2 + 2 refiner blocks, 3840 wide, 6.2 B parameters
+Z_IMAGE_TRANSFORMER = dict(
+    all_patch_size=(2,),
+    all_f_patch_size=(1,),
+    in_channels=16,
+    dim=3840,
+    n_layers=30,
+    n_refiner_layers=2,
+    n_heads=30,
+    n_kv_heads=30,
+    cap_feat_dim=2560,
+    axes_dims=[32, 48, 48],
+    axes_lens=[1536, 512, 512],
+)
+# FLUX.2 [klein] 4B (5 joint + 20 single blocks, 3072 wide) and 9B (8 + 24, 4096 wide), reading three Qwen3 layers
+KLEIN_4B_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=128,
+    num_layers=5,
+    num_single_layers=20,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=3 * 2560,
+    guidance_embeds=False,
+)
+KLEIN_9B_TRANSFORMER = {**KLEIN_4B_TRANSFORMER, "num_layers": 8, "num_single_layers": 24, "num_attention_heads": 32,
+                        "joint_attention_dim": 3 * 4096}  # fmt: skip
+
+
+def qwen_tokenizer():
+    """A Qwen tokenizer without a download: the embedded tiny models' (its ids all fall inside Qwen3's vocabulary)."""
+    from dreambooth.families.qwen import tiny_tokenizer
+
+    return tiny_tokenizer(max_length=512)
+
+
+def build_z_image_pipeline(seed: int = 0, device: torch.device | str | None = None):
+    """A Z-Image-shaped ZImagePipeline with random weights: the 6.2 B transformer, Qwen3-4B, FLUX.1's VAE."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        transformer = ZImageTransformer2DModel(**Z_IMAGE_TRANSFORMER)
+        vae = AutoencoderKL(**VAE_16, shift_factor=0.1159, scaling_factor=0.3611)
+        text_encoder = Qwen3Model(Qwen3Config(**QWEN3_4B))
+    return ZImagePipeline(FlowMatchEulerDiscreteScheduler(shift=3.0), vae, text_encoder, qwen_tokenizer(), transformer)
+
+
+def build_klein_pipeline(transformer_config: dict, qwen_config: dict, seed: int, device):
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        transformer = Flux2Transformer2DModel(**transformer_config)
+        vae = AutoencoderKLFlux2()  # FLUX.2's VAE: 32 channels, 8x
+        text_encoder = Qwen3Model(Qwen3Config(**qwen_config))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+    )
+    return Flux2KleinPipeline(scheduler, vae, text_encoder, qwen_tokenizer(), transformer)
+
+
+def build_klein_4b_pipeline(seed: int = 0, device: torch.device | str | None = None):
+    """A FLUX.2 [klein] 4B-shaped Flux2KleinPipeline with random weights (3.9 B transformer, Qwen3-4B)."""
+    return build_klein_pipeline(KLEIN_4B_TRANSFORMER, QWEN3_4B, seed, device)
+
+
+def build_klein_9b_pipeline(seed: int = 0, device: torch.device | str | None = None):
+    """A FLUX.2 [klein] 9B-shaped Flux2KleinPipeline with random weights (8.7 B transformer, Qwen3-8B)."""
+    return build_klein_pipeline(KLEIN_9B_TRANSFORMER, QWEN3_8B, seed, device)
+
+
+BUILD = {
+    "sd15": build_sd15_pipeline,
+    "sdxl": build_sdxl_pipeline,
+    "flux": build_flux_pipeline,
+    "sd35": build_sd35_pipeline,
+    "qwen-image": build_qwen_image_pipeline,
+    "z-image": build_z_image_pipeline,
+    "flux2-klein-4b": build_klein_4b_pipeline,
+    "flux2-klein-9b": build_klein_9b_pipeline,
+}
+NATIVE = {name: 512 if name == "sd15" else 1024 for name in BUILD}
 # Too large to build on the host and copy per variant: built for each variant on the device, in bf16
-ON_DEVICE = ("flux", "sd35", "qwen-image")
-# families whose text encoders are never trained (Qwen-Image's Qwen2.5-VL): no --text-encoder LoRA by default
-FROZEN_TEXT = ("qwen-image",)
+ON_DEVICE = ("flux", "sd35", "qwen-image", "z-image", "flux2-klein-4b", "flux2-klein-9b")
+# Families whose text encoder is never trained (Qwen-Image's Qwen2.5-VL, the Qwen3 of Z-Image and FLUX.2 [klein]):
+# --text-encoder does not apply to them
+FROZEN_TEXT = ("qwen-image", "z-image", "flux2-klein-4b", "flux2-klein-9b")
 
 
 def build(args, device: torch.device):
@@ -440,7 +536,7 @@ def train_config(args, work: Path, mixed_precision: str):
         prior_mode="generated",
         rank=args.rank,
         lora_alpha=float(args.rank),
-        train_text_encoder=args.text_encoder,
+        train_text_encoder=args.text_encoder and args.shape not in FROZEN_TEXT,
         learning_rate=5e-4,
         text_encoder_lr=5e-4,
         batch_size=args.batch,
@@ -618,6 +714,9 @@ def parse_args(argv=None):
         raise SystemExit(f"--base-quantization {args.base_quantization}: CUDA only (diffusers' bitsandbytes quantizers)")
     if args.smoke:
         args.resolution, args.warmup, args.steps = 64, 1, 2
+    if args.count_only and args.shape in ("z-image", "flux2-klein-4b", "flux2-klein-9b"):
+        # transformers' Qwen3 reads its attention mask's values to build the causal mask: no meta tensors there
+        raise SystemExit(f"--count-only: not for --shape {args.shape} (its Qwen3 cannot run on the meta device)")
     args.resolution = args.resolution or NATIVE[args.shape]
     if args.count_only and args.shape == "qwen-image":
         raise SystemExit(

@@ -164,7 +164,12 @@ class TrainConfig:
     logit_mean: float = opt(0.0, "mean of the logit-normal noise-level density (--weighting-scheme logit_normal)")
     logit_std: float = opt(1.0, "standard deviation of the logit-normal noise-level density")
     mode_scale: float = opt(1.29, "scale of the mode density (--weighting-scheme mode)")
-    max_sequence_length: int = opt(512, "T5 prompt tokens (FLUX.1, SD3); shorter is faster, 77 often enough for one subject")
+    max_sequence_length: int = opt(
+        512,
+        "prompt tokens of T5 (FLUX.1, SD3; shorter is faster, 77 often enough for one subject) or Qwen3 (FLUX.2 "
+        "[klein]: its transformer reads the padding too, so train at the length you draw at; Z-Image: padding is "
+        "dropped, so only a longer prompt is cut)",
+    )
     training_guidance: float = opt(
         1.0,
         "FLUX.1 [dev]: the guidance value the transformer is given while training (diffusers' script: 3.5; sd-scripts: "

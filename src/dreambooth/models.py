@@ -112,6 +112,22 @@ EMBEDDED = {
             generate=dict(guidance=4.0),
         ),
         Embedded(
+            "tiny-z-image",
+            "Z-Image-shaped, random weights, 64 px",
+            "z-image",
+            build="dreambooth.families.z_image:build_tiny",
+            train=dict(guidance_scale=4.0),
+            generate=dict(guidance=4.0),
+        ),
+        Embedded(
+            "tiny-flux2-klein",
+            "FLUX.2 [klein]-shaped, random weights, 64 px",
+            "flux2-klein",
+            build="dreambooth.families.flux2_klein:build_tiny",
+            train=dict(guidance_scale=4.0, max_sequence_length=32),
+            generate=dict(guidance=4.0),
+        ),
+        Embedded(
             "world",
             "trained on the procedural world, 32 px, see `dreambooth demo`",
             "sd",
@@ -201,6 +217,11 @@ def load_pipeline(model: str, dtype: torch.dtype | None = None, allow_pickle: bo
             raise UsageError(f"--model {model}: a single-file model must be a .safetensors checkpoint")
         family = family_of_file(path)
         cls = pipeline_class(family)
+        if not hasattr(cls, "from_single_file"):
+            raise UsageError(
+                f"--model {model}: a {family.title} checkpoint; diffusers loads {family.title} from a diffusers folder or "
+                f"hub id only, so pass one of those"
+            )
         try:
             return supported(cls.from_single_file(str(path), dtype=dtype, **family.single_file_options()), model)
         except (OSError, ValueError) as e:

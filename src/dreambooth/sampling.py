@@ -4,11 +4,13 @@ images, model-card samples, `dreambooth generate` and the reports."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 
 import torch
 from PIL import Image
 
+from .errors import UsageError
 from .families import components, family_of
 
 
@@ -62,25 +64,28 @@ def draw(
     `autocast` is the precision the denoiser and text encoders run in; the pipeline stops at the latents and they are
     decoded here (by the family: see `Family.decoded_latents`), so that a VAE that must run in fp32 does, outside it
     (see `autoencoder`)."""
-    sampler, pipe.scheduler = pipe.scheduler, family_of(pipe).objective.sampler(pipe)
+    family = family_of(pipe)
+    if negative_prompt and "negative_prompt" not in inspect.signature(pipe.__call__).parameters:
+        raise UsageError(f"--negative-prompt: {family.pipeline_class} takes no negative prompt; leave it out")
+    sampler, pipe.scheduler = pipe.scheduler, family.objective.sampler(pipe)
     pipe.set_progress_bar_config(disable=True)
     images = []
     try:
-        with eval_mode(*components(pipe, family_of(pipe)).values()), torch.no_grad(), autocast():
+        with eval_mode(*components(pipe, family).values()), torch.no_grad(), autocast():
             for start in range(0, num, batch_size):
                 n = min(batch_size, num - start)
                 generators = [torch.Generator().manual_seed(seed + first_index + start + i) for i in range(n)]
                 negative = [negative_prompt] * n if negative_prompt else None
                 latents = pipe(
-                    [prompt] * n,
+                    prompt=[prompt] * n,  # by name: FLUX.2 [klein]'s pipeline takes images first
                     height=resolution,
                     width=resolution,
                     num_inference_steps=steps,
                     generator=generators,
                     output_type="latent",
-                    **family_of(pipe).guidance_options(guidance, negative, n),
+                    **family.guidance_options(guidance, negative, n),
                 ).images
-                batch = to_images(pipe, family_of(pipe).sampled_latents(pipe, latents, resolution, resolution))
+                batch = to_images(pipe, family.sampled_latents(pipe, latents, resolution, resolution))
                 images += batch
                 if on_batch:
                     on_batch(batch)

@@ -19,6 +19,8 @@ def test_names_in_lora_headers_old_and_new_map_to_families():
     assert by_name("sdxl").name == by_name("tiny-sdxl").name == "sdxl"
     assert by_name("flux").name == "flux"
     assert by_name("sd3").name == "sd3"
+    assert by_name("z-image").name == "z-image"
+    assert by_name("flux2-klein").name == "flux2-klein"
     assert by_name("auraflow") is None and by_name("") is None
     assert len({f.name for f in all_families()}) == len(all_families())
 
@@ -42,12 +44,16 @@ def test_single_file_checkpoints_are_told_apart_by_their_tensor_names(tmp_path):
         ("flux-aio.safetensors", "model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "flux"),
         ("flux-diffusers.safetensors", "single_transformer_blocks.0.attn.to_q.weight", "flux"),
         ("sd35.safetensors", "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "sd3"),
+        ("z-image.safetensors", "x_pad_token", "z-image"),
+        ("z-image-comfy.safetensors", "model.diffusion_model.x_pad_token", "z-image"),
+        ("flux2.safetensors", "double_stream_modulation_img.lin.weight", "flux2-klein"),
+        ("flux2-diffusers.safetensors", "double_stream_modulation_img.linear.weight", "flux2-klein"),
     ]:
         save_file({key: torch.zeros(1)}, str(tmp_path / name))
         assert family_of_file(tmp_path / name).name == family, name
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny-flux", "tiny-sd3"])
+@pytest.mark.parametrize("model", ["tiny", "tiny-flux", "tiny-sd3", "tiny-z-image", "tiny-flux2-klein"])
 def test_target_presets_widen_in_order(model):
     from dreambooth.lora.adapter import add_lora
     from dreambooth.models import describe, load_pipeline
@@ -71,3 +77,13 @@ def test_a_preset_stands_alone():
 
     with pytest.raises(UsageError, match="stands alone"):
         denoiser_targets(["attention", "proj_in"], FAMILY)
+
+
+def test_a_single_file_of_a_family_diffusers_loads_from_folders_only_is_one_line(tmp_path):
+    from dreambooth.errors import UsageError
+
+    save_file({"double_stream_modulation_img.lin.weight": torch.zeros(1)}, str(tmp_path / "klein.safetensors"))
+    with pytest.raises(
+        UsageError, match=r"FLUX.2 \[klein\] checkpoint; diffusers loads FLUX.2 \[klein\] from a diffusers folder"
+    ):
+        load_pipeline(str(tmp_path / "klein.safetensors"))

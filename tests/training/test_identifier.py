@@ -1,5 +1,5 @@
 from dreambooth.families.clip import load_clip_tokenizer
-from dreambooth.training.identifier import candidates, english_short_words, guess_identifier, tokenise
+from dreambooth.training.identifier import candidates, check_identifier, english_short_words, guess_identifier, tokenise
 
 
 def test_real_vocabulary_tokenises_the_paper_prompt():
@@ -32,3 +32,18 @@ def test_candidates_are_rare_short_single_tokens_and_not_english():
 def test_guess_identifier():
     assert guess_identifier("a photo of sks dog", "a photo of a dog") == "sks"
     assert guess_identifier("a photo of zwx teapot") == "zwx"
+
+
+def test_an_identifier_is_counted_as_it_tokenizes_inside_the_prompt(capsys):
+    """Byte-level BPE (Qwen's) has ' sks' as one token and 'sks' alone as three: the prompt has the first."""
+    from dreambooth.families.qwen import tiny_tokenizer
+
+    qwen = tiny_tokenizer()
+    assert len(tokenise(qwen, "sks")[0][1]) > 1 and tokenise(qwen, "sks", in_prompt=True)[0][1] == [
+        ("sks", qwen(" sks").input_ids[0])
+    ]
+    check_identifier(qwen, "a photo of sks dog", "a photo of a dog")
+    check_identifier(load_clip_tokenizer(), "a photo of sks dog", "a photo of a dog")
+    assert capsys.readouterr().err == ""
+    check_identifier(qwen, "a photo of zwxqvk dog", "a photo of a dog")
+    assert "identifier 'zwxqvk' splits into" in capsys.readouterr().err

@@ -288,6 +288,10 @@ PINNED = {
     "tiny-sd3": ([3.90423489, 3.90423489, 0.0], [4.92200947, 4.92200947, 0.0], [2.88191962, 2.88191962, 0.0]),
     # measured when Qwen-Image was added (2026-11-30)
     "tiny-qwen-image": ([1.81495726, 1.81495726, 0.0], [1.83031166, 1.83025682, 5.484e-05], [1.8156451, 1.81552386, 0.00012123]),
+    # measured when Z-Image was added (2026-11-30)
+    "tiny-z-image": ([1.45947587, 1.45947587, 0.0], [1.45695865, 1.44842982, 0.00852882], [1.46577299, 1.45784605, 0.00792696]),
+    # measured when FLUX.2 [klein] was added (2026-11-30)
+    "tiny-flux2-klein": ([2.54864812, 2.54864812, 0.0], [2.54920936, 2.54920864, 7.8e-07], [2.52768421, 2.52768135, 2.83e-06]),
 }
 PINNED_SETTINGS = {  # epsilon with base-prediction prior; v with min-SNR weights; SDXL with both text encoders' LoRA
     "tiny": dict(with_prior_preservation=True, class_prompt="a photo of a dog", prior_mode="base-prediction"),
@@ -308,7 +312,21 @@ PINNED_SETTINGS = {  # epsilon with base-prediction prior; v with min-SNR weight
         class_prompt="a photo of a dog",
         prior_mode="base-prediction",
         weighting_scheme="logit_normal",
-    ),  # fmt: skip
+    ),
+    # Z-Image: its negated, time-reversed transformer under the flow objective, base-prediction prior, Qwen3 cached
+    "tiny-z-image": dict(
+        with_prior_preservation=True,
+        class_prompt="a photo of a dog",
+        prior_mode="base-prediction",
+        weighting_scheme="logit_normal",
+    ),
+    # FLUX.2 [klein]: latents by the VAE's patch statistics, three Qwen3 layers (cached), mode-weighted levels
+    "tiny-flux2-klein": dict(
+        with_prior_preservation=True,
+        class_prompt="a photo of a dog",
+        prior_mode="base-prediction",
+        weighting_scheme="mode",
+    ),
 }
 
 

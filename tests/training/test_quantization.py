@@ -88,3 +88,20 @@ def test_an_unknown_quantization_is_one_line(photos, tmp_path, capsys):
     assert main(["train", "--model", "tiny-flux", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog",
                  "--output-dir", str(tmp_path / "run"), "--base-quantization", "int4"]) == 2  # fmt: skip
     assert "--base-quantization" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-z-image", "tiny-flux2-klein"])
+def test_the_qwen_encoder_families_train_on_an_nf4_base(model, quantizers_on_the_cpu, photos, tmp_path, monkeypatch):
+    """Z-Image's and FLUX.2 [klein]'s transformers quantize as FLUX.1's does: every adapter on a 4-bit layer."""
+    seen = {}
+    original = setup_mod.adapt
+
+    def adapt(cfg, pipe, family, device, dtype):
+        out = original(cfg, pipe, family, device, dtype)
+        seen["layers"] = {type(m.base_layer).__name__ for m in pipe.transformer.modules() if hasattr(m, "base_layer")}
+        return out
+
+    monkeypatch.setattr(setup_mod, "adapt", adapt)
+    folder = train(run(photos, tmp_path / "run", model=model, base_quantization="nf4", max_sequence_length=32))
+    assert seen["layers"] == {"Linear4bit"} and (folder / WEIGHT_NAME).is_file()

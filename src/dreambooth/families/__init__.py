@@ -14,10 +14,10 @@ __all__ = ["Family", "PromptEmbeddings", "checkpoint_has", "all_families", "fami
 
 
 def all_families() -> list[Family]:
-    from . import flux, qwenimage, sd, sd3, sdxl
+    from . import flux, flux2_klein, qwenimage, sd, sd3, sdxl, z_image
 
     # The most specific first: an SDXL pipeline would also pass a looser SD test.
-    return [flux.FAMILY, sd3.FAMILY, qwenimage.FAMILY, sdxl.FAMILY, sd.FAMILY]
+    return [z_image.FAMILY, flux2_klein.FAMILY, flux.FAMILY, sd3.FAMILY, qwenimage.FAMILY, sdxl.FAMILY, sd.FAMILY]
 
 
 def family_of(pipe) -> Family:

@@ -29,7 +29,8 @@ def diffusers_reads_every_size(config: Any) -> bool:
 
 
 def classifier_free_guidance(guidance: float, negative_prompts: list[str] | None, count: int) -> dict:
-    return {"guidance_scale": guidance, "negative_prompt": negative_prompts}
+    # the negative prompt only when given: FLUX.2 [klein]'s pipeline takes none
+    return {"guidance_scale": guidance, **({"negative_prompt": negative_prompts} if negative_prompts else {})}
 
 
 def latents_as_they_are(pipe: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -88,6 +89,9 @@ class Family:
     decoded_latents: Callable[[Any, torch.Tensor], torch.Tensor] = autoencoder.decode
     # (guidance, negative prompts or None, number of prompts) -> the pipeline call's guidance keywords
     guidance_options: Callable[[float, list[str] | None, int], dict] = classifier_free_guidance
+    # ComfyUI's key map for the family reads the diffusers file's names as they are (`transformer.<module>`): with no
+    # kohya layout, that file is the one to load there
+    comfyui_reads_diffusers_file: bool = False
 
 
 def checkpoint_has(path: Path, prefix: str) -> bool:

@@ -54,3 +54,36 @@ def tiny_tokenizer(max_length: int = 512):
         model_max_length=max_length,
         chat_template=CHAT_TEMPLATE,
     )
+
+
+def tiny_qwen3(tokenizer, width: int, layers: int, seed: int):
+    """A Qwen3 language model without its head (what Z-Image and FLUX.2 [klein] read hidden states of): `layers`
+    layers of `width`, grouped-query attention (2 query heads, 1 key/value head), random weights (seeded)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=width // 2,
+        max_position_embeddings=tokenizer.model_max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return Qwen3Model(config)
+
+
+def chat_prompts(tokenizer, prompts: list[str], thinking: bool) -> list[str]:
+    """Each prompt as one user turn of the chat template, with the assistant's turn opened (and, without
+    `thinking`, the empty thinking block Qwen3 writes then), as the Qwen3-encoder pipelines wrap them."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+        )
+        for p in prompts
+    ]

@@ -30,6 +30,8 @@ def add_lora(
     model.requires_grad_(False)
     if targets == ["all-linear"]:  # peft expands this preset for transformers' models only
         targets = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    else:
+        targets = layer_targets(model, targets)
     # peft annotates lora_alpha as int; a float alpha is what the user asked for, and peft computes with it as given
     config = LoraConfig(
         r=rank,
@@ -48,6 +50,23 @@ def add_lora(
     for p in params:
         p.data = p.data.float()  # fp32 master weights even when the base runs in half precision
     return params
+
+
+CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
+
+
+def layer_targets(model: Any, targets: list[str]) -> list[str]:
+    """`targets` as peft is to read them (a name matches the modules whose path ends with it): a name that also ends
+    the path of a container, which peft cannot adapt, stands for the layers among its matches, by their paths
+    (FLUX.2's `attn.to_out` is the single blocks' output layer, and the joint blocks' list of theirs)."""
+    out = []
+    for target in targets:
+        named = [(name, m) for name, m in model.named_modules() if name == target or name.endswith("." + target)]
+        if any(isinstance(m, CONTAINERS) for _, m in named):
+            out += [name for name, m in named if not isinstance(m, CONTAINERS)]
+        else:
+            out.append(target)
+    return out
 
 
 _TUNER_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -35,6 +35,8 @@ def files_words(cfg: TrainConfig, base: Base) -> list[str]:
             f"`<lora:{KOHYA_NAME.removesuffix('.safetensors')}:1>` in the prompt), kohya's sd-scripts (`--network_weights`) |",
             "",
         ]
+    elif base.family.comfyui_reads_diffusers_file and not has_kohya_layout(base.family):
+        lines += ["", f"ComfyUI loads `{WEIGHT_NAME}` as it is (`models/loras/`, a LoRA loader node).", ""]
     elif has_kohya_layout(base.family):
         lines += [
             "",
@@ -96,7 +98,7 @@ def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_sampl
         f"from diffusers import {pipeline}",
         f'pipe = {pipeline}.from_pretrained("{cfg.model}")',
         'pipe.load_lora_weights("path/to/this/folder")',
-        f'pipe("{cfg.instance_prompt} on the grass").images[0]',
+        f'pipe(prompt="{cfg.instance_prompt} on the grass").images[0]',
         "```",
         "",
         "The full settings are in `config.yaml`.",

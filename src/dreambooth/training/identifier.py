@@ -10,7 +10,6 @@ from importlib import resources
 from ..errors import warn
 
 WORD_END = "</w>"
-SPACE = "\u0120"  # byte-level BPE's mark of a word after a space ("Ġ")
 
 
 @lru_cache(maxsize=1)
@@ -36,13 +35,19 @@ def candidates(tokenizer, count: int = 20, max_chars: int = 3, min_id: int = 350
     return sorted(chosen, key=lambda x: x[1])
 
 
-def tokenise(tokenizer, text: str) -> list[tuple[str, list[tuple[str, int]]]]:
-    """Each word of `text` with the tokens it becomes: [(word, [(token, id), ...]), ...]."""
+# byte-level BPE (Qwen's tokenizers) marks a token that starts after a space with this
+SPACE_MARK = "\u0120"
+
+
+def tokenise(tokenizer, text: str, in_prompt: bool = False) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Each word of `text` with the tokens it becomes: [(word, [(token, id), ...]), ...]; `in_prompt`: as it becomes
+    after a space, inside a prompt (byte-level BPE tokenizes 'sks' alone and ' sks' differently; CLIP's the same)."""
     out = []
     for word in text.split():
-        # as the word reads inside a prompt, after a space: byte-level BPE (Qwen's) tokenizes " sks" and "sks" apart
-        ids = tokenizer(" " + word, add_special_tokens=False).input_ids
-        tokens = [(t.replace(WORD_END, "").removeprefix(SPACE), i) for t, i in zip(tokenizer.convert_ids_to_tokens(ids), ids)]
+        ids = tokenizer((" " if in_prompt else "") + word, add_special_tokens=False).input_ids
+        tokens = [
+            (t.replace(WORD_END, "").removeprefix(SPACE_MARK), i) for t, i in zip(tokenizer.convert_ids_to_tokens(ids), ids)
+        ]
         out.append((word, [(t, i) for t, i in tokens if t]))  # a lone space marker is no piece of the word
     return out
 
@@ -63,7 +68,7 @@ def check_identifier(tokenizer, instance_prompt: str, class_prompt: str = "") ->
     ident = guess_identifier(instance_prompt, class_prompt)
     if not ident:
         return
-    tokens = tokenise(tokenizer, ident)[0][1]
+    tokens = tokenise(tokenizer, ident, in_prompt=True)[0][1]
     if len(tokens) > 1:
         pieces = " + ".join(t for t, _ in tokens)
         warn(

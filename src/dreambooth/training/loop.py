@@ -165,6 +165,8 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         from ..lora.export import export_with
 
         export_with(run.pipe, run.out / WEIGHT_NAME, cfg.export, model=cfg.model)
+    elif base.family.comfyui_reads_diffusers_file and not has_kohya_layout(base.family):
+        print(f"note: ComfyUI loads {WEIGHT_NAME} as it is (it reads diffusers' names for {base.family.title})", flush=True)
     elif not has_kohya_layout(base.family):
         print(
             f"note: no file in the kohya layout (A1111 / Forge, sd-scripts): this tool does not write {base.family.title} LoRAs in it yet",

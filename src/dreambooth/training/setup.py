@@ -181,8 +181,8 @@ def resolved(cfg: TrainConfig, base: Base, class_image_dtype: torch.dtype = torc
     family = base.family
     if cfg.train_text_encoder and set(family.text_encoders) <= set(family.frozen_text_encoders):
         raise UsageError(
-            f"--train-text-encoder: {family.title}'s text encoder is never trained (its embeddings are cached); "
-            f"leave the flag out"
+            f"--train-text-encoder: {family.title} trains its {family.denoiser} alone (its text encoder is cached and "
+            f"never trained, and diffusers loads no text-encoder LoRA for it); leave the flag off"
         )
     cfg = dataclasses.replace(
         cfg,
