@@ -20,7 +20,7 @@ from .. import atomic
 from ..config import TrainConfig
 from ..errors import TrainingError
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where
-from ..lora.kohya import has_kohya_layout
+from ..lora.kohya import LYCORIS_FUSED, has_kohya_layout
 from ..sampling import draw, grid
 from . import checkpoint
 from .card import model_card
@@ -147,6 +147,7 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         "resolution": cfg.resolution,
         "text_encoder": cfg.train_text_encoder,
         "dora": cfg.dora,
+        "adapter": cfg.adapter,
         "ema": cfg.use_ema_weights,
     }
     if cfg.use_ema_weights:
@@ -172,6 +173,9 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         )
     elif cfg.dora:
         print("note: no file for ComfyUI / A1111 / Forge: this tool writes DoRA LoRAs for diffusers only", flush=True)
+    elif cfg.adapter != "lora":
+        print(f"note: no file for ComfyUI / A1111 / Forge: {LYCORIS_FUSED.format(adapter=cfg.adapter, family=base.family.title)}",
+              flush=True)  # fmt: skip
     if cfg.num_samples:
         save_samples(run, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, run.out / "samples.png")
     atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds))

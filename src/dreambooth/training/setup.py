@@ -184,7 +184,7 @@ def resolved(cfg: TrainConfig, base: Base, class_image_dtype: torch.dtype = torc
         lora_alpha=float(cfg.lora_alpha or cfg.rank),
         target_modules=denoiser_targets(cfg.target_modules, base.family),
         text_encoder_target_modules=cfg.text_encoder_target_modules or list(base.family.text_encoder_targets),
-        export=export_in_force(cfg.export, base.family, cfg.dora),
+        export=export_in_force(cfg.export, base.family, cfg.dora, cfg.adapter),
     )
     prompts = class_prompts(cfg)
     if cfg.prior() is PriorMode.GENERATED and not cfg.class_dir and len(prompts) == 1:
@@ -269,7 +269,8 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
     trained = {family.denoiser: denoiser}
     unread = family.unread_modules(family.denoiser, denoiser)
-    params = add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, unread, cfg.dora)
+    params = add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, unread, cfg.dora,
+                      cfg.adapter, cfg.lokr_factor)  # fmt: skip
     groups = [{"params": params, "lr": cfg.learning_rate}]
     if cfg.train_text_encoder:
         for name, encoder in encoders.items():
@@ -277,7 +278,8 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
                 continue
             unread = family.unread_modules(name, encoder)
             targets = cfg.text_encoder_target_modules
-            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, targets, unread, cfg.dora)
+            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, targets, unread, cfg.dora,
+                              cfg.adapter, cfg.lokr_factor)  # fmt: skip
             groups.append({"params": params, "lr": cfg.text_encoder_lr})
             trained[name] = encoder
     for name, m in trained.items():
@@ -417,7 +419,8 @@ def run_identity(cfg: TrainConfig, base: Base, pipe) -> dict:
     return {
         "model": fingerprint(pipe, base.family),  # the base's weights, wherever they were loaded from
         "family": base.family.name,
-        "adapter": "lora",
+        "adapter": cfg.adapter,
+        "lokr_factor": cfg.lokr_factor,
         "dora": cfg.dora,
         "rank": cfg.rank,
         "lora_alpha": cfg.lora_alpha,

@@ -1,0 +1,75 @@
+"""LoKr and LoHa (--adapter lokr|loha): trained through peft, saved, written in LyCORIS' kohya-style layout, read back
+by this tool and loaded from either file to draw the same images."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from dreambooth.config import TrainConfig
+from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+from dreambooth.lora.files import load_lora
+from dreambooth.sampling import draw as sampling_draw
+from dreambooth.sampling import grid
+from dreambooth.training.loop import train
+
+
+def draw(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a photo of sks dog", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
+    return image.images[0]
+
+
+def trained(photos, tmp_path, adapter, **extra):
+    settings = dict(
+        model="tiny",
+        instance_dir=str(photos),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(tmp_path / adapter),
+        train_text_encoder=True,
+        adapter=adapter,
+        rank=4,
+        lora_alpha=8,
+        learning_rate=1e-2,
+        text_encoder_lr=1e-2,
+        max_steps=3,
+        num_samples=2,
+        sample_steps=3,
+    )
+    return train(TrainConfig(**{**settings, **extra}))
+
+
+@pytest.mark.parametrize("adapter, extra", [("lokr", {}), ("loha", {}), ("lokr", {"lokr_factor": 4, "rank": 2})])
+def test_each_adapter_trains_saves_exports_and_draws_the_same_from_both_files(adapter, extra, photos, tmp_path):
+    run = trained(photos, tmp_path, adapter, **extra)
+    native = load_file(str(run / "pytorch_lora_weights.safetensors"))
+    kohya = load_file(str(run / "lora_kohya.safetensors"))
+    factor = {"lokr": ".lokr_w", "loha": ".hada_w"}[adapter]
+    assert native and all(factor in k for k in native)
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in kohya)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in kohya)
+    assert {k.rpartition(".")[2] for k in kohya} >= (
+        {"lokr_w1", "alpha"} if adapter == "lokr" else {"hada_w1_a", "hada_w2_b", "alpha"}
+    )
+    with safe_open(str(run / "lora_kohya.safetensors"), framework="pt") as f:
+        assert f.metadata()["ss_network_module"] == "lycoris.kohya"
+
+    base = draw(build_tiny_pipeline())
+    images = []
+    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        pipe = build_tiny_pipeline()
+        load_lora(pipe, run / name)
+        images.append(draw(pipe))
+    assert np.allclose(images[0], images[1], atol=1e-5)
+    assert np.abs(images[0] - base).mean() > 1e-4  # the adapter does something
+
+    # the file draws what the trained model drew at the end of training (its samples.png)
+    from PIL import Image
+
+    pipe = build_tiny_pipeline()
+    load_lora(pipe, run / "lora_kohya.safetensors")
+    cfg = TrainConfig(model="tiny")
+    again = grid(sampling_draw(pipe, "a photo of sks dog", 2, 0, 3, cfg.guidance_scale, 64, 4))
+    drawn = np.asarray(Image.open(run / "samples.png"), dtype=np.int16)
+    assert np.abs(np.asarray(again, dtype=np.int16) - drawn).max() <= 1
