@@ -299,12 +299,21 @@ def check_train(cfg: TrainConfig) -> None:
         ("instance_prompt", "e.g. 'a photo of sks dog'"),
         ("output_dir", "a folder for the results"),
     ]
+    if cfg.subjects:
+        given = [name for name in ("instance_dir", "instance_prompt", "class_prompt", "class_prompts_file") if getattr(cfg, name)]
+        if given:
+            raise UsageError(
+                f"--subjects: replaces {flag_name(given[0])} (each subject names its own); drop {flag_name(given[0])}"
+            )
+        if cfg.prior() is PriorMode.BASE_PREDICTION:
+            raise UsageError("--subjects: with --prior-mode base-prediction is not supported; use --prior-mode generated")
+        need = need[2:]
     for name, what in need:
         if not getattr(cfg, name):
             raise UsageError(f"{flag_name(name)} is required: pass {what}")
     if cfg.resolution < 0 or cfg.resolution % 8:
         raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
-    if cfg.with_prior_preservation and not (cfg.class_prompt or cfg.class_prompts_file):
+    if cfg.with_prior_preservation and not (cfg.class_prompt or cfg.class_prompts_file or cfg.subjects):
         raise UsageError("--with-prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of a dog'")
     if cfg.class_prompts_file and cfg.prior() is PriorMode.BASE_PREDICTION:
         raise UsageError(
