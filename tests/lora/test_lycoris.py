@@ -73,3 +73,38 @@ def test_each_adapter_trains_saves_exports_and_draws_the_same_from_both_files(ad
     again = grid(sampling_draw(pipe, "a photo of sks dog", 2, 0, 3, cfg.guidance_scale, 64, 4))
     drawn = np.asarray(Image.open(run / "samples.png"), dtype=np.int16)
     assert np.abs(np.asarray(again, dtype=np.int16) - drawn).max() <= 1
+
+
+def test_flux_kohya_export_of_a_lokr_is_refused_in_one_line_before_training(photos, tmp_path, capsys):
+    from dreambooth.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--model", "tiny-flux", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog",
+            "--output-dir", str(out), "--adapter", "lokr", "--export", "kohya", "--max-steps", "1"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--export kohya: FLUX.1's kohya layout fuses q, k and v" in err
+    assert "cannot be written exactly" in err and not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--adapter", "lokr", "--dora"], "--dora: DoRA is a kind of LoRA; with --adapter lokr drop --dora"),
+        (["--adapter", "loha", "--lora-dropout", "0.1"], "--lora-dropout 0.1: not with --adapter loha"),
+        (["--lokr-factor", "4"], "--lokr-factor 4: only with --adapter lokr"),
+        (["--adapter", "lokr", "--lokr-factor", "1"], "--lokr-factor 1: must be -1"),
+        (["--adapter", "lycoris"], "--adapter"),
+    ],
+)
+def test_adapter_settings_that_do_not_go_together_are_one_line(flags, message, photos, tmp_path, capsys):
+    from dreambooth.cli import main
+
+    argv = ["train", "--model", "tiny", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog",
+            "--output-dir", str(tmp_path / "run"), *flags]  # fmt: skip
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's refusal of a value outside the choices
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "Traceback" not in err

@@ -200,7 +200,13 @@ def load_into(pipe, state: dict[str, torch.Tensor], configs: dict[str, dict], ad
         config["rank_pattern"], config["alpha_pattern"] = rename(config.get("rank_pattern")), rename(config.get("alpha_pattern"))
         # diffusers' and transformers' own add_adapter, which keep `peft_config` (peft's loader reads it)
         model.add_adapter(peft_config(config), adapter_name=adapter_name)
-        result: Any = set_peft_model_state_dict(model, renamed, adapter_name=adapter_name)
+        try:
+            result: Any = set_peft_model_state_dict(model, renamed, adapter_name=adapter_name)
+        except RuntimeError as e:  # a factor of another size: a file for another model
+            raise UsageError(
+                f"the LoKr / LoHa file does not fit this model's {component} ({str(e).splitlines()[-1].strip()[:160]}); "
+                f"pass the --model it was trained on"
+            ) from None
         unexpected = [k for k in result.unexpected_keys if any(f".{p}" in k for p in PARTS)]
         ours = [k for k in result.missing_keys if f".{adapter_name}" in k]
         missing = [k for k in ours if any(f".{p}." in k for p in PARTS)]
