@@ -88,3 +88,23 @@ def test_subjects_replace_the_single_subject_flags(photos, tmp_path):
     subjects = two_subjects(photos, tmp_path)
     with pytest.raises(UsageError, match="--subjects: replaces --instance-dir"):
         set_up(TrainConfig(model="tiny", subjects=str(subjects), instance_dir=str(photos), output_dir=str(tmp_path / "o")))
+
+
+def test_a_resumed_lokr_run_of_two_subjects_equals_an_uninterrupted_one_bitwise(photos, tmp_path):
+    from safetensors.torch import load_file
+
+    from dreambooth.training.loop import train
+
+    subjects = two_subjects(photos, tmp_path)
+
+    def cfg(out, steps, **more):
+        return TrainConfig(model="tiny", subjects=str(subjects), output_dir=str(tmp_path / out), adapter="lokr", rank=2,
+                           lokr_factor=4, with_prior_preservation=True, max_steps=steps, batch_size=2, num_samples=0,
+                           learning_rate=1e-2, export="none", **more)  # fmt: skip
+
+    whole = train(cfg("whole", 4))
+    train(cfg("split", 2))
+    split = train(cfg("split", 4, resume=True))
+    a, b = load_file(str(whole / "pytorch_lora_weights.safetensors")), load_file(str(split / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and any(".lokr_w2_a" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
