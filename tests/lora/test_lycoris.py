@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from dreambooth.config import TrainConfig
 from dreambooth.families.sd import build_tiny as build_tiny_pipeline
+from dreambooth.families.sdxl import build_tiny as build_tiny_sdxl_pipeline
 from dreambooth.lora.files import load_lora
 from dreambooth.sampling import draw as sampling_draw
 from dreambooth.sampling import grid
@@ -40,25 +41,38 @@ def trained(photos, tmp_path, adapter, **extra):
     return train(TrainConfig(**{**settings, **extra}))
 
 
-@pytest.mark.parametrize("adapter, extra", [("lokr", {}), ("loha", {}), ("lokr", {"lokr_factor": 4, "rank": 2})])
+@pytest.mark.parametrize(
+    "adapter, extra",
+    [
+        ("lokr", {}),
+        ("loha", {}),
+        ("lokr", {"lokr_factor": 4, "rank": 2}),
+        pytest.param("loha", {"model": "tiny-sdxl"}, marks=pytest.mark.slow),
+    ],
+)
 def test_each_adapter_trains_saves_exports_and_draws_the_same_from_both_files(adapter, extra, photos, tmp_path):
+    model = extra.get("model", "tiny")
+    build = build_tiny_sdxl_pipeline if model == "tiny-sdxl" else build_tiny_pipeline
     run = trained(photos, tmp_path, adapter, **extra)
     native = load_file(str(run / "pytorch_lora_weights.safetensors"))
     kohya = load_file(str(run / "lora_kohya.safetensors"))
     factor = {"lokr": ".lokr_w", "loha": ".hada_w"}[adapter]
     assert native and all(factor in k for k in native)
-    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in kohya)
-    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in kohya)
+    encoders = ("lora_te1_", "lora_te2_") if model == "tiny-sdxl" else ("lora_te_",)
+    assert all(k.startswith(("lora_unet_", *encoders)) for k in kohya)
+    assert all(any(k.startswith(f"{p}text_model_encoder_layers_0_self_attn_q_proj.") for k in kohya) for p in encoders)
+    if model == "tiny-sdxl":  # the original UNet's names, as sd-scripts writes them
+        assert any(k.startswith("lora_unet_input_blocks_") for k in kohya)
     assert {k.rpartition(".")[2] for k in kohya} >= (
         {"lokr_w1", "alpha"} if adapter == "lokr" else {"hada_w1_a", "hada_w2_b", "alpha"}
     )
     with safe_open(str(run / "lora_kohya.safetensors"), framework="pt") as f:
         assert f.metadata()["ss_network_module"] == "lycoris.kohya"
 
-    base = draw(build_tiny_pipeline())
+    base = draw(build())
     images = []
     for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
-        pipe = build_tiny_pipeline()
+        pipe = build()
         load_lora(pipe, run / name)
         images.append(draw(pipe))
     assert np.allclose(images[0], images[1], atol=1e-5)
@@ -67,9 +81,9 @@ def test_each_adapter_trains_saves_exports_and_draws_the_same_from_both_files(ad
     # the file draws what the trained model drew at the end of training (its samples.png)
     from PIL import Image
 
-    pipe = build_tiny_pipeline()
+    pipe = build()
     load_lora(pipe, run / "lora_kohya.safetensors")
-    cfg = TrainConfig(model="tiny")
+    cfg = TrainConfig(model=model)
     again = grid(sampling_draw(pipe, "a photo of sks dog", 2, 0, 3, cfg.guidance_scale, 64, 4))
     drawn = np.asarray(Image.open(run / "samples.png"), dtype=np.int16)
     assert np.abs(np.asarray(again, dtype=np.int16) - drawn).max() <= 1
