@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dreambooth.config import TrainConfig
 from dreambooth.families.sd import build_tiny as build_tiny_pipeline
@@ -68,6 +68,8 @@ def test_each_adapter_trains_saves_exports_and_draws_the_same_from_both_files(ad
     )
     with safe_open(str(run / "lora_kohya.safetensors"), framework="pt") as f:
         assert f.metadata()["ss_network_module"] == "lycoris.kohya"
+    card = (run / "README.md").read_text()
+    assert "LyCORIS' layout" in card and "load_lora_weights` does not read" in card
 
     base = draw(build())
     images = []
@@ -122,3 +124,15 @@ def test_adapter_settings_that_do_not_go_together_are_one_line(flags, message, p
         code = e.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_lokr_file_for_another_model_is_refused_in_one_line(photos, tmp_path):
+    from dreambooth.errors import UsageError
+
+    run = trained(photos, tmp_path, "lokr", num_samples=0)
+    with pytest.raises(UsageError, match="made for a sd model, but --model tiny-sdxl is SDXL"):
+        load_lora(build_tiny_sdxl_pipeline(), run, model="tiny-sdxl")
+    # a file without this tool's header (as another program might keep it): the layer names tell
+    save_file(load_file(str(run / "lora_kohya.safetensors")), str(tmp_path / "bare.safetensors"))
+    with pytest.raises(UsageError, match=r"LoKr / LoHa key 'lora_(te|unet)_.*' names no layer of this SDXL model"):
+        load_lora(build_tiny_sdxl_pipeline(), tmp_path / "bare.safetensors", model="tiny-sdxl")

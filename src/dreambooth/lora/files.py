@@ -28,9 +28,15 @@ KOHYA_NAME = "lora_kohya.safetensors"  # the same LoRA in kohya's layout (`--exp
 PROGRAMS = {WEIGHT_NAME: "diffusers", KOHYA_NAME: "ComfyUI, A1111 / Forge and sd-scripts"}
 
 
-def which_file_where(names: list[str]) -> str:
+# A LoKr / LoHa: diffusers' load_lora_weights reads neither file for these families; sd-scripts trains LyCORIS through
+# the lycoris package, and its loading of this layout was not checked.
+LYCORIS_PROGRAMS = {WEIGHT_NAME: "dreambooth generate", KOHYA_NAME: "ComfyUI, A1111 / Forge"}
+
+
+def which_file_where(names: list[str], lycoris: bool = False) -> str:
     """'pytorch_lora_weights.safetensors for diffusers, lora_kohya.safetensors for ComfyUI, …' for the files `names`."""
-    return ", ".join(f"{name} for {programs}" for name, programs in PROGRAMS.items() if name in names)
+    programs = LYCORIS_PROGRAMS if lycoris else PROGRAMS
+    return ", ".join(f"{name} for {where}" for name, where in programs.items() if name in names)
 
 
 # Text encoders whose module names transformers 5 shortened (CLIPTextModel lost its `text_model.` level). Released

@@ -28,9 +28,13 @@ def files_words(cfg: TrainConfig, base: Base) -> list[str]:
         "",
         "| file | load it in |",
         "|---|---|",
-        f"| `{WEIGHT_NAME}` | diffusers (`load_lora_weights`, below), `dreambooth generate` |",
+        f"| `{WEIGHT_NAME}` | diffusers (`load_lora_weights`, below), `dreambooth generate` |"
+        if cfg.adapter == "lora"
+        else f"| `{WEIGHT_NAME}` | `dreambooth generate` |",
     ]
-    if cfg.export == "kohya":
+    if cfg.export == "kohya" and cfg.adapter != "lora":
+        lines += [f"| `{KOHYA_NAME}` | ComfyUI (`models/loras/`), A1111 / Forge (`models/Lora/`): LyCORIS' layout |", ""]
+    elif cfg.export == "kohya":
         lines += [
             f"| `{KOHYA_NAME}` | ComfyUI (`models/loras/`, a LoRA loader node), A1111 / Forge (`models/Lora/`, "
             f"`<lora:{KOHYA_NAME.removesuffix('.safetensors')}:1>` in the prompt), kohya's sd-scripts (`--network_weights`) |",

@@ -189,7 +189,10 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
     atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds))
     # The last line says which file goes where: most people load a LoRA in ComfyUI or A1111 / Forge, not diffusers.
     written = [WEIGHT_NAME, *([KOHYA_NAME] if cfg.export == "kohya" else [])]
-    print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}: {which_file_where(written)}", flush=True)
+    print(
+        f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}: {which_file_where(written, cfg.adapter != 'lora')}",
+        flush=True,
+    )
 
 
 def release(run: Run) -> None:
