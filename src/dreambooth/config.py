@@ -43,6 +43,7 @@ class Precision(str, enum.Enum):
 
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
+ADAPTERS = ("lora", "lokr", "loha")
 PRODIGY_LR = 1.0
 
 
@@ -63,6 +64,11 @@ class TrainConfig:
         "", "folder of the subject's photos (3-10); a .txt beside an image is its caption", ("instance_data_dir",)
     )
     instance_prompt: str = opt("", "prompt with the identifier and class noun, e.g. 'a photo of sks dog'")
+    subjects: str = opt(
+        "",
+        "YAML list of several subjects to train into one LoRA, each with instance_dir, instance_prompt (its own "
+        "identifier), class_prompt and num_class_images; replaces --instance-dir / --instance-prompt / --class-prompt",
+    )
     output_dir: str = opt("", "folder for the LoRA weights, config, model card and checkpoints")
     resolution: int = opt(0, "training resolution in pixels (multiple of 8); 0 = the model's native size")
     center_crop: bool = opt(True, "centre-crop after resizing (--no-center-crop: random crop)")
@@ -111,6 +117,17 @@ class TrainConfig:
         "DoRA (weight-decomposed LoRA, peft's use_dora): also learns each adapted layer's weight magnitude; closer to "
         "full fine-tuning at low rank, slower per step (twice as long on the world model's CPU run)",
         ("use_dora",),
+    )
+    adapter: str = opt(
+        "lora",
+        "adapter kind: lora; lokr (LyCORIS LoKr: each update a Kronecker product of two small factors, peft's LoKr); "
+        "loha (LyCORIS LoHa: the elementwise product of two low-rank products, peft's LoHa)",
+        choices=ADAPTERS,
+    )
+    lokr_factor: int = opt(
+        -1,
+        "--adapter lokr: the Kronecker factor's size (the first factor is factor x factor per layer, when it divides "
+        "the layer's sizes); -1 = as square as the layer allows",
     )
     target_modules: list[str] = opt(
         [],
@@ -287,12 +304,21 @@ def check_train(cfg: TrainConfig) -> None:
         ("instance_prompt", "e.g. 'a photo of sks dog'"),
         ("output_dir", "a folder for the results"),
     ]
+    if cfg.subjects:
+        given = [name for name in ("instance_dir", "instance_prompt", "class_prompt", "class_prompts_file") if getattr(cfg, name)]
+        if given:
+            raise UsageError(
+                f"--subjects: replaces {flag_name(given[0])} (each subject names its own); drop {flag_name(given[0])}"
+            )
+        if cfg.prior() is PriorMode.BASE_PREDICTION:
+            raise UsageError("--subjects: with --prior-mode base-prediction is not supported; use --prior-mode generated")
+        need = need[2:]
     for name, what in need:
         if not getattr(cfg, name):
             raise UsageError(f"{flag_name(name)} is required: pass {what}")
     if cfg.resolution < 0 or cfg.resolution % 8:
         raise UsageError(f"--resolution {cfg.resolution}: must be a positive multiple of 8 (or 0 for the model's size)")
-    if cfg.with_prior_preservation and not (cfg.class_prompt or cfg.class_prompts_file):
+    if cfg.with_prior_preservation and not (cfg.class_prompt or cfg.class_prompts_file or cfg.subjects):
         raise UsageError("--with-prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of a dog'")
     if cfg.class_prompts_file and cfg.prior() is PriorMode.BASE_PREDICTION:
         raise UsageError(
@@ -340,8 +366,24 @@ def check_train(cfg: TrainConfig) -> None:
     check_each(cfg, ["logit_std"], lambda v: v > 0, "must be positive")
     check_optimizer(cfg)
     check_each(cfg, ["ema_decay"], lambda v: 0 <= v < 1, "must be between 0 and 1 (0 = no moving average), e.g. 0.999")
+    check_adapter(cfg)
     if cfg.use_ema_weights and not cfg.ema_decay:
         raise UsageError("--use-ema-weights needs --ema-decay, e.g. --ema-decay 0.999")
+
+
+def check_adapter(cfg: TrainConfig) -> None:
+    if cfg.adapter == "lora":
+        if cfg.lokr_factor != -1:
+            raise UsageError(f"--lokr-factor {cfg.lokr_factor}: only with --adapter lokr")
+        return
+    if cfg.dora:
+        raise UsageError(f"--dora: DoRA is a kind of LoRA; with --adapter {cfg.adapter} drop --dora (or use --adapter lora)")
+    if cfg.lora_dropout:
+        raise UsageError(f"--lora-dropout {cfg.lora_dropout}: not with --adapter {cfg.adapter}; pass --lora-dropout 0")
+    if cfg.adapter == "loha" and cfg.lokr_factor != -1:
+        raise UsageError(f"--lokr-factor {cfg.lokr_factor}: only with --adapter lokr")
+    if cfg.lokr_factor != -1 and cfg.lokr_factor < 2:
+        raise UsageError(f"--lokr-factor {cfg.lokr_factor}: must be -1 (as square as possible) or at least 2, e.g. 4 or 8")
 
 
 def check_optimizer(cfg: TrainConfig) -> None:

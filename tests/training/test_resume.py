@@ -45,6 +45,7 @@ def one_error_line(err: str) -> str:
         (["--rank", "4"], ["--rank is 4", "trained with 2", "--rank 2"]),
         (["--train-text-encoder"], ["--train-text-encoder is True", "trained with False", "pass --no-train-text-encoder"]),
         (["--lora-alpha", "8"], ["--lora-alpha is 8.0", "trained with 2.0"]),
+        (["--adapter", "lokr"], ["--adapter is 'lokr'", "trained with 'lora'", "pass --adapter lora"]),
         (["--target-modules", "to_q", "to_v"], ["--target-modules is ['to_q', 'to_v']", "pass --target-modules to_q to_k"]),
     ],
 )

@@ -21,27 +21,19 @@ def add_lora(
     targets: list[str],
     exclude: str | None = None,
     dora: bool = False,
+    kind: str = "lora",
+    lokr_factor: int = -1,
 ) -> list[torch.nn.Parameter]:
-    """Freeze `model`, attach a LoRA adapter to `targets` (but not to modules matching the regex `exclude`), return
-    the new trainable parameters (fp32). With `dora`, the adapter is DoRA (Liu et al. 2024, peft's `use_dora`): each
-    adapted layer also learns the magnitude of its weight's columns (`lora_magnitude_vector`)."""
-    from peft import LoraConfig
-
+    """Freeze `model`, attach an adapter of `kind` to `targets` (but not to modules matching the regex `exclude`),
+    return the new trainable parameters (fp32). With `dora`, the LoRA is DoRA (Liu et al. 2024, peft's `use_dora`):
+    each adapted layer also learns the magnitude of its weight's columns (`lora_magnitude_vector`). `kind` lokr or
+    loha: LyCORIS' LoKr / LoHa through peft (`adapter_config`)."""
     model.requires_grad_(False)
     if targets == ["all-linear"]:  # peft expands this preset for transformers' models only
         targets = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     else:
         targets = layer_targets(model, targets)
-    # peft annotates lora_alpha as int; a float alpha is what the user asked for, and peft computes with it as given
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha or rank,  # type: ignore[arg-type]
-        lora_dropout=dropout,
-        init_lora_weights="gaussian",
-        target_modules=targets,
-        exclude_modules=exclude,
-        use_dora=dora,
-    )
+    config = adapter_config(kind, rank, alpha, dropout, targets, exclude, dora, lokr_factor)
     try:
         model.add_adapter(config)
     except ValueError as e:
@@ -67,6 +59,37 @@ def layer_targets(model: Any, targets: list[str]) -> list[str]:
         else:
             out.append(target)
     return out
+
+
+def adapter_config(
+    kind: str,
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    targets: list[str] | None = None,
+    exclude: str | None = None,
+    dora: bool = False,
+    lokr_factor: int = -1,
+):
+    """peft's config of an adapter of `kind` (lora, lokr, loha). LoKr and LoHa start from a zero update, as LoRA
+    does: peft's default initialisation zeroes one factor (LoKr's first, LoHa's second up)."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    # peft annotates alpha as int; a float alpha is what the user asked for, and peft computes with it as given
+    if kind == "lokr":
+        return LoKrConfig(r=rank, alpha=alpha or rank, target_modules=targets, exclude_modules=exclude,  # type: ignore[arg-type]
+                          decompose_factor=lokr_factor)  # fmt: skip
+    if kind == "loha":
+        return LoHaConfig(r=rank, alpha=alpha or rank, target_modules=targets, exclude_modules=exclude)  # type: ignore[arg-type]
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha or rank,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        init_lora_weights="gaussian",
+        target_modules=targets,
+        exclude_modules=exclude,
+        use_dora=dora,
+    )
 
 
 _TUNER_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -15,6 +15,7 @@ from ..families import family_of
 from ..models import describe, load_pipeline
 from .files import KOHYA_NAME, WEIGHT_NAME, find_weights, native_tensors, read_lora, released_path, stored_alphas, training_config
 from .kohya import export_in_force, from_kohya, split_key, to_kohya, with_alphas
+from .lycoris import is_lycoris
 
 
 def normalised(state: dict[str, torch.Tensor]) -> dict[tuple[str, str, str], torch.Tensor]:
@@ -141,6 +142,8 @@ def export_with(pipe, path: Path, fmt: str, output: str = "", allow_pickle: bool
     if fmt == "kohya":
         export_in_force("kohya", base.family)  # one line, before anything is read, for a family without the layout
     state, meta = read_native(path, pipe, allow_pickle)
+    if is_lycoris(state):
+        return export_lycoris(pipe, base, path, state, meta, fmt, output)
     if fmt == "kohya" and any(split_key(k)[2] == "magnitude" for k in state):
         raise UsageError(
             f"--format kohya: {path} is a DoRA LoRA, which this tool does not write in the kohya layout (its "
@@ -176,6 +179,81 @@ def export_with(pipe, path: Path, fmt: str, output: str = "", allow_pickle: bool
         tmp.unlink(missing_ok=True)
     print(f"{fmt} LoRA ({len(tensors)} tensors, every one read back by {reader}) -> {out}", flush=True)
     return out
+
+
+def export_lycoris(pipe, base, path: Path, state: dict[str, torch.Tensor], meta: dict[str, str], fmt: str, output: str) -> Path:
+    """A LoKr / LoHa in LyCORIS' kohya-style layout, kept only when this tool's reader of that layout gives back every
+    module's update (the factors under this model's names and the scale LyCORIS applies) as trained."""
+    from .kohya import to_kohya_lycoris
+    from .lycoris import configs_in_header
+
+    if fmt != "kohya":
+        raise UsageError(
+            f"--format {fmt}: {path} is a LoKr / LoHa, whose diffusers-side file is the one `train` wrote; pass --format kohya"
+        )
+    if any(k.startswith("lora_") for k in state):
+        raise UsageError(f"--lora {path}: is already in the kohya layout; pass the pytorch_lora_weights.safetensors of the run")
+    out = Path(output) if output else path.parent / KOHYA_NAME
+    if out.is_dir():
+        raise UsageError(f"--output {out}: is a folder; pass a .safetensors file path")
+    configs = configs_in_header(meta)
+    denoiser = getattr(pipe, base.family.denoiser)
+    tensors, header = to_kohya_lycoris(state, configs, meta, base.family, base.version, denoiser.config)
+    from safetensors.torch import save
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.check.safetensors")
+    try:
+        tmp.write_bytes(save(tensors, metadata=header))
+        check_lycoris_round_trip(tmp, pipe, state, configs)
+        atomic.write_bytes(out, tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"kohya LyCORIS file ({len(tensors)} tensors, every module read back by this tool) -> {out}", flush=True)
+    return out
+
+
+def check_lycoris_round_trip(written: Path, pipe, expected: dict[str, torch.Tensor], configs: dict[str, dict]) -> None:
+    """Read `written` back as `generate` reads it (`from_kohya_lycoris`): every module must come back with the same
+    factors (but for a scale folded into a LoKr's first factor) and apply the same update, alpha / rank included."""
+    from safetensors.torch import load_file
+
+    from .kohya import from_kohya_lycoris
+    from .lycoris import delta, modules_of, pattern_value
+
+    family = family_of(pipe)
+    got_state, got_configs = from_kohya_lycoris(load_file(str(written)), family, pipe)
+
+    def by_module(state):
+        return {(k.partition(".")[0], k.partition(".")[2].removeprefix("text_model.")): f for k, f in modules_of(state).items()}
+
+    got, want = by_module(got_state), by_module(expected)
+    if set(got) != set(want):
+        example = sorted(set(got) ^ set(want))[0]
+        raise UsageError(
+            f"export check failed: {'.'.join(example)} lost or added when {written} is read back; the file was not kept"
+        )
+    spelled = {
+        (k.partition(".")[0], k.partition(".")[2].removeprefix("text_model.")): k.partition(".")[2] for k in modules_of(got_state)
+    }
+    for (component, module), factors in want.items():
+        back = got[(component, module)]
+        if set(back) != set(factors):
+            raise UsageError(f"export check failed: {component}.{module} came back with other factors; the file was not kept")
+        for part, tensor in factors.items():
+            if part != "lokr_w1" and not torch.equal(back[part], tensor):
+                raise UsageError(
+                    f"export check failed: {component}.{module}.{part} changed on the way back; the file was not kept"
+                )
+        wanted_config, got_config = configs[component], got_configs[component]
+        scale = pattern_value(wanted_config, "alpha", module) / pattern_value(wanted_config, "r", module)
+        names = [m for m in (module, "text_model." + module) if m in spelled.values()] or [spelled[(component, module)]]
+        back_scale = pattern_value(got_config, "alpha", names[0]) / pattern_value(got_config, "r", names[0])
+        applied, trained = delta(back, back_scale), delta(factors, scale)
+        if not torch.allclose(applied, trained, rtol=1e-5, atol=1e-7 * float(trained.abs().max())):
+            raise UsageError(
+                f"export check failed: {component}.{module} applies another update when read back; the file was not kept"
+            )
 
 
 def base_model_of(path: Path) -> str:

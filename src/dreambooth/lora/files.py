@@ -20,6 +20,7 @@ from ..errors import UsageError
 from ..fields import saved_settings
 from .adapter import ADAPTER, find_module, module_path
 from .keys import key_parts, parse_key, stored_alphas
+from .lycoris import is_lycoris, kind_of_model, saved_config, split_part
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_NAME = "lora_kohya.safetensors"  # the same LoRA in kohya's layout (`--export kohya`)
@@ -27,9 +28,15 @@ KOHYA_NAME = "lora_kohya.safetensors"  # the same LoRA in kohya's layout (`--exp
 PROGRAMS = {WEIGHT_NAME: "diffusers", KOHYA_NAME: "ComfyUI, A1111 / Forge and sd-scripts"}
 
 
-def which_file_where(names: list[str]) -> str:
+# A LoKr / LoHa: diffusers' load_lora_weights reads neither file for these families; sd-scripts trains LyCORIS through
+# the lycoris package, and its loading of this layout was not checked.
+LYCORIS_PROGRAMS = {WEIGHT_NAME: "dreambooth generate", KOHYA_NAME: "ComfyUI, A1111 / Forge"}
+
+
+def which_file_where(names: list[str], lycoris: bool = False) -> str:
     """'pytorch_lora_weights.safetensors for diffusers, lora_kohya.safetensors for ComfyUI, …' for the files `names`."""
-    return ", ".join(f"{name} for {programs}" for name, programs in PROGRAMS.items() if name in names)
+    programs = LYCORIS_PROGRAMS if lycoris else PROGRAMS
+    return ", ".join(f"{name} for {where}" for name, where in programs.items() if name in names)
 
 
 # Text encoders whose module names transformers 5 shortened (CLIPTextModel lost its `text_model.` level). Released
@@ -85,10 +92,22 @@ def save_lora(
 
     `adapted` maps component names (unet, text_encoder, ...) to models carrying an adapter;
     `metadata` (base model, family, prompt, ...) goes into the safetensors header beside diffusers' own."""
+    from peft.utils import get_peft_model_state_dict
+
     out_dir = Path(out_dir)
     tmp = atomic.temp_dir_beside(out_dir / ".lora")
     kwargs = {}
     for name, model in adapted.items():
+        if kind_of_model(model) != "lora":
+            # LoKr / LoHa: the factors as trained under released module names, peft's config in the header
+            spell = lambda module: released_path(model, module)  # noqa: E731
+            kwargs[f"{name}_lora_layers"] = {
+                f"{spell(module)}.{part}": v
+                for k, v in get_peft_model_state_dict(model).items()
+                for module, part in [split_part(k) or ("", "")]
+            }
+            kwargs[f"{name}_lora_adapter_metadata"] = saved_config(model, [spell(m) for m in adapted_modules(model)])
+            continue
         config = adapter_metadata(model)
         layers = native_tensors(
             {f"{name}.{k}": v for k, v in lora_state_dict(model).items()},
@@ -241,6 +260,9 @@ def load_lora(
         shapes = {k: tuple(v.shape) for k, v in state.items()}
     else:
         shapes, meta, state = read_lora(path)
+    if is_lycoris(shapes):
+        load_lycoris(pipe, path, state, meta, unet_scale, text_encoder_scale, str(lora), model)
+        return
     check_fits(pipe, shapes, meta, str(lora), model)
     if shapes and all(parse_key(k) is not None for k in shapes):
         # A layout this tool writes (or wrote): handed to diffusers named as this pipeline's modules are, whichever
@@ -280,6 +302,36 @@ def load_lora(
         if getattr(getattr(pipe, name, None), "peft_config", None):
             scales[name] = text_encoder_scale
     pipe.set_adapters(ADAPTER, adapter_weights=scales)
+
+
+def load_lycoris(
+    pipe, path: Path, state: dict | None, meta: dict[str, str], unet_scale: float, text_encoder_scale: float, lora: str,
+    model: str,
+) -> None:  # fmt: skip
+    """A LoKr / LoHa file, in this tool's diffusers-side layout or LyCORIS' kohya-style one, added to `pipe` through peft
+    (diffusers' `load_lora_weights` reads neither for these families)."""
+    from ..families import family_of
+    from . import lycoris
+
+    family = family_of(pipe)
+    made_for = meta.get("dreambooth.family", "")
+    if made_for and made_for != family.name and made_for not in family.legacy_names:
+        raise UsageError(
+            f"--lora {lora}: made for a {made_for} model, but --model {model} is {family.title}; pass the --model it was trained on"
+        )
+    if state is None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    if any(k.startswith("lora_") for k in state):  # LyCORIS' kohya-style names
+        from .kohya import from_kohya_lycoris
+
+        weights, configs = from_kohya_lycoris(state, family, pipe)
+    else:
+        weights, configs = state, lycoris.configs_in_header(meta)
+    lycoris.load_into(pipe, weights, configs, ADAPTER)
+    scales = {family.denoiser: unet_scale, **{name: text_encoder_scale for name in family.text_encoders}}
+    lycoris.set_scales(pipe, ADAPTER, scales)
 
 
 def diffusers_reads_kohya_of(pipe) -> bool:

@@ -12,6 +12,8 @@ so a reader applies (alpha / rank) · up · down: the trained strength.
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ..errors import UsageError
@@ -32,9 +34,26 @@ DORA_REFUSED = (
 )
 
 
-def export_in_force(asked: str, family: Family, dora: bool = False) -> str:
+LYCORIS_FUSED = (
+    "{family}'s kohya layout fuses q, k and v (and the single blocks' MLP input) into one layer, and a {adapter} "
+    "update of each part cannot be written exactly as one of the fused layer"
+)
+
+
+def fuses_layers(family: Family) -> bool:
+    from ..families.base import no_fused_layers
+
+    return family.kohya_parts is not no_fused_layers
+
+
+def export_in_force(asked: str, family: Family, dora: bool = False, adapter: str = "lora") -> str:
     """`--export` as a run does it, "kohya" or "none": left empty, kohya wherever the family has that layout and the
-    LoRA is no DoRA. Asking for kohya on a family without it, or with --dora, is refused before training starts."""
+    LoRA is no DoRA (nor a LoKr / LoHa on a family whose layout fuses layers). Asking for kohya on a family without
+    it, or with --dora, or for a LoKr / LoHa on fused layers, is refused before training starts."""
+    if adapter != "lora" and has_kohya_layout(family) and fuses_layers(family):
+        if asked == "kohya":
+            raise UsageError(f"--export kohya: {LYCORIS_FUSED.format(family=family.title, adapter=adapter)}; pass --export none")
+        return "none"
     if asked == "kohya" and not has_kohya_layout(family):
         raise UsageError(
             f"--export kohya: this tool does not write {family.title} LoRAs in the kohya layout yet; "
@@ -181,24 +200,32 @@ def to_kohya(
     return out, {k: v for k, v in header.items() if v != ""}
 
 
-def from_kohya(
-    tensors: dict[str, torch.Tensor], family: Family, pipe
-) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], float]]:
-    """A kohya file this tool wrote for `pipe`'s family, as `with_alphas` weights and alphas (fused layers split
-    again): the read-back of a file that diffusers' own reader cannot read at this model's sizes."""
+def kohya_names_of(family: Family, pipe, kinds: tuple[type, ...] = (torch.nn.Linear,)) -> dict[str, tuple[str, str, str]]:
+    """kohya name -> (component, module, path in the original model) for every layer of `pipe` of `kinds` that the
+    family's kohya layout names."""
     config = getattr(pipe, family.denoiser).config
-    layers: dict[str, tuple[str, str, str]] = {}  # kohya name -> (component, module, path)
+    layers: dict[str, tuple[str, str, str]] = {}
     for component in family.kohya_prefixes:
         model = getattr(pipe, component, None)
         for found, layer in model.named_modules() if model is not None else ():
             module = found.removesuffix(".base_layer")  # peft's wrapped layer, when the model has adapters
-            if isinstance(layer, torch.nn.Linear) and ".lora_" not in module:
+            if isinstance(layer, kinds) and ".lora_" not in module:
                 try:
                     layers[kohya_name(family, component, module, config)] = (
                         component, module, kohya_layer(family, component, module, config)[1]
                     )  # fmt: skip
                 except UsageError:
                     continue  # a layer this layout has no name for, so no file of this tool holds one
+    return layers
+
+
+def from_kohya(
+    tensors: dict[str, torch.Tensor], family: Family, pipe
+) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], float]]:
+    """A kohya file this tool wrote for `pipe`'s family, as `with_alphas` weights and alphas (fused layers split
+    again): the read-back of a file that diffusers' own reader cannot read at this model's sizes."""
+    config = getattr(pipe, family.denoiser).config
+    layers = kohya_names_of(family, pipe)
     weights: dict[str, torch.Tensor] = {}
     alphas: dict[tuple[str, str], float] = {}
     for key in tensors:
@@ -220,3 +247,77 @@ def from_kohya(
             weights[f"{component}.{part}.lora_B.weight"] = part_up
             alphas[(component, part)] = alpha
     return weights, alphas
+
+
+# ---------------------------------------------------------------- LoKr / LoHa in LyCORIS' kohya-style layout
+
+
+def to_kohya_lycoris(
+    state: dict[str, torch.Tensor], configs: dict[str, dict], meta: dict[str, str], family: Family, version: str,
+    denoiser_config,
+) -> tuple[dict, dict]:  # fmt: skip
+    """(tensors, header) of a LoKr / LoHa (the native file's `state` and per-component peft `configs`) in the layout
+    LyCORIS writes and ComfyUI, A1111 / Forge read: `<kohya name>.<factor>` and `<kohya name>.alpha`. A LoKr of two
+    full factors gets its peft scale alpha / rank multiplied into `lokr_w1` (those readers apply such a module as it
+    is) and the alpha LyCORIS writes for it, its rank."""
+    from .lycoris import kind_of, modules_of, pattern_value, rank_of
+
+    kind = kind_of(state)
+    out: dict[str, torch.Tensor] = {}
+    for key, factors in modules_of(state).items():
+        component, _, module = key.partition(".")
+        name, path = kohya_layer(family, component, module, denoiser_config)
+        if layer_parts(family, component, path, denoiser_config):
+            raise UsageError(f"--export kohya: {LYCORIS_FUSED.format(family=family.title, adapter=kind)}; pass --export none")
+        config = configs[component]
+        r, alpha = pattern_value(config, "r", module), pattern_value(config, "alpha", module)
+        factors = dict(factors)
+        if rank_of(factors) is None:  # two full factors: LyCORIS' readers apply the product at scale 1
+            if alpha != r:
+                factors["lokr_w1"] = factors["lokr_w1"] * (alpha / r)
+            alpha = r
+        for part, tensor in factors.items():
+            out[f"{name}.{part}"] = tensor.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(alpha)
+    header = {
+        "ss_network_module": "lycoris.kohya",
+        "ss_network_args": json.dumps(
+            {
+                "algo": kind,
+                **({"factor": str(configs[next(iter(configs))].get("decompose_factor", -1))} if kind == "lokr" else {}),
+            }
+        ),  # fmt: skip
+        "ss_network_dim": meta.get("dreambooth.rank", ""),
+        "ss_network_alpha": meta.get("dreambooth.alpha", ""),
+        "ss_base_model_version": family.kohya_base_version(version),
+        "ss_sd_model_name": meta.get("dreambooth.base_model", ""),
+        "ss_training_comment": f"DreamBooth {kind}: {meta.get('dreambooth.instance_prompt', '')}",
+    }
+    header.update({k: v for k, v in meta.items() if k.startswith("dreambooth.")})
+    return out, {k: v for k, v in header.items() if v != ""}
+
+
+def from_kohya_lycoris(tensors: dict[str, torch.Tensor], family: Family, pipe) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """A LyCORIS kohya-style LoKr / LoHa file for `pipe`'s family as (state, configs): the factors under this
+    model's module names ('<component>.<module>.<factor>') and, per component, the peft config that applies them as
+    LyCORIS does (see `lycoris.config_for`)."""
+    from .lycoris import config_for, kind_of, modules_of
+
+    layers = kohya_names_of(family, pipe, (torch.nn.Linear, torch.nn.Conv2d))
+    kind = kind_of(k for k in tensors if not k.endswith(".alpha"))
+    state: dict[str, torch.Tensor] = {}
+    alphas: dict[str, dict[str, float]] = {}
+    for name, factors in modules_of({k: v for k, v in tensors.items() if not k.endswith(".alpha")}).items():
+        if name not in layers:
+            raise UsageError(f"LoKr / LoHa key {name!r} names no layer of this {family.title} model")
+        component, module, _ = layers[name]
+        for part, tensor in factors.items():
+            state[f"{component}.{module}.{part}"] = tensor
+        if f"{name}.alpha" in tensors:
+            alphas.setdefault(component, {})[module] = float(tensors[f"{name}.alpha"])
+    by_component: dict[str, dict] = {}
+    for key, factors in modules_of(state).items():
+        component, _, module = key.partition(".")
+        by_component.setdefault(component, {})[module] = factors
+    configs = {c: config_for(kind, modules, alphas.get(c, {})) for c, modules in by_component.items()}
+    return state, configs

@@ -73,11 +73,14 @@ class Examples:
         classes: list,
         rank: int = 0,
         num_processes: int = 1,
+        groups: list[tuple[list[int], list[int]]] | None = None,
     ):
         self.cfg, self.family, self.vae, self.tokenizers, self.encoders = cfg, family, vae, tokenizers, encoders
         self.rank, self.num_processes = rank, num_processes  # this process's share of the stream of examples
         self.device, self.dtype = device, dtype
         self.sets = {"instance": instance, "class": classes}
+        # --subjects: each subject's (photo indices, class image indices); the stream interleaves the subjects
+        self.groups = groups
         self.posteriors: dict = {}
         self.embeddings: dict = {}
         self.guidance: dict[int, torch.Tensor] = {}
@@ -177,19 +180,37 @@ class Examples:
         names = self.embeddings[(key, prompts[0])]
         return {name: torch.stack([self.embeddings[(key, p)][name] for p in prompts]) for name in names}
 
+    def subject_picks(self, first: int, count: int, with_classes: bool) -> list[tuple[str, int, int]]:
+        """Positions first..first+count-1 of the --subjects stream: position p is subject p mod S (so the subjects
+        take turns, whatever the batch size), which draws from its own endless shuffle of its photos; with prior
+        preservation each subject's example brings a class image of its own class prompt."""
+        groups = self.groups or []
+        seed, picks, classes = self.cfg.seed, [], []
+        for pos in range(first, first + count):
+            photos, class_images = groups[pos % len(groups)]
+            turn = pos // len(groups)  # how many examples of this subject came before
+            stream = seed * 1009 + 2 * (pos % len(groups))
+            picks.append(("instance", photos[stream_indices(turn, 1, len(photos), stream)[0]], pos))
+            if with_classes:
+                classes.append(("class", class_images[stream_indices(turn, 1, len(class_images), stream + 1)[0]], pos))
+        return picks + classes
+
     def batch(self, micro_step: int) -> Batch:
         """Micro-batch `micro_step` of this process. Its examples are positions of one global stream, and each
         example draws its flip, crop, latent sample, noise and timestep from its own generator: N processes with
         batch b see exactly the examples and randomness of one process with batch N*b."""
         cfg, bs = self.cfg, self.cfg.batch_size
         first = (micro_step * self.num_processes + self.rank) * bs
-        instance = stream_indices(first, bs, len(self.sets["instance"]), cfg.seed)
-        picks = [("instance", i, first + j) for j, i in enumerate(instance)]
         prior = cfg.prior()
+        if self.groups:
+            picks = self.subject_picks(first, bs, prior is PriorMode.GENERATED)
+        else:
+            instance = stream_indices(first, bs, len(self.sets["instance"]), cfg.seed)
+            picks = [("instance", i, first + j) for j, i in enumerate(instance)]
         if prior is PriorMode.BASE_PREDICTION:
             # the class half: the same photos, read with the class prompt; the target comes from the base model
             picks += [("prior", idx, pos) for _, idx, pos in picks]
-        elif prior is PriorMode.GENERATED:
+        elif prior is PriorMode.GENERATED and not self.groups:
             classes = stream_indices(first, bs, len(self.sets["class"]), cfg.seed + 1)
             picks += [("class", i, first + j) for j, i in enumerate(classes)]
         samples, geometry, rngs, prompts, masks = [], [], [], [], []

@@ -6,6 +6,7 @@ from ..config import PriorMode, TrainConfig
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME
 from ..lora.kohya import has_kohya_layout
 from ..models import Base
+from .subjects import read_subjects
 
 
 def prior_words(cfg: TrainConfig) -> str:
@@ -27,9 +28,13 @@ def files_words(cfg: TrainConfig, base: Base) -> list[str]:
         "",
         "| file | load it in |",
         "|---|---|",
-        f"| `{WEIGHT_NAME}` | diffusers (`load_lora_weights`, below), `dreambooth generate` |",
+        f"| `{WEIGHT_NAME}` | diffusers (`load_lora_weights`, below), `dreambooth generate` |"
+        if cfg.adapter == "lora"
+        else f"| `{WEIGHT_NAME}` | `dreambooth generate` |",
     ]
-    if cfg.export == "kohya":
+    if cfg.export == "kohya" and cfg.adapter != "lora":
+        lines += [f"| `{KOHYA_NAME}` | ComfyUI (`models/loras/`), A1111 / Forge (`models/Lora/`): LyCORIS' layout |", ""]
+    elif cfg.export == "kohya":
         lines += [
             f"| `{KOHYA_NAME}` | ComfyUI (`models/loras/`, a LoRA loader node), A1111 / Forge (`models/Lora/`, "
             f"`<lora:{KOHYA_NAME.removesuffix('.safetensors')}:1>` in the prompt), kohya's sd-scripts (`--network_weights`) |",
@@ -56,22 +61,27 @@ def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_sampl
     pipeline = base.family.pipeline_class
     te = base.family.adapters_words[1 if cfg.train_text_encoder else 0]
     prior = prior_words(cfg)
+    subjects = read_subjects(cfg.subjects, cfg.with_prior_preservation, cfg.num_class_images) if cfg.subjects else []
+    prompt = " | ".join(s.instance_prompt for s in subjects) or cfg.instance_prompt
+    first = subjects[0].instance_prompt if subjects else cfg.instance_prompt
+    photos = f"the {len(subjects)} subjects of {cfg.subjects}" if subjects else f"the subject of {cfg.instance_dir}"
+    kind = {"lora": "LoRA", "lokr": "LoKr", "loha": "LoHa"}[cfg.adapter]
     lines = [
         "---",
         f"base_model: {cfg.model}",
         "library_name: diffusers",
         "tags: [text-to-image, stable-diffusion, lora, dreambooth]",
-        f"instance_prompt: {cfg.instance_prompt}",
+        f"instance_prompt: {prompt}",
         "---",
         "",
-        f"# DreamBooth LoRA: `{cfg.instance_prompt}`",
+        f"# DreamBooth {kind}: `{prompt}`",
         "",
         f"A LoRA for **{cfg.model}** ({base.summary()}; load it onto that base model only) "
-        f"that binds the subject of {cfg.instance_dir} to the prompt `{cfg.instance_prompt}`.",
+        f"that binds {photos} to the prompt `{prompt}`.",
         "",
         "| setting | value |",
         "|---|---|",
-        f"| adapters | {te}, rank {cfg.rank}, alpha {cfg.lora_alpha or cfg.rank} |",
+        f"| adapters | {kind} on {te}, rank {cfg.rank}, alpha {cfg.lora_alpha or cfg.rank} |",
         f"| prior preservation | {prior} |",
         f"| steps × batch | {cfg.max_steps} × {cfg.batch_size} (accumulation {cfg.gradient_accumulation_steps}) |",
         f"| learning rate | {cfg.learning_rate} {base.family.adapters_words[0]}, {cfg.text_encoder_lr if cfg.train_text_encoder else '–'} text encoder, {cfg.lr_scheduler} |",
@@ -89,18 +99,25 @@ def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_sampl
         "## Use",
         "",
         "```bash",
-        f'dreambooth generate --lora path/to/this/folder --prompt "{cfg.instance_prompt} on the grass" --output-dir out',
+        f'dreambooth generate --lora path/to/this/folder --prompt "{first} on the grass" --output-dir out',
         "```",
         "",
-        "or in plain diffusers (for a hub or local base model):",
-        "",
-        "```python",
-        f"from diffusers import {pipeline}",
-        f'pipe = {pipeline}.from_pretrained("{cfg.model}")',
-        'pipe.load_lora_weights("path/to/this/folder")',
-        f'pipe(prompt="{cfg.instance_prompt} on the grass").images[0]',
-        "```",
-        "",
+    ]
+    if cfg.adapter == "lora":
+        lines += [
+            "or in plain diffusers (for a hub or local base model):",
+            "",
+            "```python",
+            f"from diffusers import {pipeline}",
+            f'pipe = {pipeline}.from_pretrained("{cfg.model}")',
+            'pipe.load_lora_weights("path/to/this/folder")',
+            f'pipe(prompt="{first} on the grass").images[0]',  # by name: FLUX.2 [klein]'s pipeline takes images first
+            "```",
+            "",
+        ]
+    else:
+        lines += [f"diffusers' `load_lora_weights` does not read a {kind} for this base; `dreambooth generate` does.", ""]
+    lines += [
         "The full settings are in `config.yaml`.",
         "",
     ]

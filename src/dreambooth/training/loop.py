@@ -20,12 +20,12 @@ from .. import atomic
 from ..config import TrainConfig
 from ..errors import TrainingError
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where
-from ..lora.kohya import has_kohya_layout
+from ..lora.kohya import LYCORIS_FUSED, has_kohya_layout
 from ..sampling import draw, grid
 from . import checkpoint
 from .card import model_card
 from .loss import finite_loss
-from .setup import Run, resume, run_settings, set_up
+from .setup import Run, resume, run_settings, set_up, subjects_of
 from .step import step_loss
 from .stopping import stop_on_ctrl_c
 
@@ -64,18 +64,25 @@ def save_checkpoint(run: Run, step: int) -> Path:
                                    run.accelerator.scaler, run.ema)  # fmt: skip
 
 
-def save_samples(run: Run, prompt: str, num: int, path: Path) -> None:
-    """A grid of `num` images of `prompt` drawn by the model as it is now, with the run's sampling settings."""
+def save_samples(run: Run, prompts: list[str], num: int, path: Path) -> None:
+    """A grid of `num` images of each of `prompts` (a row each when several) drawn by the model as it is now, with
+    the run's sampling settings."""
     cfg = run.cfg
-    images = draw(run.pipe, prompt, num, cfg.seed, cfg.sample_steps, cfg.guidance_scale, cfg.resolution,
-                  cfg.sample_batch_size, autocast=run.accelerator.autocast)  # fmt: skip
-    atomic.save_image(grid(images), path)
+    images = [image for prompt in prompts
+              for image in draw(run.pipe, prompt, num, cfg.seed, cfg.sample_steps, cfg.guidance_scale, cfg.resolution,
+                                cfg.sample_batch_size, autocast=run.accelerator.autocast)]  # fmt: skip
+    atomic.save_image(grid(images, cols=num) if len(prompts) > 1 else grid(images), path)
+
+
+def instance_prompts(cfg: TrainConfig) -> list[str]:
+    """The prompt of the subject, or of each --subjects entry."""
+    return [s.instance_prompt for s in subjects_of(cfg)] or [cfg.instance_prompt]
 
 
 def validate(run: Run, step: int, emit: Event | None) -> None:
     path = run.out / "validation" / f"step-{step:06d}.png"
     run.onload()
-    save_samples(run, run.cfg.validation_prompt, run.cfg.num_validation_images, path)
+    save_samples(run, [run.cfg.validation_prompt], run.cfg.num_validation_images, path)
     run.offload()
     if emit:
         emit({"kind": "validation", "step": step, "path": str(path)})
@@ -140,13 +147,14 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         "family": base.family.name,
         "version": base.version,
         "prediction_type": base.prediction_type,
-        "instance_prompt": cfg.instance_prompt,
+        "instance_prompt": " | ".join(instance_prompts(cfg)),
         "rank": cfg.rank,
         "alpha": cfg.lora_alpha,
         "steps": step,
         "resolution": cfg.resolution,
         "text_encoder": cfg.train_text_encoder,
         "dora": cfg.dora,
+        "adapter": cfg.adapter,
         "ema": cfg.use_ema_weights,
     }
     if cfg.use_ema_weights:
@@ -174,12 +182,19 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         )
     elif cfg.dora:
         print("note: no file for ComfyUI / A1111 / Forge: this tool writes DoRA LoRAs for diffusers only", flush=True)
+    elif cfg.adapter != "lora":
+        print(f"note: no file for ComfyUI / A1111 / Forge: {LYCORIS_FUSED.format(adapter=cfg.adapter, family=base.family.title)}",
+              flush=True)  # fmt: skip
     if cfg.num_samples:
-        save_samples(run, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, run.out / "samples.png")
+        save_samples(run, [cfg.validation_prompt] if cfg.validation_prompt else instance_prompts(cfg), cfg.num_samples,
+                     run.out / "samples.png")  # fmt: skip
     atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds))
     # The last line says which file goes where: most people load a LoRA in ComfyUI or A1111 / Forge, not diffusers.
     written = [WEIGHT_NAME, *([KOHYA_NAME] if cfg.export == "kohya" else [])]
-    print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}: {which_file_where(written)}", flush=True)
+    print(
+        f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}: {which_file_where(written, cfg.adapter != 'lora')}",
+        flush=True,
+    )
 
 
 def release(run: Run) -> None:

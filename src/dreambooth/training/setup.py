@@ -28,6 +28,7 @@ from .batches import Examples
 from .class_images import bank_dir, ensure_class_images, prompt_folder, read_class_prompts, shares
 from .identifier import check_identifier
 from .photos import load_folder
+from .subjects import Subject, class_groups, read_subjects, subject_photos
 
 
 @dataclass
@@ -190,7 +191,7 @@ def resolved(cfg: TrainConfig, base: Base, class_image_dtype: torch.dtype = torc
         lora_alpha=float(cfg.lora_alpha or cfg.rank),
         target_modules=denoiser_targets(cfg.target_modules, base.family),
         text_encoder_target_modules=cfg.text_encoder_target_modules or list(base.family.text_encoder_targets),
-        export=export_in_force(cfg.export, base.family, cfg.dora),
+        export=export_in_force(cfg.export, base.family, cfg.dora, cfg.adapter),
     )
     prompts = class_prompts(cfg)
     if cfg.prior() is PriorMode.GENERATED and not cfg.class_dir and len(prompts) == 1:
@@ -199,8 +200,15 @@ def resolved(cfg: TrainConfig, base: Base, class_image_dtype: torch.dtype = torc
 
 
 def class_prompts(cfg: TrainConfig) -> list[str]:
-    """The prompts class images are drawn from: --class-prompt and those of --class-prompts-file."""
+    """The prompts class images are drawn from: --class-prompt and those of --class-prompts-file, or each subject's of
+    --subjects (once each)."""
+    if cfg.subjects:
+        return list(dict.fromkeys(s.class_prompt for s in subjects_of(cfg) if s.class_prompt))
     return read_class_prompts(cfg.class_prompt, cfg.class_prompts_file)
+
+
+def subjects_of(cfg: TrainConfig) -> list[Subject]:
+    return read_subjects(cfg.subjects, cfg.with_prior_preservation, cfg.num_class_images) if cfg.subjects else []
 
 
 def bank_for(cfg: TrainConfig, class_prompt: str, class_image_dtype: torch.dtype) -> Path:
@@ -215,6 +223,12 @@ def class_folders(cfg: TrainConfig, class_image_dtype: torch.dtype) -> list[tupl
     """(prompt, folder, number of images) for each class prompt: --num-class-images spread over the prompts. One
     prompt keeps --class-dir (or its bank folder, see `resolved`); several get a folder each, in --class-dir or the bank."""
     prompts = class_prompts(cfg)
+    if cfg.subjects:  # one folder per class prompt, shared by the subjects of that class: the most any of them asks
+        wanted = {p: max(s.num_class_images for s in subjects_of(cfg) if s.class_prompt == p) for p in prompts}
+        if len(prompts) == 1 and cfg.class_dir:
+            return [(prompts[0], Path(cfg.class_dir).expanduser(), wanted[prompts[0]])]
+        return [(p, prompt_folder(cfg.class_dir, p) if cfg.class_dir else bank_for(cfg, p, class_image_dtype), wanted[p])
+                for p in prompts]  # fmt: skip
     if len(prompts) == 1:
         return [(prompts[0], Path(cfg.class_dir).expanduser(), cfg.num_class_images)]
     folders = [prompt_folder(cfg.class_dir, p) if cfg.class_dir else bank_for(cfg, p, class_image_dtype) for p in prompts]
@@ -277,7 +291,8 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
     trained = {family.denoiser: denoiser}
     unread = family.unread_modules(family.denoiser, denoiser)
-    params = add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, unread, cfg.dora)
+    params = add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, unread, cfg.dora,
+                      cfg.adapter, cfg.lokr_factor)  # fmt: skip
     groups = [{"params": params, "lr": cfg.learning_rate}]
     if cfg.train_text_encoder:
         for name, encoder in encoders.items():
@@ -285,7 +300,8 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
                 continue
             unread = family.unread_modules(name, encoder)
             targets = cfg.text_encoder_target_modules
-            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, targets, unread, cfg.dora)
+            params = add_lora(encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, targets, unread, cfg.dora,
+                              cfg.adapter, cfg.lokr_factor)  # fmt: skip
             groups.append({"params": params, "lr": cfg.text_encoder_lr})
             trained[name] = encoder
     for name, m in trained.items():
@@ -306,7 +322,12 @@ def set_up(cfg: TrainConfig) -> Run:
     check_train(cfg)
     check_paths(cfg)
     prompts = class_prompts(cfg)  # a bad --class-prompts-file fails here, before anything is loaded or written
-    photos = load_folder(cfg.instance_dir, "--instance-dir", masks=cfg.masked_loss)
+    subjects = subjects_of(cfg)  # and a bad --subjects file
+    groups: list[list[int]] | None = None
+    if subjects:
+        photos, groups = subject_photos(subjects, cfg.masked_loss)
+    else:
+        photos = load_folder(cfg.instance_dir, "--instance-dir", masks=cfg.masked_loss)
     accelerator = make_accelerator(cfg)
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
     if cfg.vae:
@@ -328,7 +349,10 @@ def set_up(cfg: TrainConfig) -> Run:
         out = Path(cfg.output_dir).expanduser()
         if cfg.overwrite and out.is_dir() and holds_run(out):
             print(f"--overwrite: the earlier run in {out} moved to {set_aside(out)}", flush=True)
-        check_identifier(tokenizers(pipe, base.family)[0], cfg.instance_prompt, prompts[0] if prompts else "")
+        for prompt, class_prompt in [(s.instance_prompt, s.class_prompt) for s in subjects] or [
+            (cfg.instance_prompt, prompts[0] if prompts else "")
+        ]:
+            check_identifier(tokenizers(pipe, base.family)[0], prompt, class_prompt)
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", to_yaml(cfg))
         print(f"{cfg.model}: {base.summary()}; {len(photos)} photos at {cfg.resolution} px", flush=True)
@@ -336,12 +360,23 @@ def set_up(cfg: TrainConfig) -> Run:
             te = f", text encoder {cfg.text_encoder_lr}" if cfg.train_text_encoder else ""
             print(f"--optimizer prodigy: learning rate {cfg.learning_rate}{te} (1.0 unless given: Prodigy finds the "
                   f"step size, the learning rate scales it)", flush=True)  # fmt: skip
-    return prepare(cfg, pipe, base, photos, class_photos(cfg, pipe, accelerator), accelerator)
+    classes = class_photos(cfg, pipe, accelerator)
+    by_subject = None
+    if groups is not None:
+        by_subject = list(zip(groups, class_groups(subjects, classes)))
+        if accelerator.is_main_process:
+            each = "; ".join(f"{s.instance_prompt!r}: {len(g)} photos" for s, g in zip(subjects, groups))
+            print(f"--subjects: {len(subjects)} subjects, taking turns in every batch ({each})", flush=True)
+    return prepare(cfg, pipe, base, photos, classes, accelerator, by_subject)
 
 
-def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, accelerator) -> Run:
+def prepare(
+    cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, accelerator,
+    subject_groups: list[tuple[list[int], list[int]]] | None = None,
+) -> Run:  # fmt: skip
     """Adapters on the loaded base, the optimiser and schedule, the example stream; on a GPU every embedding is
-    computed up front and the frozen parts leave it. `cfg` is `resolved` for this base."""
+    computed up front and the frozen parts leave it. `cfg` is `resolved` for this base. `subject_groups`: with --subjects,
+    each subject's (photo indices, class image indices)."""
     from diffusers.optimization import get_scheduler
 
     family = base.family
@@ -377,6 +412,7 @@ def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, acc
         classes,
         accelerator.process_index,
         accelerator.num_processes,
+        subject_groups,
     )
     offload: Callable[[], object] = lambda: None  # noqa: E731
     onload: Callable[[], object] = lambda: None  # noqa: E731
@@ -428,7 +464,8 @@ def run_identity(cfg: TrainConfig, base: Base, pipe) -> dict:
         "base_quantization": cfg.base_quantization,  # before "model": a quantized base's weights differ too
         "model": fingerprint(pipe, base.family),  # the base's weights, wherever they were loaded from
         "family": base.family.name,
-        "adapter": "lora",
+        "adapter": cfg.adapter,
+        "lokr_factor": cfg.lokr_factor,
         "dora": cfg.dora,
         "rank": cfg.rank,
         "lora_alpha": cfg.lora_alpha,

@@ -22,6 +22,14 @@ def add_parsers(sub, add_config_flags) -> None:
     demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
     demo.add_argument("--max-steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
     demo.add_argument("--subject", default="dog", choices=CLASSES, help="class of the subject (default: dog)")
+    demo.add_argument(
+        "--subjects",
+        nargs="+",
+        choices=CLASSES,
+        default=None,
+        help="train several subjects into one LoRA (train --subjects), e.g. --subjects dog cat, and score how often "
+        "each identifier draws its own subject and another one",
+    )
     demo.add_argument("--samples", type=int, default=32, help="samples per prompt for the scores (default: 32)")
     demo.add_argument(
         "--masked-loss",
@@ -50,4 +58,11 @@ def run(args: argparse.Namespace, config_of) -> None:
             raise UsageError("--max-steps and --samples must be at least 1")
         if not 0 <= args.mask_background_weight <= 1:
             raise UsageError(f"--mask-background-weight {args.mask_background_weight}: must be between 0 and 1, e.g. 0 or 0.1")
+        if args.subjects:
+            from .several import run_several
+
+            if len(set(args.subjects)) < 2 or len(set(args.subjects)) != len(args.subjects):
+                raise UsageError("--subjects: name at least two different classes, e.g. --subjects dog cat")
+            run_several(args.output_dir, args.subjects, args.max_steps, args.samples)
+            return
         run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight)
