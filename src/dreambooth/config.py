@@ -67,6 +67,11 @@ class TrainConfig:
     resolution: int = opt(0, "training resolution in pixels (multiple of 8); 0 = the model's native size")
     center_crop: bool = opt(True, "centre-crop after resizing (--no-center-crop: random crop)")
     random_flip: bool = opt(False, "flip images horizontally at random")
+    bucketing: bool = opt(
+        False,
+        "aspect-ratio buckets: each photo keeps its shape, resized to the bucket of about the model's area (sides "
+        "multiples of 64 px) nearest its aspect; a batch is drawn from one bucket, class images cropped to it",
+    )
     caption_dropout: float = opt(
         0.0,
         "fraction of instance examples trained with an empty prompt (0-1): the photos' look is then learned apart "
