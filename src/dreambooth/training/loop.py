@@ -22,7 +22,7 @@ from ..errors import TrainingError
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where
 from ..lora.kohya import has_kohya_layout
 from ..sampling import draw, grid
-from . import checkpoint
+from . import checkpoint, validation
 from .card import model_card
 from .loss import finite_loss
 from .setup import Run, resume, run_settings, set_up
@@ -81,6 +81,15 @@ def validate(run: Run, step: int, emit: Event | None) -> None:
         emit({"kind": "validation", "step": step, "path": str(path)})
 
 
+def validate_run(run: Run, step: int, emit: Event | None) -> None:
+    """The validation loss and scores (validation.py), with the frozen parts on the device for them."""
+    run.onload()
+    made = validation.validate(run, step)
+    run.offload()
+    if emit and made:
+        emit({"kind": "validation-scores", "step": step, **made})
+
+
 def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, float | None]:
     """Optimiser steps from `step` to max_steps, with checkpoints, validation and progress; returns the step reached
     and the last loss read.
@@ -88,6 +97,8 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, floa
     cfg = run.cfg
     started, loss_value, in_step = time.time(), None, False
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step", disable=not run.main)
+    if run.main and step == 0 and cfg.validation_loss:
+        validate_run(run, 0, emit)  # the base model's loss: where the curve starts
     try:
         with stop_on_ctrl_c(stop_event) as stop, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             while step < cfg.max_steps:
@@ -104,6 +115,8 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, floa
                     save_checkpoint(run, step)
                 if run.main and cfg.validation_prompt and step % cfg.validation_steps == 0:
                     validate(run, step, emit)
+                if run.main and validation.wanted(cfg) and (step % cfg.validation_steps == 0 or step == cfg.max_steps):
+                    validate_run(run, step, emit)
                 if emit:
                     emit(
                         {
@@ -153,6 +166,11 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         # the LoRA file, its export and the samples are the moving average; the checkpoint above kept the last
         # weights, which a resumed run continues from
         run.ema.copy_to(run.ema_params)
+    kept = validation.restore_best(run) if cfg.keep_best else None  # likewise the best-scoring step's weights
+    if kept is not None:
+        meta["kept_step"] = kept["step"]
+        print(f"--keep-best {kept['metric']}: the LoRA is step {kept['step']} of {step} ({kept['metric']} "
+              f"{kept['value']:.4f}, the best in validation/scores.csv)", flush=True)  # fmt: skip
     try:
         save_lora(run.out, type(run.pipe), run.named, meta)
     except OSError as e:
@@ -174,7 +192,7 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         print("note: no file for ComfyUI / A1111 / Forge: this tool writes DoRA LoRAs for diffusers only", flush=True)
     if cfg.num_samples:
         save_samples(run, cfg.validation_prompt or cfg.instance_prompt, cfg.num_samples, run.out / "samples.png")
-    atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds))
+    atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds, kept))
     # The last line says which file goes where: most people load a LoRA in ComfyUI or A1111 / Forge, not diffusers.
     written = [WEIGHT_NAME, *([KOHYA_NAME] if cfg.export == "kohya" else [])]
     print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}: {which_file_where(written)}", flush=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from .batches import Examples
 from .class_images import bank_dir, ensure_class_images, prompt_folder, read_class_prompts, shares
 from .identifier import check_identifier
 from .photos import load_folder
+from .validation import read_prompts
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Run:
     onload: Callable[[], object]  # ... and back for drawing
     identity: dict  # what must match to continue this run from a checkpoint (see run_identity)
     ema: Any = None  # the moving average of the trained weights (--ema-decay), over `ema_params`
+    validation: dict = field(default_factory=dict)  # what validation.py makes once: held examples, prompts, scorers
 
     @property
     def ema_params(self) -> list[torch.nn.Parameter]:
@@ -298,6 +300,7 @@ def set_up(cfg: TrainConfig) -> Run:
     check_train(cfg)
     check_paths(cfg)
     prompts = class_prompts(cfg)  # a bad --class-prompts-file fails here, before anything is loaded or written
+    validation_prompts = read_prompts(cfg.validation_prompts) if cfg.validation_prompts else []  # and a bad prompt file
     photos = load_folder(cfg.instance_dir, "--instance-dir", masks=cfg.masked_loss)
     accelerator = make_accelerator(cfg)
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
@@ -326,7 +329,9 @@ def set_up(cfg: TrainConfig) -> Run:
             te = f", text encoder {cfg.text_encoder_lr}" if cfg.train_text_encoder else ""
             print(f"--optimizer prodigy: learning rate {cfg.learning_rate}{te} (1.0 unless given: Prodigy finds the "
                   f"step size, the learning rate scales it)", flush=True)  # fmt: skip
-    return prepare(cfg, pipe, base, photos, class_photos(cfg, pipe, accelerator), accelerator)
+    run = prepare(cfg, pipe, base, photos, class_photos(cfg, pipe, accelerator), accelerator)
+    run.validation["prompts"] = validation_prompts
+    return run
 
 
 def prepare(cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, accelerator) -> Run:

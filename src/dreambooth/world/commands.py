@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import WORLD_METRICS
 from ..errors import UsageError
 from . import DEMO_STEPS, PretrainWorldConfig, check_pretrain_world
 
@@ -34,6 +35,12 @@ def add_parsers(sub, add_config_flags) -> None:
         default=0.0,
         help="with --masked-loss: weight of the background's loss (default: 0)",
     )
+    demo.add_argument(
+        "--keep-best",
+        default="",
+        choices=("", *WORLD_METRICS),
+        help="make the validation step with the best of this score the LoRA (default: the last step)",
+    )
 
 
 def run(args: argparse.Namespace, config_of) -> None:
@@ -50,4 +57,5 @@ def run(args: argparse.Namespace, config_of) -> None:
             raise UsageError("--max-steps and --samples must be at least 1")
         if not 0 <= args.mask_background_weight <= 1:
             raise UsageError(f"--mask-background-weight {args.mask_background_weight}: must be between 0 and 1, e.g. 0 or 0.1")
-        run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight)
+        run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight,
+                 args.keep_best)  # fmt: skip
