@@ -1,12 +1,13 @@
 """Validation that picks the checkpoint: the held-out loss, the scores of the validation prompts, --keep-best."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
 import dreambooth.training.loop as train_mod
 from dreambooth.config import TrainConfig, check_train
@@ -86,6 +87,10 @@ def test_keep_best_makes_the_best_scoring_steps_weights_the_lora(photos, tmp_pat
         return {"dino": {2: 0.3, 4: 0.9, 6: 0.5}[step]}
 
     monkeypatch.setattr(validation, "score_checkpoint", scores)
+    # what a run killed before its first checkpoint left: a new run there starts afresh, not from its kept step
+    stale = tmp_path / "kept" / "validation" / validation.BEST
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(save({"w": torch.zeros(1)}, {"kept": json.dumps({"step": 1, "metric": "dino", "value": 5.0})}))
     kept = train_mod.train(
         small(photos, tmp_path / "kept", max_steps=6, validation_prompts=str(prompts), keep_best="dino", dino_model="dino")
     )

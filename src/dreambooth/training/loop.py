@@ -215,12 +215,15 @@ def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None) -> P
     """Train; return the output folder.
 
     `on_event(dict)` hears progress (for a UI): {"kind": "step", "step", "max_steps", "loss", "seconds"} after
-    each step, {"kind": "validation", "step", "path"} for each validation grid, {"kind": "done", "path"} at the end.
+    each step, {"kind": "validation", "step", "path"} for each validation grid, {"kind": "validation-scores", "step",
+    "loss", "scores"} for each validation loss and scores (either may be absent), {"kind": "done", "path"} at the end.
     Setting `stop_event` (a threading.Event) stops after the current step with a checkpoint saved, and
     raises KeyboardInterrupt, as Ctrl-C does."""
     run = set_up(cfg)
     try:
         first = resume(run)
+        if run.main and first == 0:
+            validation.forget(run.out)  # a run started afresh keeps no step of one that ended before its first checkpoint
         started = time.time()
         step, loss_value = loop(run, first, on_event, stop_event)
         if run.main:

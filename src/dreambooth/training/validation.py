@@ -210,6 +210,11 @@ def best_so_far(out: Path) -> dict | None:
         return json.loads((f.metadata() or {}).get("kept", "null"))
 
 
+def forget(out: Path) -> None:
+    """Drop the kept weights of an earlier run in `out`."""
+    (out / FOLDER / BEST).unlink(missing_ok=True)
+
+
 def keep_if_best(run, step: int, scores: dict[str, float]) -> None:
     """--keep-best: the trained weights of `step` into validation/best.safetensors when its score beats the kept one."""
     metric = run.cfg.keep_best
