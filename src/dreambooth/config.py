@@ -73,6 +73,11 @@ class TrainConfig:
     resolution: int = opt(0, "training resolution in pixels (multiple of 8); 0 = the model's native size")
     center_crop: bool = opt(True, "centre-crop after resizing (--no-center-crop: random crop)")
     random_flip: bool = opt(False, "flip images horizontally at random")
+    bucketing: bool = opt(
+        False,
+        "aspect-ratio buckets: each photo keeps its shape, resized to the bucket of about the model's area (sides "
+        "multiples of 64 px) nearest its aspect; a batch is drawn from one bucket, class images cropped to it",
+    )
     caption_dropout: float = opt(
         0.0,
         "fraction of instance examples trained with an empty prompt (0-1): the photos' look is then learned apart "
@@ -207,8 +212,26 @@ class TrainConfig:
         False, "start over in an OUTPUT_DIR that holds another run (it is moved aside, to OUTPUT_DIR.replaced-<time>)"
     )
     validation_prompt: str = opt("", "prompt for validation images during training (default: none)")
-    validation_steps: int = opt(100, "make validation images every N steps")
-    num_validation_images: int = opt(4, "validation images each time")
+    validation_steps: int = opt(100, "validate every N steps (images, --validation-loss, --validation-prompts)")
+    num_validation_images: int = opt(4, "validation images each time (of each prompt of --validation-prompts)")
+    validation_loss: bool = opt(
+        False,
+        "a loss on the photos and class images with fixed noise and timesteps, every --validation-steps: "
+        "validation/loss.csv and loss.png",
+    )
+    validation_prompts: str = opt(
+        "",
+        "text file of prompts, one a line (e.g. the subject in the contexts you want): every --validation-steps each "
+        "is drawn and the samples scored (the world's reader on --model world, DINO / CLIP with --dino-model / "
+        "--clip-model) into validation/scores.csv and scores.png",
+    )
+    dino_model: str = opt("", "--validation-prompts: score samples by DINO against the photos (hub id or local folder)")
+    clip_model: str = opt("", "--validation-prompts: score samples by CLIP-I and CLIP-T (hub id or local folder)")
+    keep_best: str = opt(
+        "",
+        "make the validation step with the best score of this metric the run's LoRA (subject_in_context, "
+        "subject_fidelity, ... on the world; dino, clip_i, clip_t): needs --validation-prompts",
+    )
     num_samples: int = opt(4, "sample images for the model card at the end; 0 = none")
     sample_steps: int = opt(25, "sampling steps for validation and model-card samples")
     guidance_scale: float = opt(7.5, "classifier-free guidance for class images and samples")
@@ -312,6 +335,10 @@ def check_train(cfg: TrainConfig) -> None:
             )
         if cfg.prior() is PriorMode.BASE_PREDICTION:
             raise UsageError("--subjects: with --prior-mode base-prediction is not supported; use --prior-mode generated")
+        if cfg.bucketing:
+            raise UsageError(
+                "--subjects: with --bucketing is not supported yet (the subjects take turns in square batches); drop --bucketing"
+            )
         need = need[2:]
     for name, what in need:
         if not getattr(cfg, name):
@@ -369,6 +396,42 @@ def check_train(cfg: TrainConfig) -> None:
     check_adapter(cfg)
     if cfg.use_ema_weights and not cfg.ema_decay:
         raise UsageError("--use-ema-weights needs --ema-decay, e.g. --ema-decay 0.999")
+    check_validation(cfg)
+
+
+WORLD_METRICS = (
+    "subject_fidelity",
+    "context_fidelity",
+    "subject_in_context",
+    "class_fidelity",
+    "class_drift",
+    "class_diversity",
+)  # fmt: skip  (world/scores.py SCORES, without importing the world)
+EMBEDDING_METRICS = {"dino": "dino_model", "clip_i": "clip_model", "clip_t": "clip_model"}
+LOWER_IS_BETTER = ("class_drift",)
+
+
+def check_validation(cfg: TrainConfig) -> None:
+    if not cfg.keep_best:
+        return
+    known = (*WORLD_METRICS, *EMBEDDING_METRICS)
+    if cfg.keep_best not in known:
+        raise UsageError(f"--keep-best {cfg.keep_best}: choose from {', '.join(known)}")
+    if not cfg.validation_prompts:
+        raise UsageError(f"--keep-best {cfg.keep_best}: needs --validation-prompts, a file of the prompts to score")
+    if cfg.keep_best in WORLD_METRICS and cfg.model != "world":
+        raise UsageError(
+            f"--keep-best {cfg.keep_best}: the world's reader scores only --model world; use dino, clip_i or clip_t "
+            f"with --dino-model / --clip-model"
+        )
+    needs = EMBEDDING_METRICS.get(cfg.keep_best)
+    if needs and not getattr(cfg, needs):
+        raise UsageError(f"--keep-best {cfg.keep_best}: needs {flag_name(needs)}, e.g. {flag_name(needs)} "
+                         f"{'facebook/dino-vits16' if needs == 'dino_model' else 'openai/clip-vit-base-patch32'}")  # fmt: skip
+    if cfg.use_ema_weights:
+        raise UsageError(
+            f"--keep-best {cfg.keep_best} and --use-ema-weights: choose one (the kept step's weights, or the average)"
+        )
 
 
 def check_adapter(cfg: TrainConfig) -> None:

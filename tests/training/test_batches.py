@@ -212,7 +212,7 @@ def test_masks_are_cached_with_their_latents():
     ahead = Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, photos, [])
     lazy = Examples(cfg, sd.FAMILY, pipe.vae, [pipe.tokenizer], [pipe.text_encoder], "cpu", torch.float32, photos, [])
     ahead.precompute()
-    assert all(cached[3] is not None for (_, idx, _), cached in ahead.posteriors.items() if idx == 0)
+    assert all(cached[3] is not None for (_, idx, *_), cached in ahead.posteriors.items() if idx == 0)
     for micro in range(4):
         x, y = ahead.batch(micro), lazy.batch(micro)
         assert torch.equal(x.masks, y.masks) and torch.equal(x.latents, y.latents)

@@ -37,6 +37,13 @@ def test_the_demo_writes_its_report_and_scores(demo):
     assert json.loads((out / "scores.json").read_text()) == scores
     page = (out / "report.html").read_text()
     assert "a photo of sks dog on the beach" in page and "subject fidelity" in page
+    # the validation curves of the training run, and the step the LoRA is
+    assert "lora/validation/loss.png" in page and "lora/validation/scores.png" in page
+    assert f"The LoRA is the weights of the last step, {STEPS}." in page
+    assert [line.split(",")[0] for line in (out / "lora" / "validation" / "scores.csv").read_text().splitlines()] == [
+        "step",
+        *(str(s) for s in range(200, STEPS + 1, 200)),
+    ]
     assert len(list((out / "subject").glob("*.png"))) == 10 and (out / "grid.png").is_file()  # 5 photos, their masks
     assert len(list((out / "subject").glob("*.mask.png"))) == 5
 

@@ -45,3 +45,16 @@ def test_a_subject_needs_class_colour_and_pattern():
     assert S.is_subject(r(), "dog")
     assert not S.is_subject(r(pattern="striped"), "dog")
     assert not S.is_subject(r(cls="cat"), "dog")
+
+
+def test_free_written_prompts_are_read_as_the_subject_a_context_or_the_class():
+    for name, prompt in S.prompts("dog", identifier="zwx").items():
+        assert S.prompt_name(prompt, "dog", "zwx") == name
+    assert S.prompt_name("A photo of zwx dog, in the snow", "dog", "zwx") == "context:snow"
+    assert S.prompt_name("a photo of a cat", "dog", "zwx") is None  # another class: not scored
+    assert S.prompt_name("a photo of a dog on the beach", "dog", "zwx") is None  # the class in a context: no score reads it
+
+
+def test_only_the_scores_of_the_prompts_drawn_are_given():
+    s = S.score({"context:beach": [r(context="beach"), r(context="snow")]}, "dog")
+    assert s == {"context_fidelity": 0.5, "subject_in_context": 0.5}

@@ -114,6 +114,10 @@ NOT_COMPARED = (
     "validation_prompt",
     "validation_steps",
     "num_validation_images",
+    "validation_loss",
+    "validation_prompts",
+    "dino_model",
+    "clip_model",
     "sample_steps",
 )
 

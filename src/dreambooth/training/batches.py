@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..config import PriorMode, TrainConfig
 from ..families import Family, PromptEmbeddings
 from ..lora.adapter import adapters_off
-from .photos import crop_like, resize_and_crop, to_tensor
+from .photos import Size, bucket_of, buckets, crop_like, resize_and_crop, to_tensor
 
 
 def example_generator(seed: int, kind: str, position: int) -> torch.Generator:
@@ -43,6 +43,22 @@ def stream_indices(pos: int, count: int, n: int, seed: int) -> list[int]:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + p // n))
         out.append(int(perm[p % n]))
     return out
+
+
+def bucket_stream(
+    micro_step: int, groups: list[list[int]], global_batch: int, first: int, count: int, seed: int
+) -> tuple[int, list[int]]:
+    """--bucketing: which bucket global batch `micro_step` is drawn from, and items first..first+count-1 of it (this
+    process's share of the global batch). An epoch gives each bucket ceil(its photos / global batch) batches, in an
+    order shuffled by (seed, epoch); within a bucket its photos are shuffled per epoch and taken in turn. Everything
+    follows from (seed, micro_step): a resumed run draws what an uninterrupted one would."""
+    slots = [(b, k) for b, group in enumerate(groups) for k in range(-(-len(group) // global_batch))]
+    epoch, at = divmod(micro_step, len(slots))
+    order = torch.randperm(len(slots), generator=torch.Generator().manual_seed((seed * 7919 + epoch) * 2 + 1))
+    b, k = slots[int(order[at])]
+    group = groups[b]
+    shuffled = torch.randperm(len(group), generator=torch.Generator().manual_seed((seed * 7919 + epoch) * 1009 + b))
+    return b, [group[int(shuffled[(k * global_batch + p) % len(group)])] for p in range(first, first + count)]
 
 
 @dataclass
@@ -80,37 +96,51 @@ class Examples:
         self.device, self.dtype = device, dtype
         self.sets = {"instance": instance, "class": classes}
         # --subjects: each subject's (photo indices, class image indices); the stream interleaves the subjects
-        self.groups = groups
+        self.subject_groups = groups
         self.posteriors: dict = {}
         self.embeddings: dict = {}
         self.guidance: dict[int, torch.Tensor] = {}
+        square = (cfg.resolution, cfg.resolution)
+        # --bucketing: each photo's bucket (else every photo is the square), and the photos of each bucket
+        choices = buckets(cfg.resolution, family.resolution_multiple) if cfg.bucketing else [square]
+        self.sizes: list[Size] = (
+            [bucket_of(p.image.size, choices) for p in instance] if cfg.bucketing else [square] * len(instance)
+        )
+        self.bucket_sizes: list[Size] = sorted(set(self.sizes))
+        self.bucket_members = [[i for i, size in enumerate(self.sizes) if size == b] for b in self.bucket_sizes]
 
-    def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator | None):
+    def posterior(self, which: str, idx: int, flip: bool, g: torch.Generator | None, size: Size | None = None):
+        """The VAE posterior of one image at `size` (width, height; default: the photo's bucket, or the square), with
+        its SDXL time ids and latent mask; cached for fixed crops."""
         which = "instance" if which == "prior" else which
-        key = (which, idx, flip)
+        size = size or (self.sizes[idx] if which == "instance" else (self.cfg.resolution, self.cfg.resolution))
+        key = (which, idx, flip, size)
         if key in self.posteriors:
             return self.posteriors[key]
-        photo = self.sets[which][idx]
         fixed = self.cfg.center_crop or which == "class"
-        image, (top, left) = resize_and_crop(photo.image, self.cfg.resolution, fixed, g, flip)
-        with torch.no_grad():
-            dist = self.family.encode_images(self.vae, to_tensor(image)[None].to(self.device))
-        res = self.cfg.resolution
-        geometry = torch.tensor(
-            [[photo.image.height, photo.image.width, top, left, res, res]], dtype=torch.float32, device=self.device
-        )
-        # an fp32 VAE's posterior joins the rest of the batch in the compute dtype, as a VAE in that dtype gave it
-        out = (dist.mean.to(self.dtype), dist.std.to(self.dtype), geometry, self.latent_mask(photo, flip, (top, left), dist.mean))
+        out = self.encode_image(self.sets[which][idx], size, fixed, g, flip)
         if fixed:
             self.posteriors[key] = out
         return out
 
-    def latent_mask(self, photo, flip: bool, corner: tuple[int, int], latents: torch.Tensor) -> torch.Tensor | None:
+    def encode_image(self, photo, size: Size, fixed: bool, g: torch.Generator | None, flip: bool):
+        image, (top, left) = resize_and_crop(photo.image, size, fixed, g, flip)
+        with torch.no_grad():
+            dist = self.family.encode_images(self.vae, to_tensor(image)[None].to(self.device))
+        w, h = size
+        geometry = torch.tensor(
+            [[photo.image.height, photo.image.width, top, left, h, w]], dtype=torch.float32, device=self.device
+        )
+        # an fp32 VAE's posterior joins the rest of the batch in the compute dtype, as a VAE in that dtype gave it
+        mask = self.latent_mask(photo, size, flip, (top, left), dist.mean)
+        return dist.mean.to(self.dtype), dist.std.to(self.dtype), geometry, mask
+
+    def latent_mask(self, photo, size: Size, flip: bool, corner: tuple[int, int], latents: torch.Tensor) -> torch.Tensor | None:
         """The photo's mask, cropped and flipped as the photo was, then area-averaged onto the latent grid (whatever the
         VAE's downsampling factor): each latent cell's share of subject. None without --masked-loss or a mask."""
         if not self.cfg.masked_loss or photo.mask is None:
             return None
-        cropped = crop_like(photo.mask, self.cfg.resolution, flip, corner)
+        cropped = crop_like(photo.mask, size, flip, corner)
         pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)[None, None].to(self.device)
         return F.interpolate(pixels, size=latents.shape[-2:], mode="area")
 
@@ -146,9 +176,12 @@ class Examples:
         flips = (False, True) if self.cfg.random_flip else (False,)
         for which, photos in self.sets.items():
             if which == "class" or self.cfg.center_crop:
+                # class images join batches of every bucket, so they are cropped to each
+                sizes = self.bucket_sizes if which == "class" and self.cfg.bucketing else [None]
                 for idx in range(len(photos)):
                     for flip in flips:
-                        self.posterior(which, idx, flip, None)
+                        for size in sizes:
+                            self.posterior(which, idx, flip, None, size)
         if not self.cfg.train_text_encoder or self.family.frozen_text_encoders:
             prompts = [self.prompt("instance", i) for i in range(len(self.sets["instance"]))]
             prompts += [self.cfg.class_prompt] if self.cfg.prior() and self.cfg.class_prompt else []
@@ -184,7 +217,7 @@ class Examples:
         """Positions first..first+count-1 of the --subjects stream: position p is subject p mod S (so the subjects
         take turns, whatever the batch size), which draws from its own endless shuffle of its photos; with prior
         preservation each subject's example brings a class image of its own class prompt."""
-        groups = self.groups or []
+        groups = self.subject_groups or []
         seed, picks, classes = self.cfg.seed, [], []
         for pos in range(first, first + count):
             photos, class_images = groups[pos % len(groups)]
@@ -202,15 +235,23 @@ class Examples:
         cfg, bs = self.cfg, self.cfg.batch_size
         first = (micro_step * self.num_processes + self.rank) * bs
         prior = cfg.prior()
-        if self.groups:
+        size = None  # each photo at its own size: the square, without --bucketing
+        if self.subject_groups:
             picks = self.subject_picks(first, bs, prior is PriorMode.GENERATED)
         else:
-            instance = stream_indices(first, bs, len(self.sets["instance"]), cfg.seed)
+            if cfg.bucketing:
+                # every example of the global batch from one bucket; class examples are cropped to it
+                b, instance = bucket_stream(
+                    micro_step, self.bucket_members, self.num_processes * bs, self.rank * bs, bs, cfg.seed
+                )
+                size = self.bucket_sizes[b]
+            else:
+                instance = stream_indices(first, bs, len(self.sets["instance"]), cfg.seed)
             picks = [("instance", i, first + j) for j, i in enumerate(instance)]
         if prior is PriorMode.BASE_PREDICTION:
             # the class half: the same photos, read with the class prompt; the target comes from the base model
             picks += [("prior", idx, pos) for _, idx, pos in picks]
-        elif prior is PriorMode.GENERATED and not self.groups:
+        elif prior is PriorMode.GENERATED and not self.subject_groups:
             classes = stream_indices(first, bs, len(self.sets["class"]), cfg.seed + 1)
             picks += [("class", i, first + j) for j, i in enumerate(classes)]
         samples, geometry, rngs, prompts, masks = [], [], [], [], []
@@ -220,7 +261,7 @@ class Examples:
             # drawn only when asked for, so that runs without it draw exactly what they always drew
             dropped = which == "instance" and cfg.caption_dropout > 0 and bool(torch.rand(1, generator=g) < cfg.caption_dropout)
             prompts.append("" if dropped else self.prompt(which, idx))
-            mean, std, ids, mask = self.posterior(which, idx, flip, g)
+            mean, std, ids, mask = self.posterior(which, idx, flip, g, size)
             dg = device_generator(g, mean.device)
             noise = torch.randn(mean.shape, generator=dg, device=mean.device).to(mean.dtype)
             samples.append(mean + std * noise)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import PriorMode, TrainConfig
+from ..config import LOWER_IS_BETTER, PriorMode, TrainConfig
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME
 from ..lora.kohya import has_kohya_layout
 from ..models import Base
@@ -57,7 +57,29 @@ def files_words(cfg: TrainConfig, base: Base) -> list[str]:
     return lines
 
 
-def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_samples: bool, seconds: float) -> str:
+def validation_words(cfg: TrainConfig, kept: dict | None) -> list[str]:
+    """Which step the LoRA is and why (--keep-best), and the validation curves."""
+    lines = []
+    if kept is not None:
+        lines += [
+            "## The kept step",
+            "",
+            f"This LoRA is the weights of step {kept['step']} of {cfg.max_steps}: `--keep-best {kept['metric']}` kept "
+            f"the validation step with the {'lowest' if kept['metric'] in LOWER_IS_BETTER else 'highest'} "
+            f"{kept['metric']} ({kept['value']:.4f}) on the prompts of `{cfg.validation_prompts}` "
+            f"(every step's scores: `validation/scores.csv`).",
+            "",
+        ]
+    if cfg.validation_loss or cfg.validation_prompts:
+        lines += ["## Validation", ""]
+        lines += ["![validation loss](validation/loss.png)", ""] if cfg.validation_loss else []
+        lines += ["![validation scores](validation/scores.png)", ""] if cfg.validation_prompts else []
+    return lines
+
+
+def model_card(
+    cfg: TrainConfig, base: Base, final_loss: float | None, has_samples: bool, seconds: float, kept: dict | None = None
+) -> str:
     pipeline = base.family.pipeline_class
     te = base.family.adapters_words[1 if cfg.train_text_encoder else 0]
     prior = prior_words(cfg)
@@ -92,8 +114,12 @@ def model_card(cfg: TrainConfig, base: Base, final_loss: float | None, has_sampl
         f"| training time | {seconds:.0f} s |",
         "",
     ]
+    if kept is not None:
+        row = f"| kept step | {kept['step']} (best {kept['metric']}, {kept['value']:.4f}) |"
+        lines.insert(lines.index(f"| training time | {seconds:.0f} s |"), row)
     if has_samples:
         lines += ["![samples](samples.png)", ""]
+    lines += validation_words(cfg, kept)
     lines += files_words(cfg, base)
     lines += [
         "## Use",

@@ -22,7 +22,7 @@ from ..errors import TrainingError
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where
 from ..lora.kohya import LYCORIS_FUSED, has_kohya_layout
 from ..sampling import draw, grid
-from . import checkpoint
+from . import checkpoint, validation
 from .card import model_card
 from .loss import finite_loss
 from .setup import Run, resume, run_settings, set_up, subjects_of
@@ -88,6 +88,15 @@ def validate(run: Run, step: int, emit: Event | None) -> None:
         emit({"kind": "validation", "step": step, "path": str(path)})
 
 
+def validate_run(run: Run, step: int, emit: Event | None) -> None:
+    """The validation loss and scores (validation.py), with the frozen parts on the device for them."""
+    run.onload()
+    made = validation.validate(run, step)
+    run.offload()
+    if emit and made:
+        emit({"kind": "validation-scores", "step": step, **made})
+
+
 def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, float | None]:
     """Optimiser steps from `step` to max_steps, with checkpoints, validation and progress; returns the step reached
     and the last loss read.
@@ -95,6 +104,8 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, floa
     cfg = run.cfg
     started, loss_value, in_step = time.time(), None, False
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step", disable=not run.main)
+    if run.main and step == 0 and cfg.validation_loss:
+        validate_run(run, 0, emit)  # the base model's loss: where the curve starts
     try:
         with stop_on_ctrl_c(stop_event) as stop, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             while step < cfg.max_steps:
@@ -111,6 +122,8 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, floa
                     save_checkpoint(run, step)
                 if run.main and cfg.validation_prompt and step % cfg.validation_steps == 0:
                     validate(run, step, emit)
+                if run.main and validation.wanted(cfg) and (step % cfg.validation_steps == 0 or step == cfg.max_steps):
+                    validate_run(run, step, emit)
                 if emit:
                     emit(
                         {
@@ -161,6 +174,11 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         # the LoRA file, its export and the samples are the moving average; the checkpoint above kept the last
         # weights, which a resumed run continues from
         run.ema.copy_to(run.ema_params)
+    kept = validation.restore_best(run) if cfg.keep_best else None  # likewise the best-scoring step's weights
+    if kept is not None:
+        meta["kept_step"] = kept["step"]
+        print(f"--keep-best {kept['metric']}: the LoRA is step {kept['step']} of {step} ({kept['metric']} "
+              f"{kept['value']:.4f}, the best in validation/scores.csv)", flush=True)  # fmt: skip
     try:
         save_lora(run.out, type(run.pipe), run.named, meta)
     except OSError as e:
@@ -188,7 +206,7 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
     if cfg.num_samples:
         save_samples(run, [cfg.validation_prompt] if cfg.validation_prompt else instance_prompts(cfg), cfg.num_samples,
                      run.out / "samples.png")  # fmt: skip
-    atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds))
+    atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds, kept))
     # The last line says which file goes where: most people load a LoRA in ComfyUI or A1111 / Forge, not diffusers.
     written = [WEIGHT_NAME, *([KOHYA_NAME] if cfg.export == "kohya" else [])]
     print(
@@ -214,12 +232,15 @@ def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None) -> P
     """Train; return the output folder.
 
     `on_event(dict)` hears progress (for a UI): {"kind": "step", "step", "max_steps", "loss", "seconds"} after
-    each step, {"kind": "validation", "step", "path"} for each validation grid, {"kind": "done", "path"} at the end.
+    each step, {"kind": "validation", "step", "path"} for each validation grid, {"kind": "validation-scores", "step",
+    "loss", "scores"} for each validation loss and scores (either may be absent), {"kind": "done", "path"} at the end.
     Setting `stop_event` (a threading.Event) stops after the current step with a checkpoint saved, and
     raises KeyboardInterrupt, as Ctrl-C does."""
     run = set_up(cfg)
     try:
         first = resume(run)
+        if run.main and first == 0:
+            validation.forget(run.out)  # a run started afresh keeps no step of one that ended before its first checkpoint
         started = time.time()
         step, loss_value = loop(run, first, on_event, stop_event)
         if run.main:

@@ -158,38 +158,83 @@ def load_folder(folder: str | Path, flag: str = "--instance-dir", masks: bool = 
     return photos
 
 
-def resized(size: tuple[int, int], resolution: int) -> tuple[int, int]:
-    """(width, height) with the shorter side at `resolution`."""
+Size = tuple[int, int]  # (width, height) in pixels
+
+
+def as_size(target: int | Size) -> Size:
+    return (target, target) if isinstance(target, int) else target
+
+
+def resized(size: Size, target: int | Size) -> Size:
+    """(width, height) scaled to just cover `target` (a square side, or (width, height)): for a square, the shorter
+    side at its side."""
     w, h = size
-    scale = resolution / min(w, h)
-    return max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    tw, th = as_size(target)
+    scale = max(tw / w, th / h)
+    return max(tw, round(w * scale)), max(th, round(h * scale))
 
 
 def resize_and_crop(
-    image: Image.Image, resolution: int, center_crop: bool, generator: torch.Generator | None = None, flip: bool = False
+    image: Image.Image, target: int | Size, center_crop: bool, generator: torch.Generator | None = None, flip: bool = False
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Shorter side to `resolution`, optionally mirrored, then a square crop: centred, or at a seeded random place.
+    """Scaled to cover `target` (a square side, or a bucket's (width, height)), optionally mirrored, then cropped to it:
+    centred, or at a seeded random place.
 
     Returns the crop and its (top, left) corner in the resized (mirrored) image, which some families are conditioned on."""
-    new_w, new_h = resized(image.size, resolution)
+    tw, th = as_size(target)
+    new_w, new_h = resized(image.size, target)
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if center_crop:
-        left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+        left, top = (new_w - tw) // 2, (new_h - th) // 2
     else:
-        left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
-        top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
-    return image.crop((left, top, left + resolution, top + resolution)), (top, left)
+        left = int(torch.randint(0, new_w - tw + 1, (1,), generator=generator))
+        top = int(torch.randint(0, new_h - th + 1, (1,), generator=generator))
+    return image.crop((left, top, left + tw, top + th)), (top, left)
 
 
-def crop_like(mask: Image.Image, resolution: int, flip: bool, corner: tuple[int, int]) -> Image.Image:
+def crop_like(mask: Image.Image, target: int | Size, flip: bool, corner: tuple[int, int]) -> Image.Image:
     """`mask` resized, mirrored and cropped exactly as `resize_and_crop` did its photo, given that crop's corner."""
-    mask = mask.resize(resized(mask.size, resolution), Image.Resampling.BILINEAR)
+    tw, th = as_size(target)
+    mask = mask.resize(resized(mask.size, target), Image.Resampling.BILINEAR)
     if flip:
         mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     top, left = corner
-    return mask.crop((left, top, left + resolution, top + resolution))
+    return mask.crop((left, top, left + tw, top + th))
+
+
+# ---------------------------------------------------------------- aspect-ratio buckets
+
+MAX_ASPECT = 4.0  # no bucket longer than 4:1; a longer photo is cropped to the longest
+
+
+def bucket_step(resolution: int, multiple: int) -> int:
+    """Bucket sides are multiples of 64 px, or at small training sizes (the embedded 32-64 px models) of a quarter of
+    the side; always of the family's `multiple` (FLUX.1 and SD3: 16, for their 2x2 latent patches)."""
+    step = min(64, resolution // 4)
+    return max(multiple, step // multiple * multiple)
+
+
+def buckets(resolution: int, multiple: int = 8) -> list[Size]:
+    """(width, height) of every bucket: each width a multiple of the step, with the tallest height that keeps the
+    area within `resolution` squared, up to 4:1 either way; the square itself among them."""
+    step, area = bucket_step(resolution, multiple), resolution * resolution
+    out = set()
+    for w in range(step, 4 * resolution + 1, step):
+        h = area // w // step * step
+        if h >= step and max(w, h) / min(w, h) <= MAX_ASPECT:
+            out |= {(w, h), (h, w)}
+    return sorted(out)
+
+
+def bucket_of(size: Size, choices: list[Size]) -> Size:
+    """The bucket whose aspect is nearest the photo's (in log scale, so 2:1 and 1:2 are as far from 1:1); of equal
+    ones the larger."""
+    import math
+
+    w, h = size
+    return min(choices, key=lambda b: (abs(math.log((b[0] / b[1]) / (w / h))), -b[0] * b[1]))
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .class_images import bank_dir, ensure_class_images, prompt_folder, read_cla
 from .identifier import check_identifier
 from .photos import load_folder
 from .subjects import Subject, class_groups, read_subjects, subject_photos
+from .validation import read_prompts
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Run:
     onload: Callable[[], object]  # ... and back for drawing
     identity: dict  # what must match to continue this run from a checkpoint (see run_identity)
     ema: Any = None  # the moving average of the trained weights (--ema-decay), over `ema_params`
+    validation: dict = field(default_factory=dict)  # what validation.py makes once: held examples, prompts, scorers
 
     @property
     def ema_params(self) -> list[torch.nn.Parameter]:
@@ -322,6 +324,7 @@ def set_up(cfg: TrainConfig) -> Run:
     check_train(cfg)
     check_paths(cfg)
     prompts = class_prompts(cfg)  # a bad --class-prompts-file fails here, before anything is loaded or written
+    validation_prompts = read_prompts(cfg.validation_prompts) if cfg.validation_prompts else []  # and a bad prompt file
     subjects = subjects_of(cfg)  # and a bad --subjects file
     groups: list[list[int]] | None = None
     if subjects:
@@ -367,7 +370,9 @@ def set_up(cfg: TrainConfig) -> Run:
         if accelerator.is_main_process:
             each = "; ".join(f"{s.instance_prompt!r}: {len(g)} photos" for s, g in zip(subjects, groups))
             print(f"--subjects: {len(subjects)} subjects, taking turns in every batch ({each})", flush=True)
-    return prepare(cfg, pipe, base, photos, classes, accelerator, by_subject)
+    run = prepare(cfg, pipe, base, photos, classes, accelerator, by_subject)
+    run.validation["prompts"] = validation_prompts
+    return run
 
 
 def prepare(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import WORLD_METRICS
 from ..errors import UsageError
 from . import DEMO_STEPS, PretrainWorldConfig, check_pretrain_world
 
@@ -42,6 +43,12 @@ def add_parsers(sub, add_config_flags) -> None:
         default=0.0,
         help="with --masked-loss: weight of the background's loss (default: 0)",
     )
+    demo.add_argument(
+        "--keep-best",
+        default="",
+        choices=("", *WORLD_METRICS),
+        help="make the validation step with the best of this score the LoRA (default: the last step)",
+    )
 
 
 def run(args: argparse.Namespace, config_of) -> None:
@@ -65,4 +72,5 @@ def run(args: argparse.Namespace, config_of) -> None:
                 raise UsageError("--subjects: name at least two different classes, e.g. --subjects dog cat")
             run_several(args.output_dir, args.subjects, args.max_steps, args.samples)
             return
-        run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight)
+        run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight,
+                 args.keep_best)  # fmt: skip

@@ -20,8 +20,10 @@ from ..sampling import grid
 from ..training.photos import MASK_SUFFIX
 from . import DEMO_STEPS, MODEL, TEXT_ENCODER_SCALE, folder
 from .render import HELD_OUT, render, render_mask, subject_scenes
-from .scores import SCORES
+from .scores import SCORES, prompts
 
+VALIDATIONS = 5  # validations during the demo's training
+VALIDATION_SAMPLES = 8  # samples of each prompt at each
 UPSCALE = 3  # 32 px images are shown 96 px wide
 
 
@@ -51,6 +53,17 @@ def write_photos(cls: str, folder: Path, n: int = 5, seed: int = 0) -> Path:
     return folder
 
 
+def validation_section(out: Path, kept: str) -> str:
+    """The validation curves of the training run (lora/validation/), and the step the LoRA is."""
+    found = [(name, title) for name, title in (("loss.png", "loss on the photos and class images, fixed noise"),
+                                                ("scores.png", "the reader's scores of the report's prompts"))
+             if (out / "lora" / "validation" / name).is_file()]  # fmt: skip
+    if not found:
+        return ""
+    images = "".join(f"<p>{html.escape(title)}<br><img src='lora/validation/{name}'></p>" for name, title in found)
+    return f"<h2>Validation during training</h2><p>{html.escape(kept)}</p>" + images
+
+
 def big(image: Image.Image) -> Image.Image:
     return image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.Resampling.NEAREST)
 
@@ -63,9 +76,12 @@ def run_demo(
     contexts=None,
     masked_loss: bool = False,
     mask_background_weight: float = 0.0,
+    keep_best: str = "",
 ) -> dict:
     """`contexts`: the contexts to ask for the subject in (default: all but plain). `masked_loss`: train on the
-    photos' exact masks, the background's loss weighted `mask_background_weight`."""
+    photos' exact masks, the background's loss weighted `mask_background_weight`. Training is validated five times
+    (the loss, and the reader's scores of the same prompts as the report's); `keep_best` makes the step with the best
+    of that score the LoRA."""
     from ..lora.files import load_lora
     from ..models import load_pipeline
     from ..training.loop import train
@@ -81,8 +97,20 @@ def run_demo(
     print(f"scoring the base model ({n} samples per prompt)", flush=True)
     before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
     # the demo owns its folder: a run there before is set aside, not continued
+    asked = prompts(cls) if contexts is None else prompts(cls, contexts=tuple(contexts))
+    atomic.write_text(out / "validation-prompts.txt", "".join(f"{p}\n" for p in asked.values()))
     cfg = demo_train_config(
-        cls, photos, out / "lora", max_steps, masked_loss=masked_loss, mask_background_weight=mask_background_weight
+        cls,
+        photos,
+        out / "lora",
+        max_steps,
+        masked_loss=masked_loss,
+        mask_background_weight=mask_background_weight,
+        validation_loss=True,
+        validation_prompts=str(out / "validation-prompts.txt"),
+        validation_steps=max(1, max_steps // VALIDATIONS),
+        num_validation_images=VALIDATION_SAMPLES,
+        keep_best=keep_best,
     )
     lora_dir = train(dataclasses.replace(cfg, overwrite=True))
     load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
@@ -90,14 +118,29 @@ def run_demo(
     after, after_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
     scores = {"before": before, "after": after, "reader_accuracy": info["accuracy"]}
     atomic.write_text(out / "scores.json", json.dumps(scores, indent=1))
-    write_report(out, cls, photos, before_images, after_images, scores)
+    write_report(out, cls, photos, before_images, after_images, scores, kept_words(lora_dir, max_steps))
     for name in SCORES:
         print(f"  {name:<20} before {before.get(name, float('nan')):.2f}   after {after.get(name, float('nan')):.2f}")
     print(f"demo done: report {out / 'report.html'}, LoRA {lora_dir}", flush=True)
     return scores
 
 
-def write_report(out: Path, cls: str, photos: Path, before: dict, after: dict, scores: dict, per_row: int = 8) -> None:
+def kept_words(lora_dir: Path, max_steps: int) -> str:
+    """Which step the demo's LoRA is: the last, or the one --keep-best kept and why."""
+    from ..training.validation import best_so_far
+
+    kept = best_so_far(lora_dir)
+    if kept is None:
+        return f"The LoRA is the weights of the last step, {max_steps}."
+    return (
+        f"The LoRA is step {kept['step']} of {max_steps}: the best {kept['metric'].replace('_', ' ')} "
+        f"({kept['value']:.2f}) of the validations (--keep-best {kept['metric']})."
+    )
+
+
+def write_report(
+    out: Path, cls: str, photos: Path, before: dict, after: dict, scores: dict, kept: str = "", per_row: int = 8
+) -> None:
     (out / "report").mkdir(parents=True, exist_ok=True)
     shots = sorted(p for p in photos.glob("*.png") if not p.name.endswith(MASK_SUFFIX))
     atomic.save_image(big(grid([Image.open(p) for p in shots], cols=8)), out / "report" / "photos.png")
@@ -109,8 +152,6 @@ def write_report(out: Path, cls: str, photos: Path, before: dict, after: dict, s
             )
         rows.append(name)
     atomic.save_image(grid([big(grid(after[name][:per_row], cols=per_row)) for name in rows], cols=1), out / "grid.png")
-    from .scores import prompts
-
     asked = prompts(cls)
     table = "".join(
         f"<tr><td>{k.replace('_', ' ')}</td><td>{scores['before'].get(k, float('nan')):.2f}</td>"
@@ -132,7 +173,11 @@ def write_report(out: Path, cls: str, photos: Path, before: dict, after: dict, s
         f"{cls}. Scores are read from every sample by the world's reader (accuracy on fresh renders with sampling "
         f"artefacts: {html.escape(json.dumps(scores['reader_accuracy']['artefacts']))}).</p>"
         "<h2>The subject's photos</h2><img src='report/photos.png'>"
-        "<h2>Scores</h2><table><tr><th></th><th>base model</th><th>after DreamBooth</th></tr>" + table + "</table>"
-        "<h2>Samples (same seeds before and after)</h2>" + sections
+        "<h2>Scores</h2><table><tr><th></th><th>base model</th><th>after DreamBooth</th></tr>"
+        + table
+        + "</table>"
+        + validation_section(out, kept)
+        + "<h2>Samples (same seeds before and after)</h2>"
+        + sections
     )
     atomic.write_text(out / "report.html", page)

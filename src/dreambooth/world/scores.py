@@ -44,13 +44,16 @@ def diversity(readings: list[dict]) -> float:
 
 
 def score(readings: dict[str, list[dict]], cls: str) -> dict[str, float]:
-    """Scores from the readings of each prompt's samples (keys as `prompts` names them)."""
+    """Scores from the readings of each prompt's samples (keys as `prompts` names them); a score whose prompts were
+    not drawn is left out."""
 
     def share(rs, pred):
         return sum(map(pred, rs)) / len(rs)
 
     contexts = [k.split(":", 1)[1] for k in readings if k.startswith("context:")]
-    out = {"subject_fidelity": share(readings["subject"], lambda r: is_subject(r, cls))}
+    out = {}
+    if readings.get("subject"):
+        out["subject_fidelity"] = share(readings["subject"], lambda r: is_subject(r, cls))
     if contexts:
         out["context_fidelity"] = sum(share(readings[f"context:{c}"], lambda r: r["context"] == c) for c in contexts) / len(
             contexts
@@ -58,11 +61,36 @@ def score(readings: dict[str, list[dict]], cls: str) -> dict[str, float]:
         out["subject_in_context"] = sum(
             share(readings[f"context:{c}"], lambda r: r["context"] == c and is_subject(r, cls)) for c in contexts
         ) / len(contexts)
-    out["class_fidelity"] = share(readings["class"], lambda r: r["cls"] == cls)
-    out["class_drift"] = share(readings["class"], lambda r: is_subject(r, cls))
-    of_class = [r for r in readings["class"] if r["cls"] == cls]
-    out["class_diversity"] = diversity(of_class) if of_class else 0.0
+    if readings.get("class"):
+        out["class_fidelity"] = share(readings["class"], lambda r: r["cls"] == cls)
+        out["class_drift"] = share(readings["class"], lambda r: is_subject(r, cls))
+        of_class = [r for r in readings["class"] if r["cls"] == cls]
+        out["class_diversity"] = diversity(of_class) if of_class else 0.0
     return {k: round(v, 4) for k, v in out.items()}
+
+
+def prompt_name(prompt: str, cls: str, identifier: str) -> str | None:
+    """Which of `prompts`' kinds a free-written prompt is: 'subject', 'context:<name>' or 'class'; None when it names
+    neither the subject nor the class."""
+    words = prompt.lower().replace(",", " ").split()
+    text = " ".join(words)
+    if cls not in words:
+        return None
+    context = next((c for c, phrase in CONTEXTS.items() if phrase and phrase in text), None)
+    if identifier.lower() in words:
+        return f"context:{context}" if context else "subject"
+    return "class" if context is None else None
+
+
+def score_prompts(reader, images: dict[str, list], cls: str, identifier: str) -> dict[str, float]:
+    """The world's scores of samples drawn from any prompts (prompt -> images): each prompt read as the subject, the
+    subject in a context, or the class (`prompt_name`); prompts of neither are not scored."""
+    readings: dict[str, list[dict]] = {}
+    for prompt, imgs in images.items():
+        name = prompt_name(prompt, cls, identifier)
+        if name is not None:
+            readings.setdefault(name, []).extend(read(reader, imgs))
+    return score(readings, cls)
 
 
 def sample_and_score(
