@@ -760,7 +760,9 @@ def test_no_auth_serves_an_open_host_on_purpose(tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------- the world's whole path, and a restart mid-run
 
 
-WORLD_STEPS = int(os.environ.get("DREAMBOOTH_UI_WORLD_STEPS", "40"))  # the README's screenshots: a 1,000-step run
+# the README's screenshots: a 1,000-step run scored with 4 samples per prompt
+WORLD_STEPS = int(os.environ.get("DREAMBOOTH_UI_WORLD_STEPS", "40"))
+WORLD_SAMPLES = int(os.environ.get("DREAMBOOTH_UI_WORLD_SAMPLES", "2"))
 
 
 def state_of(page) -> tuple[str | None, int]:
@@ -843,17 +845,19 @@ def test_the_world_from_sample_subject_to_its_scores(tmp_path):
 
             page.get_by_role("tab", name="Evaluate").click()
             page.wait_for_selector("#scores:has-text('Not scored yet')")
-            page.fill("#world-samples input", "2")
+            page.fill("#world-samples input", str(WORLD_SAMPLES))
             page.click("#score")
             page.wait_for_selector(".progress-text, .eta-bar, .progress-level", timeout=60_000)  # gradio's progress bar
-            page.wait_for_selector("#eval-message:has-text('scored 2 samples of each of 8 prompts')", timeout=300_000)
+            page.wait_for_selector(
+                f"#eval-message:has-text('scored {WORLD_SAMPLES} samples of each of 8 prompts')", timeout=600_000
+            )
             table = page.inner_text("#scores")
             for name in ("subject fidelity", "subject in context", "class drift", "class diversity", "after DreamBooth"):
                 assert name in table, table
             saved = json.loads((workspace / "scores" / run.replace("/", "-") / "world" / "scores.json").read_text())
-            assert saved["samples_per_prompt"] == 2 and set(saved["before"]) == set(saved["after"])
+            assert saved["samples_per_prompt"] == WORLD_SAMPLES and set(saved["before"]) == set(saved["after"])
             page.wait_for_function(
-                "[...document.querySelectorAll('#scores .world-grids img')].length === 16 && "
+                "[...document.querySelectorAll('#scores .world-grids img')].length === 16 && "  # 8 prompts, before and after
                 "[...document.querySelectorAll('#scores .world-grids img')].every(i => i.complete && i.naturalWidth > 0)"
             )
             shoot(page, tmp_path, "evaluate")
@@ -894,7 +898,7 @@ def test_a_restarted_server_lists_the_run_and_resumes_it(tmp_path):
     stopped, and Resume in the page finishes the same run from that checkpoint."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    steps = 200
+    steps = 100
     with serve_ui(workspace) as url:
         p, browser, page = world_page(url)
         try:
