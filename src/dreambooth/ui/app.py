@@ -30,7 +30,9 @@ svg.loss { width: 100%; max-width: 480px; height: 120px; display: block; margin-
 .train-status .outside { margin-top: .6em; }
 .world-grids figure { margin: .4em 0; }
 .world-grids img, .gallery img { image-rendering: pixelated; max-width: 100%; }
-.world-grids img { width: 100%; max-width: 384px; display: block; margin-bottom: 2px; }
+.world-grids .pair { display: flex; flex-wrap: wrap; gap: 2px 12px; }
+.world-grids .pair > div { flex: 1 1 160px; max-width: 384px; }
+.world-grids img { width: 100%; display: block; }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; }
 .gallery .card { border: 1px solid #ddd; border-radius: 8px; padding: 8px 10px; min-width: 0; }
 .gallery .card h3 { margin: 0 0 .2em; font-size: 1em; overflow-wrap: anywhere; }

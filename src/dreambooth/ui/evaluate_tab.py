@@ -236,13 +236,13 @@ def world_table(run: str, result: dict | None, out: Path | None = None) -> str:
     if out is not None and (out / "report").is_dir():
         asked = prompts(result.get("class", "dog"), result.get("identifier", "sks"))
         grids = "".join(
-            f"<figure><figcaption>{html.escape(prompt)}</figcaption>"
-            f"<img alt='before' src='{file_url(out / 'report' / (name.replace(':', '-') + '-before.png'))}'>"
-            f"<img alt='after' src='{file_url(out / 'report' / (name.replace(':', '-') + '-after.png'))}'></figure>"
+            f"<figure><figcaption>{html.escape(prompt)}</figcaption><div class='pair'>"
+            f"<div><small>base model</small><img alt='before' "
+            f"src='{file_url(out / 'report' / (name.replace(':', '-') + '-before.png'))}'></div>"
+            f"<div><small>after DreamBooth</small><img alt='after' "
+            f"src='{file_url(out / 'report' / (name.replace(':', '-') + '-after.png'))}'></div></div></figure>"
             for name, prompt in asked.items()
             if (out / "report" / f"{name.replace(':', '-')}-after.png").is_file()
         )
-        text += (
-            f"<div class='world-grids'><p>Each prompt: the base model's samples, then the run's (same seeds).</p>{grids}</div>"
-        )
+        text += f"<div class='world-grids'><p>Each prompt's first samples: the base model's, then the run's (same seeds).</p>{grids}</div>"
     return text
