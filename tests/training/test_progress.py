@@ -20,6 +20,7 @@ def test_a_resumed_run_keeps_the_curve_its_lora_followed(tmp_path):
     lines = progress.read(tmp_path)
     assert [(e["step"], e["loss"]) for e in lines] == [(10, 0.5), (20, 0.4), (30, 0.33), (40, 0.3)]
     assert progress.read(tmp_path / "none") == []
+    progress.append(tmp_path / "none", 10, 50, 0.5, 1.0)  # an unwritable log does not stop the run it watches
 
 
 @pytest.mark.slow

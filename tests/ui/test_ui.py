@@ -212,7 +212,11 @@ def test_a_damaged_job_list_starts_empty_with_a_warning(tmp_path, capsys):
     state = tmp_path / "jobs.json"
     state.write_text('{"jobs": [{"id": 1, "cfg": {"no_such_setting": 1}}]}')
     assert Jobs(fake_train([]), state_file=state).snapshot() == []
-    assert "jobs.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "jobs.json: not a job list this version reads (a job's settings: unknown key 'no_such_setting'" in err
+    assert "moved to jobs.json.unreadable-" in err and len(err.strip().splitlines()) == 1
+    aside = list(tmp_path.glob("jobs.json.unreadable-*"))
+    assert len(aside) == 1 and "no_such_setting" in aside[0].read_text() and not state.exists()
 
 
 def test_shutdown_stops_the_running_job_and_keeps_the_queue(tmp_path):
@@ -238,12 +242,13 @@ def test_the_loss_curve_and_runs_started_outside_the_page(tmp_path):
     cli = tmp_path / "cli-run"
     cli.mkdir()
     progress.append(cli, 10, 30, 0.4, 2.0)
+    progress.append(cli, 20, 30, 0.35, 4.5)
     done = tmp_path / "done-run"
     done.mkdir()
     progress.append(done, 30, 30, 0.3, 6.0)
     assert runs.active_runs(tmp_path) == [cli]
     lines = train_tab.outside_runs(tmp_path, [])
-    assert len(lines) == 1 and "cli-run (started outside the page): step 10/30 · loss 0.4000" in lines[0]
+    assert len(lines) == 1 and "cli-run (started outside the page): step 20/30 · loss 0.3500 · 2 s left" in lines[0]
     mine = Job(1, "mine", TrainConfig(output_dir=str(cli)))
     assert train_tab.outside_runs(tmp_path, [mine]) == []  # the page's own run is shown as its job
 
@@ -381,21 +386,28 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One Chromium for the module: Playwright's sync API runs one instance per thread."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
-        pg = context.new_page()
-        pg.set_default_timeout(30_000)
-        outside = []  # the page must make no calls beyond its own server (fonts, analytics, CDNs)
-        pg.on("request", lambda r: None if r.url.startswith((server[0], "data:", "blob:")) else outside.append(r.url))
-        pg.goto(server[0])
-        pg.wait_for_selector("#photos")
-        yield pg
-        browser.close()
-        assert outside == []
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    outside = []  # the page must make no calls beyond its own server (fonts, analytics, CDNs)
+    pg.on("request", lambda r: None if r.url.startswith((server[0], "data:", "blob:")) else outside.append(r.url))
+    pg.goto(server[0])
+    pg.wait_for_selector("#photos")
+    yield pg
+    context.close()
+    assert outside == []
 
 
 def shoot(page, tmp_path, name: str, readme: bool = True) -> None:
@@ -747,7 +759,7 @@ def test_no_auth_serves_an_open_host_on_purpose(tmp_path, capsys, monkeypatch):
         def launch(self, **kwargs):
             launched.append(kwargs)
 
-    monkeypatch.setattr(app, "build_app", lambda root, photo_roots=(): roots.extend(photo_roots) or Page())
+    monkeypatch.setattr(app, "build_app", lambda root, jobs, photo_roots=(): roots.extend(photo_roots) or Page())
     shared = tmp_path / "shared"
     shared.mkdir()
     flags = ["ui", "--host", "0.0.0.0", "--workspace", str(tmp_path / "ws"), "--photo-root", str(shared)]
@@ -784,16 +796,17 @@ def wait_for_state(page, states: tuple[str, ...], timeout: float, at_least: int 
     return state, step
 
 
-def world_page(url: str, width: int = 1280, height: int = 1000):
-    from playwright.sync_api import sync_playwright
-
-    p = sync_playwright().start()
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    page = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True).new_page()
-    page.set_default_timeout(30_000)
-    page.goto(url)
-    page.wait_for_selector("#photos")
-    return p, browser, page
+@contextlib.contextmanager
+def world_page(browser, url: str):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        page.wait_for_selector("#photos")
+        yield page
+    finally:
+        context.close()
 
 
 def sample_and_start(page, steps: int, subject: str = "dog") -> None:
@@ -816,14 +829,13 @@ def no_wider_than_the_screen(page) -> int:
 
 @needs_browser
 @pytest.mark.slow
-def test_the_world_from_sample_subject_to_its_scores(tmp_path):
+def test_the_world_from_sample_subject_to_its_scores(browser, tmp_path):
     """Sample subject -> train a short world run -> generate -> Evaluate shows the world's scores -> Gallery; and the
     same page at a phone's width. DREAMBOOTH_UI_SCREENSHOTS=docs writes the README's screenshots from it."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     with serve_ui(workspace) as url:
-        p, browser, page = world_page(url)
-        try:
+        with world_page(browser, url) as page:
             sample_and_start(page, WORLD_STEPS)
             state, step = wait_for_state(page, ("done", "failed", "stopped"), timeout=300 + WORLD_STEPS)
             assert state == "done" and step == WORLD_STEPS, page.inner_text("#train-status")
@@ -886,28 +898,21 @@ def test_the_world_from_sample_subject_to_its_scores(tmp_path):
                 assert no_wider_than_the_screen(page) <= 390, tab
             page.get_by_role("tab", name="Evaluate").click()
             shoot(page, tmp_path, "phone")
-        finally:
-            browser.close()
-            p.stop()
 
 
 @needs_browser
 @pytest.mark.slow
-def test_a_restarted_server_lists_the_run_and_resumes_it(tmp_path):
+def test_a_restarted_server_lists_the_run_and_resumes_it(browser, tmp_path):
     """The server stops mid-run (a TERM signal: the run saves a checkpoint first); the next server lists the job as
     stopped, and Resume in the page finishes the same run from that checkpoint."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     steps = 100
     with serve_ui(workspace) as url:
-        p, browser, page = world_page(url)
-        try:
+        with world_page(browser, url) as page:
             sample_and_start(page, steps)
             state, reached = wait_for_state(page, ("running",), timeout=240, at_least=20)
             assert state == "running", page.inner_text("#train-status")
-        finally:
-            browser.close()
-            p.stop()
     # serve_ui's exit sent the TERM signal and waited for the server to end
     saved = json.loads((workspace / "jobs.json").read_text())["jobs"]
     assert [j["state"] for j in saved] == ["stopped"] and reached <= saved[0]["step"] < steps
@@ -915,8 +920,7 @@ def test_a_restarted_server_lists_the_run_and_resumes_it(tmp_path):
     assert (run_dir / "checkpoints" / f"step-{saved[0]['step']:06d}").is_dir()
 
     with serve_ui(workspace) as url:
-        p, browser, page = world_page(url)
-        try:
+        with world_page(browser, url) as page:
             state, step = wait_for_state(page, ("stopped",), timeout=30)
             assert state == "stopped" and step == saved[0]["step"], page.inner_text("#train-status")
             page.get_by_role("tab", name="Gallery").click()
@@ -926,8 +930,5 @@ def test_a_restarted_server_lists_the_run_and_resumes_it(tmp_path):
             page.wait_for_selector("#train-message:has-text('resumes from its newest checkpoint')")
             state, done_at = wait_for_state(page, ("done", "failed"), timeout=300)
             assert state == "done" and done_at == steps, page.inner_text("#train-status")
-        finally:
-            browser.close()
-            p.stop()
     assert f"# resumed from checkpoints/step-{saved[0]['step']:06d}" in (run_dir / "config.yaml").read_text()
     assert runs.find_runs(workspace) == [run_dir.relative_to(workspace).as_posix()]

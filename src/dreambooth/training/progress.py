@@ -15,8 +15,11 @@ def append(out: Path, step: int, max_steps: int, loss: float, seconds: float) ->
     # Appended, not rewritten: one short line per write, and the reader skips a line cut off by a crash.
     line = {"step": step, "max_steps": max_steps, "loss": round(float(loss), 6), "seconds": round(seconds, 3),
             "time": round(time.time(), 3)}  # fmt: skip
-    with open(Path(out) / PROGRESS_NAME, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
+    try:
+        with open(Path(out) / PROGRESS_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+    except OSError:
+        pass  # the log is only for watching: a full disk is the checkpoint's to report (it stops the run in one line)
 
 
 def read(out: Path) -> list[dict]:

@@ -84,11 +84,17 @@ class Jobs:
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
             found = [
-                Job(**{k: item[k] for k in SAVED_FIELDS if k in item}, cfg=from_dict(TrainConfig, item["cfg"], str(path)))
+                Job(
+                    **{k: item[k] for k in SAVED_FIELDS if k in item}, cfg=from_dict(TrainConfig, item["cfg"], "a job's settings")
+                )
                 for item in saved["jobs"]
             ]
         except (OSError, ValueError, KeyError, TypeError, UsageError) as e:
-            warn(f"{path}: not a job list this version reads ({str(e).splitlines()[0][:200]}); starting with no jobs")
+            # kept aside, not overwritten by the next save: the runs themselves are untouched in their folders
+            aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.replace(aside)
+            warn(f"{path}: not a job list this version reads ({str(e).splitlines()[0][:200]}); moved to {aside.name}, "
+                 "starting with no jobs")  # fmt: skip
             return []
         from ..training import progress
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -42,9 +43,10 @@ def check_photo_roots(photo_roots: Sequence[str]) -> list[Path]:
     return roots
 
 
-def stop_first(jobs) -> None:
-    """Ctrl-C or a TERM signal (a service manager's stop) first stops the running job with a checkpoint, so the next
-    server's Resume continues from the step it reached; gradio then closes as on Ctrl-C."""
+@contextlib.contextmanager
+def stop_first(jobs):
+    """While serving, Ctrl-C or a TERM signal (a service manager's stop) first stops the running job with a checkpoint,
+    so the next server's Resume continues from the step it reached; gradio then closes as on Ctrl-C."""
 
     def handler(signum, frame):
         print("stopping: the running job saves a checkpoint first", flush=True)
@@ -52,8 +54,12 @@ def stop_first(jobs) -> None:
         jobs.shutdown(timeout=60)
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, was in previous.items():
+            signal.signal(sig, was)
 
 
 def serve(
@@ -97,22 +103,22 @@ def serve(
     from .jobs import Jobs
 
     jobs = Jobs(state_file=root / "jobs.json")  # the jobs of the server before this one, interrupted runs as stopped
-    stop_first(jobs)
     app = build_app(root, jobs, photo_roots=roots)
     app.queue(default_concurrency_limit=1)
     print(f"workspace {root}; at most {MAX_PHOTOS} photos of {MAX_BYTES // (1024 * 1024)} MB each per run", flush=True)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        auth=credentials,
-        share=False,
-        inbrowser=False,
-        show_error=True,
-        allowed_paths=[str(root)],
-        max_file_size=MAX_BYTES,
-        footer_links=[],
-        mcp_server=False,
-        ssr_mode=False,
-        theme=theme(),
-        css=CSS,
-    )
+    with stop_first(jobs):
+        app.launch(
+            server_name=host,
+            server_port=port,
+            auth=credentials,
+            share=False,
+            inbrowser=False,
+            show_error=True,
+            allowed_paths=[str(root)],
+            max_file_size=MAX_BYTES,
+            footer_links=[],
+            mcp_server=False,
+            ssr_mode=False,
+            theme=theme(),
+            css=CSS,
+        )

@@ -12,7 +12,7 @@ from ..config import TrainConfig, check_train
 from ..errors import UsageError
 from ..fields import settings
 from . import runs
-from .jobs import FINISHED, Jobs, status_line
+from .jobs import FINISHED, Jobs, clock, status_line
 from .uploads import MAX_PHOTOS, MIN_PHOTOS, Rejected, check_photo, folder_sources, shown_name, store_photos
 
 
@@ -245,12 +245,17 @@ def outside_runs(workspace: Path | None, jobs: list) -> list[str]:
     for run_dir in runs.active_runs(workspace):
         if run_dir.resolve() in mine:
             continue
-        last = run_progress.read(run_dir)[-1]
+        lines = run_progress.read(run_dir)
+        first, last = lines[0], lines[-1]
+        left = ""
+        if last["step"] > first["step"]:  # the rate between the first and the last loss read: loading left out
+            rate = (last["seconds"] - first["seconds"]) / (last["step"] - first["step"])
+            left = f" · {clock(rate * (int(last['max_steps']) - last['step']))} left"
         name = run_dir.relative_to(workspace).as_posix()
         shown.append(
             f"<div class='outside' data-run='{html.escape(name)}'><div class='line'>{html.escape(name)} (started outside "
-            f"the page): step {last['step']}/{last['max_steps']} · loss {last['loss']:.4f}</div>"
-            f"{loss_curve(run_progress.read(run_dir), int(last['max_steps']))}</div>"
+            f"the page): step {last['step']}/{last['max_steps']} · loss {last['loss']:.4f}{left}</div>"
+            f"{loss_curve(lines, int(last['max_steps']))}</div>"
         )
     return shown
 
