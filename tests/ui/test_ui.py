@@ -181,6 +181,78 @@ def test_stop_then_resume_continues_the_same_run():
     assert jobs.resume(again.id) is None  # a finished run has nothing to resume
 
 
+def test_jobs_outlive_the_server(tmp_path):
+    """The job list is kept in the state file: a new Jobs reads it back, the run that was training is stopped (Resume
+    continues it) with the step its progress.jsonl reached, the queued one runs, and new ids follow the old."""
+    from dreambooth.training import progress
+    from dreambooth.ui.jobs import INTERRUPTED
+
+    state, gate = tmp_path / "jobs.json", threading.Event()
+    first = Jobs(fake_train([], gate), state_file=state)
+    a = first.submit("a", TrainConfig(output_dir=str(tmp_path / "a"), max_steps=50, learning_rate=3e-4), ["a note"])
+    first.submit("b", TrainConfig(output_dir=str(tmp_path / "b"), max_steps=2))
+    assert wait_for(lambda: first.snapshot()[0].state == "running")
+    assert json.loads(state.read_text())["jobs"][0]["state"] == "running"
+    (tmp_path / "a").mkdir()
+    progress.append(tmp_path / "a", 20, 50, 0.25, 3.0)  # what the run wrote before the server went away
+
+    log: list[str] = []
+    second = Jobs(fake_train(log), state_file=state)  # the first one's worker is stuck at its gate: a killed server
+    assert wait_for(lambda: second.snapshot()[1].state == "done") and log == [str(tmp_path / "b")]
+    stopped = second.snapshot()[0]
+    assert (stopped.state, stopped.message, stopped.step, stopped.loss) == ("stopped", INTERRUPTED, 20, 0.25)
+    assert (stopped.name, stopped.notes, stopped.cfg.learning_rate, stopped.cfg.max_steps) == ("a", ["a note"], 3e-4, 50)
+    again = second.resume(a.id)
+    assert again is not None and again.id == 3 and again.cfg.resume and again.cfg.output_dir == str(tmp_path / "a")
+    assert wait_for(lambda: second.snapshot()[2].state == "done")
+    assert [j["state"] for j in json.loads(state.read_text())["jobs"]] == ["stopped", "done", "done"]
+
+
+def test_a_damaged_job_list_starts_empty_with_a_warning(tmp_path, capsys):
+    state = tmp_path / "jobs.json"
+    state.write_text('{"jobs": [{"id": 1, "cfg": {"no_such_setting": 1}}]}')
+    assert Jobs(fake_train([]), state_file=state).snapshot() == []
+    err = capsys.readouterr().err
+    assert "jobs.json: not a job list this version reads (a job's settings: unknown key 'no_such_setting'" in err
+    assert "moved to jobs.json.unreadable-" in err and len(err.strip().splitlines()) == 1
+    aside = list(tmp_path.glob("jobs.json.unreadable-*"))
+    assert len(aside) == 1 and "no_such_setting" in aside[0].read_text() and not state.exists()
+
+
+def test_shutdown_stops_the_running_job_and_keeps_the_queue(tmp_path):
+    state, gate = tmp_path / "jobs.json", threading.Event()
+    jobs = Jobs(fake_train([], gate), state_file=state)
+    jobs.submit("a", TrainConfig(output_dir="a", max_steps=1000))
+    jobs.submit("b", TrainConfig(output_dir="b", max_steps=3))
+    assert wait_for(lambda: jobs.snapshot()[0].state == "running")
+    gate.set()
+    jobs.shutdown(timeout=5)
+    assert [j.state for j in jobs.snapshot()] == ["stopped", "queued"] and jobs.snapshot()[0].step < 1000
+    assert [j["state"] for j in json.loads(state.read_text())["jobs"]] == ["stopped", "queued"]
+
+
+def test_the_loss_curve_and_runs_started_outside_the_page(tmp_path):
+    from dreambooth.training import progress
+    from dreambooth.ui import train_tab
+
+    assert train_tab.loss_curve([], 100) == ""
+    svg = train_tab.loss_curve([{"step": 10, "loss": 0.5}, {"step": 20, "loss": 0.25}], 40)
+    # steps 10 and 20 of 40 across the 352 px inside the frame, the highest loss at the top
+    assert "data-points='2'" in svg and "points='92.0,4.0 180.0,116.0'" in svg and "loss 0.2500 – 0.5000 over steps 0–40" in svg
+    cli = tmp_path / "cli-run"
+    cli.mkdir()
+    progress.append(cli, 10, 30, 0.4, 2.0)
+    progress.append(cli, 20, 30, 0.35, 4.5)
+    done = tmp_path / "done-run"
+    done.mkdir()
+    progress.append(done, 30, 30, 0.3, 6.0)
+    assert runs.active_runs(tmp_path) == [cli]
+    lines = train_tab.outside_runs(tmp_path, [])
+    assert len(lines) == 1 and "cli-run (started outside the page): step 20/30 · loss 0.3500 · 2 s left" in lines[0]
+    mine = Job(1, "mine", TrainConfig(output_dir=str(cli)))
+    assert train_tab.outside_runs(tmp_path, [mine]) == []  # the page's own run is shown as its job
+
+
 def test_a_failing_job_does_not_stop_the_worker():
     def train(cfg, on_event, stop_event):
         if cfg.output_dir == "bad":
@@ -222,7 +294,7 @@ def test_on_a_cpu_the_page_proposes_the_world_and_its_sample_subject(tmp_path, m
     workspace = tmp_path / "ws"
     for cls in CLASSES:
         files, noun, identifier, model, message = train_tab.sample_subject(workspace, cls)
-        demo = sorted(write_photos(cls, tmp_path / "demo" / cls).glob("*.png"))
+        demo = sorted(p for p in write_photos(cls, tmp_path / "demo" / cls).glob("*.png") if ".mask." not in p.name)
         assert [Path(f).name for f in files] == [p.name for p in demo] and len(files) == 5
         assert all(np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(d))) for f, d in zip(files, demo))
         assert (noun, identifier, model) == (cls, "sks", "world") and f" {cls}, which its base model never drew" in message
@@ -314,28 +386,36 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One Chromium for the module: Playwright's sync API runs one instance per thread."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
-        pg = context.new_page()
-        pg.set_default_timeout(30_000)
-        outside = []  # the page must make no calls beyond its own server (fonts, analytics, CDNs)
-        pg.on("request", lambda r: None if r.url.startswith((server[0], "data:", "blob:")) else outside.append(r.url))
-        pg.goto(server[0])
-        pg.wait_for_selector("#photos")
-        yield pg
-        browser.close()
-        assert outside == []
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
 
 
-def shoot(page, tmp_path, name: str) -> None:
-    """Screenshots are test output; DREAMBOOTH_UI_SCREENSHOTS=docs also writes the README's copies there."""
+@pytest.fixture(scope="module")
+def page(server, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    outside = []  # the page must make no calls beyond its own server (fonts, analytics, CDNs)
+    pg.on("request", lambda r: None if r.url.startswith((server[0], "data:", "blob:")) else outside.append(r.url))
+    pg.goto(server[0])
+    pg.wait_for_selector("#photos")
+    yield pg
+    context.close()
+    assert outside == []
+
+
+def shoot(page, tmp_path, name: str, readme: bool = True) -> None:
+    """Screenshots are test output; DREAMBOOTH_UI_SCREENSHOTS=docs also writes the README's copies there (those of
+    the world's flow: they show real scenes and scores)."""
     page.screenshot(path=str(tmp_path / f"ui-{name}.png"), full_page=True)
     folder = os.environ.get("DREAMBOOTH_UI_SCREENSHOTS")
-    if folder:
+    if folder and readme:
         Path(folder).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp_path / f"ui-{name}.png", Path(folder) / f"ui-{name}.png")
 
@@ -408,7 +488,7 @@ def test_train_generate_download(page, server, tmp_path):
     assert state == "done", status
     assert page.get_attribute("#train-status progress", "value") == page.get_attribute("#train-status progress", "max") == "6"
     page.wait_for_selector("#validations img")  # validation grids at steps 3 and 6
-    shoot(page, tmp_path, "train")
+    shoot(page, tmp_path, "train", readme=False)
     run = runs.find_runs(workspace)[0]
     assert run.startswith("runs/dog-") and (workspace / run / "config.yaml").is_file()
     assert len(list((workspace / "uploads" / Path(run).name).iterdir())) == 5
@@ -422,7 +502,7 @@ def test_train_generate_download(page, server, tmp_path):
     page.click("#generate")
     page.wait_for_selector("#gen-message:has-text('2 images')", timeout=60_000)
     assert page.locator("#gallery img").count() >= 2
-    shoot(page, tmp_path, "generate")
+    shoot(page, tmp_path, "generate", readme=False)
     with page.expect_download() as info:
         page.click("#lora-files td[aria-label='pytorch_lora_weights.safetensors'] + td a")
     lora = tmp_path / "download" / "pytorch_lora_weights.safetensors"
@@ -440,7 +520,7 @@ def test_train_generate_download(page, server, tmp_path):
     text = page.inner_text("#eval-message")
     assert len(text.strip().splitlines()) == 1 and "dino" in text.lower(), text  # evaluate's one-line message
     assert "DreamBooth (Stable Diffusion)" in page.inner_text("#scores")
-    shoot(page, tmp_path, "evaluate")
+    shoot(page, tmp_path, "evaluate", readme=False)
 
     # A `dreambooth bench` report anywhere in the workspace is shown in the Evaluate tab.
     from dreambooth.evaluation import bench_report
@@ -679,7 +759,7 @@ def test_no_auth_serves_an_open_host_on_purpose(tmp_path, capsys, monkeypatch):
         def launch(self, **kwargs):
             launched.append(kwargs)
 
-    monkeypatch.setattr(app, "build_app", lambda root, photo_roots=(): roots.extend(photo_roots) or Page())
+    monkeypatch.setattr(app, "build_app", lambda root, jobs, photo_roots=(): roots.extend(photo_roots) or Page())
     shared = tmp_path / "shared"
     shared.mkdir()
     flags = ["ui", "--host", "0.0.0.0", "--workspace", str(tmp_path / "ws"), "--photo-root", str(shared)]
@@ -687,3 +767,168 @@ def test_no_auth_serves_an_open_host_on_purpose(tmp_path, capsys, monkeypatch):
     assert "--host 0.0.0.0 --no-auth: anyone who can reach this machine" in capsys.readouterr().err
     assert launched[0]["server_name"] == "0.0.0.0" and launched[0]["auth"] is None and roots == [shared.resolve()]
     assert main([*flags, "--auth", "me:pw"]) == 0 and launched[1]["auth"] == ("me", "pw")
+
+
+# ---------------------------------------------------------------- the world's whole path, and a restart mid-run
+
+
+# the README's screenshots: a 1,000-step run scored with 4 samples per prompt
+WORLD_STEPS = int(os.environ.get("DREAMBOOTH_UI_WORLD_STEPS", "40"))
+WORLD_SAMPLES = int(os.environ.get("DREAMBOOTH_UI_WORLD_SAMPLES", "2"))
+
+
+def state_of(page) -> tuple[str | None, int]:
+    box = page.locator("#train-status .train-status")
+    if not box.count():
+        return None, 0
+    value = page.get_attribute("#train-status progress", "value") if page.locator("#train-status progress").count() else 0
+    return box.get_attribute("data-state"), int(value or 0)
+
+
+def wait_for_state(page, states: tuple[str, ...], timeout: float, at_least: int = 0) -> tuple[str | None, int]:
+    deadline = time.time() + timeout
+    state, step = None, 0
+    while time.time() < deadline:
+        state, step = state_of(page)
+        if state in states and step >= at_least:
+            break
+        time.sleep(0.25)
+    return state, step
+
+
+@contextlib.contextmanager
+def world_page(browser, url: str):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        page.wait_for_selector("#photos")
+        yield page
+    finally:
+        context.close()
+
+
+def sample_and_start(page, steps: int, subject: str = "dog") -> None:
+    """Sample subject, few class images and steps, Start: what a newcomer clicks on a CPU."""
+    if subject != "dog":
+        page.click("#subject input")
+        page.get_by_role("option", name=subject).click()
+    page.click("#sample")
+    page.wait_for_selector("#photo-check:has-text('5 usable photos')")
+    page.wait_for_function("document.querySelector('#class-noun textarea').value === 'dog'")
+    for box, value in [("#steps", str(steps)), ("#num-class", "8"), ("#validation-every", str(max(steps // 2, 1)))]:
+        page.fill(f"{box} input", value)
+    page.click("#start")
+    page.wait_for_selector("#train-message:has-text('queued with 5 photos')")
+
+
+def no_wider_than_the_screen(page) -> int:
+    return page.evaluate("document.documentElement.scrollWidth")
+
+
+@needs_browser
+@pytest.mark.slow
+def test_the_world_from_sample_subject_to_its_scores(browser, tmp_path):
+    """Sample subject -> train a short world run -> generate -> Evaluate shows the world's scores -> Gallery; and the
+    same page at a phone's width. DREAMBOOTH_UI_SCREENSHOTS=docs writes the README's screenshots from it."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    with serve_ui(workspace) as url:
+        with world_page(browser, url) as page:
+            sample_and_start(page, WORLD_STEPS)
+            state, step = wait_for_state(page, ("done", "failed", "stopped"), timeout=300 + WORLD_STEPS)
+            assert state == "done" and step == WORLD_STEPS, page.inner_text("#train-status")
+            assert int(page.get_attribute("#train-status svg.loss", "data-points")) >= WORLD_STEPS // 10
+            page.wait_for_selector("#validations img")
+            shoot(page, tmp_path, "train")
+            run = runs.find_runs(workspace)[0]
+            assert runs.run_config(workspace / run)["model"] == "world"
+
+            page.get_by_role("tab", name="Generate").click()
+            page.wait_for_function("document.querySelector('#gen-prompt textarea').value === 'a photo of sks dog'")
+            page.fill("#gen-prompt textarea", "a photo of sks dog on the beach")
+            page.fill("#gen-num input", "8")
+            page.fill("#gen-steps input", "25")
+            page.click("#generate")
+            page.wait_for_selector("#gen-message:has-text('8 images')", timeout=120_000)
+            assert page.locator("#gallery img").count() >= 8
+            shoot(page, tmp_path, "generate")
+
+            page.get_by_role("tab", name="Evaluate").click()
+            page.wait_for_selector("#scores:has-text('Not scored yet')")
+            page.fill("#world-samples input", str(WORLD_SAMPLES))
+            page.click("#score")
+            page.wait_for_selector(".progress-text, .eta-bar, .progress-level", timeout=60_000)  # gradio's progress bar
+            page.wait_for_selector(
+                f"#eval-message:has-text('scored {WORLD_SAMPLES} samples of each of 8 prompts')", timeout=600_000
+            )
+            table = page.inner_text("#scores")
+            for name in ("subject fidelity", "subject in context", "class drift", "class diversity", "after DreamBooth"):
+                assert name in table, table
+            saved = json.loads((workspace / "scores" / run.replace("/", "-") / "world" / "scores.json").read_text())
+            assert saved["samples_per_prompt"] == WORLD_SAMPLES and set(saved["before"]) == set(saved["after"])
+            page.wait_for_function(
+                "[...document.querySelectorAll('#scores .world-grids img')].length === 16 && "  # 8 prompts, before and after
+                "[...document.querySelectorAll('#scores .world-grids img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
+            shoot(page, tmp_path, "evaluate")
+
+            page.get_by_role("tab", name="Gallery").click()
+            card = page.locator(f"#gallery-cards .card[data-run='{run}']")
+            card.wait_for()
+            assert "subject fidelity" in card.inner_text() and card.locator("img.photo").count() == 5
+            assert {a.get_attribute("download") for a in card.locator("a.download").all()} == {
+                "pytorch_lora_weights.safetensors",
+                "lora_kohya.safetensors",
+            }
+            page.wait_for_function(
+                "[...document.querySelectorAll('#gallery-cards img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
+            with page.expect_download() as info:
+                card.locator("a.download[download='lora_kohya.safetensors']").click()
+            info.value.save_as(tmp_path / "lora_kohya.safetensors")
+            assert (tmp_path / "lora_kohya.safetensors").read_bytes() == (workspace / run / "lora_kohya.safetensors").read_bytes()
+            shoot(page, tmp_path, "gallery")
+
+            page.set_viewport_size({"width": 390, "height": 844})
+            for tab in ("Train", "Generate", "Evaluate", "Gallery"):
+                page.get_by_role("tab", name=tab).click()
+                page.wait_for_timeout(300)
+                assert no_wider_than_the_screen(page) <= 390, tab
+            page.get_by_role("tab", name="Evaluate").click()
+            shoot(page, tmp_path, "phone")
+
+
+@needs_browser
+@pytest.mark.slow
+def test_a_restarted_server_lists_the_run_and_resumes_it(browser, tmp_path):
+    """The server stops mid-run (a TERM signal: the run saves a checkpoint first); the next server lists the job as
+    stopped, and Resume in the page finishes the same run from that checkpoint."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    steps = 100
+    with serve_ui(workspace) as url:
+        with world_page(browser, url) as page:
+            sample_and_start(page, steps)
+            state, reached = wait_for_state(page, ("running",), timeout=240, at_least=20)
+            assert state == "running", page.inner_text("#train-status")
+    # serve_ui's exit sent the TERM signal and waited for the server to end
+    saved = json.loads((workspace / "jobs.json").read_text())["jobs"]
+    assert [j["state"] for j in saved] == ["stopped"] and reached <= saved[0]["step"] < steps
+    run_dir = Path(saved[0]["cfg"]["output_dir"])
+    assert (run_dir / "checkpoints" / f"step-{saved[0]['step']:06d}").is_dir()
+
+    with serve_ui(workspace) as url:
+        with world_page(browser, url) as page:
+            state, step = wait_for_state(page, ("stopped",), timeout=30)
+            assert state == "stopped" and step == saved[0]["step"], page.inner_text("#train-status")
+            page.get_by_role("tab", name="Gallery").click()
+            page.wait_for_selector(f"#gallery-cards .card.unfinished:has-text('stopped at step {step}/{steps}')")
+            page.get_by_role("tab", name="Train").click()
+            page.click("#resume")
+            page.wait_for_selector("#train-message:has-text('resumes from its newest checkpoint')")
+            state, done_at = wait_for_state(page, ("done", "failed"), timeout=300)
+            assert state == "done" and done_at == steps, page.inner_text("#train-status")
+    assert f"# resumed from checkpoints/step-{saved[0]['step']:06d}" in (run_dir / "config.yaml").read_text()
+    assert runs.find_runs(workspace) == [run_dir.relative_to(workspace).as_posix()]

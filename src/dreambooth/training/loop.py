@@ -22,7 +22,7 @@ from ..errors import TrainingError
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where
 from ..lora.kohya import LYCORIS_FUSED, has_kohya_layout
 from ..sampling import draw, grid
-from . import checkpoint, validation
+from . import checkpoint, progress, validation
 from .card import model_card
 from .loss import finite_loss
 from .setup import Run, resume, run_settings, set_up, subjects_of
@@ -118,6 +118,8 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, floa
                 if step % 10 == 0 or step == cfg.max_steps or checkpoint_now or stop.requested:
                     loss_value = finite_loss(loss, step)
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{run.lr_scheduler.get_last_lr()[0]:.2e}")
+                    if run.main:
+                        progress.append(run.out, step, cfg.max_steps, loss_value, time.time() - started)
                 if checkpoint_now and run.main:
                     save_checkpoint(run, step)
                 if run.main and cfg.validation_prompt and step % cfg.validation_steps == 0:

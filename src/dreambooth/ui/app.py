@@ -13,7 +13,7 @@ from ..config import EvaluateConfig, GenerateConfig, TrainConfig
 from ..fields import settings
 from ..models import EMBEDDED, embedded_help
 from ..world.render import CLASSES
-from . import evaluate_tab, generate_tab, runs, train_tab
+from . import evaluate_tab, gallery_tab, generate_tab, runs, train_tab
 from .jobs import Jobs
 from .uploads import MAX_PHOTOS
 
@@ -25,6 +25,31 @@ table.scores td, table.scores th { padding: 3px 10px; text-align: right; }
 table.scores td:first-child, table.scores th:first-child { text-align: left; }
 table.scores tr.ref { color: #666; }
 iframe.bench { width: 100%; height: 600px; border: 1px solid #ddd; }
+svg.loss { width: 100%; max-width: 480px; height: 120px; display: block; margin-top: .4em; }
+.train-status .axis { font-size: .8em; color: #666; }
+.train-status .outside { margin-top: .6em; }
+.world-grids figure { margin: .4em 0; }
+.world-grids img, .gallery img { image-rendering: pixelated; max-width: 100%; }
+.world-grids .pair { display: flex; flex-wrap: wrap; gap: 2px 12px; }
+.world-grids .pair > div { flex: 1 1 160px; max-width: 384px; }
+.world-grids img { width: 100%; display: block; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; }
+.gallery .card { border: 1px solid #ddd; border-radius: 8px; padding: 8px 10px; min-width: 0; }
+.gallery .card h3 { margin: 0 0 .2em; font-size: 1em; overflow-wrap: anywhere; }
+.gallery .row { display: flex; flex-wrap: wrap; gap: 4px; margin: 4px 0; }
+.gallery img.photo { width: 56px; height: 56px; object-fit: cover; }
+.gallery img.sample { height: 96px; max-width: 100%; object-fit: contain; }
+.gallery .score { display: inline-block; margin-right: .8em; }
+.gallery a.download { display: inline-block; margin-right: .8em; overflow-wrap: anywhere; }
+/* a phone (390 px): one column, nothing wider than the screen */
+@media (max-width: 600px) {
+  .gradio-container { padding: 4px !important; }
+  table.scores td, table.scores th { padding: 2px 4px; font-size: .85em; }
+  table.scores { width: 100%; table-layout: fixed; }
+  table.scores td:first-child, table.scores th:first-child { overflow-wrap: anywhere; }
+  .gallery { grid-template-columns: 1fr; }
+  iframe.bench { height: 420px; }
+}
 """
 
 # the embedded models (but the v-prediction test model), then the common hub bases
@@ -204,10 +229,23 @@ def evaluate_layout(e: EvaluateConfig) -> SimpleNamespace:
                 eval_run = gr.Dropdown(label="Run", choices=[], elem_id="eval-run")
                 dino = gr.Textbox(label="DINO model (hub id or local folder)", value=e.dino_model)
                 clip = gr.Textbox(label="CLIP model (hub id or local folder)", value=e.clip_model)
-                score = gr.Button("Score the run's generated images", variant="primary", elem_id="score")
+                world_n = gr.Number(
+                    label=f"World runs: samples per prompt (the demo draws 32; {evaluate_tab.WORLD_SAMPLES} keep it to "
+                    "a minute or two on a CPU, and the shares coarser)",
+                    value=evaluate_tab.WORLD_SAMPLES,
+                    precision=0,
+                    minimum=1,
+                    maximum=32,
+                    elem_id="world-samples",
+                )
+                score = gr.Button("Score", variant="primary", elem_id="score")
                 gr.Markdown(
-                    "DINO and CLIP-I: generated images vs the run's photos; CLIP-T: images vs their prompts "
-                    "(identifier removed). Higher is better."
+                    "A run on the **world** base is scored as `dreambooth demo` scores it: the base model and the run "
+                    "draw the subject alone, in six new contexts and its class, and the world's reader reads each sample "
+                    "(subject fidelity, subject in context, drift, diversity).  \n"
+                    "Other runs: the paper's DINO and CLIP-I (the Generate tab's images vs the run's photos) and CLIP-T "
+                    "(images vs their prompts, identifier removed), higher is better. They need the DINO and CLIP "
+                    "weights: from the hub, or a local folder named here."
                 )
             with gr.Column():
                 eval_message = gr.Markdown(elem_id="eval-message")
@@ -217,6 +255,7 @@ def evaluate_layout(e: EvaluateConfig) -> SimpleNamespace:
 
     return SimpleNamespace(
         eval_run=eval_run,
+        world_n=world_n,
         dino=dino,
         clip=clip,
         score=score,
@@ -228,9 +267,18 @@ def evaluate_layout(e: EvaluateConfig) -> SimpleNamespace:
     )
 
 
+def gallery_layout() -> SimpleNamespace:
+    """The Gallery tab: one card per run."""
+    with gr.Tab("Gallery", id="gallery") as tab:
+        refresh = gr.Button("Refresh", size="sm", elem_id="gallery-refresh")
+        cards = gr.HTML(elem_id="gallery-cards")
+    return SimpleNamespace(tab=tab, refresh=refresh, cards=cards)
+
+
 def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[Path] = ()) -> gr.Blocks:
-    """The page over `workspace`; its folder field reads photos only there and in `photo_roots`."""
-    jobs = jobs or Jobs()
+    """The page over `workspace`; its folder field reads photos only there and in `photo_roots`. Without `jobs`, the
+    page's jobs are kept in WORKSPACE/jobs.json (they outlive the server)."""
+    jobs = jobs or Jobs(state_file=workspace / "jobs.json")
     # the fields start at the proposed base's recommended settings: on a CPU the world's, those of `dreambooth demo`
     t, g = settings(TrainConfig, model=train_tab.proposed_model()), GenerateConfig()
     with gr.Blocks(title="DreamBooth", analytics_enabled=False) as app:
@@ -238,9 +286,11 @@ def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[P
             "## DreamBooth + LoRA\nTeach a Stable Diffusion model one subject from a few photos, then draw it anywhere. "
             f"Workspace: `{workspace.name}`"
         )
-        tr = train_layout(t, photo_roots)
-        ge = generate_layout(g)
-        ev = evaluate_layout(EvaluateConfig())
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays in sight, not in a menu
+            tr = train_layout(t, photo_roots)
+            ge = generate_layout(g)
+            ev = evaluate_layout(EvaluateConfig())
+            ga = gallery_layout()
         # ---- wiring: each action is a plain function with the workspace and the job queue bound
         tr.photos.change(train_tab.check_uploads, tr.photos, tr.photo_check)
         tr.sample.click(
@@ -281,7 +331,7 @@ def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[P
         tr.resume.click(partial(train_tab.resume, jobs), None, tr.message)
         timer = gr.Timer(1.0)
         timer.tick(
-            partial(train_tab.progress, jobs),
+            partial(train_tab.progress, jobs, workspace=workspace),
             tr.shown,
             [tr.status, tr.validations, tr.queue, tr.shown],
             show_progress="hidden",
@@ -314,7 +364,15 @@ def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[P
             [ge.gallery, ge.image_files, ge.gen_message],
         )
         ev.eval_run.change(partial(evaluate_tab.show, workspace), ev.eval_run, ev.table)
-        ev.score.click(partial(evaluate_tab.score, workspace), [ev.eval_run, ev.dino, ev.clip], [ev.eval_message, ev.table])
+
+        def score(run, dino, clip, samples, progress=gr.Progress()):  # noqa: B008 - gradio's way to show a progress bar
+            if evaluate_tab.is_world_run(workspace, run):
+                return evaluate_tab.score_world(workspace, run, samples, progress)
+            return evaluate_tab.score(workspace, run, dino, clip)
+
+        ev.score.click(score, [ev.eval_run, ev.dino, ev.clip, ev.world_n], [ev.eval_message, ev.table])
+        for event in (ga.tab.select, ga.refresh.click, app.load):
+            event(partial(gallery_tab.cards_html, workspace, jobs), None, ga.cards, show_progress="hidden")
 
         def show_bench():
             frame, files = evaluate_tab.bench_report(workspace)

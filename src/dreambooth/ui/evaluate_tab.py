@@ -46,7 +46,14 @@ def saved_scores(workspace: Path, run: str) -> dict | None:
         return None
 
 
+def is_world_run(workspace: Path, run: str) -> bool:
+    run_dir = runs.run_path(workspace, run)
+    return run_dir is not None and runs.run_config(run_dir).get("model") == "world"
+
+
 def show(workspace: Path, run: str) -> str:
+    if is_world_run(workspace, run):
+        return world_table(run, saved_world(workspace, run), world_dir(workspace, run))
     return scores_table(run, saved_scores(workspace, run) if runs.run_path(workspace, run) else None)
 
 
@@ -88,3 +95,154 @@ def bench_report(workspace: Path) -> tuple[str, list[str]]:
     src = "/gradio_api/file=" + html.escape(str(newest))
     frame = f"<iframe class='bench' src='{src}' title='benchmark report'></iframe>"
     return f"<p>{html.escape(str(newest.relative_to(workspace)))}</p>{frame}", [str(p) for p in reports]
+
+
+# ---------------------------------------------------------------- runs on the world's base
+
+WORLD_SAMPLES = 4  # per prompt; the demo draws 32 (its scores move in steps of 1/32, the page's in steps of 1/4)
+SCORE_NAMES = {
+    "subject_fidelity": "subject fidelity",
+    "context_fidelity": "context fidelity",
+    "subject_in_context": "subject in context",
+    "class_fidelity": "class fidelity",
+    "class_drift": "class drift (lower is better)",
+    "class_diversity": "class diversity",
+}
+
+
+def world_dir(workspace: Path, run: str) -> Path:
+    return runs.scores_file(workspace, run).parent / "world"
+
+
+def world_subject(cfg: dict) -> tuple[str, str]:
+    """(class, identifier) of a world run, from its instance prompt `... <identifier> <class>`; UsageError otherwise."""
+    from ..world.render import CLASSES
+
+    words = str(cfg.get("instance_prompt") or "").split()
+    if len(words) < 2 or words[-1] not in CLASSES:
+        raise UsageError(
+            f"the world's reader knows {', '.join(CLASSES)}; this run's instance prompt "
+            f"'{cfg.get('instance_prompt', '')}' does not end in one of them"
+        )
+    return words[-1], words[-2]
+
+
+def base_scores(workspace: Path, pipe, reader, cls: str, identifier: str, n: int) -> tuple[dict, dict]:
+    """The base model's scores and samples: drawn once per (class, identifier, n) and kept in the workspace, as the
+    same seeds give the same images for every run."""
+    from PIL import Image
+
+    from .. import atomic
+    from ..world.scores import prompts, sample_and_score
+
+    cache = workspace / "scores" / "world-base" / f"{cls}-{identifier}-n{n}"
+    try:
+        saved = json.loads((cache / "scores.json").read_text(encoding="utf-8"))
+        images = {name: [Image.open(cache / f"{name.replace(':', '-')}-{i}.png").convert("RGB") for i in range(n)]
+                  for name in prompts(cls, identifier)}  # fmt: skip
+        return saved, images
+    except (OSError, ValueError):
+        pass
+    scores, images = sample_and_score(pipe, reader, cls, n, identifier=identifier)
+    tmp = atomic.temp_dir_beside(cache)
+    for name, shots in images.items():
+        for i, image in enumerate(shots):
+            image.save(tmp / f"{name.replace(':', '-')}-{i}.png")
+    (tmp / "scores.json").write_text(json.dumps(scores), encoding="utf-8")
+    atomic.replace_dir(tmp, cache)
+    return scores, images
+
+
+def score_world(workspace: Path, run: str, samples_per_prompt, progress=None) -> tuple[str, str]:
+    """The demo's before/after scores for a run on the world's base, drawn and read in the page: (message, HTML).
+    The report (the demo's, with its grids) is written to WORKSPACE/scores/<run>/world/ in one piece."""
+    from .. import atomic
+    from ..lora.files import load_lora
+    from ..models import load_pipeline
+    from ..world import MODEL, TEXT_ENCODER_SCALE, folder, readers
+    from ..world.demo import write_report
+    from ..world.scores import sample_and_score
+
+    def report(share: float, what: str) -> None:
+        if progress is not None:
+            progress(share, desc=what)
+
+    run_dir = runs.run_path(workspace, run)
+    if run_dir is None:
+        return "Error: Choose a finished run first", ""
+    cfg = runs.run_config(run_dir)
+    try:
+        cls, identifier = world_subject(cfg)
+        n = int(samples_per_prompt or 0)
+        if not 1 <= n <= 32:
+            raise UsageError(f"samples per prompt {n}: pass 1 to 32 (the demo draws 32; 4 takes a minute on a CPU)")
+    except (UsageError, ValueError, TypeError) as e:
+        return f"Error: {e}", world_table(run, saved_world(workspace, run))
+    photos = Path(str(cfg.get("instance_dir") or ""))
+    report(0.0, "loading the world's model and reader")
+    reader, info = readers.load(folder() / "reader")
+    pipe = load_pipeline(MODEL)
+    report(0.1, f"the base model: {n} samples of each prompt")
+    before, before_images = base_scores(workspace, pipe, reader, cls, identifier, n)
+    report(0.5, f"with the run's LoRA: {n} samples of each prompt")
+    load_lora(pipe, run_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
+    after, after_images = sample_and_score(pipe, reader, cls, n, identifier=identifier)
+    report(0.95, "writing the report")
+    result = {"before": before, "after": after, "reader_accuracy": info["accuracy"], "samples_per_prompt": n,
+              "class": cls, "identifier": identifier}  # fmt: skip
+    out = world_dir(workspace, run)
+    tmp = atomic.temp_dir_beside(out)
+    if photos.is_dir():
+        write_report(tmp, cls, photos, before_images, after_images, result)
+    atomic.write_text(tmp / "scores.json", json.dumps(result, indent=1))
+    atomic.replace_dir(tmp, out)
+    return f"scored {n} samples of each of {len(after_images)} prompts, before and after", world_table(run, result, out)
+
+
+def saved_world(workspace: Path, run: str) -> dict | None:
+    try:
+        return json.loads((world_dir(workspace, run) / "scores.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def file_url(path: Path) -> str:
+    # served by the page's file route, which serves only the workspace (see server.allowed_paths)
+    return "/gradio_api/file=" + html.escape(str(path))
+
+
+def world_table(run: str, result: dict | None, out: Path | None = None) -> str:
+    """The demo's before/after table and, when the report is there, its grids: the first samples of each prompt."""
+    if not result:
+        return (
+            "<p class='world'>Not scored yet: <b>Score</b> draws the demo's prompts (the subject alone, in six new "
+            "contexts, and its class) with the base model and with the run's LoRA, and the world's reader reads every "
+            "sample.</p>"
+        )
+    from ..world.scores import prompts
+
+    n = result.get("samples_per_prompt", "?")
+    rows = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{result['before'].get(k, float('nan')):.2f}</td>"
+        f"<td>{result['after'].get(k, float('nan')):.2f}</td></tr>"
+        for k, label in SCORE_NAMES.items()
+    )
+    text = (
+        f"<table class='scores world'><tr><th>{html.escape(run)}</th><th>base model</th><th>after DreamBooth</th></tr>"
+        f"{rows}</table><p class='source'>Read by the world's reader from {n} samples of each prompt (the demo "
+        f"draws 32: these shares move in steps of 1/{n}). Subject fidelity counts samples of the subject's own colour "
+        "and pattern, drift counts class samples that became the subject.</p>"
+    )
+    if out is not None and (out / "report").is_dir():
+        asked = prompts(result.get("class", "dog"), result.get("identifier", "sks"))
+        grids = "".join(
+            f"<figure><figcaption>{html.escape(prompt)}</figcaption><div class='pair'>"
+            f"<div><small>base model</small><img alt='before' "
+            f"src='{file_url(out / 'report' / (name.replace(':', '-') + '-before.png'))}'></div>"
+            f"<div><small>after DreamBooth</small><img alt='after' "
+            f"src='{file_url(out / 'report' / (name.replace(':', '-') + '-after.png'))}'></div></div></figure>"
+            for name, prompt in asked.items()
+            if (out / "report" / f"{name.replace(':', '-')}-after.png").is_file()
+        )
+        text += f"<div class='world-grids'><p>Each prompt's first samples: the base model's, then the run's (same seeds).</p>{grids}</div>"
+    return text

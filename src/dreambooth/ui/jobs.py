@@ -3,19 +3,26 @@
 The state lives in the server process, not in a browser session: closing the page does not stop a
 run, and a page opened later polls the same jobs (with a timer) and shows them. One training at a time
 because a second one would only halve the speed of both and double the memory.
+
+With a state file (WORKSPACE/jobs.json) the jobs outlive the server: each change of state is written there, and a
+new server reads it back; a job that was running when the server went away is listed as stopped, for Resume to
+continue from its newest checkpoint, and the queued ones are queued again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrainingError, UsageError
+from .. import atomic
+from ..errors import TrainingError, UsageError, warn
 
 FINISHED = ("done", "stopped", "failed", "cancelled")
 
@@ -44,15 +51,84 @@ def default_train(cfg, on_event, stop_event):
     return train(cfg, on_event, stop_event)
 
 
+INTERRUPTED = "interrupted when the server stopped; Resume continues it from its newest checkpoint"
+SAVED_FIELDS = ("id", "name", "notes", "state", "step", "max_steps", "loss", "message", "output")
+
+
 class Jobs:
-    def __init__(self, train_fn=default_train) -> None:
+    def __init__(self, train_fn=default_train, state_file: Path | None = None) -> None:
         self._train = train_fn
         self._lock = threading.Lock()
         self._jobs: list[Job] = []
         self._pending: queue.Queue[Job] = queue.Queue()
-        self._ids = itertools.count(1)
-        # A daemon thread: stopping the server ends it; a checkpoint is only as old as checkpoint_every.
+        self._state_file = state_file
+        self._closing = False
+        self._jobs = self._load() if state_file else []
+        self._ids = itertools.count(max((j.id for j in self._jobs), default=0) + 1)
+        for job in self._jobs:
+            if job.state == "queued":
+                self._pending.put(job)
+        # A daemon thread: stopping the server ends it; shutdown() stops a run with a checkpoint first.
         threading.Thread(target=self._work, daemon=True, name="dreambooth-training").start()
+
+    # ------------------------------------------------------------ the state file
+
+    def _load(self) -> list[Job]:
+        from ..config import TrainConfig
+        from ..fields import from_dict
+
+        path = self._state_file
+        assert path is not None
+        if not path.is_file():
+            return []
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            found = [
+                Job(
+                    **{k: item[k] for k in SAVED_FIELDS if k in item}, cfg=from_dict(TrainConfig, item["cfg"], "a job's settings")
+                )
+                for item in saved["jobs"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError, UsageError) as e:
+            # kept aside, not overwritten by the next save: the runs themselves are untouched in their folders
+            aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.replace(aside)
+            warn(f"{path}: not a job list this version reads ({str(e).splitlines()[0][:200]}); moved to {aside.name}, "
+                 "starting with no jobs")  # fmt: skip
+            return []
+        from ..training import progress
+
+        for job in found:
+            lines = progress.read(Path(job.cfg.output_dir))
+            if lines and job.state in ("running", "stopped", "failed"):  # the state was saved before its last steps
+                job.step, job.loss = lines[-1]["step"], lines[-1]["loss"]
+            if job.state == "running":
+                job.state, job.message = "stopped", INTERRUPTED
+            job.validations = [str(p) for p in sorted(Path(job.cfg.output_dir).glob("validation/step-*.png"))]
+        return found
+
+    def _save(self) -> None:
+        """Called with the lock held, at each change of state (not at each step: the run's progress.jsonl has those)."""
+        if self._state_file is None:
+            return
+        from ..fields import to_dict
+
+        items = [{**{k: getattr(j, k) for k in SAVED_FIELDS}, "cfg": to_dict(j.cfg)} for j in self._jobs]
+        try:
+            atomic.write_text(self._state_file, json.dumps({"jobs": items}, indent=1))
+        except OSError as e:
+            warn(f"{self._state_file}: could not save the job list ({e.strerror})")
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Before the server exits: start nothing more, stop the running job with a checkpoint, keep the queue."""
+        with self._lock:
+            self._closing = True
+            running = [j for j in self._jobs if j.state == "running"]
+            for job in running:
+                job.stop.set()
+        end = time.time() + timeout
+        while running and time.time() < end and any(j.state == "running" for j in running):
+            time.sleep(0.1)
 
     # ------------------------------------------------------------ what the page asks
 
@@ -60,6 +136,7 @@ class Jobs:
         job = Job(next(self._ids), name, cfg, list(notes or []), max_steps=cfg.max_steps)
         with self._lock:
             self._jobs.append(job)
+            self._save()
         self._pending.put(job)
         return job
 
@@ -71,6 +148,7 @@ class Jobs:
                 return
             if job.state == "queued":
                 job.state, job.message = "cancelled", "cancelled before it started"
+                self._save()
             job.stop.set()
 
     def resume(self, job_id: int) -> Job | None:
@@ -101,9 +179,10 @@ class Jobs:
         while True:
             job = self._pending.get()
             with self._lock:
-                if job.state != "queued":  # cancelled while waiting
+                if job.state != "queued" or self._closing:  # cancelled while waiting, or the server is going
                     continue
                 job.state = "running"
+                self._save()
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -132,6 +211,7 @@ class Jobs:
             state, message = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
         with self._lock:
             job.state, job.message = state, message
+            self._save()
 
 
 def seconds_left(job: Job) -> float | None:

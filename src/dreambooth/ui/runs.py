@@ -81,3 +81,27 @@ def bench_reports(workspace: Path) -> list[Path]:
     """bench.html files `dreambooth bench` wrote somewhere under the workspace."""
     found = [p for pattern in ("bench.html", "*/bench.html", "*/*/bench.html") for p in workspace.glob(pattern)]
     return sorted(found)[:20]
+
+
+ACTIVE_SECONDS = 600  # a run whose progress.jsonl has not grown for this long is not followed as training
+
+
+def active_runs(workspace: Path) -> list[Path]:
+    """Folders under the workspace training now, whoever started them (the page or `dreambooth train --output-dir
+    WORKSPACE/...`): a progress.jsonl that grew in the last ten minutes and has not reached its last step."""
+    from ..training import progress
+
+    found = []
+    now = time.time()
+    for root, dirs, files in os.walk(workspace):
+        depth = len(Path(root).relative_to(workspace).parts)
+        dirs[:] = [] if depth >= MAX_DEPTH else [d for d in dirs if d not in SKIP and not d.startswith(".")]
+        if progress.PROGRESS_NAME in files and now - (Path(root) / progress.PROGRESS_NAME).stat().st_mtime < ACTIVE_SECONDS:
+            lines = progress.read(Path(root))
+            if lines and lines[-1]["step"] < int(lines[-1].get("max_steps", 0)):
+                found.append(Path(root))
+    return found
+
+
+def validation_images(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("validation/step-*.png"))

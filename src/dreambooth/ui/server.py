@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +41,25 @@ def check_photo_roots(photo_roots: Sequence[str]) -> list[Path]:
             raise UsageError(f"--photo-root {folder}: no such folder; pass a folder of photos on this machine")
         roots.append(path)
     return roots
+
+
+@contextlib.contextmanager
+def stop_first(jobs):
+    """While serving, Ctrl-C or a TERM signal (a service manager's stop) first stops the running job with a checkpoint,
+    so the next server's Resume continues from the step it reached; gradio then closes as on Ctrl-C."""
+
+    def handler(signum, frame):
+        print("stopping: the running job saves a checkpoint first", flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C ends at once
+        jobs.shutdown(timeout=60)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, was in previous.items():
+            signal.signal(sig, was)
 
 
 def serve(
@@ -79,22 +100,25 @@ def serve(
         else:
             warn(f"--host {host} --no-auth: anyone who can reach this machine can use the page and read the workspace")
     from .app import CSS, build_app, theme
+    from .jobs import Jobs
 
-    app = build_app(root, photo_roots=roots)
+    jobs = Jobs(state_file=root / "jobs.json")  # the jobs of the server before this one, interrupted runs as stopped
+    app = build_app(root, jobs, photo_roots=roots)
     app.queue(default_concurrency_limit=1)
     print(f"workspace {root}; at most {MAX_PHOTOS} photos of {MAX_BYTES // (1024 * 1024)} MB each per run", flush=True)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        auth=credentials,
-        share=False,
-        inbrowser=False,
-        show_error=True,
-        allowed_paths=[str(root)],
-        max_file_size=MAX_BYTES,
-        footer_links=[],
-        mcp_server=False,
-        ssr_mode=False,
-        theme=theme(),
-        css=CSS,
-    )
+    with stop_first(jobs):
+        app.launch(
+            server_name=host,
+            server_port=port,
+            auth=credentials,
+            share=False,
+            inbrowser=False,
+            show_error=True,
+            allowed_paths=[str(root)],
+            max_file_size=MAX_BYTES,
+            footer_links=[],
+            mcp_server=False,
+            ssr_mode=False,
+            theme=theme(),
+            css=CSS,
+        )

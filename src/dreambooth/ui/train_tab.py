@@ -12,7 +12,7 @@ from ..config import TrainConfig, check_train
 from ..errors import UsageError
 from ..fields import settings
 from . import runs
-from .jobs import FINISHED, Jobs, status_line
+from .jobs import FINISHED, Jobs, clock, status_line
 from .uploads import MAX_PHOTOS, MIN_PHOTOS, Rejected, check_photo, folder_sources, shown_name, store_photos
 
 
@@ -84,11 +84,13 @@ def proposed_model() -> str:
 def sample_subject(workspace: Path, subject: str) -> tuple:
     """The world's subject as `dreambooth demo` renders it: (its five photos, class noun, identifier, base model,
     message). The photos are rendered (the same each time) into WORKSPACE/samples/<class>/."""
+    from ..training.photos import MASK_SUFFIX
     from ..world.demo import write_photos
     from ..world.render import HELD_OUT
 
     colour, pattern = HELD_OUT[subject]  # the page's list offers only these five
-    photos = sorted(write_photos(subject, workspace / "samples" / subject).glob(f"{subject}-*.png"))
+    written = write_photos(subject, workspace / "samples" / subject).glob(f"{subject}-*.png")
+    photos = sorted(p for p in written if not p.name.endswith(MASK_SUFFIX))  # the masks beside them are not photos
     message = f"The world's sample subject: a {colour} {pattern} {subject}, which its base model never drew. Press Start."
     return [str(p) for p in photos], subject, "sks", "world", message
 
@@ -210,19 +212,74 @@ def resume(jobs: Jobs) -> str:
     return f"{job.name}: resumes from its newest checkpoint" if job else "No stopped run to resume"
 
 
-def progress(jobs: Jobs, shown: list) -> tuple:
+def loss_curve(lines: list[dict], max_steps: int, width: int = 360, height: int = 120) -> str:
+    """The loss the run read (every 10 steps) as an inline SVG line over the whole run's steps; '' before the first."""
+    if not lines:
+        return ""
+    losses = [e["loss"] for e in lines]
+    low, high = min(losses), max(losses)
+    span = (high - low) or 1.0
+    top = max(max_steps, lines[-1]["step"], 1)
+    pad = 4
+    points = " ".join(
+        f"{pad + (width - 2 * pad) * e['step'] / top:.1f},{pad + (height - 2 * pad) * (high - e['loss']) / span:.1f}"
+        for e in lines
+    )
+    return (
+        f"<svg class='loss' viewBox='0 0 {width} {height}' role='img' aria-label='loss curve' "
+        f"data-points='{len(lines)}' preserveAspectRatio='none'>"
+        f"<rect x='0' y='0' width='{width}' height='{height}' fill='none' stroke='#ddd'/>"
+        f"<polyline fill='none' stroke='#2563eb' stroke-width='1.5' points='{points}'/></svg>"
+        f"<div class='axis'>loss {low:.4f} – {high:.4f} over steps 0–{top}</div>"
+    )
+
+
+def outside_runs(workspace: Path | None, jobs: list) -> list[str]:
+    """One status line per run training in the workspace that no job of this page started (the command line's)."""
+    if workspace is None:
+        return []
+    from ..training import progress as run_progress
+
+    mine = {Path(j.cfg.output_dir).resolve() for j in jobs}
+    shown = []
+    for run_dir in runs.active_runs(workspace):
+        if run_dir.resolve() in mine:
+            continue
+        lines = run_progress.read(run_dir)
+        first, last = lines[0], lines[-1]
+        left = ""
+        if last["step"] > first["step"]:  # the rate between the first and the last loss read: loading left out
+            rate = (last["seconds"] - first["seconds"]) / (last["step"] - first["step"])
+            left = f" · {clock(rate * (int(last['max_steps']) - last['step']))} left"
+        name = run_dir.relative_to(workspace).as_posix()
+        shown.append(
+            f"<div class='outside' data-run='{html.escape(name)}'><div class='line'>{html.escape(name)} (started outside "
+            f"the page): step {last['step']}/{last['max_steps']} · loss {last['loss']:.4f}{left}</div>"
+            f"{loss_curve(lines, int(last['max_steps']))}</div>"
+        )
+    return shown
+
+
+def progress(jobs: Jobs, shown: list, workspace: Path | None = None) -> tuple:
     """Polled by a timer: (status HTML, validation images or no change, queue, what the gallery shows)."""
     import gradio as gr
 
+    from ..training import progress as run_progress
+
     job, all_jobs = current(jobs)
+    others = "".join(outside_runs(workspace, all_jobs))
     if job is None:
-        status = "<div class='train-status'>No training yet.</div>"
+        status = f"<div class='train-status'>No training yet.{others}</div>"
         return status, gr.skip(), "", shown
     line = status_line(job, jobs.place(job.id))
     value, top = (job.step, max(job.max_steps, 1))
     bar = f"<progress value='{value}' max='{top}'></progress>"
     notes = "".join(f"<div class='note'>{html.escape(n)}</div>" for n in job.notes)
-    status = f"<div class='train-status' data-state='{job.state}'>{bar}<div class='line'>{html.escape(line)}</div>{notes}</div>"
+    curve = loss_curve(run_progress.read(Path(job.cfg.output_dir)), job.max_steps)
+    status = (
+        f"<div class='train-status' data-state='{job.state}'>{bar}<div class='line'>{html.escape(line)}</div>{notes}"
+        f"{curve}{others}</div>"
+    )
     rows = []
     for j in reversed(all_jobs[-10:]):
         place = jobs.place(j.id)

@@ -17,7 +17,7 @@ from .. import atomic
 from ..config import TrainConfig
 from ..fields import settings
 from ..sampling import grid
-from ..training.photos import MASK_SUFFIX
+from ..training.photos import IMAGE_SUFFIXES, MASK_SUFFIX
 from . import DEMO_STEPS, MODEL, TEXT_ENCODER_SCALE, folder
 from .render import HELD_OUT, render, render_mask, subject_scenes
 from .scores import SCORES, prompts
@@ -142,7 +142,7 @@ def write_report(
     out: Path, cls: str, photos: Path, before: dict, after: dict, scores: dict, kept: str = "", per_row: int = 8
 ) -> None:
     (out / "report").mkdir(parents=True, exist_ok=True)
-    shots = sorted(p for p in photos.glob("*.png") if not p.name.endswith(MASK_SUFFIX))
+    shots = sorted(p for p in photos.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX))
     atomic.save_image(big(grid([Image.open(p) for p in shots], cols=8)), out / "report" / "photos.png")
     rows = []
     for name in before:
