@@ -64,6 +64,7 @@ def test_remove_identifier_rule():
     assert remove_identifier("a sks dog", "") == "a sks dog"
 
 
+@pytest.mark.slow
 def test_clip_t_is_unchanged_by_the_identifier(scorers, tmp_path):
     real = images(tmp_path / "real", [1])
     with_sks = images(tmp_path / "sks", [7, 8], prompt="a sks dog on the beach")

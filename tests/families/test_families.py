@@ -53,7 +53,10 @@ def test_single_file_checkpoints_are_told_apart_by_their_tensor_names(tmp_path):
         assert family_of_file(tmp_path / name).name == family, name
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny-flux", "tiny-sd3", "tiny-z-image", "tiny-flux2-klein"])
+@pytest.mark.parametrize(
+    "model",
+    ["tiny", *(pytest.param(m, marks=pytest.mark.slow) for m in ("tiny-flux", "tiny-sd3", "tiny-z-image", "tiny-flux2-klein"))],
+)
 def test_target_presets_widen_in_order(model):
     from dreambooth.lora.adapter import add_lora
     from dreambooth.models import describe, load_pipeline

@@ -73,6 +73,7 @@ def test_latents_are_normalised_and_decoded_as_the_pipeline_does():
     assert not torch.allclose(FAMILY.sampled_latents(pipe, latents, 64, 64), latents, atol=1e-2)  # no identity
 
 
+@pytest.mark.slow
 def test_klein_lora_loads_in_plain_diffusers_and_changes_the_image(klein_lora, tmp_path):
     folder = tmp_path / "base"
     build_tiny_klein().save_pretrained(folder)
@@ -99,6 +100,7 @@ def test_the_file_is_named_as_comfyui_reads_flux2_loras(klein_lora):
     assert modules == joint | {"single_transformer_blocks.0.attn.to_qkv_mlp_proj", "single_transformer_blocks.0.attn.to_out"}
 
 
+@pytest.mark.slow
 def test_generate_draws_with_the_klein_base(klein_lora, tmp_path):
     paths = generate(GenerateConfig(lora=str(klein_lora), prompt="a photo of sks dog on the beach", num_images=1, steps=2,
                                     output_dir=str(tmp_path / "g")))  # fmt: skip

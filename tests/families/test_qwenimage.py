@@ -188,6 +188,7 @@ def test_the_kohya_file_of_every_linear_layer_draws_what_the_diffusers_file_draw
     assert np.array_equal(images[WEIGHT_NAME], images["lora_kohya.safetensors"])
 
 
+@pytest.mark.slow
 def test_an_sd_lora_on_a_qwen_image_base_is_one_line(qwen_image_lora, photos, tmp_path):
     sd = train_mod.train(TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog",
                                      output_dir=str(tmp_path / "sd"), rank=2, max_steps=1, num_samples=0))  # fmt: skip

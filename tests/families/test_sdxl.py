@@ -57,6 +57,7 @@ def test_tiny_sdxl_is_described_as_sdxl():
     assert describe(build_tiny_sdxl_pipeline()).version == "sdxl"  # the generation, for any SDXL-shaped model
 
 
+@pytest.mark.slow
 def test_sdxl_lora_loads_in_plain_diffusers_with_both_text_encoders(sdxl_lora, tmp_path):
     folder = tmp_path / "base"
     build_tiny_sdxl_pipeline().save_pretrained(folder)

@@ -26,7 +26,10 @@ def draw(pipe):
 
 @pytest.mark.parametrize(
     "model, build",
-    [("tiny", build_tiny_pipeline), pytest.param("tiny-sdxl", build_tiny_sdxl_pipeline, marks=pytest.mark.slow)],
+    [
+        pytest.param("tiny", build_tiny_pipeline, marks=pytest.mark.slow),
+        pytest.param("tiny-sdxl", build_tiny_sdxl_pipeline, marks=pytest.mark.slow),
+    ],
 )
 def test_kohya_export_reads_back_fully_and_draws_the_same(model, build, photos, tmp_path):
     run = train(
@@ -66,6 +69,7 @@ def test_kohya_export_reads_back_fully_and_draws_the_same(model, build, photos, 
     assert np.abs(a - draw(build())).mean() > 1e-4  # and the LoRA does something
 
 
+@pytest.mark.slow
 def test_round_trip_check_catches_dropped_weights(photos, tmp_path):
     run = train(
         TrainConfig(
@@ -136,6 +140,7 @@ def old_layout_fixture(tmp_path, fmt: str):
     return tmp_path / "lora_weight.pt", reference
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
 def test_cloneofsimo_files_map_to_the_right_modules(fmt, tmp_path):
     path, reference = old_layout_fixture(tmp_path, fmt)
@@ -217,6 +222,7 @@ def no_kohya_layout(monkeypatch):
     return family
 
 
+@pytest.mark.slow
 def test_a_family_without_a_kohya_layout_writes_the_diffusers_file_with_a_note(no_kohya_layout, photos, tmp_path, capsys):
     from dreambooth.cli import main
 
@@ -242,6 +248,7 @@ def test_a_family_without_a_kohya_layout_writes_the_diffusers_file_with_a_note(n
     assert main(["export", "--lora", str(tmp_path / "run")]) == 2 and "--export kohya" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_round_trip_check_catches_a_lost_alpha(photos, tmp_path):
     run = train(
         TrainConfig(

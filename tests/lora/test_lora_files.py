@@ -112,6 +112,7 @@ def test_lora_header_of_an_older_version_names_its_family(trained, tmp_path):
         load_lora(build_tiny_pipeline(), old)
 
 
+@pytest.mark.slow
 def test_pickle_lora_needs_the_flag_and_is_read_weights_only(tiny_base, trained, tmp_path):
     from safetensors.torch import load_file
 
@@ -256,6 +257,7 @@ def test_text_encoder_modules_are_written_as_released_checkpoints_spell_them(bui
         )
 
 
+@pytest.mark.slow
 def test_a_file_with_either_text_encoder_spelling_loads_the_same(trained, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -337,7 +339,7 @@ def drawn(pipe) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "model",
-    ["tiny", *(pytest.param(m, marks=pytest.mark.slow) for m in ("tiny-sdxl", "tiny-flux", "tiny-sd3"))],
+    [pytest.param(m, marks=pytest.mark.slow) for m in ("tiny", "tiny-sdxl", "tiny-flux", "tiny-sd3")],
 )
 def test_a_dora_lora_loads_in_plain_diffusers_and_draws_what_generate_draws(model, tmp_path, capsys):
     """--dora on every family: the file holds each adapted layer's magnitude, plain diffusers' load_lora_weights makes

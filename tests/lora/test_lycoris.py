@@ -44,9 +44,9 @@ def trained(photos, tmp_path, adapter, **extra):
 @pytest.mark.parametrize(
     "adapter, extra",
     [
-        ("lokr", {}),
-        ("loha", {}),
-        ("lokr", {"lokr_factor": 4, "rank": 2}),
+        pytest.param("lokr", {}, marks=pytest.mark.slow),
+        pytest.param("loha", {}, marks=pytest.mark.slow),
+        pytest.param("lokr", {"lokr_factor": 4, "rank": 2}, marks=pytest.mark.slow),
         pytest.param("loha", {"model": "tiny-sdxl"}, marks=pytest.mark.slow),
     ],
 )

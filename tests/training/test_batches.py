@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -135,6 +136,7 @@ def test_a_vae_that_must_run_in_fp32_encodes_photos_in_fp32_in_an_fp16_run(photo
     assert batch.latents.dtype == torch.float16 and torch.isfinite(batch.latents).all()
 
 
+@pytest.mark.slow
 def test_caption_dropout_empties_that_share_of_instance_prompts_and_nothing_else(photos):
     from dreambooth.config import TrainConfig
     from dreambooth.models import describe, load_pipeline

@@ -161,6 +161,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(photos, tmp_path, 
     assert not (ckpts / ".step-000008.abc.tmp").exists()
 
 
+@pytest.mark.slow
 def test_nan_keeps_the_last_good_checkpoint(photos, tmp_path, monkeypatch):
     import dreambooth.training.loop as train_mod
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from dreambooth.families.sd import build_tiny as build_tiny_pipeline
@@ -9,6 +10,7 @@ def pixels(path):
     return np.asarray(Image.open(path), dtype=np.int16)
 
 
+@pytest.mark.slow
 def test_interrupted_generation_resumes_with_the_same_images(tmp_path):
     pipe = build_tiny_pipeline()
     args = dict(class_prompt="a photo of a dog", resolution=64, seed=11, steps=3, batch_size=1)
@@ -102,6 +104,7 @@ def test_class_prompts_file_lines_join_the_class_prompt_once_each(tmp_path):
         read_class_prompts("", str(tmp_path / "empty.txt"))
 
 
+@pytest.mark.slow
 def test_several_class_prompts_each_get_their_images_in_the_bank_and_the_class_half_reads_them(photos, tmp_path):
     from dreambooth.config import TrainConfig
     from dreambooth.training.class_images import cache_root

@@ -63,7 +63,7 @@ def meta_run(photos, tmp_path, model: str, **kw):
     "model, settings",
     [
         # trained text encoders (token ids), SDXL's time ids and pooled embeddings
-        ("tiny-sdxl", dict(train_text_encoder=True)),
+        pytest.param("tiny-sdxl", dict(train_text_encoder=True), marks=pytest.mark.slow),
         # frozen ones (cached embeddings), the base model's own prediction, min-SNR weights, flips
         pytest.param(
             "tiny",

@@ -35,6 +35,7 @@ def small(photos, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_train_with_prior_preservation_and_text_encoder_writes_everything(photos, tmp_path):
     out = train_mod.train(small(photos, tmp_path / "run", validation_prompt="a photo of sks dog", validation_steps=3))
     weights = load_file(str(out / WEIGHT_NAME))
@@ -51,6 +52,7 @@ def test_train_with_prior_preservation_and_text_encoder_writes_everything(photos
     assert "resolution: 64" in saved and "lora_alpha: 4.0" in saved
 
 
+@pytest.mark.slow
 def test_class_images_already_there_are_kept(photos, tmp_path):
     class_dir = tmp_path / "class"
     class_dir.mkdir()
@@ -132,6 +134,7 @@ def test_nan_loss_stops_with_step_and_causes(photos, tmp_path, monkeypatch):
         train_mod.train(small(photos, tmp_path / "run", with_prior_preservation=False, max_steps=12, num_samples=0))
 
 
+@pytest.mark.slow
 def test_bf16_gradient_checkpointing_and_8bit_adam_fallback_without_bitsandbytes(photos, tmp_path, capsys, monkeypatch):
     import sys
 
@@ -189,6 +192,7 @@ def test_same_seed_and_config_give_the_same_class_images_lora_and_images(photos,
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters
 
 
+@pytest.mark.slow
 def test_base_prediction_prior_needs_no_class_images_and_starts_at_zero_loss(photos, tmp_path):
     import dataclasses
 
@@ -358,6 +362,7 @@ def test_first_steps_losses_are_pinned(model, tmp_path):
         assert train_mod.optimizer_step(run, step).item() == pytest.approx(expected[0], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_vae_that_must_run_in_fp32_runs_in_fp32_through_a_bf16_run(photos, tmp_path, monkeypatch):
     """Photos encoded under the training step's autocast, validation images decoded under the sampling autocast:
     the VAE's convolutions see fp32 in both."""
@@ -425,7 +430,7 @@ def test_a_finished_run_lets_its_models_go_without_the_garbage_collector(photos,
         gc.enable()
 
 
-@pytest.mark.parametrize("model", list(PINNED))
+@pytest.mark.parametrize("model", ["tiny", *(pytest.param(m, marks=pytest.mark.slow) for m in list(PINNED)[1:])])
 def test_masks_of_zeros_leave_no_instance_loss_and_a_background_weight_of_one_changes_nothing(model, tmp_path, capsys):
     import dataclasses
     import shutil

@@ -46,6 +46,7 @@ def test_the_stream_takes_turns_between_subjects_each_with_its_own_class_images(
     assert all(sorted(second[i : i + 2]) == [3, 4] for i in range(0, 12, 2))
 
 
+@pytest.mark.slow
 def test_two_subjects_train_into_one_lora_with_a_prior_per_class(photos, tmp_path):
     subjects = two_subjects(photos, tmp_path)
     cfg = TrainConfig(model="tiny", subjects=str(subjects), output_dir=str(tmp_path / "run"), with_prior_preservation=True,
@@ -90,6 +91,7 @@ def test_subjects_replace_the_single_subject_flags(photos, tmp_path):
         set_up(TrainConfig(model="tiny", subjects=str(subjects), instance_dir=str(photos), output_dir=str(tmp_path / "o")))
 
 
+@pytest.mark.slow
 def test_a_resumed_lokr_run_of_two_subjects_equals_an_uninterrupted_one_bitwise(photos, tmp_path):
     from safetensors.torch import load_file
 

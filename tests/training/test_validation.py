@@ -143,6 +143,7 @@ def test_an_empty_prompt_file_is_refused_before_anything_is_written(photos, tmp_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_bucketed_flux_run_with_photos_of_two_shapes_trains_and_validates(photos, tmp_path):
     shaped = tmp_path / "shaped"
     shaped.mkdir()
