@@ -38,32 +38,8 @@ def encode(vae, pixels: torch.Tensor):
         return vae.encode(pixels.to(input_dtype(vae))).latent_dist
 
 
-def patch_statistics(vae) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The per-channel mean and std of the 2x2-patchified latents, for a VAE that normalises with batch-norm statistics
-    instead of a shift and scale (FLUX.2's); None for another VAE."""
-    bn = getattr(vae, "bn", None)
-    if not isinstance(bn, torch.nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
-        return None
-    return bn.running_mean.view(1, -1, 1, 1), torch.sqrt(bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
-
-
-def by_patch_statistics(latents: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, inverse: bool) -> torch.Tensor:
-    """Latents normalised (or, `inverse`, restored) as FLUX.2's pipeline does it, on the 2x2-patchified latents, and
-    given back on the VAE's own grid (so that masks and crops stay in the VAE's cells)."""
-    from diffusers import Flux2KleinPipeline
-
-    patches = Flux2KleinPipeline._patchify_latents(latents)
-    mean, std = mean.to(patches.device, patches.dtype), std.to(patches.device, patches.dtype)
-    patches = patches * std + mean if inverse else (patches - mean) / std
-    return Flux2KleinPipeline._unpatchify_latents(patches)
-
-
 def normalised(vae, latents: torch.Tensor) -> torch.Tensor:
-    """VAE latents -> what the denoiser works on: shifted (FLUX's and SD3's VAEs have a `shift_factor`) and scaled,
-    or by FLUX.2's VAE's batch-norm statistics."""
-    stats = patch_statistics(vae)
-    if stats is not None:
-        return by_patch_statistics(latents, *stats, inverse=False)
+    """VAE latents -> what the denoiser works on: shifted (FLUX's and SD3's VAEs have a `shift_factor`) and scaled."""
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor if shift else latents * vae.config.scaling_factor
 
@@ -74,10 +50,7 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     with full_precision(vae, latents.device.type):
         latents = latents.to(input_dtype(vae))
         mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-        stats = patch_statistics(vae)
-        if stats is not None:
-            latents = by_patch_statistics(latents, *stats, inverse=True)
-        elif mean is not None and std is not None:
+        if mean is not None and std is not None:
             channels = len(mean)
             mean = torch.tensor(mean).view(1, channels, 1, 1).to(latents.device, latents.dtype)
             std = torch.tensor(std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
@@ -85,3 +58,10 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
         else:
             latents = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
         return vae.decode(latents, return_dict=False)[0]
+
+
+def decode_as_they_are(vae, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE's own latents -> images in [-1, 1], in the VAE's precision (for families that undo their own
+    normalisation: `Family.decoded_latents`)."""
+    with full_precision(vae, latents.device.type):
+        return vae.decode(latents.to(input_dtype(vae)), return_dict=False)[0]

@@ -95,11 +95,38 @@ def unwrapped(model):
     return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
 
 
-def sampled_latents(pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Flux2KleinPipeline returns the VAE's own latents with output_type="latent": normalised again for decoding."""
+def patch_statistics(vae) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and std of the 2x2-patchified latents: FLUX.2's VAE normalises its latents with the
+    statistics of its batch norm instead of a shift and scale."""
+    bn = vae.bn
+    return bn.running_mean.view(1, -1, 1, 1), torch.sqrt(bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
+
+
+def by_patch_statistics(vae, latents: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """Latents normalised (or, `inverse`, restored) as FLUX.2's pipeline does it, on the 2x2-patchified latents, and
+    given back on the VAE's own grid (so that masks and crops stay in the VAE's cells)."""
+    from diffusers import Flux2KleinPipeline as Pipe
+
+    mean, std = patch_statistics(vae)
+    patches = Pipe._patchify_latents(latents)
+    mean, std = mean.to(patches.device, patches.dtype), std.to(patches.device, patches.dtype)
+    patches = patches * std + mean if inverse else (patches - mean) / std
+    return Pipe._unpatchify_latents(patches)
+
+
+def normalised_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    return by_patch_statistics(vae, latents, inverse=False)
+
+
+def decoded_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     from .. import autoencoder
 
-    return autoencoder.normalised(pipe.vae, latents)
+    return autoencoder.decode_as_they_are(vae, by_patch_statistics(vae, latents.to(autoencoder.input_dtype(vae)), inverse=True))
+
+
+def sampled_latents(pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Flux2KleinPipeline returns the VAE's own latents with output_type="latent": normalised again for decoding."""
+    return normalised_latents(pipe.vae, latents)
 
 
 def kohya_module(module: str, config) -> str:
@@ -142,6 +169,8 @@ FAMILY = Family(
     long_tokenizers=("tokenizer",),
     resolution_multiple=16,  # 8x VAE, then 2x2 patches
     sampled_latents=sampled_latents,
+    normalised_latents=normalised_latents,
+    decoded_latents=decoded_latents,
 )
 
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save
 
-from .. import atomic, autoencoder
+from .. import atomic
 from ..config import LOWER_IS_BETTER, TrainConfig
 from ..errors import UsageError
 from ..families import text_encoders
@@ -78,7 +78,7 @@ def held_examples(run) -> list[dict]:
         gens = [device_generator(g, mean.device) for g in own]
         k = TIMESTEPS_PER_EXAMPLE
         sample = torch.cat([mean + std * torch.randn(mean.shape, generator=g, device=mean.device).to(mean.dtype) for g in gens])
-        latents = autoencoder.normalised(ex.vae, sample)
+        latents = ex.family.normalised_latents(ex.vae, sample)
         noise = torch.cat([torch.randn((1, *latents.shape[1:]), generator=g, device=latents.device) for g in gens])
         timesteps = objective.timesteps(run.noise_scheduler, gens, latents, cfg)
         held.append(
