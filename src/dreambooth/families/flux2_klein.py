@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..objectives.flow import FLOW
 from . import qwen
 from .base import Family, PromptEmbeddings, checkpoint_has
+from .flux import unwrapped
 from .mmdit import TRANSFORMER_TARGETS, native_resolution
 
 # Qwen3's layers whose hidden states the pipeline reads (Flux2KleinPipeline's `text_encoder_out_layers`)
@@ -89,10 +90,6 @@ def denoise(
         return_dict=False,
     )[0]
     return Pipe._unpatchify_latents(Pipe._unpack_latents_with_ids(out, image_ids, *patches.shape[-2:]))
-
-
-def unwrapped(model):
-    return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
 
 
 def patch_statistics(vae) -> tuple[torch.Tensor, torch.Tensor]:
