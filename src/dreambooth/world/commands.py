@@ -6,7 +6,7 @@ import argparse
 
 from ..config import WORLD_METRICS
 from ..errors import UsageError
-from . import DEMO_STEPS, PretrainWorldConfig, check_pretrain_world
+from . import CLASS_CONTEXTS, DEMO_STEPS, MASK_BACKGROUND_WEIGHT, MASKED_LOSS, PretrainWorldConfig, check_pretrain_world
 
 CLASSES = ("dog", "cat", "teapot", "vase", "backpack")  # render.CLASSES, without importing numpy for --help
 
@@ -34,14 +34,22 @@ def add_parsers(sub, add_config_flags) -> None:
     demo.add_argument("--samples", type=int, default=32, help="samples per prompt for the scores (default: 32)")
     demo.add_argument(
         "--masked-loss",
-        action="store_true",
-        help="train on the photos' exact masks (written beside them): the subject, not its background",
+        action=argparse.BooleanOptionalAction,
+        default=MASKED_LOSS,
+        help="train on the photos' exact masks (written beside them): the subject, not its background (default: on)",
     )
     demo.add_argument(
         "--mask-background-weight",
         type=float,
-        default=0.0,
-        help="with --masked-loss: weight of the background's loss (default: 0)",
+        default=MASK_BACKGROUND_WEIGHT,
+        help=f"with --masked-loss: weight of the background's loss (default: {MASK_BACKGROUND_WEIGHT})",
+    )
+    demo.add_argument(
+        "--class-contexts",
+        action=argparse.BooleanOptionalAction,
+        default=CLASS_CONTEXTS,
+        help="prior preservation from the class prompt in every context (--class-prompts-file), not only "
+        "'a photo of a <class>' (default: on)",
     )
     demo.add_argument(
         "--keep-best",
@@ -73,4 +81,4 @@ def run(args: argparse.Namespace, config_of) -> None:
             run_several(args.output_dir, args.subjects, args.max_steps, args.samples)
             return
         run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight,
-                 args.keep_best)  # fmt: skip
+                 args.class_contexts, args.keep_best)  # fmt: skip

@@ -18,8 +18,8 @@ from ..config import TrainConfig
 from ..fields import settings
 from ..sampling import grid
 from ..training.photos import IMAGE_SUFFIXES, MASK_SUFFIX
-from . import DEMO_STEPS, MODEL, TEXT_ENCODER_SCALE, folder
-from .render import HELD_OUT, render, render_mask, subject_scenes
+from . import CLASS_CONTEXTS, DEMO_STEPS, MASK_BACKGROUND_WEIGHT, MASKED_LOSS, MODEL, TEXT_ENCODER_SCALE, folder
+from .render import CONTEXTS, HELD_OUT, render, render_mask, subject_scenes
 from .scores import SCORES, prompts
 
 VALIDATIONS = 5  # validations during the demo's training
@@ -53,6 +53,13 @@ def write_photos(cls: str, folder: Path, n: int = 5, seed: int = 0) -> Path:
     return folder
 
 
+def write_class_prompts(cls: str, path: Path) -> Path:
+    """The class prompt in each of the world's contexts, the plain one included (--class-prompts-file): prior
+    preservation that keeps the contexts as well as the class."""
+    atomic.write_text(path, "".join(f"a photo of a {cls} {phrase}".rstrip() + "\n" for phrase in CONTEXTS.values()))
+    return path
+
+
 def validation_section(out: Path, kept: str) -> str:
     """The validation curves of the training run (lora/validation/), and the step the LoRA is."""
     found = [(name, title) for name, title in (("loss.png", "loss on the photos and class images, fixed noise"),
@@ -74,14 +81,18 @@ def run_demo(
     cls: str = "dog",
     n: int = 32,
     contexts=None,
-    masked_loss: bool = False,
-    mask_background_weight: float = 0.0,
+    masked_loss: bool = MASKED_LOSS,
+    mask_background_weight: float = MASK_BACKGROUND_WEIGHT,
+    class_contexts: bool = CLASS_CONTEXTS,
     keep_best: str = "",
+    validations: int = VALIDATIONS,
+    validation_samples: int = VALIDATION_SAMPLES,
 ) -> dict:
     """`contexts`: the contexts to ask for the subject in (default: all but plain). `masked_loss`: train on the
-    photos' exact masks, the background's loss weighted `mask_background_weight`. Training is validated five times
-    (the loss, and the reader's scores of the same prompts as the report's); `keep_best` makes the step with the best
-    of that score the LoRA."""
+    photos' exact masks, the background's loss weighted `mask_background_weight`. `class_contexts`: prior
+    preservation from the class prompt in every context (`write_class_prompts`), else from `a photo of a <cls>`.
+    Training is validated `validations` times (the loss, and the reader's scores of `validation_samples` samples of
+    each of the report's prompts); `keep_best` makes the step with the best of that score the LoRA."""
     from ..lora.files import load_lora
     from ..models import load_pipeline
     from ..training.loop import train
@@ -106,10 +117,11 @@ def run_demo(
         max_steps,
         masked_loss=masked_loss,
         mask_background_weight=mask_background_weight,
+        class_prompts_file=str(write_class_prompts(cls, out / "class-prompts.txt")) if class_contexts else "",
         validation_loss=True,
         validation_prompts=str(out / "validation-prompts.txt"),
-        validation_steps=max(1, max_steps // VALIDATIONS),
-        num_validation_images=VALIDATION_SAMPLES,
+        validation_steps=max(1, max_steps // validations),
+        num_validation_images=validation_samples,
         keep_best=keep_best,
     )
     lora_dir = train(dataclasses.replace(cfg, overwrite=True))
