@@ -34,6 +34,15 @@ from dreambooth.world.scores import sample_and_score
 COLUMNS = ("subject_fidelity", "context_fidelity", "subject_in_context", "class_drift", "class_diversity")
 
 
+def value(text: str):
+    """A --set value as YAML reads it, with 3e-4 a number (YAML 1.1 reads it as a string)."""
+    v = yaml.safe_load(text)
+    try:
+        return float(v) if isinstance(v, str) else v
+    except ValueError:
+        return v
+
+
 def run(args) -> dict:
     from dreambooth.lora.files import load_lora
     from dreambooth.models import load_pipeline
@@ -43,7 +52,7 @@ def run(args) -> dict:
     work = Path(args.work) / f"{args.subject}-{args.name.replace(' ', '_').replace('/', '_')}"
     shutil.rmtree(work, ignore_errors=True)
     photos = write_photos(args.subject, work / "subject")
-    more = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    more = {k: value(v) for k, v in (s.split("=", 1) for s in args.set)}
     if args.class_contexts:
         more["class_prompts_file"] = str(write_class_prompts(args.subject, work / "class-prompts.txt"))
     reader, _ = readers.load(folder() / "reader")

@@ -193,6 +193,8 @@ def test_evaluate_export_and_bench_bad_inputs(photos, tmp_path, capsys):
 def test_world_commands_bad_inputs(tmp_path, capsys):
     bad(["demo", "--max-steps", "0"], capsys, "--max-steps")
     bad(["demo", "--subject", "horse"], capsys, "--subject")
+    bad(["demo", "--class-images", "0"], capsys, "--class-images")
+    bad(["demo", "--mask-background-weight", "2"], capsys, "--mask-background-weight")
     bad(["pretrain-world", "--output-dir", str(tmp_path / "w"), "--diffusion-steps", "0"], capsys, "--diffusion-steps")
     bad(["pretrain-world", "--output-dir", str(tmp_path / "w"), "--learning-rate", "-1"], capsys, "--learning-rate")
     assert not (tmp_path / "w").exists()

@@ -28,9 +28,10 @@ def reader():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    # the demo's settings; two validations of 4 samples a prompt instead of its five of 8 keep the test shorter
-    scores = run_demo(str(out), max_steps=STEPS, cls="dog", n=32, contexts=("beach", "snow", "grass"), validations=2,
-                      validation_samples=4)  # fmt: skip
+    # the demo's settings, but 100 class images instead of 400 and two validations of 4 samples a prompt instead of
+    # five of 8: the test makes its class images afresh, and takes half the time
+    scores = run_demo(str(out), max_steps=STEPS, cls="dog", n=32, contexts=("beach", "snow", "grass"), class_images=100,
+                      validations=2, validation_samples=4)  # fmt: skip
     return out, scores
 
 
@@ -67,10 +68,12 @@ def test_after_fine_tuning_the_identifier_draws_the_subject_in_new_contexts(demo
 
 def test_without_prior_preservation_the_class_drifts_toward_the_subject(demo, reader, tmp_path):
     out, scores = demo
-    lora = train(demo_train_config("dog", out / "subject", tmp_path / "no-prior", STEPS, prior=False))
+    # half the demo's steps are enough to show it (plain loss, one class prompt: DreamBooth without its prior)
+    lora = train(demo_train_config("dog", out / "subject", tmp_path / "no-prior", STEPS // 2, prior=False))
     pipe = load_pipeline(WORLD)
     load_lora(pipe, lora, text_encoder_scale=TEXT_ENCODER_SCALE, model=WORLD)
     without, _ = sample_and_score(pipe, reader, "dog", 32, contexts=())
-    # measured: drift 0.88 without prior preservation vs 0.0 with it; diversity 0.15 vs 0.50 (base 0.73)
-    assert without["class_drift"] >= scores["after"]["class_drift"] + 0.5, (without, scores["after"])
-    assert without["class_diversity"] < scores["after"]["class_diversity"] - 0.2, (without, scores["after"])
+    # measured at 500 steps: drift 0.56 without prior preservation (0.88 at 1,000) vs 0.0 with it; diversity 0.25
+    # (all 32 dogs purple) vs DIVERSITY_WITH_PRIOR with it (base 0.73)
+    assert without["class_drift"] >= scores["after"]["class_drift"] + 0.3, (without, scores["after"])
+    assert without["class_diversity"] < scores["after"]["class_diversity"] - 0.1, (without, scores["after"])

@@ -6,7 +6,15 @@ import argparse
 
 from ..config import WORLD_METRICS
 from ..errors import UsageError
-from . import CLASS_CONTEXTS, DEMO_STEPS, MASK_BACKGROUND_WEIGHT, MASKED_LOSS, PretrainWorldConfig, check_pretrain_world
+from . import (
+    CLASS_CONTEXTS,
+    CLASS_IMAGES,
+    DEMO_STEPS,
+    MASK_BACKGROUND_WEIGHT,
+    MASKED_LOSS,
+    PretrainWorldConfig,
+    check_pretrain_world,
+)
 
 CLASSES = ("dog", "cat", "teapot", "vase", "backpack")  # render.CLASSES, without importing numpy for --help
 
@@ -52,6 +60,13 @@ def add_parsers(sub, add_config_flags) -> None:
         "'a photo of a <class>' (default: on)",
     )
     demo.add_argument(
+        "--class-images",
+        type=int,
+        default=CLASS_IMAGES,
+        help=f"class images for prior preservation, spread over the prompts (default: {CLASS_IMAGES}; the shared bank "
+        "keeps them for the next run)",
+    )
+    demo.add_argument(
         "--keep-best",
         default="",
         choices=("", *WORLD_METRICS),
@@ -69,8 +84,8 @@ def run(args: argparse.Namespace, config_of) -> None:
     elif args.command == "demo":
         from .demo import run_demo
 
-        if args.max_steps < 1 or args.samples < 1:
-            raise UsageError("--max-steps and --samples must be at least 1")
+        if args.max_steps < 1 or args.samples < 1 or args.class_images < 1:
+            raise UsageError("--max-steps, --samples and --class-images must be at least 1")
         if not 0 <= args.mask_background_weight <= 1:
             raise UsageError(f"--mask-background-weight {args.mask_background_weight}: must be between 0 and 1, e.g. 0 or 0.1")
         if args.subjects:
@@ -81,4 +96,4 @@ def run(args: argparse.Namespace, config_of) -> None:
             run_several(args.output_dir, args.subjects, args.max_steps, args.samples)
             return
         run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight,
-                 args.class_contexts, args.keep_best)  # fmt: skip
+                 args.class_contexts, args.keep_best, args.class_images)  # fmt: skip
