@@ -83,6 +83,11 @@ class TrainConfig:
         "fraction of instance examples trained with an empty prompt (0-1): the photos' look is then learned apart "
         "from the identifier, and classifier-free guidance keeps its unconditional side",
     )
+    class_caption_dropout: float = opt(
+        0.0,
+        "with prior preservation: fraction of class examples trained with an empty prompt (0-1), so classifier-free "
+        "guidance's unconditional side stays the class and does not drift toward the subject",
+    )
     masked_loss: bool = opt(
         False,
         "weigh the photos' loss by a mask (name.mask.png beside name.jpg, white = subject, or the photo's alpha "
@@ -387,7 +392,7 @@ def check_train(cfg: TrainConfig) -> None:
         "must not be negative",
     )
     check_each(cfg, ["lora_dropout"], lambda v: v < 1, "must be below 1")
-    check_each(cfg, ["caption_dropout"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0.1")
+    check_each(cfg, ["caption_dropout", "class_caption_dropout"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0.1")
     check_each(cfg, ["mask_background_weight"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0 or 0.1")
     check_each(cfg, ["max_sequence_length"], lambda v: v >= 1, "must be at least 1")
     check_each(cfg, ["logit_std"], lambda v: v > 0, "must be positive")

@@ -138,15 +138,16 @@ def test_a_vae_that_must_run_in_fp32_encodes_photos_in_fp32_in_an_fp16_run(photo
 
 @pytest.mark.slow
 def test_caption_dropout_empties_that_share_of_instance_prompts_and_nothing_else(photos):
+    """--caption-dropout on the photos' prompts; --class-caption-dropout on the class images' alone."""
     from dreambooth.config import TrainConfig
     from dreambooth.models import describe, load_pipeline
     from dreambooth.training.photos import load_folder
     from dreambooth.training.setup import make_accelerator, prepare, resolved
 
-    def prompts(dropout: float, steps: int = 40) -> list[list[str]]:
+    def prompts(dropout: float, steps: int = 40, class_dropout: float = 0.0) -> list[list[str]]:
         cfg = TrainConfig(model="tiny", instance_dir=str(photos), instance_prompt="a photo of sks dog", output_dir="unused",
                           class_dir="unused", with_prior_preservation=True, class_prompt="a photo of a dog", batch_size=2,
-                          caption_dropout=dropout, num_samples=0)  # fmt: skip
+                          caption_dropout=dropout, class_caption_dropout=class_dropout, num_samples=0)  # fmt: skip
         pipe = load_pipeline("tiny")
         base = describe(pipe, "tiny")
         images = load_folder(str(photos))
@@ -160,6 +161,11 @@ def test_caption_dropout_empties_that_share_of_instance_prompts_and_nothing_else
     assert 0.15 < instance.count("") / len(instance) < 0.45  # 80 draws at 0.3
     assert all(p[2:] == ["a photo of a dog"] * 2 for p in half)  # class prompts are never dropped
     assert half == prompts(0.3)  # the same examples drop their caption in every run and on resume
+    # --class-caption-dropout: the class half's prompts, the photos' untouched
+    classes = prompts(0.0, class_dropout=0.3)
+    assert all(p[:2] == ["a photo of sks dog"] * 2 for p in classes)
+    assert 0.15 < [x for p in classes for x in p[2:]].count("") / 80 < 0.45
+    assert all(p[2:] == ["", ""] for p in prompts(0.0, class_dropout=1.0))
 
 
 def subject_photo() -> Photo:

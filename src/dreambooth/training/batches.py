@@ -186,7 +186,8 @@ class Examples:
             prompts = [self.prompt("instance", i) for i in range(len(self.sets["instance"]))]
             prompts += [self.cfg.class_prompt] if self.cfg.prior() and self.cfg.class_prompt else []
             prompts += [self.prompt("class", i) for i in range(len(self.sets["class"]))]
-            prompts += [""] if self.cfg.caption_dropout > 0 else []  # what a dropped caption reads
+            dropping = self.cfg.caption_dropout > 0 or self.cfg.class_caption_dropout > 0
+            prompts += [""] if dropping else []  # what a dropped caption reads
             self.cached(prompts, base=False, only_frozen=self.cfg.train_text_encoder)
         if self.cfg.prior() is PriorMode.BASE_PREDICTION:
             self.base_encode([self.cfg.class_prompt])
@@ -259,7 +260,8 @@ class Examples:
             g = example_generator(cfg.seed, which, pos)
             flip = cfg.random_flip and bool(torch.randint(0, 2, (1,), generator=g))
             # drawn only when asked for, so that runs without it draw exactly what they always drew
-            dropped = which == "instance" and cfg.caption_dropout > 0 and bool(torch.rand(1, generator=g) < cfg.caption_dropout)
+            p = {"instance": cfg.caption_dropout, "class": cfg.class_caption_dropout}.get(which, 0.0)
+            dropped = p > 0 and bool(torch.rand(1, generator=g) < p)
             prompts.append("" if dropped else self.prompt(which, idx))
             mean, std, ids, mask = self.posterior(which, idx, flip, g, size)
             dg = device_generator(g, mean.device)
