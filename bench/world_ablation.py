@@ -5,6 +5,7 @@ it the way `dreambooth demo` does (same seeds, N samples per prompt), and append
     python bench/world_ablation.py --subject dog --name "masked loss, W=0" --set masked_loss=true --out runs.jsonl
     python bench/world_ablation.py --subject dog --name "class prompts in contexts" --class-contexts --out runs.jsonl
     python bench/world_ablation.py --subject dog --name base --base-only --out runs.jsonl
+    python bench/world_ablation.py --subject dog --name "DoRA" --set dora=true --max-steps 200 --no-scores --out times.jsonl
     python bench/world_ablation.py --table runs.jsonl
 
 Runs of the same subject share the class-image bank (one per class prompt), so only the first run of a subject pays
@@ -72,11 +73,13 @@ def run(args) -> dict:
         weights = lora_dir / "pytorch_lora_weights.safetensors"
         line["file_bytes"] = weights.stat().st_size if weights.is_file() else None
         load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
-    scores, images = sample_and_score(pipe, reader, args.subject, args.samples)
-    line["scores"] = scores
-    # what the class samples look like: where the diversity went
-    looks = Counter(f"{r['colour']} {r['pattern']}" for r in read(reader, images["class"]) if r["cls"] == args.subject)
-    line["class_looks"] = dict(looks.most_common())
+    line["scores"] = {}
+    if not args.no_scores:
+        scores, images = sample_and_score(pipe, reader, args.subject, args.samples)
+        line["scores"] = scores
+        # what the class samples look like: where the diversity went
+        looks = Counter(f"{r['colour']} {r['pattern']}" for r in read(reader, images["class"]) if r["cls"] == args.subject)
+        line["class_looks"] = dict(looks.most_common())
     line["machine"] = machine_info()
     line["load_after"] = loadavg()
     with open(args.out, "a", encoding="utf-8") as f:
@@ -94,9 +97,9 @@ def table(path: str) -> str:
     rows = []
     for r in lines:
         s = r["scores"]
-        size = f"{r['file_bytes'] / 2**20:.1f} MiB" if r.get("file_bytes") else "–"
+        size = f"{r['file_bytes'] / 1024:.0f} KiB" if r.get("file_bytes") else "–"
         step = f"{r['s_per_step']:.3f}" if r.get("s_per_step") else "–"
-        rows.append(f"| {r['subject']} | {r['name']} | " + " | ".join(f"{s.get(c, float('nan')):.2f}" for c in COLUMNS)
+        rows.append(f"| {r['subject']} | {r['name']} | " + " | ".join(f"{s[c]:.2f}" if c in s else "–" for c in COLUMNS)
                     + f" | {step} | {size} |")  # fmt: skip
     return head + "\n".join(rows) + "\n"
 
@@ -110,6 +113,7 @@ def main() -> None:
     p.add_argument("--no-prior", action="store_true", help="no prior preservation")
     p.add_argument("--base-only", action="store_true", help="score the base model, train nothing")
     p.add_argument("--max-steps", type=int, default=DEMO_STEPS)
+    p.add_argument("--no-scores", action="store_true", help="time the training only (e.g. --max-steps 200 on an idle machine)")
     p.add_argument("--samples", type=int, default=32, help="samples per prompt (default: 32, as the demo)")
     p.add_argument("--work", default="ablation-runs", help="folder for the runs (each removed after scoring)")
     p.add_argument("--keep", action="store_true", help="keep the run's folder")

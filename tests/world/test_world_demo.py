@@ -60,10 +60,13 @@ def test_before_fine_tuning_the_base_model_never_draws_the_subject(demo):
 
 def test_after_fine_tuning_the_identifier_draws_the_subject_in_new_contexts(demo):
     _, scores = demo
-    assert scores["after"]["subject_fidelity"] >= 0.6  # measured 0.81
-    assert scores["after"]["subject_in_context"] >= 0.2  # 0.32 (before: 0.05)
-    assert scores["after"]["class_fidelity"] >= 0.9  # 1.0
-    assert scores["after"]["class_drift"] <= 0.1  # 0.0: with prior preservation, a dog stays any dog
+    # measured at the demo's settings (masks, class prompts in contexts, class caption dropout; 100 class images).
+    # Plain DreamBooth (prior preservation alone) measured 0.81, 0.32, 1.0, 0.0 and 0.50 on the same prompts.
+    assert scores["after"]["subject_fidelity"] >= 0.8  # measured 0.97
+    assert scores["after"]["subject_in_context"] >= 0.4  # 0.58 (before: 0.05)
+    assert scores["after"]["class_fidelity"] >= 0.9  # 0.97
+    assert scores["after"]["class_drift"] <= 0.15  # 0.06 (2 of 32): with prior preservation, a dog stays any dog
+    assert scores["after"]["class_diversity"] >= 0.55  # 0.69 (base 0.73)
 
 
 def test_without_prior_preservation_the_class_drifts_toward_the_subject(demo, reader, tmp_path):
@@ -73,7 +76,7 @@ def test_without_prior_preservation_the_class_drifts_toward_the_subject(demo, re
     pipe = load_pipeline(WORLD)
     load_lora(pipe, lora, text_encoder_scale=TEXT_ENCODER_SCALE, model=WORLD)
     without, _ = sample_and_score(pipe, reader, "dog", 32, contexts=())
-    # measured at 500 steps: drift 0.56 without prior preservation (0.88 at 1,000) vs 0.0 with it; diversity 0.25
-    # (all 32 dogs purple) vs DIVERSITY_WITH_PRIOR with it (base 0.73)
+    # measured at 500 steps: drift 0.56 without prior preservation (0.88 at 1,000) vs 0.06 with it; diversity 0.25
+    # (all 32 dogs purple) vs 0.69 with it (base 0.73)
     assert without["class_drift"] >= scores["after"]["class_drift"] + 0.3, (without, scores["after"])
     assert without["class_diversity"] < scores["after"]["class_diversity"] - 0.1, (without, scores["after"])

@@ -7,6 +7,7 @@ import argparse
 from ..config import WORLD_METRICS
 from ..errors import UsageError
 from . import (
+    CLASS_CAPTION_DROPOUT,
     CLASS_CONTEXTS,
     CLASS_IMAGES,
     DEMO_STEPS,
@@ -67,6 +68,12 @@ def add_parsers(sub, add_config_flags) -> None:
         "keeps them for the next run)",
     )
     demo.add_argument(
+        "--class-caption-dropout",
+        type=float,
+        default=CLASS_CAPTION_DROPOUT,
+        help=f"share of class images trained with an empty prompt (default: {CLASS_CAPTION_DROPOUT})",
+    )
+    demo.add_argument(
         "--keep-best",
         default="",
         choices=("", *WORLD_METRICS),
@@ -86,6 +93,8 @@ def run(args: argparse.Namespace, config_of) -> None:
 
         if args.max_steps < 1 or args.samples < 1 or args.class_images < 1:
             raise UsageError("--max-steps, --samples and --class-images must be at least 1")
+        if not 0 <= args.class_caption_dropout <= 1:
+            raise UsageError(f"--class-caption-dropout {args.class_caption_dropout}: must be between 0 and 1, e.g. 0.2")
         if not 0 <= args.mask_background_weight <= 1:
             raise UsageError(f"--mask-background-weight {args.mask_background_weight}: must be between 0 and 1, e.g. 0 or 0.1")
         if args.subjects:
@@ -96,4 +105,4 @@ def run(args: argparse.Namespace, config_of) -> None:
             run_several(args.output_dir, args.subjects, args.max_steps, args.samples)
             return
         run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight,
-                 args.class_contexts, args.keep_best, args.class_images)  # fmt: skip
+                 args.class_contexts, args.keep_best, args.class_images, args.class_caption_dropout)  # fmt: skip

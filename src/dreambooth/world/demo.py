@@ -18,7 +18,17 @@ from ..config import TrainConfig
 from ..fields import settings
 from ..sampling import grid
 from ..training.photos import IMAGE_SUFFIXES, MASK_SUFFIX
-from . import CLASS_CONTEXTS, CLASS_IMAGES, DEMO_STEPS, MASK_BACKGROUND_WEIGHT, MASKED_LOSS, MODEL, TEXT_ENCODER_SCALE, folder
+from . import (
+    CLASS_CAPTION_DROPOUT,
+    CLASS_CONTEXTS,
+    CLASS_IMAGES,
+    DEMO_STEPS,
+    MASK_BACKGROUND_WEIGHT,
+    MASKED_LOSS,
+    MODEL,
+    TEXT_ENCODER_SCALE,
+    folder,
+)
 from .render import CONTEXTS, HELD_OUT, render, render_mask, subject_scenes
 from .scores import SCORES, prompts
 
@@ -86,13 +96,15 @@ def run_demo(
     class_contexts: bool = CLASS_CONTEXTS,
     keep_best: str = "",
     class_images: int = CLASS_IMAGES,
+    class_caption_dropout: float = CLASS_CAPTION_DROPOUT,
     validations: int = VALIDATIONS,
     validation_samples: int = VALIDATION_SAMPLES,
 ) -> dict:
     """`contexts`: the contexts to ask for the subject in (default: all but plain). `masked_loss`: train on the
     photos' exact masks, the background's loss weighted `mask_background_weight`. `class_contexts`: prior
     preservation from the class prompt in every context (`write_class_prompts`), else from `a photo of a <cls>`;
-    `class_images` of them in all (the class-image bank keeps them for later runs).
+    `class_images` of them in all (the class-image bank keeps them for later runs), a share `class_caption_dropout`
+    of them trained with an empty prompt.
     Training is validated `validations` times (the loss, and the reader's scores of `validation_samples` samples of
     each of the report's prompts); `keep_best` makes the step with the best of that score the LoRA."""
     from ..lora.files import load_lora
@@ -121,6 +133,7 @@ def run_demo(
         mask_background_weight=mask_background_weight,
         class_prompts_file=str(write_class_prompts(cls, out / "class-prompts.txt")) if class_contexts else "",
         num_class_images=class_images,
+        class_caption_dropout=class_caption_dropout,
         validation_loss=True,
         validation_prompts=str(out / "validation-prompts.txt"),
         validation_steps=max(1, max_steps // validations),
