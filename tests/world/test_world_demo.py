@@ -28,10 +28,10 @@ def reader():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    # the demo's settings, but 100 class images instead of 400 and two validations of 4 samples a prompt instead of
+    # the demo's settings, but 100 class images instead of 400 and one validation of 4 samples a prompt instead of
     # five of 8: the test makes its class images afresh, and takes half the time
     scores = run_demo(str(out), max_steps=STEPS, cls="dog", n=32, contexts=("beach", "snow", "grass"), class_images=100,
-                      validations=2, validation_samples=4)  # fmt: skip
+                      validations=1, validation_samples=4)  # fmt: skip
     return out, scores
 
 
@@ -45,7 +45,7 @@ def test_the_demo_writes_its_report_and_scores(demo):
     assert f"The LoRA is the weights of the last step, {STEPS}." in page
     assert [line.split(",")[0] for line in (out / "lora" / "validation" / "scores.csv").read_text().splitlines()] == [
         "step",
-        *(str(s) for s in range(STEPS // 2, STEPS + 1, STEPS // 2)),
+        str(STEPS),
     ]
     assert len(list((out / "subject").glob("*.png"))) == 10 and (out / "grid.png").is_file()  # 5 photos, their masks
     assert len(list((out / "subject").glob("*.mask.png"))) == 5
@@ -75,7 +75,7 @@ def test_without_prior_preservation_the_class_drifts_toward_the_subject(demo, re
     lora = train(demo_train_config("dog", out / "subject", tmp_path / "no-prior", STEPS // 2, prior=False))
     pipe = load_pipeline(WORLD)
     load_lora(pipe, lora, text_encoder_scale=TEXT_ENCODER_SCALE, model=WORLD)
-    without, _ = sample_and_score(pipe, reader, "dog", 32, contexts=())
+    without, _ = sample_and_score(pipe, reader, "dog", 16, contexts=())
     # measured at 500 steps: drift 0.56 without prior preservation (0.88 at 1,000) vs 0.06 with it; diversity 0.25
     # (all 32 dogs purple) vs 0.69 with it (base 0.73)
     assert without["class_drift"] >= scores["after"]["class_drift"] + 0.3, (without, scores["after"])
