@@ -65,7 +65,7 @@ def test_after_fine_tuning_the_identifier_draws_the_subject_in_new_contexts(demo
     assert scores["after"]["subject_fidelity"] >= 0.8  # measured 0.97
     assert scores["after"]["subject_in_context"] >= 0.4  # 0.58 (before: 0.05)
     assert scores["after"]["class_fidelity"] >= 0.9  # 0.97
-    assert scores["after"]["class_drift"] <= 0.15  # 0.06 (2 of 32): with prior preservation, a dog stays any dog
+    assert scores["after"]["class_drift"] <= 0.2  # 0.06 and 0.09 in two runs (2, 3 of 32); without prior: 0.56
     assert scores["after"]["class_diversity"] >= 0.55  # 0.69 (base 0.73)
 
 
