@@ -5,6 +5,7 @@ it the way `dreambooth demo` does (same seeds, N samples per prompt), and append
     python bench/world_ablation.py --subject dog --name "masked loss, W=0" --set masked_loss=true --out runs.jsonl
     python bench/world_ablation.py --subject dog --name "class prompts in contexts" --class-contexts --out runs.jsonl
     python bench/world_ablation.py --subject dog --name base --base-only --out runs.jsonl
+    python bench/world_ablation.py --subject cat --name "the demo's" --demo-settings --text-encoder-scale 0.8 --text-encoder-scale 0.6
     python bench/world_ablation.py --subject dog --name "DoRA" --set dora=true --max-steps 200 --no-scores --out times.jsonl
     python bench/world_ablation.py --table runs.jsonl
 
@@ -16,6 +17,7 @@ Two runs at once on a 2-core machine: OMP_NUM_THREADS=1 each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -27,8 +29,9 @@ import yaml
 from benchlib import loadavg, machine_info
 
 from dreambooth.training.progress import PROGRESS_NAME
+from dreambooth.training.validation import best_so_far
 from dreambooth.world import DEMO_STEPS, MODEL, TEXT_ENCODER_SCALE, folder
-from dreambooth.world.demo import demo_train_config, write_class_prompts, write_photos
+from dreambooth.world.demo import demo_settings, demo_train_config, write_class_prompts, write_photos
 from dreambooth.world.readers import read
 from dreambooth.world.scores import sample_and_score
 
@@ -60,9 +63,13 @@ def run(args) -> dict:
     pipe = load_pipeline(MODEL)
     line = {"name": args.name, "subject": args.subject, "settings": more, "samples": args.samples, "prior": not args.no_prior}
     if not args.base_only:
-        cfg = demo_train_config(
-            args.subject, photos, work / "lora", args.max_steps, prior=not args.no_prior, overwrite=True, **more
-        )
+        if args.demo_settings:  # the demo's own config (validated as it validates), then --set
+            cfg = demo_settings(args.subject, work, args.max_steps, keep_best=args.keep_best)
+            cfg = dataclasses.replace(cfg, overwrite=True, with_prior_preservation=not args.no_prior, **more)
+        else:
+            cfg = demo_train_config(
+                args.subject, photos, work / "lora", args.max_steps, prior=not args.no_prior, overwrite=True, **more
+            )
         start = time.perf_counter()
         lora_dir = train(cfg)
         line["job_s"] = round(time.perf_counter() - start, 1)  # class images (when new) and the exports included
@@ -70,24 +77,35 @@ def run(args) -> dict:
         line["train_s"] = last["seconds"]  # the training loop alone
         line["steps"] = args.max_steps
         line["s_per_step"] = round(line["train_s"] / args.max_steps, 4)
+        kept = best_so_far(lora_dir)
+        line["kept_step"] = kept["step"] if kept else args.max_steps
         weights = lora_dir / "pytorch_lora_weights.safetensors"
         line["file_bytes"] = weights.stat().st_size if weights.is_file() else None
-        load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
-    line["scores"] = {}
-    if not args.no_scores:
-        scores, images = sample_and_score(pipe, reader, args.subject, args.samples)
-        line["scores"] = scores
-        # what the class samples look like: where the diversity went
-        looks = Counter(f"{r['colour']} {r['pattern']}" for r in read(reader, images["class"]) if r["cls"] == args.subject)
-        line["class_looks"] = dict(looks.most_common())
-    line["machine"] = machine_info()
-    line["load_after"] = loadavg()
-    with open(args.out, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
-    print(json.dumps(line), flush=True)
+    scales = args.text_encoder_scale or [TEXT_ENCODER_SCALE]
+    lines = []
+    for scale in scales:  # one training, scored at each text-encoder strength
+        one = dict(line, text_encoder_scale=scale, scores={})
+        if len(scales) > 1:
+            one["name"] = f"{args.name}, text encoder at {scale:g}"
+        if not args.base_only:
+            pipe = load_pipeline(MODEL)
+            load_lora(pipe, lora_dir, text_encoder_scale=scale, model=MODEL)
+        if not args.no_scores:
+            scores, images = sample_and_score(pipe, reader, args.subject, args.samples)
+            one["scores"] = scores
+            # what the class samples look like: where the diversity went
+            looks = Counter(f"{r['colour']} {r['pattern']}" for r in read(reader, images["class"]) if r["cls"] == args.subject)
+            one["class_looks"] = dict(looks.most_common())
+        lines.append(one)
+    for one in lines:
+        one["machine"] = machine_info()
+        one["load_after"] = loadavg()
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(one) + "\n")
+        print(json.dumps(one), flush=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    return line
+    return lines[-1]
 
 
 def table(path: str) -> str:
@@ -110,16 +128,27 @@ def main() -> None:
     p.add_argument("--name", default="default", help="the run's name in the table")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a train setting (YAML value)")
     p.add_argument("--class-contexts", action="store_true", help="prior preservation from the class prompt in each context")
+    p.add_argument(
+        "--keep-best",
+        default="",
+        metavar="METRIC",
+        help="validate as the demo does and keep the best step by METRIC, e.g. subject_in_context",
+    )
     p.add_argument("--no-prior", action="store_true", help="no prior preservation")
     p.add_argument("--base-only", action="store_true", help="score the base model, train nothing")
     p.add_argument("--max-steps", type=int, default=DEMO_STEPS)
     p.add_argument("--no-scores", action="store_true", help="time the training only (e.g. --max-steps 200 on an idle machine)")
+    p.add_argument("--text-encoder-scale", type=float, action="append", metavar="S",
+                   help=f"text-encoder LoRA strength when sampling (default {TEXT_ENCODER_SCALE}); repeat it to score "
+                   "one training at several, a line each")  # fmt: skip
     p.add_argument("--samples", type=int, default=32, help="samples per prompt (default: 32, as the demo)")
     p.add_argument("--work", default="ablation-runs", help="folder for the runs (each removed after scoring)")
     p.add_argument("--keep", action="store_true", help="keep the run's folder")
     p.add_argument("--out", default="world_ablation.jsonl")
     p.add_argument("--table", metavar="FILE", help="print FILE's runs as a Markdown table and exit")
     args = p.parse_args()
+    if args.keep_best and not args.demo_settings:
+        p.error("--keep-best validates as the demo does: add --demo-settings")
     if args.table:
         sys.stdout.write(table(args.table))
         return

@@ -268,3 +268,13 @@ def test_ema_weights_need_a_decay_below_1():
     with pytest.raises(UsageError, match="--ema-decay 1.0: must be between 0 and 1"):
         check_train(parse([*base, "--ema-decay", "1"]))
     check_train(parse([*base, "--ema-decay", "0.999", "--use-ema-weights"]))
+
+
+def test_preserve_unconditional_needs_class_caption_dropout_on_class_images():
+    base = ["train", "--instance-dir", "p", "--instance-prompt", "a photo of sks dog", "--output-dir", "o"]
+    prior = [*base, "--with-prior-preservation", "--class-prompt", "a photo of a dog", "--preserve-unconditional"]
+    with pytest.raises(UsageError, match="--preserve-unconditional: acts on the class examples --class-caption-dropout"):
+        check_train(parse(prior))
+    with pytest.raises(UsageError, match="--preserve-unconditional"):
+        check_train(parse([*prior, "--class-caption-dropout", "0.2", "--prior-mode", "base-prediction"]))
+    check_train(parse([*prior, "--class-caption-dropout", "0.2"]))

@@ -88,6 +88,11 @@ class TrainConfig:
         "with prior preservation: fraction of class examples trained with an empty prompt (0-1), so classifier-free "
         "guidance's unconditional side stays the class and does not drift toward the subject",
     )
+    preserve_unconditional: bool = opt(
+        False,
+        "--class-caption-dropout: the class examples trained with an empty prompt aim at the frozen base model's own "
+        "prediction instead of the image's noise, so guidance's unconditional side stays the base's exactly",
+    )
     masked_loss: bool = opt(
         False,
         "weigh the photos' loss by a mask (name.mask.png beside name.jpg, white = subject, or the photo's alpha "
@@ -393,6 +398,11 @@ def check_train(cfg: TrainConfig) -> None:
     )
     check_each(cfg, ["lora_dropout"], lambda v: v < 1, "must be below 1")
     check_each(cfg, ["caption_dropout", "class_caption_dropout"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0.1")
+    if cfg.preserve_unconditional and not (cfg.class_caption_dropout > 0 and cfg.prior() is PriorMode.GENERATED):
+        raise UsageError(
+            "--preserve-unconditional: acts on the class examples --class-caption-dropout empties; add "
+            "--class-caption-dropout 0.2 with --with-prior-preservation (class images), or drop it"
+        )
     check_each(cfg, ["mask_background_weight"], lambda v: 0 <= v <= 1, "must be between 0 and 1, e.g. 0 or 0.1")
     check_each(cfg, ["max_sequence_length"], lambda v: v >= 1, "must be at least 1")
     check_each(cfg, ["logit_std"], lambda v: v > 0, "must be positive")

@@ -219,6 +219,23 @@ def test_base_prediction_prior_needs_no_class_images_and_starts_at_zero_loss(pho
     assert loss()[2].item() > 0
 
 
+@pytest.mark.slow
+def test_preserve_unconditional_aims_dropped_class_prompts_at_the_base_model(photos, tmp_path):
+    """--preserve-unconditional: a class example whose prompt --class-caption-dropout emptied is judged against the
+    base model's own unconditional prediction, not the class image's noise."""
+
+    def class_loss(**kw) -> float:
+        cfg = small(photos, tmp_path / "run", class_caption_dropout=1.0, max_steps=1, num_samples=0, **kw)
+        run = set_up(cfg)
+        unet = run.models["unet"]
+        assert run.examples.batch(0).prompts[-1] == ""  # every class prompt dropped
+        return train_mod.step_loss(run.cfg, run.base.family, unet, run.noise_scheduler, run.examples, 0)[2].item()
+
+    # before any step the LoRA is the identity: the base model's prediction is the model's, so the class half is zero
+    assert class_loss(preserve_unconditional=True) < 1e-10
+    assert class_loss() > 0.01  # against the noise, as without the option
+
+
 @pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not
 def test_class_image_bank_is_shared_by_later_runs(photos, tmp_path, monkeypatch):
     import dreambooth.training.class_images as class_images

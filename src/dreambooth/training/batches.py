@@ -191,6 +191,8 @@ class Examples:
             self.cached(prompts, base=False, only_frozen=self.cfg.train_text_encoder)
         if self.cfg.prior() is PriorMode.BASE_PREDICTION:
             self.base_encode([self.cfg.class_prompt])
+        if self.cfg.preserve_unconditional:
+            self.base_encode([""])
 
     def base_encode(self, prompts: list[str]) -> PromptEmbeddings:
         """Embeddings from the text encoders with their adapters off: the frozen base model's view.

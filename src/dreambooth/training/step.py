@@ -32,6 +32,15 @@ def step_loss(cfg: TrainConfig, family: Family, denoiser, noise_scheduler, examp
             family, denoiser, examples.base_encode(batch.prompts[-n:]), noisy[-n:], timesteps[-n:], batch.geometry[-n:]
         )
         target = torch.cat([target[:-n], base])
+    elif cfg.preserve_unconditional:
+        # class examples whose prompt was dropped keep the base model's unconditional prediction
+        empty = [i for i in range(len(batch.prompts) - batch.num_class, len(batch.prompts)) if batch.prompts[i] == ""]
+        if empty:
+            base = base_prediction(
+                family, denoiser, examples.base_encode([""] * len(empty)), noisy[empty], timesteps[empty], batch.geometry[empty]
+            )
+            target = target.clone()
+            target[empty] = base.to(target.dtype)
     weights = objective.weights(noise_scheduler, timesteps, cfg)
     pixel_weights = None
     if batch.masks is not None:  # subject cells weigh 1, background cells --mask-background-weight

@@ -13,6 +13,7 @@ from . import (
     DEMO_STEPS,
     MASK_BACKGROUND_WEIGHT,
     MASKED_LOSS,
+    PRESERVE_UNCONDITIONAL,
     PretrainWorldConfig,
     check_pretrain_world,
 )
@@ -74,6 +75,13 @@ def add_parsers(sub, add_config_flags) -> None:
         help=f"share of class images trained with an empty prompt (default: {CLASS_CAPTION_DROPOUT})",
     )
     demo.add_argument(
+        "--preserve-unconditional",
+        action=argparse.BooleanOptionalAction,
+        default=PRESERVE_UNCONDITIONAL,
+        help="the class images trained with an empty prompt aim at the base model's own prediction, so guidance's "
+        "unconditional side stays the base's (default: on; nothing without --class-caption-dropout)",
+    )
+    demo.add_argument(
         "--keep-best",
         default="",
         choices=("", *WORLD_METRICS),
@@ -105,4 +113,5 @@ def run(args: argparse.Namespace, config_of) -> None:
             run_several(args.output_dir, args.subjects, args.max_steps, args.samples)
             return
         run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight,
-                 args.class_contexts, args.keep_best, args.class_images, args.class_caption_dropout)  # fmt: skip
+                 args.class_contexts, args.keep_best, args.class_images, args.class_caption_dropout,
+                 args.preserve_unconditional)  # fmt: skip

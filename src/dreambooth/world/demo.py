@@ -26,6 +26,8 @@ from . import (
     MASK_BACKGROUND_WEIGHT,
     MASKED_LOSS,
     MODEL,
+    PRESERVE_UNCONDITIONAL,
+    PRIOR_LOSS_WEIGHT,
     TEXT_ENCODER_SCALE,
     folder,
 )
@@ -81,6 +83,46 @@ def validation_section(out: Path, kept: str) -> str:
     return f"<h2>Validation during training</h2><p>{html.escape(kept)}</p>" + images
 
 
+def demo_settings(
+    cls: str,
+    out: Path,
+    max_steps: int = DEMO_STEPS,
+    contexts=None,
+    masked_loss: bool = MASKED_LOSS,
+    mask_background_weight: float = MASK_BACKGROUND_WEIGHT,
+    class_contexts: bool = CLASS_CONTEXTS,
+    keep_best: str = "",
+    class_images: int = CLASS_IMAGES,
+    class_caption_dropout: float = CLASS_CAPTION_DROPOUT,
+    preserve_unconditional: bool = PRESERVE_UNCONDITIONAL,
+    validations: int = VALIDATIONS,
+    validation_samples: int = VALIDATION_SAMPLES,
+    prior_loss_weight: float = PRIOR_LOSS_WEIGHT,
+) -> TrainConfig:
+    """What the demo trains (the photos in out/subject, the LoRA to out/lora): `demo_train_config` with the demo's
+    additions (see run_demo). Writes the class prompts and the validation prompts it names into `out`."""
+    asked = prompts(cls) if contexts is None else prompts(cls, contexts=tuple(contexts))
+    atomic.write_text(out / "validation-prompts.txt", "".join(f"{p}\n" for p in asked.values()))
+    return demo_train_config(
+        cls,
+        out / "subject",
+        out / "lora",
+        max_steps,
+        masked_loss=masked_loss,
+        mask_background_weight=mask_background_weight,
+        class_prompts_file=str(write_class_prompts(cls, out / "class-prompts.txt")) if class_contexts else "",
+        num_class_images=class_images,
+        class_caption_dropout=class_caption_dropout,
+        preserve_unconditional=preserve_unconditional and class_caption_dropout > 0,
+        prior_loss_weight=prior_loss_weight,
+        validation_loss=True,
+        validation_prompts=str(out / "validation-prompts.txt"),
+        validation_steps=max(1, max_steps // validations),
+        num_validation_images=validation_samples,
+        keep_best=keep_best,
+    )
+
+
 def big(image: Image.Image) -> Image.Image:
     return image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.Resampling.NEAREST)
 
@@ -97,14 +139,16 @@ def run_demo(
     keep_best: str = "",
     class_images: int = CLASS_IMAGES,
     class_caption_dropout: float = CLASS_CAPTION_DROPOUT,
+    preserve_unconditional: bool = PRESERVE_UNCONDITIONAL,
     validations: int = VALIDATIONS,
     validation_samples: int = VALIDATION_SAMPLES,
+    prior_loss_weight: float = PRIOR_LOSS_WEIGHT,
 ) -> dict:
     """`contexts`: the contexts to ask for the subject in (default: all but plain). `masked_loss`: train on the
     photos' exact masks, the background's loss weighted `mask_background_weight`. `class_contexts`: prior
     preservation from the class prompt in every context (`write_class_prompts`), else from `a photo of a <cls>`;
     `class_images` of them in all (the class-image bank keeps them for later runs), a share `class_caption_dropout`
-    of them trained with an empty prompt.
+    of them trained with an empty prompt, aimed at the base model's own prediction when `preserve_unconditional`.
     Training is validated `validations` times (the loss, and the reader's scores of `validation_samples` samples of
     each of the report's prompts); `keep_best` makes the step with the best of that score the LoRA."""
     from ..lora.files import load_lora
@@ -121,25 +165,10 @@ def run_demo(
     pipe = load_pipeline(MODEL)
     print(f"scoring the base model ({n} samples per prompt)", flush=True)
     before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
+    cfg = demo_settings(cls, out, max_steps, contexts, masked_loss, mask_background_weight, class_contexts, keep_best,
+                        class_images, class_caption_dropout, preserve_unconditional, validations, validation_samples,
+                        prior_loss_weight)  # fmt: skip
     # the demo owns its folder: a run there before is set aside, not continued
-    asked = prompts(cls) if contexts is None else prompts(cls, contexts=tuple(contexts))
-    atomic.write_text(out / "validation-prompts.txt", "".join(f"{p}\n" for p in asked.values()))
-    cfg = demo_train_config(
-        cls,
-        photos,
-        out / "lora",
-        max_steps,
-        masked_loss=masked_loss,
-        mask_background_weight=mask_background_weight,
-        class_prompts_file=str(write_class_prompts(cls, out / "class-prompts.txt")) if class_contexts else "",
-        num_class_images=class_images,
-        class_caption_dropout=class_caption_dropout,
-        validation_loss=True,
-        validation_prompts=str(out / "validation-prompts.txt"),
-        validation_steps=max(1, max_steps // validations),
-        num_validation_images=validation_samples,
-        keep_best=keep_best,
-    )
     lora_dir = train(dataclasses.replace(cfg, overwrite=True))
     load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
     print(f"scoring the fine-tuned model ({n} samples per prompt)", flush=True)
