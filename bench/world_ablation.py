@@ -129,10 +129,15 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a train setting (YAML value)")
     p.add_argument("--class-contexts", action="store_true", help="prior preservation from the class prompt in each context")
     p.add_argument(
+        "--demo-settings",
+        action="store_true",
+        help="start from the demo's settings (masks, class prompts, validation...), not the recommended ones",
+    )
+    p.add_argument(
         "--keep-best",
         default="",
         metavar="METRIC",
-        help="validate as the demo does and keep the best step by METRIC, e.g. subject_in_context",
+        help="with --demo-settings: keep the validation step with the best METRIC, e.g. subject_in_context",
     )
     p.add_argument("--no-prior", action="store_true", help="no prior preservation")
     p.add_argument("--base-only", action="store_true", help="score the base model, train nothing")

@@ -195,6 +195,7 @@ def test_world_commands_bad_inputs(tmp_path, capsys):
     bad(["demo", "--subject", "horse"], capsys, "--subject")
     bad(["demo", "--class-images", "0"], capsys, "--class-images")
     bad(["demo", "--mask-background-weight", "2"], capsys, "--mask-background-weight")
+    bad(["demo", "--prior-loss-weight", "-1"], capsys, "--prior-loss-weight")
     bad(["pretrain-world", "--output-dir", str(tmp_path / "w"), "--diffusion-steps", "0"], capsys, "--diffusion-steps")
     bad(["pretrain-world", "--output-dir", str(tmp_path / "w"), "--learning-rate", "-1"], capsys, "--learning-rate")
     assert not (tmp_path / "w").exists()

@@ -234,6 +234,10 @@ def test_preserve_unconditional_aims_dropped_class_prompts_at_the_base_model(pho
     # before any step the LoRA is the identity: the base model's prediction is the model's, so the class half is zero
     assert class_loss(preserve_unconditional=True) < 1e-10
     assert class_loss() > 0.01  # against the noise, as without the option
+    from dreambooth.training.card import prior_words
+
+    cfg = small(photos, tmp_path, class_caption_dropout=0.2, preserve_unconditional=True)
+    assert "(0.2 of them with an empty prompt, aimed at the base model's own prediction)" in prior_words(cfg)
 
 
 @pytest.mark.slow  # seconds of a whole run: the full suite keeps it, the fast lane does not

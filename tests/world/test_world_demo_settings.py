@@ -11,6 +11,7 @@ def test_the_demo_trains_its_defaults_and_plain_dreambooth_when_they_are_turned_
     assert (cfg.instance_dir, cfg.output_dir) == (str(tmp_path / "subject"), str(tmp_path / "lora"))
     assert cfg.masked_loss and cfg.mask_background_weight == 0.1 and cfg.max_steps == DEMO_STEPS
     assert (cfg.num_class_images, cfg.class_caption_dropout, cfg.preserve_unconditional) == (400, 0.2, True)
+    assert cfg.prior_loss_weight == 2.0 and cfg.validation_steps == DEMO_STEPS // 5
     prompts = (tmp_path / "class-prompts.txt").read_text().splitlines()
     assert prompts[0] == "a photo of a cat" and "a photo of a cat on the beach" in prompts and len(prompts) == 7
     asked = (tmp_path / "validation-prompts.txt").read_text().splitlines()

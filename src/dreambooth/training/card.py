@@ -17,7 +17,11 @@ def prior_words(cfg: TrainConfig) -> str:
         prompts = f"`{cfg.class_prompt}`" if cfg.class_prompt else ""
         if cfg.class_prompts_file:
             prompts += f"{' and ' if prompts else ''}the prompts of `{cfg.class_prompts_file}`"
-        return f"yes: {prompts}, {cfg.num_class_images} class images, λ = {cfg.prior_loss_weight}"
+        dropped = ""
+        if cfg.class_caption_dropout:
+            dropped = f" ({cfg.class_caption_dropout:g} of them with an empty prompt"
+            dropped += ", aimed at the base model's own prediction)" if cfg.preserve_unconditional else ")"
+        return f"yes: {prompts}, {cfg.num_class_images} class images{dropped}, λ = {cfg.prior_loss_weight}"
     return "no"
 
 

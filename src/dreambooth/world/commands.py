@@ -14,6 +14,8 @@ from . import (
     MASK_BACKGROUND_WEIGHT,
     MASKED_LOSS,
     PRESERVE_UNCONDITIONAL,
+    PRIOR_LOSS_WEIGHT,
+    TRAIN_STEPS,
     PretrainWorldConfig,
     check_pretrain_world,
 )
@@ -31,7 +33,9 @@ def add_parsers(sub, add_config_flags) -> None:
         "with prior preservation, generate it in new contexts, score again",
     )
     demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
-    demo.add_argument("--max-steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
+    demo.add_argument(
+        "--max-steps", type=int, default=None, help=f"training steps (default: {DEMO_STEPS}; {TRAIN_STEPS} with --subjects)"
+    )
     demo.add_argument("--subject", default="dog", choices=CLASSES, help="class of the subject (default: dog)")
     demo.add_argument(
         "--subjects",
@@ -82,6 +86,12 @@ def add_parsers(sub, add_config_flags) -> None:
         "unconditional side stays the base's (default: on; nothing without --class-caption-dropout)",
     )
     demo.add_argument(
+        "--prior-loss-weight",
+        type=float,
+        default=PRIOR_LOSS_WEIGHT,
+        help=f"weight of the class images' loss (default: {PRIOR_LOSS_WEIGHT})",
+    )
+    demo.add_argument(
         "--keep-best",
         default="",
         choices=("", *WORLD_METRICS),
@@ -99,10 +109,14 @@ def run(args: argparse.Namespace, config_of) -> None:
     elif args.command == "demo":
         from .demo import run_demo
 
+        if args.max_steps is None:
+            args.max_steps = TRAIN_STEPS if args.subjects else DEMO_STEPS
         if args.max_steps < 1 or args.samples < 1 or args.class_images < 1:
             raise UsageError("--max-steps, --samples and --class-images must be at least 1")
         if not 0 <= args.class_caption_dropout <= 1:
             raise UsageError(f"--class-caption-dropout {args.class_caption_dropout}: must be between 0 and 1, e.g. 0.2")
+        if not args.prior_loss_weight >= 0:
+            raise UsageError(f"--prior-loss-weight {args.prior_loss_weight}: must not be negative, e.g. 2")
         if not 0 <= args.mask_background_weight <= 1:
             raise UsageError(f"--mask-background-weight {args.mask_background_weight}: must be between 0 and 1, e.g. 0 or 0.1")
         if args.subjects:
@@ -114,4 +128,4 @@ def run(args: argparse.Namespace, config_of) -> None:
             return
         run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight,
                  args.class_contexts, args.keep_best, args.class_images, args.class_caption_dropout,
-                 args.preserve_unconditional)  # fmt: skip
+                 args.preserve_unconditional, prior_loss_weight=args.prior_loss_weight)  # fmt: skip
