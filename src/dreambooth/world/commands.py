@@ -126,6 +126,17 @@ def run(args: argparse.Namespace, config_of) -> None:
                 raise UsageError("--subjects: name at least two different classes, e.g. --subjects dog cat")
             run_several(args.output_dir, args.subjects, args.max_steps, args.samples)
             return
-        run_demo(args.output_dir, args.max_steps, args.subject, args.samples, None, args.masked_loss, args.mask_background_weight,
-                 args.class_contexts, args.keep_best, args.class_images, args.class_caption_dropout,
-                 args.preserve_unconditional, prior_loss_weight=args.prior_loss_weight)  # fmt: skip
+        run_demo(
+            args.output_dir,
+            args.max_steps,
+            args.subject,
+            args.samples,
+            masked_loss=args.masked_loss,
+            mask_background_weight=args.mask_background_weight,
+            class_contexts=args.class_contexts,
+            keep_best=args.keep_best,
+            class_images=args.class_images,
+            class_caption_dropout=args.class_caption_dropout,
+            preserve_unconditional=args.preserve_unconditional,
+            prior_loss_weight=args.prior_loss_weight,
+        )

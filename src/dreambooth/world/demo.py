@@ -165,9 +165,22 @@ def run_demo(
     pipe = load_pipeline(MODEL)
     print(f"scoring the base model ({n} samples per prompt)", flush=True)
     before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
-    cfg = demo_settings(cls, out, max_steps, contexts, masked_loss, mask_background_weight, class_contexts, keep_best,
-                        class_images, class_caption_dropout, preserve_unconditional, validations, validation_samples,
-                        prior_loss_weight)  # fmt: skip
+    cfg = demo_settings(
+        cls,
+        out,
+        max_steps,
+        contexts=contexts,
+        masked_loss=masked_loss,
+        mask_background_weight=mask_background_weight,
+        class_contexts=class_contexts,
+        keep_best=keep_best,
+        class_images=class_images,
+        class_caption_dropout=class_caption_dropout,
+        preserve_unconditional=preserve_unconditional,
+        validations=validations,
+        validation_samples=validation_samples,
+        prior_loss_weight=prior_loss_weight,
+    )
     # the demo owns its folder: a run there before is set aside, not continued
     lora_dir = train(dataclasses.replace(cfg, overwrite=True))
     load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
