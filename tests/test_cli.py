@@ -222,7 +222,7 @@ def test_a_bad_class_prompts_file_is_one_line_naming_it(photos, tmp_path, capsys
 def test_demo_flags_reach_the_demo(monkeypatch, capsys):
     import dreambooth.world.demo as demo
     import dreambooth.world.several as several
-    from dreambooth.world import DEMO_STEPS, TRAIN_STEPS
+    from dreambooth.world import DEMO_STEPS
 
     seen = {}
     monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: seen.update(args=a, kw=kw))
@@ -231,6 +231,5 @@ def test_demo_flags_reach_the_demo(monkeypatch, capsys):
     assert seen["args"] == ("demo-run", DEMO_STEPS, "cat", 32)
     assert seen["kw"]["preserve_unconditional"] is False and seen["kw"]["prior_loss_weight"] == 1.0
     assert seen["kw"]["class_caption_dropout"] == 0.2 and seen["kw"]["masked_loss"] is True
-    # several subjects in one LoRA train the world model's recommended steps, as measured
-    assert run(["demo", "--subjects", "dog", "cat"], capsys)[0] == 0
-    assert seen["several"] == ("demo-run", ["dog", "cat"], TRAIN_STEPS, 32)
+    assert run(["demo", "--subjects", "dog", "cat", "--max-steps", "7"], capsys)[0] == 0
+    assert seen["several"] == ("demo-run", ["dog", "cat"], 7, 32)

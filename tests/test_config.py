@@ -225,7 +225,7 @@ def test_modes_are_types_and_the_saved_yaml_holds_their_names():
 def test_the_readme_train_command_on_world_trains_what_the_demo_trains(tmp_path):
     import dataclasses
 
-    from dreambooth.world import TRAIN_STEPS
+    from dreambooth.world import DEMO_STEPS
     from dreambooth.world.demo import demo_train_config
 
     photos, out = tmp_path / "demo-run" / "subject", tmp_path / "runs" / "world-dog"
@@ -234,7 +234,7 @@ def test_the_readme_train_command_on_world_trains_what_the_demo_trains(tmp_path)
          "--with-prior-preservation", "--class-prompt", "a photo of a dog", "--output-dir", str(out)]
     )  # fmt: skip
     # the same run but for the model card's samples, which the demo leaves out
-    assert dataclasses.replace(readme, num_samples=0) == demo_train_config("dog", photos, out, TRAIN_STEPS)
+    assert dataclasses.replace(readme, num_samples=0) == demo_train_config("dog", photos, out, DEMO_STEPS)
 
 
 def test_use_8bit_adam_is_the_optimizer_adamw8bit_on_the_command_line_and_in_yaml(tmp_path):

@@ -283,7 +283,7 @@ def test_on_a_cpu_the_page_proposes_the_world_and_its_sample_subject(tmp_path, m
 
     from dreambooth.fields import settings
     from dreambooth.ui import train_tab
-    from dreambooth.world import TRAIN_STEPS
+    from dreambooth.world import DEMO_STEPS
     from dreambooth.world.demo import demo_train_config, write_photos
     from dreambooth.world.render import CLASSES
 
@@ -309,7 +309,7 @@ def test_on_a_cpu_the_page_proposes_the_world_and_its_sample_subject(tmp_path, m
                               page.train_text_encoder, page.validation_steps, True)  # fmt: skip
     assert "queued with 5 photos" in message, message
     cfg = jobs.snapshot()[0].cfg
-    demo = demo_train_config("cat", Path(cfg.instance_dir), Path(cfg.output_dir), TRAIN_STEPS)
+    demo = demo_train_config("cat", Path(cfg.instance_dir), Path(cfg.output_dir), DEMO_STEPS)
     differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(demo, f.name)}
     # what the page adds: validation images as it trains, samples for the model card, the ComfyUI file
     assert differ == {"validation_prompt", "num_validation_images", "num_samples"}, differ

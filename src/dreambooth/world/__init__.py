@@ -12,7 +12,7 @@ from ..models import EMBEDDED, recommended
 
 MODEL = "world"
 TEXT_ENCODER_SCALE = recommended(MODEL, "generate")["text_encoder_scale"]  # the identifier drowns context words at 1.0
-TRAIN_STEPS = recommended(MODEL, "train")["max_steps"]  # `train --model world`'s default
+DEMO_STEPS = recommended(MODEL, "train")["max_steps"]
 # The demo's defaults, from the ablation in bench/RESULTS.md ("The subject in new contexts"): the photos' exact masks
 # with a little of the background, and prior preservation in every context, put the subject in the asked context
 # far more often than plain DreamBooth does.
@@ -30,10 +30,9 @@ CLASS_CAPTION_DROPOUT = 0.2
 # then stays the base's, where trained on class images it learnt their contexts and guidance steered samples away
 # from the asked one (subject in context: cat 0.41 -> 0.57, backpack 0.55 -> 0.74; the dog and teapot unchanged).
 PRESERVE_UNCONDITIONAL = True
-# With the background's loss down to a tenth and the class half kept in every context, the subject is learnt more
-# slowly and the contexts are the weaker side: half as many steps again, and the class half weighed twice (the
-# teapot's subject fidelity 0.72 -> 0.97 at 1,500 steps; the cat's subject in context 0.57 -> 0.63 at weight 2).
-DEMO_STEPS = 1500
+# The class half weighed twice: it keeps the contexts, the weaker side once the background's loss is down to a tenth
+# (subject in context: cat 0.57 -> 0.63, dog 0.66 -> 0.71; teapot 0.54 -> 0.65). 1,500 steps instead did not help
+# every subject, and cost diversity at this weight (bench/RESULTS.md).
 PRIOR_LOSS_WEIGHT = 2.0
 SAMPLE_STEPS, GUIDANCE = recommended(MODEL, "generate")["steps"], recommended(MODEL, "generate")["guidance"]
 

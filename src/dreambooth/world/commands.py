@@ -15,7 +15,6 @@ from . import (
     MASKED_LOSS,
     PRESERVE_UNCONDITIONAL,
     PRIOR_LOSS_WEIGHT,
-    TRAIN_STEPS,
     PretrainWorldConfig,
     check_pretrain_world,
 )
@@ -33,9 +32,7 @@ def add_parsers(sub, add_config_flags) -> None:
         "with prior preservation, generate it in new contexts, score again",
     )
     demo.add_argument("--output-dir", default="demo-run", help="folder for the run (default: demo-run)")
-    demo.add_argument(
-        "--max-steps", type=int, default=None, help=f"training steps (default: {DEMO_STEPS}; {TRAIN_STEPS} with --subjects)"
-    )
+    demo.add_argument("--max-steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
     demo.add_argument("--subject", default="dog", choices=CLASSES, help="class of the subject (default: dog)")
     demo.add_argument(
         "--subjects",
@@ -109,8 +106,6 @@ def run(args: argparse.Namespace, config_of) -> None:
     elif args.command == "demo":
         from .demo import run_demo
 
-        if args.max_steps is None:
-            args.max_steps = TRAIN_STEPS if args.subjects else DEMO_STEPS
         if args.max_steps < 1 or args.samples < 1 or args.class_images < 1:
             raise UsageError("--max-steps, --samples and --class-images must be at least 1")
         if not 0 <= args.class_caption_dropout <= 1:

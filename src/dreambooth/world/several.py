@@ -10,7 +10,7 @@ from .. import atomic
 from ..config import TrainConfig
 from ..fields import settings
 from ..sampling import draw, grid
-from . import GUIDANCE, MODEL, SAMPLE_STEPS, TEXT_ENCODER_SCALE, TRAIN_STEPS, folder
+from . import DEMO_STEPS, GUIDANCE, MODEL, SAMPLE_STEPS, TEXT_ENCODER_SCALE, folder
 from .demo import big, write_photos
 from .render import HELD_OUT
 from .scores import is_subject
@@ -35,7 +35,7 @@ def subject_scores(readings: dict[str, list[dict]], classes: list[str]) -> dict[
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def run_several(output_dir: str, classes: list[str], max_steps: int = TRAIN_STEPS, n: int = 32) -> dict:
+def run_several(output_dir: str, classes: list[str], max_steps: int = DEMO_STEPS, n: int = 32) -> dict:
     """Render each class's subject, train one LoRA on all of them (identifiers from IDENTIFIERS, prior preservation
     per class), draw `n` samples of each subject's prompt and of each class prompt, and score them."""
     from ..lora.files import load_lora
