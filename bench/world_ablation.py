@@ -60,7 +60,6 @@ def run(args) -> dict:
     if args.class_contexts:
         more["class_prompts_file"] = str(write_class_prompts(args.subject, work / "class-prompts.txt"))
     reader, _ = readers.load(folder() / "reader")
-    pipe = load_pipeline(MODEL)
     line = {"name": args.name, "subject": args.subject, "settings": more, "samples": args.samples, "prior": not args.no_prior}
     if not args.base_only:
         if args.demo_settings:  # the demo's own config (validated as it validates), then --set
@@ -87,8 +86,8 @@ def run(args) -> dict:
         one = dict(line, text_encoder_scale=scale, scores={})
         if len(scales) > 1:
             one["name"] = f"{args.name}, text encoder at {scale:g}"
+        pipe = load_pipeline(MODEL)  # afresh for each strength: a LoRA loads once into a pipeline
         if not args.base_only:
-            pipe = load_pipeline(MODEL)
             load_lora(pipe, lora_dir, text_encoder_scale=scale, model=MODEL)
         if not args.no_scores:
             scores, images = sample_and_score(pipe, reader, args.subject, args.samples)

@@ -100,7 +100,14 @@ def demo_settings(
     prior_loss_weight: float = PRIOR_LOSS_WEIGHT,
 ) -> TrainConfig:
     """What the demo trains (the photos in out/subject, the LoRA to out/lora): `demo_train_config` with the demo's
-    additions (see run_demo). Writes the class prompts and the validation prompts it names into `out`."""
+    additions. Writes the class prompts and the validation prompts it names into `out`.
+    `masked_loss`: train on the photos' exact masks, the background's loss weighted `mask_background_weight`.
+    `class_contexts`: prior preservation from the class prompt in every context (`write_class_prompts`), else from
+    `a photo of a <cls>`; `class_images` of them in all (the class-image bank keeps them for later runs), a share
+    `class_caption_dropout` of them trained with an empty prompt, aimed at the base model's own prediction when
+    `preserve_unconditional`. Training is validated `validations` times (the loss, and the reader's scores of
+    `validation_samples` samples of each of the demo's prompts); `keep_best` makes the step with the best of that
+    score the LoRA."""
     asked = prompts(cls) if contexts is None else prompts(cls, contexts=tuple(contexts))
     atomic.write_text(out / "validation-prompts.txt", "".join(f"{p}\n" for p in asked.values()))
     return demo_train_config(
@@ -127,30 +134,10 @@ def big(image: Image.Image) -> Image.Image:
     return image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.Resampling.NEAREST)
 
 
-def run_demo(
-    output_dir: str,
-    max_steps: int = DEMO_STEPS,
-    cls: str = "dog",
-    n: int = 32,
-    contexts=None,
-    masked_loss: bool = MASKED_LOSS,
-    mask_background_weight: float = MASK_BACKGROUND_WEIGHT,
-    class_contexts: bool = CLASS_CONTEXTS,
-    keep_best: str = "",
-    class_images: int = CLASS_IMAGES,
-    class_caption_dropout: float = CLASS_CAPTION_DROPOUT,
-    preserve_unconditional: bool = PRESERVE_UNCONDITIONAL,
-    validations: int = VALIDATIONS,
-    validation_samples: int = VALIDATION_SAMPLES,
-    prior_loss_weight: float = PRIOR_LOSS_WEIGHT,
-) -> dict:
-    """`contexts`: the contexts to ask for the subject in (default: all but plain). `masked_loss`: train on the
-    photos' exact masks, the background's loss weighted `mask_background_weight`. `class_contexts`: prior
-    preservation from the class prompt in every context (`write_class_prompts`), else from `a photo of a <cls>`;
-    `class_images` of them in all (the class-image bank keeps them for later runs), a share `class_caption_dropout`
-    of them trained with an empty prompt, aimed at the base model's own prediction when `preserve_unconditional`.
-    Training is validated `validations` times (the loss, and the reader's scores of `validation_samples` samples of
-    each of the report's prompts); `keep_best` makes the step with the best of that score the LoRA."""
+def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: int = 32, contexts=None, **settings) -> dict:
+    """`contexts`: the contexts to ask for the subject in (default: all but plain). `settings`: what to train with,
+    as `demo_settings` takes them (masks, class prompts in contexts, class images, class caption dropout, validation,
+    keep-best...; each defaults to the demo's)."""
     from ..lora.files import load_lora
     from ..models import load_pipeline
     from ..training.loop import train
@@ -165,22 +152,7 @@ def run_demo(
     pipe = load_pipeline(MODEL)
     print(f"scoring the base model ({n} samples per prompt)", flush=True)
     before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
-    cfg = demo_settings(
-        cls,
-        out,
-        max_steps,
-        contexts=contexts,
-        masked_loss=masked_loss,
-        mask_background_weight=mask_background_weight,
-        class_contexts=class_contexts,
-        keep_best=keep_best,
-        class_images=class_images,
-        class_caption_dropout=class_caption_dropout,
-        preserve_unconditional=preserve_unconditional,
-        validations=validations,
-        validation_samples=validation_samples,
-        prior_loss_weight=prior_loss_weight,
-    )
+    cfg = demo_settings(cls, out, max_steps, contexts=contexts, **settings)
     # the demo owns its folder: a run there before is set aside, not continued
     lora_dir = train(dataclasses.replace(cfg, overwrite=True))
     load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
