@@ -1,8 +1,15 @@
+import os
 import shutil
 from importlib import resources
 from pathlib import Path
 
 import pytest
+
+# One torch thread per test process, set before torch is imported: the suite runs as one process per core (pytest-xdist),
+# and a torch process whose OpenMP threads wait for a core another process holds runs many times slower
+# (bench/RESULTS.md, "CPU threads"). The tool would choose one thread for its embedded models anyway; this covers the
+# scoring models built in the tests and the torch code the tests call directly.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SAMPLE = Path(str(resources.files("dreambooth") / "assets" / "sample_subject" / "dog"))
 
@@ -10,8 +17,6 @@ SAMPLE = Path(str(resources.files("dreambooth") / "assets" / "sample_subject" / 
 @pytest.fixture(autouse=True, scope="session")
 def class_image_bank(tmp_path_factory):
     """Tests keep the shared class-image bank out of the user's cache."""
-    import os
-
     os.environ["DREAMBOOTH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
@@ -33,7 +38,10 @@ def tiny_base(tmp_path_factory) -> Path:
     return path
 
 
+# The files that take minutes, longest first: they start first, so the workers (which take whole files) end together.
+LONGEST_FIRST = ("test_world_demo.py", "test_ui.py")
+
+
 def pytest_collection_modifyitems(items):
-    """The web page's tests run last: after their training threads, torch work in the main thread ran at half speed
-    on 2 cores (the world's demo test took 354 s after them, 177 s before them)."""
-    items.sort(key=lambda item: item.fspath.basename == "test_ui.py")
+    order = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.fspath.basename, len(order)))

@@ -232,4 +232,4 @@ def test_demo_flags_reach_the_demo(monkeypatch, capsys):
     assert seen["kw"]["preserve_unconditional"] is False and seen["kw"]["prior_loss_weight"] == 1.0
     assert seen["kw"]["class_caption_dropout"] == 0.2 and seen["kw"]["masked_loss"] is True
     assert run(["demo", "--subjects", "dog", "cat", "--max-steps", "7"], capsys)[0] == 0
-    assert seen["several"] == ("demo-run", ["dog", "cat"], 7, 32)
+    assert seen["several"] == ("demo-run", ["dog", "cat"], 7, 32, 0)

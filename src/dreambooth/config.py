@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import ClassVar
 
+from . import threads
 from .errors import UsageError
 from .fields import check_each, flag_name, opt
 from .models import embedded_help
@@ -45,6 +46,10 @@ class Precision(str, enum.Enum):
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 ADAPTERS = ("lora", "lokr", "loha")
 PRODIGY_LR = 1.0
+
+
+def check_threads(cfg) -> None:
+    check_each(cfg, ["threads"], lambda v: v >= 0, threads.RULE)
 
 
 @dataclass
@@ -215,6 +220,11 @@ class TrainConfig:
     )
     use_ema_weights: bool = opt(False, "save the moving average (--ema-decay) as the LoRA instead of the last weights")
     seed: int = opt(0, "seed for class images, noise, timesteps and crops")
+    threads: int = opt(
+        0,
+        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else 1 for the embedded models (their fastest, "
+        "and a second process on the machine does not slow them) and every core for real-size ones",
+    )
     checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps; 0 = only at the end", ("checkpointing_steps",))
     checkpoints_total_limit: int = opt(2, "checkpoints kept (oldest removed first)")
     resume: bool = opt(False, "continue from the newest intact checkpoint in OUTPUT_DIR/checkpoints")
@@ -290,6 +300,11 @@ class GenerateConfig:
     steps: int = opt(30, "sampling steps", ("num_inference_steps",))
     guidance: float = opt(7.5, "classifier-free guidance scale", ("guidance_scale",))
     seed: int = opt(0, "image i uses seed + i")
+    threads: int = opt(
+        0,
+        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else 1 for the embedded models (their fastest, "
+        "and a second process on the machine does not slow them) and every core for real-size ones",
+    )
     unet_scale: float = opt(1.0, "strength of the UNet LoRA")
     text_encoder_scale: float = opt(1.0, "strength of the text-encoder LoRA")
     resolution: int = opt(0, "image size in pixels (multiple of 8); 0 = the model's native size")
@@ -412,6 +427,7 @@ def check_train(cfg: TrainConfig) -> None:
     if cfg.use_ema_weights and not cfg.ema_decay:
         raise UsageError("--use-ema-weights needs --ema-decay, e.g. --ema-decay 0.999")
     check_validation(cfg)
+    check_threads(cfg)
 
 
 WORLD_METRICS = (
@@ -493,6 +509,7 @@ def check_generate(cfg: GenerateConfig) -> None:
     if cfg.unet_scale < 0 or cfg.text_encoder_scale < 0 or cfg.guidance < 0:
         raise UsageError("--unet-scale, --text-encoder-scale and --guidance must not be negative")
     check_each(cfg, ["num_images", "steps", "batch_size"], lambda v: v >= 1, "must be at least 1")
+    check_threads(cfg)
 
 
 METRICS = ("dino", "clip-i", "clip-t", "pres", "div")  # as --metrics spells them; the paper's names in upper case
@@ -525,6 +542,11 @@ class EvaluateConfig:
     clip_model: str = opt("openai/clip-vit-base-patch32", "CLIP for CLIP-I and CLIP-T: hub id or local folder (safetensors)")
     lpips_net: str = opt("", "LPIPS AlexNet weights (.safetensors, layout in the README) for DIV")
     batch_size: int = opt(32, "images per embedding batch")
+    threads: int = opt(
+        0,
+        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else 1 for the embedded models (their fastest, "
+        "and a second process on the machine does not slow them) and every core for real-size ones",
+    )
     cache: bool = opt(
         True, "keep embeddings in embeddings-cache.safetensors beside --output; a rerun embeds only new or changed images"
     )
@@ -542,6 +564,7 @@ def check_evaluate(cfg: EvaluateConfig) -> None:
     if unknown or not cfg.metrics:
         raise UsageError(f"--metrics {' '.join(cfg.metrics)}: choose from {' '.join(METRICS)}")
     check_each(cfg, ["batch_size"], lambda v: v >= 1, "must be at least 1")
+    check_threads(cfg)
 
 
 @dataclass
@@ -565,6 +588,11 @@ class BenchConfig:
     steps: int = opt(30, "sampling steps", ("num_inference_steps",))
     guidance: float = opt(7.5, "classifier-free guidance scale", ("guidance_scale",))
     seed: int = opt(0, "training seed; image i of each prompt is drawn with seed + i")
+    threads: int = opt(
+        0,
+        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else 1 for the embedded models (their fastest, "
+        "and a second process on the machine does not slow them) and every core for real-size ones",
+    )
     batch_size: int = opt(4, "images per pipeline call")
     dino_model: str = opt("facebook/dino-vits16", "self-supervised ViT for DINO and PRES: hub id or local folder (safetensors)")
     clip_model: str = opt("openai/clip-vit-base-patch32", "CLIP for CLIP-I and CLIP-T: hub id or local folder (safetensors)")
@@ -584,3 +612,4 @@ def check_bench(cfg: BenchConfig) -> None:
     )
     if not cfg.identifier or len(cfg.identifier.split()) != 1:
         raise UsageError(f"--identifier {cfg.identifier!r}: pass one word, e.g. sks")
+    check_threads(cfg)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import atomic
+from . import atomic, threads
 from .config import GenerateConfig, check_generate
 from .errors import UsageError
 from .fields import to_yaml
@@ -26,6 +26,11 @@ def generate(cfg: GenerateConfig) -> list[Path]:
         saved = training_config(weights.parent)
         cfg = dataclasses.replace(cfg, model=cfg.model or saved.get("model", ""), vae=cfg.vae or saved.get("vae", ""))
     cfg = dataclasses.replace(cfg, model=cfg.model or "tiny")
+    with threads.workload(cfg.threads, cfg.model) as count:
+        return draw_images(dataclasses.replace(cfg, threads=count), out)
+
+
+def draw_images(cfg: GenerateConfig, out: Path) -> list[Path]:
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
     if cfg.vae:
         pipe.vae = load_vae(cfg.vae)

@@ -10,6 +10,7 @@ import math
 import torch
 from PIL import Image
 
+from . import threads
 from .errors import UsageError
 from .families import components, family_of
 
@@ -74,6 +75,7 @@ def draw(
         with eval_mode(*components(pipe, family).values()), torch.no_grad(), autocast():
             for start in range(0, num, batch_size):
                 n = min(batch_size, num - start)
+                threads.refresh()
                 generators = [torch.Generator().manual_seed(seed + first_index + start + i) for i in range(n)]
                 negative = [negative_prompt] * n if negative_prompt else None
                 latents = pipe(

@@ -98,8 +98,10 @@ def test_drawing_gives_the_pipelines_own_image():
     with true classifier-free guidance: the image the pipeline makes by itself."""
     pipe = build_tiny_qwen_image()
     ours = np.asarray(draw(pipe, "a photo of sks dog", 1, seed=0, steps=3, guidance=4.0, resolution=64)[0])
-    # the random tiny model barely reads its prompt: without guidance 5 % of the pixel values differ, by 1
-    assert np.array_equal(ours, np.asarray(pipeline_image(pipe, output_type="pil")))
+    # the random tiny model barely reads its prompt: without guidance 5 % of the pixel values differ, by 1. Sums taken
+    # in another order (one thread or two) round single values the other way: measured, 1 of 12,288 at one thread.
+    differ = np.abs(ours.astype(int) - np.asarray(pipeline_image(pipe, output_type="pil")).astype(int))
+    assert differ.max() <= 1 and (differ > 0).mean() < 0.001
 
 
 def test_the_video_vae_round_trip_is_the_pipelines():

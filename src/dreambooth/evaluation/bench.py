@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import atomic
+from .. import atomic, threads
 from ..config import BenchConfig, EvaluateConfig, GenerateConfig, TrainConfig, check_bench
 from ..errors import UsageError
 from ..fields import all_names, fields_of, from_dict, read_yaml, saved_settings, to_dict, to_yaml
@@ -43,6 +43,7 @@ BENCH_OWNED = (
     "max_steps",
     "seed",
     "resume",
+    "threads",
 )
 
 
@@ -119,6 +120,7 @@ NOT_COMPARED = (
     "dino_model",
     "clip_model",
     "sample_steps",
+    "threads",  # how fast, not what: the count a run used is no reason to train it again
 )
 
 
@@ -152,6 +154,7 @@ def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, 
         num_class_images=cfg.num_class_images,
         max_steps=cfg.max_steps,
         seed=cfg.seed,
+        threads=cfg.threads,
     )
     done = (lora_dir / WEIGHT_NAME).is_file()
     started = (lora_dir / "checkpoints").is_dir() and any((lora_dir / "checkpoints").iterdir())
@@ -296,6 +299,11 @@ def finished(sdir: Path, settings: dict) -> dict | None:
 
 def bench(cfg: BenchConfig) -> Path:
     check_bench(cfg)
+    with threads.workload(cfg.threads, cfg.model):  # its trainings and drawings choose for the model within it
+        return run_bench(cfg)
+
+
+def run_bench(cfg: BenchConfig) -> Path:
     dataset = Path(cfg.dataset).expanduser()
     benchmark = dreambench.read(dataset)
     subjects = pick_subjects(cfg, benchmark, dataset)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .. import atomic
+from .. import atomic, threads
 from ..config import METRIC_NAMES, EvaluateConfig, check_evaluate, metric_key
 from ..errors import UsageError, warn
 from . import lpips
@@ -168,6 +168,11 @@ def table(result: dict) -> str:
 
 def evaluate(cfg: EvaluateConfig) -> dict:
     check_evaluate(cfg)
+    with threads.workload(cfg.threads, cfg.dino_model):  # real-size scoring models: every core unless --threads says
+        return score_folders(cfg)
+
+
+def score_folders(cfg: EvaluateConfig) -> dict:
     out = Path(cfg.output).expanduser()
     if out.is_dir():
         raise UsageError(f"--output {cfg.output}: is a folder; pass a JSON file path, e.g. {out / 'scores.json'}")

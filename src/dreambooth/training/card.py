@@ -114,6 +114,7 @@ def model_card(
         f"| resolution | {cfg.resolution} px |",
         f"| precision | {cfg.mixed_precision} |",
         f"| seed | {cfg.seed} |",
+        f"| CPU threads | {cfg.threads} |",
         f"| final loss | {final_loss:.4f} |" if final_loss is not None else "| final loss | – |",
         f"| training time | {seconds:.0f} s |",
         "",

@@ -9,6 +9,7 @@ train what one process with N times the batch would.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import atomic
+from .. import atomic, threads
 from ..config import TrainConfig
 from ..errors import TrainingError
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where
@@ -110,6 +111,7 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, floa
         with stop_on_ctrl_c(stop_event) as stop, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             while step < cfg.max_steps:
                 in_step = True
+                threads.refresh()  # another workload of this process (the page's scoring) may have started or ended
                 loss = optimizer_step(run, step)
                 step, in_step = step + 1, False
                 bar.update(1)
@@ -237,7 +239,14 @@ def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None) -> P
     each step, {"kind": "validation", "step", "path"} for each validation grid, {"kind": "validation-scores", "step",
     "loss", "scores"} for each validation loss and scores (either may be absent), {"kind": "done", "path"} at the end.
     Setting `stop_event` (a threading.Event) stops after the current step with a checkpoint saved, and
-    raises KeyboardInterrupt, as Ctrl-C does."""
+    raises KeyboardInterrupt, as Ctrl-C does.
+
+    Torch's CPU threads are chosen for the model (threads.py) unless `cfg.threads` says; config.yaml records the count."""
+    with threads.workload(cfg.threads, cfg.model) as count:
+        return train_with(dataclasses.replace(cfg, threads=count), on_event, stop_event)
+
+
+def train_with(cfg: TrainConfig, on_event: Event | None, stop_event) -> Path:
     run = set_up(cfg)
     try:
         first = resume(run)

@@ -6,6 +6,7 @@ import html
 import json
 from pathlib import Path
 
+from .. import threads
 from ..config import METRIC_NAMES, EvaluateConfig
 from ..errors import UsageError
 from ..evaluation.bench_report import REFERENCE, SOURCE, fmt
@@ -180,13 +181,14 @@ def score_world(workspace: Path, run: str, samples_per_prompt, progress=None) ->
         return f"Error: {e}", world_table(run, saved_world(workspace, run))
     photos = Path(str(cfg.get("instance_dir") or ""))
     report(0.0, "loading the world's model and reader")
-    reader, info = readers.load(folder() / "reader")
-    pipe = load_pipeline(MODEL)
-    report(0.1, f"the base model: {n} samples of each prompt")
-    before, before_images = base_scores(workspace, pipe, reader, cls, identifier, n)
-    report(0.5, f"with the run's LoRA: {n} samples of each prompt")
-    load_lora(pipe, run_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
-    after, after_images = sample_and_score(pipe, reader, cls, n, identifier=identifier)
+    with threads.workload(0, MODEL):  # its share of the cores beside a training the page may be running
+        reader, info = readers.load(folder() / "reader")
+        pipe = load_pipeline(MODEL)
+        report(0.1, f"the base model: {n} samples of each prompt")
+        before, before_images = base_scores(workspace, pipe, reader, cls, identifier, n)
+        report(0.5, f"with the run's LoRA: {n} samples of each prompt")
+        load_lora(pipe, run_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
+        after, after_images = sample_and_score(pipe, reader, cls, n, identifier=identifier)
     report(0.95, "writing the report")
     result = {"before": before, "after": after, "reader_accuracy": info["accuracy"], "samples_per_prompt": n,
               "class": cls, "identifier": identifier}  # fmt: skip

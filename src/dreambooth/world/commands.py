@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import threads
 from ..config import WORLD_METRICS
 from ..errors import UsageError
 from . import (
@@ -13,6 +14,7 @@ from . import (
     DEMO_STEPS,
     MASK_BACKGROUND_WEIGHT,
     MASKED_LOSS,
+    MODEL,
     PRESERVE_UNCONDITIONAL,
     PRIOR_LOSS_WEIGHT,
     PretrainWorldConfig,
@@ -89,6 +91,12 @@ def add_parsers(sub, add_config_flags) -> None:
         help=f"weight of the class images' loss (default: {PRIOR_LOSS_WEIGHT})",
     )
     demo.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (default: 0, chosen for the world's model: one, or OMP_NUM_THREADS when set)",
+    )
+    demo.add_argument(
         "--keep-best",
         default="",
         choices=("", *WORLD_METRICS),
@@ -104,8 +112,6 @@ def run(args: argparse.Namespace, config_of) -> None:
         check_pretrain_world(cfg)
         pretrain_world(cfg)
     elif args.command == "demo":
-        from .demo import run_demo
-
         if args.max_steps < 1 or args.samples < 1 or args.class_images < 1:
             raise UsageError("--max-steps, --samples and --class-images must be at least 1")
         if not 0 <= args.class_caption_dropout <= 1:
@@ -114,24 +120,34 @@ def run(args: argparse.Namespace, config_of) -> None:
             raise UsageError(f"--prior-loss-weight {args.prior_loss_weight}: must not be negative, e.g. 2")
         if not 0 <= args.mask_background_weight <= 1:
             raise UsageError(f"--mask-background-weight {args.mask_background_weight}: must be between 0 and 1, e.g. 0 or 0.1")
-        if args.subjects:
-            from .several import run_several
+        if args.threads < 0:
+            raise UsageError(f"--threads {args.threads}: {threads.RULE}")
+        if args.subjects and (len(set(args.subjects)) < 2 or len(set(args.subjects)) != len(args.subjects)):
+            raise UsageError("--subjects: name at least two different classes, e.g. --subjects dog cat")
+        with threads.workload(args.threads, MODEL):
+            run_demo_command(args)
 
-            if len(set(args.subjects)) < 2 or len(set(args.subjects)) != len(args.subjects):
-                raise UsageError("--subjects: name at least two different classes, e.g. --subjects dog cat")
-            run_several(args.output_dir, args.subjects, args.max_steps, args.samples)
-            return
-        run_demo(
-            args.output_dir,
-            args.max_steps,
-            args.subject,
-            args.samples,
-            masked_loss=args.masked_loss,
-            mask_background_weight=args.mask_background_weight,
-            class_contexts=args.class_contexts,
-            keep_best=args.keep_best,
-            class_images=args.class_images,
-            class_caption_dropout=args.class_caption_dropout,
-            preserve_unconditional=args.preserve_unconditional,
-            prior_loss_weight=args.prior_loss_weight,
-        )
+
+def run_demo_command(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    if args.subjects:
+        from .several import run_several
+
+        run_several(args.output_dir, args.subjects, args.max_steps, args.samples, args.threads)
+        return
+    run_demo(
+        args.output_dir,
+        args.max_steps,
+        args.subject,
+        args.samples,
+        masked_loss=args.masked_loss,
+        mask_background_weight=args.mask_background_weight,
+        class_contexts=args.class_contexts,
+        keep_best=args.keep_best,
+        class_images=args.class_images,
+        class_caption_dropout=args.class_caption_dropout,
+        preserve_unconditional=args.preserve_unconditional,
+        prior_loss_weight=args.prior_loss_weight,
+        threads=args.threads,
+    )

@@ -98,6 +98,7 @@ def demo_settings(
     validations: int = VALIDATIONS,
     validation_samples: int = VALIDATION_SAMPLES,
     prior_loss_weight: float = PRIOR_LOSS_WEIGHT,
+    threads: int = 0,
 ) -> TrainConfig:
     """What the demo trains (the photos in out/subject, the LoRA to out/lora): `demo_train_config` with the demo's
     additions. Writes the class prompts and the validation prompts it names into `out`.
@@ -107,7 +108,7 @@ def demo_settings(
     `class_caption_dropout` of them trained with an empty prompt, aimed at the base model's own prediction when
     `preserve_unconditional`. Training is validated `validations` times (the loss, and the reader's scores of
     `validation_samples` samples of each of the demo's prompts); `keep_best` makes the step with the best of that
-    score the LoRA."""
+    score the LoRA. `threads`: torch's CPU threads (0: chosen for the world's model, one)."""
     asked = prompts(cls) if contexts is None else prompts(cls, contexts=tuple(contexts))
     atomic.write_text(out / "validation-prompts.txt", "".join(f"{p}\n" for p in asked.values()))
     return demo_train_config(
@@ -127,6 +128,7 @@ def demo_settings(
         validation_steps=max(1, max_steps // validations),
         num_validation_images=validation_samples,
         keep_best=keep_best,
+        threads=threads,
     )
 
 

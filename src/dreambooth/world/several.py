@@ -35,7 +35,7 @@ def subject_scores(readings: dict[str, list[dict]], classes: list[str]) -> dict[
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def run_several(output_dir: str, classes: list[str], max_steps: int = DEMO_STEPS, n: int = 32) -> dict:
+def run_several(output_dir: str, classes: list[str], max_steps: int = DEMO_STEPS, n: int = 32, threads: int = 0) -> dict:
     """Render each class's subject, train one LoRA on all of them (identifiers from IDENTIFIERS, prior preservation
     per class), draw `n` samples of each subject's prompt and of each class prompt, and score them."""
     from ..lora.files import load_lora
@@ -54,7 +54,7 @@ def run_several(output_dir: str, classes: list[str], max_steps: int = DEMO_STEPS
     atomic.write_text(out / "subjects.yaml", "\n".join(entries) + "\n")
     # the demo's settings (the world model's recommended ones), the subjects file in place of one subject's flags
     cfg = settings(TrainConfig, model=MODEL, subjects=str(out / "subjects.yaml"), output_dir=str(out / "lora"),
-                   with_prior_preservation=True, max_steps=max_steps, num_samples=0, seed=0, overwrite=True)  # fmt: skip
+                   with_prior_preservation=True, max_steps=max_steps, num_samples=0, seed=0, overwrite=True, threads=threads)  # fmt: skip
     lora_dir = train(cfg)
     pipe = load_pipeline(MODEL)
     load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
