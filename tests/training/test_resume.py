@@ -65,6 +65,33 @@ def test_resume_onto_another_base_with_the_same_shapes_is_refused(run, photos, c
     assert code == 2 and "not the base model the run" in one_error_line(err)
 
 
+def test_resume_onto_the_same_weights_with_another_prediction_type_is_refused(run, photos, capsys):
+    """`tiny-v` is `tiny`'s weights bitwise with a v-prediction scheduler: its fingerprint passes, its objective not."""
+    code, err = train(photos, run, capsys, "--resume", "--max-steps", "6", "--model", "tiny-v")
+    line = one_error_line(err)
+    assert code == 2 and "prediction_type v_prediction (the run: epsilon)" in line and "--overwrite" in line, line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]  # nothing written
+
+
+def test_resume_onto_a_shifted_flow_schedule_is_refused(photos, tmp_path, capsys):
+    """A flow base saved with another shift: the same weights, noise levels drawn elsewhere."""
+    import json
+
+    from dreambooth.families import sd3
+
+    base = tmp_path / "sd3"
+    sd3.build_tiny().save_pretrained(base)
+    out = tmp_path / "run"
+    args = ["--model", str(base), "--max-steps", "2", "--checkpoint-every", "1"]
+    assert main(["train", "--instance-dir", str(photos), "--output-dir", str(out), *ARGS, *args]) == 0
+    config = base / "scheduler" / "scheduler_config.json"
+    settings = json.loads(config.read_text())
+    config.write_text(json.dumps({**settings, "shift": settings.get("shift", 1.0) + 2.0}))
+    capsys.readouterr()
+    code, err = train(photos, out, capsys, "--resume", "--model", str(base), "--max-steps", "3")
+    assert code == 2 and "shift" in one_error_line(err)
+
+
 def test_settings_that_may_change_are_listed_and_the_resume_is_recorded(run, photos, capsys):
     code, err = train(photos, run, capsys, "--resume", "--max-steps", "6", "--sample-steps", "3")
     assert code == 0, err

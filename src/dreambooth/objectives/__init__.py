@@ -23,3 +23,13 @@ class Objective:
     weights: Callable[[Any, torch.Tensor, Any], torch.Tensor | None]  # (scheduler, t, settings): per-example weights
     prediction: Callable[[Any], str]  # (scheduler) -> what the denoiser outputs, in words for logs and cards
     sampler: Callable[[Any], Any]  # (pipeline) -> the scheduler images are drawn with
+    # the training scheduler's config keys that decide what a step computes (prediction type, noise schedule, shift)
+    defining_keys: tuple[str, ...] = ()
+
+
+def identity(objective: Objective, scheduler) -> str:
+    """What a training step computes, as the training scheduler's config defines it for `objective`, in words:
+    'ddpm: prediction_type=v_prediction; num_train_timesteps=1000; ...'. A run continued on a base whose identity
+    differs would train toward another target."""
+    config = scheduler.config
+    return f"{objective.name}: " + "; ".join(f"{key}={config.get(key)}" for key in objective.defining_keys)

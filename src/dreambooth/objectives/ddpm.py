@@ -91,5 +91,7 @@ def fast_sampler(pipe):
 
 
 DDPM = Objective(
-    "ddpm", training_scheduler, draw_timesteps, add_noise, training_target, weights_of, prediction_words, fast_sampler
-)
+    "ddpm", training_scheduler, draw_timesteps, add_noise, training_target, weights_of, prediction_words, fast_sampler,
+    ("prediction_type", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas",
+     "rescale_betas_zero_snr"),
+)  # fmt: skip

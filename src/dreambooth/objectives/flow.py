@@ -95,4 +95,8 @@ def prediction_words(scheduler) -> str:
     return "flow (velocity)"
 
 
-FLOW = Objective("flow", training_scheduler, draw_timesteps, add_noise, velocity, loss_weights, prediction_words, own_sampler)
+FLOW = Objective(
+    "flow", training_scheduler, draw_timesteps, add_noise, velocity, loss_weights, prediction_words, own_sampler,
+    ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
+     "max_image_seq_len"),
+)  # fmt: skip

@@ -22,6 +22,7 @@ from ..lora.adapter import add_lora
 from ..lora.files import WEIGHT_NAME
 from ..lora.kohya import check_layout_names, export_in_force
 from ..models import Base, describe, fingerprint, load_pipeline, load_vae, quantized_denoiser
+from ..objectives import identity as objective_identity
 from ..sampling import autocast_in, sampling_dtype
 from . import checkpoint
 from .batches import Examples
@@ -469,6 +470,8 @@ def run_identity(cfg: TrainConfig, base: Base, pipe) -> dict:
         "base_quantization": cfg.base_quantization,  # before "model": a quantized base's weights differ too
         "model": fingerprint(pipe, base.family),  # the base's weights, wherever they were loaded from
         "family": base.family.name,
+        # the same weights with another prediction type or noise schedule (a v-prediction copy of an epsilon base)
+        "objective": objective_identity(base.family.objective, base.family.objective.scheduler(pipe.scheduler.config)),
         "adapter": cfg.adapter,
         "lokr_factor": cfg.lokr_factor,
         "dora": cfg.dora,
@@ -498,6 +501,18 @@ def as_flag(key: str, value) -> str:
     return f"{flag} {' '.join(value) if isinstance(value, list) else value}"
 
 
+def objective_changes(now: str, then: str) -> str:
+    """'prediction_type v_prediction (the run: epsilon)' for each setting of two objective identities that differs."""
+
+    def settings(identity: str) -> dict[str, str]:
+        return dict(part.split("=", 1) for part in identity.split(": ", 1)[-1].split("; ") if "=" in part)
+
+    a, b = settings(now), settings(then)
+    return ", ".join(f"{k} {a.get(k)} (the run: {b.get(k)})" for k in {**b, **a} if a.get(k) != b.get(k)) or (
+        f"{now} (the run: {then})"
+    )
+
+
 def check_same_run(run: Run, found: Path) -> list[str]:
     """Refuse a checkpoint of another run (one line naming the setting, both values and the fix); return the settings
     that changed and may (for a warning)."""
@@ -505,6 +520,12 @@ def check_same_run(run: Run, found: Path) -> list[str]:
     then = meta.get("identity") or {}
     for key, now in run.identity.items():
         if key in then and then[key] != now:
+            if key == "objective":
+                raise UsageError(
+                    f"--resume: --model {run.cfg.model} trains toward another objective than the run in {run.out}: "
+                    f"{objective_changes(now, str(then[key]))}; pass the model it was trained on to continue it, or "
+                    f"--overwrite to start over"
+                )
             if key == "model":
                 raise UsageError(
                     f"--resume: --model {run.cfg.model} is not the base model the run in {run.out} was trained on (its "
