@@ -169,3 +169,23 @@ def test_the_calling_thread_gets_its_count_back():
     with threads.workload(before + 1, "world") as count:
         assert count == torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before
+
+
+def test_a_small_model_draws_on_every_core_and_trains_on_one(monkeypatch):
+    monkeypatch.setattr(threads, "cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+
+    def run():
+        with threads.workload(0, "world"):
+            seen.append(torch.get_num_threads())
+            with threads.sampling():
+                seen.append(torch.get_num_threads())
+            seen.append(torch.get_num_threads())
+        with threads.workload(2, "world"), threads.sampling():  # the user's count, drawing too
+            seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(60)
+    assert seen == [1, 4, 1, 2]

@@ -72,7 +72,7 @@ def draw(
     pipe.set_progress_bar_config(disable=True)
     images = []
     try:
-        with eval_mode(*components(pipe, family).values()), torch.no_grad(), autocast():
+        with threads.sampling(), eval_mode(*components(pipe, family).values()), torch.no_grad(), autocast():
             for start in range(0, num, batch_size):
                 n = min(batch_size, num - start)
                 threads.refresh()

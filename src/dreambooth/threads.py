@@ -5,8 +5,9 @@ holds that core, every parallel region of a small model waits for a descheduled 
 world trainings at torch's defaults ran 25x slower each than one alone, while at one thread each they both ran at the
 speed of one alone (bench/RESULTS.md, "CPU threads"). So:
 
-- the embedded models (the world's and the tiny test models) run on one thread: their layers are too small for a
-  second thread to pay for its wake-ups (measured: as fast or faster on one);
+- the embedded models (the world's and the tiny test models) train on one thread: their layers are too small for a
+  second thread to pay for its wake-ups (measured: as fast or faster on one); they draw images (batches of tens) on
+  every core, where a second thread pays (`sampling`);
 - real-size models use every core the process may run on;
 - `--threads N` (or OMP_NUM_THREADS, when the flag is not given) overrides the choice;
 - several workloads in one process (the page: a training, a scoring, a generation at once) divide the cores between
@@ -136,6 +137,25 @@ def workload(requested: int, model: str) -> Iterator[int]:
         with _lock:
             _running.remove(this)
         torch.set_num_threads(before)  # the caller's thread as it was (the Python API, the page's threads)
+
+
+@contextmanager
+def sampling() -> Iterator[None]:
+    """Drawing images: batches of tens of images, large enough that every core pays off even on a small model
+    (measured: the world's 32 samples in 10 s on 2 threads, 15-17 s on one). So a workload that chose one thread for
+    its model's training steps draws on its share of every core; a count the user gave stays as it is."""
+    this: Workload | None = getattr(_here, "workload", None)
+    if this is None or this.asked:
+        yield
+        return
+    wanted = this.wanted
+    this.wanted = max(wanted, cores())
+    try:
+        _set(this, _share_of(this))
+        yield
+    finally:
+        this.wanted = wanted
+        _set(this, _share_of(this))
 
 
 def refresh() -> None:
