@@ -189,3 +189,30 @@ def test_a_small_model_draws_on_every_core_and_trains_on_one(monkeypatch):
     worker.start()
     worker.join(60)
     assert seen == [1, 4, 1, 2]
+
+
+def test_the_wait_policy_is_passive_for_the_embedded_models_and_the_page_only():
+    assert threads.wait_passively("train", "world") and threads.wait_passively("generate", "tiny-sdxl")
+    assert threads.wait_passively("demo", None) and threads.wait_passively("ui", None)
+    assert not threads.wait_passively("train", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert not threads.wait_passively("evaluate", None)  # real-size scoring models
+
+
+@pytest.mark.parametrize(
+    "argv, before, after",
+    [
+        (["train", "--model", "world"], None, "PASSIVE"),
+        (["train"], None, "PASSIVE"),  # the default model, tiny
+        (["train", "--model", "some/real-size-model"], None, None),
+        (["train", "--model", "world"], "ACTIVE", "ACTIVE"),  # the user's own setting stays
+    ],
+)
+def test_the_command_line_sets_the_wait_policy_before_the_command_runs(monkeypatch, capsys, argv, before, after):
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if before:
+        environment["OMP_WAIT_POLICY"] = before
+    monkeypatch.setattr(os, "environ", environment)
+    assert main(argv) == 2  # no photos: refused before anything loads, after the policy is set
+    assert environment.get("OMP_WAIT_POLICY") == after

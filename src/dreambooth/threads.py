@@ -13,8 +13,9 @@ speed of one alone (bench/RESULTS.md, "CPU threads"). So:
 - several workloads in one process (the page: a training, a scoring, a generation at once) divide the cores between
   them instead of each taking all of them (`workload`, `refresh`).
 
-OpenMP's wait policy is left as it is: a passive one (threads sleep at once) made the SD 1.5 architecture's step 30-40 %
-slower alone on 2 cores, and the small models it would help run on one thread anyway.
+OpenMP's wait policy (read once, when torch loads) is set by the command line before torch is imported: passive for the
+embedded models and the page, OpenMP's own for real-size models, where a passive one made the SD 1.5 architecture's
+step 8-40 % slower alone (`prepare_environment`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,29 @@ from .errors import UsageError
 
 SMALL_MODEL_THREADS = 1
 RULE = "must be 0 (chosen for the model) or a number of CPU threads, e.g. 1 or 2"
+
+
+def wait_passively(command: str, model: str | None) -> bool:
+    """Whether this command's OpenMP threads should sleep as soon as their work is done (OMP_WAIT_POLICY=PASSIVE)
+    rather than spin: yes for the embedded models, whose drawing on every core then keeps its speed beside other work
+    (measured: the world's 32 samples in 9.5-9.9 s alone as with spinning threads, 14-21 s beside a busy process
+    against 36-39) and for the page, whose workloads share the cores; no for a real-size model, whose step it made
+    8-40 % slower alone."""
+    return command in ("demo", "ui") or (command in ("train", "generate", "bench") and model in embedded_names())
+
+
+def prepare_environment(command: str, model: str | None) -> None:
+    """Set the wait policy for `command` unless the user set one. OpenMP reads it when torch loads its runtime, so
+    call this before torch is imported (the CLI does, before any command runs); later it changes only child
+    processes."""
+    if wait_passively(command, model):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def embedded_names() -> tuple[str, ...]:
+    from .models import EMBEDDED
+
+    return tuple(EMBEDDED)
 
 
 def cores() -> int:
@@ -47,9 +71,7 @@ def env_threads() -> int:
 
 def is_small(model: str) -> bool:
     """The embedded models (tiny test models, the world) are small enough that one thread is their fastest."""
-    from .models import EMBEDDED
-
-    return model in EMBEDDED
+    return model in embedded_names()
 
 
 def choose(requested: int, model: str) -> tuple[int, bool]:
