@@ -129,6 +129,19 @@ def _share_of(workload: Workload) -> int:
 
 
 @contextmanager
+def _wanting(this: Workload, wanted: int, asked: bool) -> Iterator[None]:
+    """`this` wants `wanted` threads for a while (a command inside it, a drawing), then what it wanted before."""
+    before = this.wanted, this.asked
+    this.wanted, this.asked = wanted, asked
+    try:
+        _set(this, _share_of(this))
+        yield
+    finally:
+        this.wanted, this.asked = before
+        _set(this, _share_of(this))
+
+
+@contextmanager
 def workload(requested: int, model: str) -> Iterator[int]:
     """Run one command's torch work in this thread with the threads chosen for `model`, divided with the other
     workloads of the process; yields the count. A command called inside another (bench -> train) stays the outer
@@ -136,14 +149,8 @@ def workload(requested: int, model: str) -> Iterator[int]:
     wanted, asked = choose(requested, model)
     outer: Workload | None = getattr(_here, "workload", None)
     if outer is not None:
-        outer_wants = outer.wanted, outer.asked
-        outer.wanted, outer.asked = wanted, asked
-        try:
-            _set(outer, _share_of(outer))
+        with _wanting(outer, wanted, asked):
             yield outer.count
-        finally:
-            outer.wanted, outer.asked = outer_wants
-            _set(outer, _share_of(outer))
         return
     import torch
 
@@ -170,14 +177,8 @@ def sampling() -> Iterator[None]:
     if this is None or this.asked:
         yield
         return
-    wanted = this.wanted
-    this.wanted = max(wanted, cores())
-    try:
-        _set(this, _share_of(this))
+    with _wanting(this, max(this.wanted, cores()), False):
         yield
-    finally:
-        this.wanted = wanted
-        _set(this, _share_of(this))
 
 
 def refresh() -> None:
