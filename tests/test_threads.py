@@ -1,7 +1,10 @@
-"""CPU threads: the choice for a model, --threads and OMP_NUM_THREADS obeyed and recorded, workloads of one process
-dividing the cores."""
+"""CPU threads: the free cores chosen, --threads and OMP_NUM_THREADS obeyed and recorded, workloads of one process
+dividing the cores, other processes' load measured."""
 
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -9,6 +12,12 @@ import yaml
 
 from dreambooth import threads
 from dreambooth.cli import main
+
+
+@pytest.fixture(autouse=True)
+def nothing_else_busy(monkeypatch):
+    """The tests' own process pool keeps the machine busy: each test says what other processes hold."""
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 0.0)
 
 
 def test_shares_divide_the_cores():
@@ -21,19 +30,17 @@ def test_shares_divide_the_cores():
     assert threads.shares([4, 4, 4], 2) == [1, 1, 1]  # more workloads than cores: one thread each
 
 
-def test_choice_follows_the_flag_then_the_environment_then_the_model(monkeypatch):
+def test_choice_follows_the_flag_then_the_environment_then_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "cores", lambda: 8)
-    assert threads.choose(0, "world") == (1, False)
-    assert threads.choose(0, "tiny") == (1, False)
-    assert threads.choose(0, "stable-diffusion-v1-5/stable-diffusion-v1-5") == (8, False)
-    assert threads.choose(3, "world") == (3, True)
-    assert threads.choose(12, "world") == (12, True)  # more than the cores, when asked: the user's choice
+    assert threads.choose(0) == (8, False)
+    assert threads.choose(3) == (3, True)
+    assert threads.choose(12) == (12, True)  # more than the cores, when asked: the user's choice
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
-    assert threads.choose(0, "world") == (5, True)
-    assert threads.choose(2, "world") == (2, True)  # the flag over the environment
+    assert threads.choose(0) == (5, True)
+    assert threads.choose(2) == (2, True)  # the flag over the environment
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")
-    assert threads.choose(0, "some/model") == (8, False)
+    assert threads.choose(0) == (8, False)
 
 
 def test_workloads_in_one_process_divide_the_cores(monkeypatch):
@@ -44,7 +51,7 @@ def test_workloads_in_one_process_divide_the_cores(monkeypatch):
     scoring_in, scoring_done = threading.Event(), threading.Event()
 
     def training():
-        with threads.workload(0, "a/real-size-model") as count:
+        with threads.workload(0) as count:
             seen["training"].append(count)
             scoring_in.wait(30)
             threads.refresh()
@@ -54,7 +61,7 @@ def test_workloads_in_one_process_divide_the_cores(monkeypatch):
             seen["training"].append(torch.get_num_threads())
 
     def scoring():
-        with threads.workload(0, "another/real-size-model") as count:
+        with threads.workload(0) as count:
             seen["scoring"].append(count)
             seen["scoring"].append(torch.get_num_threads())
             scoring_in.set()
@@ -79,8 +86,8 @@ def test_a_command_inside_another_stays_its_workload(monkeypatch):
     counts = []
 
     def bench():
-        with threads.workload(0, "a/real-size-model") as outer:
-            with threads.workload(0, "world") as inner:  # bench -> train on a small model
+        with threads.workload(0) as outer:
+            with threads.workload(1) as inner:  # bench -> train with --threads 1
                 counts.append((outer, inner, torch.get_num_threads(), len(threads._running)))
             counts.append(torch.get_num_threads())  # the outer one's count again
 
@@ -103,10 +110,11 @@ def trained_threads(photos, out) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     "flags, env, expected",
-    [([], None, 1), (["--threads", "2"], None, 2), ([], "3", 3), (["--threads", "2"], "3", 2)],
-    ids=["tiny-model-default", "flag", "OMP_NUM_THREADS", "flag-over-environment"],
+    [([], None, 2), (["--threads", "1"], None, 1), ([], "3", 3), (["--threads", "1"], "3", 1)],
+    ids=["chosen", "flag", "OMP_NUM_THREADS", "flag-over-environment"],
 )
 def test_train_obeys_and_records_the_threads(photos, tmp_path, monkeypatch, flags, env, expected):
+    monkeypatch.setattr(threads, "cores", lambda: 2)
     if env is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
@@ -149,7 +157,7 @@ def test_a_count_the_user_gave_is_kept_and_the_others_share_what_it_leaves(monke
     counts, asked_in, done = [], threading.Event(), threading.Event()
 
     def asked():
-        with threads.workload(3, "world") as count:
+        with threads.workload(3) as count:
             counts.append(("asked", count))
             asked_in.set()
             done.wait(30)
@@ -157,7 +165,7 @@ def test_a_count_the_user_gave_is_kept_and_the_others_share_what_it_leaves(monke
     worker = threading.Thread(target=asked)
     worker.start()
     asked_in.wait(30)
-    with threads.workload(0, "a/real-size-model") as count:
+    with threads.workload(0) as count:
         counts.append(("chosen", count))
     done.set()
     worker.join(60)
@@ -166,53 +174,73 @@ def test_a_count_the_user_gave_is_kept_and_the_others_share_what_it_leaves(monke
 
 def test_the_calling_thread_gets_its_count_back():
     before = torch.get_num_threads()
-    with threads.workload(before + 1, "world") as count:
+    with threads.workload(before + 1) as count:
         assert count == torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before
 
 
-def test_a_small_model_draws_on_every_core_and_trains_on_one(monkeypatch):
+def test_a_chosen_count_leaves_the_cores_other_processes_hold(monkeypatch):
+    """Another process takes cores: the next step runs on fewer threads, and on every core again once it ends. A count
+    the user gave stays as it is."""
     monkeypatch.setattr(threads, "cores", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    elsewhere = [0.0]
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda: elsewhere[0])
     seen = []
 
     def run():
-        with threads.workload(0, "world"):
-            seen.append(torch.get_num_threads())
-            with threads.sampling():
+        with threads.workload(0):
+            for busy in (0.0, 0.4, 1.2, 2.6, 3.9, 0.3):
+                elsewhere[0] = busy
+                threads.refresh()
                 seen.append(torch.get_num_threads())
-            seen.append(torch.get_num_threads())
-        with threads.workload(2, "world"), threads.sampling():  # the user's count, drawing too
+        with threads.workload(3):
+            threads.refresh()
             seen.append(torch.get_num_threads())
 
     worker = threading.Thread(target=run)
     worker.start()
     worker.join(60)
-    assert seen == [1, 4, 1, 2]
+    # a core counts as taken when more than half of it is busy; at least one thread always
+    assert seen == [4, 4, 3, 1, 1, 4, 3]
 
 
-def test_the_wait_policy_is_passive_for_the_embedded_models_and_the_page_only():
-    assert threads.wait_passively("train", "world") and threads.wait_passively("generate", "tiny-sdxl")
-    assert threads.wait_passively("demo", None) and threads.wait_passively("ui", None)
-    assert not threads.wait_passively("train", "stable-diffusion-v1-5/stable-diffusion-v1-5")
-    assert not threads.wait_passively("evaluate", None)  # real-size scoring models
+def test_drawing_takes_its_threads_again_at_every_denoising_step(monkeypatch):
+    from dreambooth.families.sd import build_tiny
+    from dreambooth.sampling import draw
+
+    calls = []
+    monkeypatch.setattr(threads, "refresh", lambda: calls.append(1))
+    draw(build_tiny(), "a dog", num=3, seed=0, steps=4, guidance=2.0, resolution=32, batch_size=2)
+    assert len(calls) == 2 + 2 * 4  # before each batch, and after each of its steps
 
 
-@pytest.mark.parametrize(
-    "argv, before, after",
-    [
-        (["train", "--model", "world"], None, "PASSIVE"),
-        (["train"], None, "PASSIVE"),  # the default model, tiny
-        (["train", "--model", "some/real-size-model"], None, None),
-        (["train", "--model", "world"], "ACTIVE", "ACTIVE"),  # the user's own setting stays
-    ],
-)
-def test_the_command_line_sets_the_wait_policy_before_the_command_runs(monkeypatch, capsys, argv, before, after):
-    import os
+def test_other_processes_load_is_their_cpu_time_over_the_last_second(monkeypatch):
+    monkeypatch.undo()  # the real measure
+    with threads._lock:
+        threads._readings.clear()
+        threads._readings.extend([(10.0, 100.0, 5.0), (10.5, 100.8, 5.4), (11.0, 101.5, 5.5)])
+    try:
+        assert threads.busy_elsewhere() == pytest.approx(1.0)  # 1.5 s of the cores' time, 0.5 s of it this process's
+    finally:
+        with threads._lock:
+            threads._readings.clear()
+    assert threads.machine_busy_seconds({0}) > 0  # this machine's /proc/stat, read
 
-    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if before:
-        environment["OMP_WAIT_POLICY"] = before
-    monkeypatch.setattr(os, "environ", environment)
-    assert main(argv) == 2  # no photos: refused before anything loads, after the policy is set
-    assert environment.get("OMP_WAIT_POLICY") == after
+
+def test_a_busy_process_beside_a_chosen_workload_is_seen_and_the_reading_stops_after(monkeypatch):
+    monkeypatch.undo()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        with threads.workload(0):
+            time.sleep(1.5)
+            seen = threads.busy_elsewhere()
+    finally:
+        busy.kill()
+    assert seen >= 0.5  # the spinning child, at least the half core a 2-core machine gives it beside another
+    for _ in range(40):
+        if threads._sampler is None:
+            break
+        time.sleep(0.05)
+    assert threads._sampler is None and not threads._readings

@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 from . import config as C
 from . import fields as F
-from . import threads
 from .errors import TrainingError, UsageError
 
 
@@ -167,17 +166,9 @@ def run_command(args: argparse.Namespace) -> None:
         world_commands.run(args, lambda cls: config_from_args(cls, args))
 
 
-def command_model(args: argparse.Namespace) -> str | None:
-    """The base model a command names on its command line, or its config's default when it names none."""
-    given = getattr(args, "model", None)
-    defaults = {"train": C.TrainConfig.model, "bench": C.BenchConfig.model}
-    return given if given is not None else defaults.get(args.command)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        threads.prepare_environment(args.command, command_model(args))  # before torch is imported
         run_command(args)
     except UsageError as e:
         print(f"dreambooth: error: {e}", file=sys.stderr)

@@ -222,8 +222,8 @@ class TrainConfig:
     seed: int = opt(0, "seed for class images, noise, timesteps and crops")
     threads: int = opt(
         0,
-        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else 1 for the embedded models (their fastest, "
-        "and a second process on the machine does not slow them) and every core for real-size ones",
+        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else the cores other processes leave free, "
+        "taken again between steps (so a second run on the machine does not slow both many times over)",
     )
     checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps; 0 = only at the end", ("checkpointing_steps",))
     checkpoints_total_limit: int = opt(2, "checkpoints kept (oldest removed first)")
@@ -302,8 +302,8 @@ class GenerateConfig:
     seed: int = opt(0, "image i uses seed + i")
     threads: int = opt(
         0,
-        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else 1 for the embedded models (their fastest, "
-        "and a second process on the machine does not slow them) and every core for real-size ones",
+        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else the cores other processes leave free, "
+        "taken again between steps (so a second run on the machine does not slow both many times over)",
     )
     unet_scale: float = opt(1.0, "strength of the UNet LoRA")
     text_encoder_scale: float = opt(1.0, "strength of the text-encoder LoRA")
@@ -544,8 +544,8 @@ class EvaluateConfig:
     batch_size: int = opt(32, "images per embedding batch")
     threads: int = opt(
         0,
-        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else 1 for the embedded models (their fastest, "
-        "and a second process on the machine does not slow them) and every core for real-size ones",
+        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else the cores other processes leave free, "
+        "taken again between steps (so a second run on the machine does not slow both many times over)",
     )
     cache: bool = opt(
         True, "keep embeddings in embeddings-cache.safetensors beside --output; a rerun embeds only new or changed images"
@@ -590,8 +590,8 @@ class BenchConfig:
     seed: int = opt(0, "training seed; image i of each prompt is drawn with seed + i")
     threads: int = opt(
         0,
-        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else 1 for the embedded models (their fastest, "
-        "and a second process on the machine does not slow them) and every core for real-size ones",
+        "CPU threads for torch; 0 = chosen: OMP_NUM_THREADS when set, else the cores other processes leave free, "
+        "taken again between steps (so a second run on the machine does not slow both many times over)",
     )
     batch_size: int = opt(4, "images per pipeline call")
     dino_model: str = opt("facebook/dino-vits16", "self-supervised ViT for DINO and PRES: hub id or local folder (safetensors)")

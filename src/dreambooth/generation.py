@@ -26,7 +26,7 @@ def generate(cfg: GenerateConfig) -> list[Path]:
         saved = training_config(weights.parent)
         cfg = dataclasses.replace(cfg, model=cfg.model or saved.get("model", ""), vae=cfg.vae or saved.get("vae", ""))
     cfg = dataclasses.replace(cfg, model=cfg.model or "tiny")
-    with threads.workload(cfg.threads, cfg.model) as count:
+    with threads.workload(cfg.threads) as count:
         return draw_images(dataclasses.replace(cfg, threads=count), out)
 
 

@@ -46,6 +46,19 @@ def eval_mode(*models):
             m.train(t)
 
 
+def refresh_threads_each_step(pipe) -> dict:
+    """A step callback that takes the CPU threads again between denoising steps (threads.refresh): a batch of tens
+    of images takes seconds, and another process may start or end meanwhile."""
+    if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
+        return {}
+
+    def refresh(_pipe, _step, _timestep, callback_kwargs):
+        threads.refresh()
+        return callback_kwargs
+
+    return {"callback_on_step_end": refresh}
+
+
 def draw(
     pipe,
     prompt: str,
@@ -72,7 +85,7 @@ def draw(
     pipe.set_progress_bar_config(disable=True)
     images = []
     try:
-        with threads.sampling(), eval_mode(*components(pipe, family).values()), torch.no_grad(), autocast():
+        with eval_mode(*components(pipe, family).values()), torch.no_grad(), autocast():
             for start in range(0, num, batch_size):
                 n = min(batch_size, num - start)
                 threads.refresh()
@@ -85,6 +98,7 @@ def draw(
                     num_inference_steps=steps,
                     generator=generators,
                     output_type="latent",
+                    **refresh_threads_each_step(pipe),
                     **family.guidance_options(guidance, negative, n),
                 ).images
                 batch = to_images(pipe, family.sampled_latents(pipe, latents, resolution, resolution))

@@ -1,58 +1,35 @@
-"""CPU threads: how many threads each command's torch uses, chosen for its model and for the other work in the process.
+"""CPU threads: how many threads each command's torch uses, chosen from the cores nothing else is using.
 
-OpenMP threads that wait for work spin on their core. When another process (a second run, a browser, a test suite)
-holds that core, every parallel region of a small model waits for a descheduled thread: measured on 2 cores, two
-world trainings at torch's defaults ran 25x slower each than one alone, while at one thread each they both ran at the
-speed of one alone (bench/RESULTS.md, "CPU threads"). So:
+torch's CPU work runs in OpenMP threads, one per core by default, and threads that wait for work spin on their core.
+When another process (a second run, a browser, a test suite) holds one of those cores, every parallel region waits
+for a thread that is not running: measured on 2 cores, two world trainings at torch's defaults ran 25x slower each
+than one alone, while at one thread each they both kept the speed of one alone (bench/RESULTS.md, "CPU threads").
+A passive wait policy avoids the collapse but made a small model's step twice as slow alone. So:
 
-- the embedded models (the world's and the tiny test models) train on one thread: their layers are too small for a
-  second thread to pay for its wake-ups (measured: as fast or faster on one); they draw images (batches of tens) on
-  every core, where a second thread pays (`sampling`);
-- real-size models use every core the process may run on;
-- `--threads N` (or OMP_NUM_THREADS, when the flag is not given) overrides the choice;
-- several workloads in one process (the page: a training, a scoring, a generation at once) divide the cores between
-  them instead of each taking all of them (`workload`, `refresh`).
-
-OpenMP's wait policy (read once, when torch loads) is set by the command line before torch is imported: passive for the
-embedded models and the page, OpenMP's own for real-size models, where a passive one made the SD 1.5 architecture's
-step 8-40 % slower alone (`prepare_environment`).
+- a command uses the cores of its process's affinity that other processes leave free: every core alone (torch's
+  fastest), fewer as soon as something else holds some (`busy_elsewhere`, sampled in the background from /proc/stat),
+  and every core again when it ends. The count is taken again between training steps and between denoising steps
+  (`refresh`);
+- `--threads N` (or OMP_NUM_THREADS, when the flag is not given) is taken as it is;
+- several workloads in one process (the page: a training, a scoring, a generation at once) divide those cores between
+  them instead of each taking all of them (`workload`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import UsageError
 
-SMALL_MODEL_THREADS = 1
-RULE = "must be 0 (chosen for the model) or a number of CPU threads, e.g. 1 or 2"
-
-
-def wait_passively(command: str, model: str | None) -> bool:
-    """Whether this command's OpenMP threads should sleep as soon as their work is done (OMP_WAIT_POLICY=PASSIVE)
-    rather than spin: yes for the embedded models, whose drawing on every core then keeps its speed beside other work
-    (measured: the world's 32 samples in 9.5-9.9 s alone as with spinning threads, 14-21 s beside a busy process
-    against 36-39) and for the page, whose workloads share the cores; no for a real-size model, whose step it made
-    8-40 % slower alone."""
-    return command in ("demo", "ui") or (command in ("train", "generate", "bench") and model in embedded_names())
-
-
-def prepare_environment(command: str, model: str | None) -> None:
-    """Set the wait policy for `command` unless the user set one. OpenMP reads it when torch loads its runtime, so
-    call this before torch is imported (the CLI does, before any command runs); later it changes only child
-    processes."""
-    if wait_passively(command, model):
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def embedded_names() -> tuple[str, ...]:
-    from .models import EMBEDDED
-
-    return tuple(EMBEDDED)
+RULE = "must be 0 (chosen from the free cores) or a number of CPU threads, e.g. 1 or 2"
+SAMPLE_EVERY = 0.25  # seconds between two readings of the machine's CPU time
+WINDOW = 4  # readings compared: the last second
 
 
 def cores() -> int:
@@ -69,20 +46,13 @@ def env_threads() -> int:
     return int(text) if text.isdigit() and int(text) > 0 else 0
 
 
-def is_small(model: str) -> bool:
-    """The embedded models (tiny test models, the world) are small enough that one thread is their fastest."""
-    return model in embedded_names()
-
-
-def choose(requested: int, model: str) -> tuple[int, bool]:
-    """Threads for one workload, and whether the user asked for them: --threads, else OMP_NUM_THREADS, else one for
-    an embedded model and every core otherwise."""
+def choose(requested: int) -> tuple[int, bool]:
+    """Threads for one workload, and whether the user asked for them: --threads, else OMP_NUM_THREADS, else every
+    core (of which it then uses the free ones)."""
     if requested < 0:
         raise UsageError(f"--threads {requested}: {RULE}")
     asked = requested or env_threads()
-    if asked:
-        return asked, True
-    return (SMALL_MODEL_THREADS if is_small(model) else cores()), False
+    return (asked, True) if asked else (cores(), False)
 
 
 def shares(wanted: list[int], total: int) -> list[int]:
@@ -96,6 +66,79 @@ def shares(wanted: list[int], total: int) -> list[int]:
         out[i] = min(wanted[i], fair)
         left = max(0, left - out[i])
     return out
+
+
+# What other processes take of this process's cores: CPU seconds of the machine minus this process's own, read every
+# SAMPLE_EVERY seconds by a daemon thread while a chosen workload runs (a reading is a file read, about 0.1 ms).
+
+
+def machine_busy_seconds(cpus: set[int]) -> float | None:
+    """CPU seconds the cores `cpus` have spent on anything but idling since boot (/proc/stat), None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_busy_seconds() -> float:
+    """CPU seconds this process has used, all its threads."""
+    t = os.times()
+    return t.user + t.system
+
+
+_readings: deque[tuple[float, float, float]] = deque(maxlen=WINDOW + 1)
+_sampler: threading.Thread | None = None
+
+
+def _sample_while_chosen() -> None:
+    global _sampler
+    cpus = _affinity()
+    while True:
+        busy = machine_busy_seconds(cpus)
+        with _lock:
+            if busy is None or not any(not w.asked for w in _running):
+                _sampler = None
+                _readings.clear()
+                return
+            _readings.append((time.monotonic(), busy, own_busy_seconds()))
+        time.sleep(SAMPLE_EVERY)
+
+
+def _affinity() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return set(range(os.cpu_count() or 1))
+
+
+def _watch() -> None:
+    """Start the background reading (with _lock held) unless it runs."""
+    global _sampler
+    if _sampler is None:
+        _sampler = threading.Thread(target=_sample_while_chosen, name="dreambooth-cpu-load", daemon=True)
+        _sampler.start()
+
+
+def busy_elsewhere() -> float:
+    """Cores' worth of CPU time other processes used over the last second of readings (0 until there are two)."""
+    with _lock:
+        if len(_readings) < 2:
+            return 0.0
+        (t0, busy0, own0), (t1, busy1, own1) = _readings[0], _readings[-1]
+    return max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(t1 - t0, 1e-6))
+
+
+def free_cores() -> int:
+    """The cores other processes leave this one: a core counts as taken when they used more than half of it."""
+    return max(1, min(cores(), int(cores() - busy_elsewhere() + 0.5)))
 
 
 @dataclass(eq=False)  # each workload is itself: two with the same wants are still two
@@ -119,18 +162,19 @@ def _set(workload: Workload, count: int) -> None:
 
 
 def _share_of(workload: Workload) -> int:
-    """The user's count when they gave one; else a share of the cores the user's counts leave."""
+    """The user's count when they gave one; else a share of the free cores the user's counts leave."""
     if workload.asked:
         return workload.wanted
+    free = free_cores()
     with _lock:
         chosen = [w for w in _running if not w.asked]
-        left = cores() - sum(w.wanted for w in _running if w.asked)
+        left = free - sum(w.wanted for w in _running if w.asked)
         return shares([w.wanted for w in chosen], max(1, left))[chosen.index(workload)]
 
 
 @contextmanager
 def _wanting(this: Workload, wanted: int, asked: bool) -> Iterator[None]:
-    """`this` wants `wanted` threads for a while (a command inside it, a drawing), then what it wanted before."""
+    """`this` wants `wanted` threads for a while (a command inside it), then what it wanted before."""
     before = this.wanted, this.asked
     this.wanted, this.asked = wanted, asked
     try:
@@ -142,11 +186,11 @@ def _wanting(this: Workload, wanted: int, asked: bool) -> Iterator[None]:
 
 
 @contextmanager
-def workload(requested: int, model: str) -> Iterator[int]:
-    """Run one command's torch work in this thread with the threads chosen for `model`, divided with the other
-    workloads of the process; yields the count. A command called inside another (bench -> train) stays the outer
-    one's workload, with its own model's choice."""
-    wanted, asked = choose(requested, model)
+def workload(requested: int) -> Iterator[int]:
+    """Run one command's torch work in this thread with the threads chosen (`choose`), divided with the other
+    workloads of the process; yields the count at the start. A command called inside another (bench -> train) stays
+    the outer one's workload, with its own choice."""
+    wanted, asked = choose(requested)
     outer: Workload | None = getattr(_here, "workload", None)
     if outer is not None:
         with _wanting(outer, wanted, asked):
@@ -157,6 +201,8 @@ def workload(requested: int, model: str) -> Iterator[int]:
     this, before = Workload(wanted, asked), torch.get_num_threads()
     with _lock:
         _running.append(this)
+        if not asked:
+            _watch()
     _here.workload = this
     try:
         _set(this, _share_of(this))
@@ -168,21 +214,9 @@ def workload(requested: int, model: str) -> Iterator[int]:
         torch.set_num_threads(before)  # the caller's thread as it was (the Python API, the page's threads)
 
 
-@contextmanager
-def sampling() -> Iterator[None]:
-    """Drawing images: batches of tens of images, large enough that every core pays off even on a small model
-    (measured: the world's 32 samples in 10 s on 2 threads, 15-17 s on one). So a workload that chose one thread for
-    its model's training steps draws on its share of every core; a count the user gave stays as it is."""
-    this: Workload | None = getattr(_here, "workload", None)
-    if this is None or this.asked:
-        yield
-        return
-    with _wanting(this, max(this.wanted, cores()), False):
-        yield
-
-
 def refresh() -> None:
-    """Take this thread's share again (another workload started or ended): called between steps, cheap."""
+    """Take this thread's share again (another process or workload started or ended): called between training
+    steps and denoising steps, cheap."""
     this: Workload | None = getattr(_here, "workload", None)
     if this is not None:
         _set(this, _share_of(this))

@@ -299,7 +299,7 @@ def finished(sdir: Path, settings: dict) -> dict | None:
 
 def bench(cfg: BenchConfig) -> Path:
     check_bench(cfg)
-    with threads.workload(cfg.threads, cfg.model):  # its trainings and drawings choose for the model within it
+    with threads.workload(cfg.threads):  # its trainings and drawings stay this workload
         return run_bench(cfg)
 
 

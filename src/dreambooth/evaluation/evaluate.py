@@ -168,7 +168,7 @@ def table(result: dict) -> str:
 
 def evaluate(cfg: EvaluateConfig) -> dict:
     check_evaluate(cfg)
-    with threads.workload(cfg.threads, cfg.dino_model):  # real-size scoring models: every core unless --threads says
+    with threads.workload(cfg.threads):
         return score_folders(cfg)
 
 

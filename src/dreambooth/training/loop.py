@@ -111,7 +111,7 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, floa
         with stop_on_ctrl_c(stop_event) as stop, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             while step < cfg.max_steps:
                 in_step = True
-                threads.refresh()  # another workload of this process (the page's scoring) may have started or ended
+                threads.refresh()  # another process, or another workload of this one (the page's scoring), may have started or ended
                 loss = optimizer_step(run, step)
                 step, in_step = step + 1, False
                 bar.update(1)
@@ -241,8 +241,8 @@ def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None) -> P
     Setting `stop_event` (a threading.Event) stops after the current step with a checkpoint saved, and
     raises KeyboardInterrupt, as Ctrl-C does.
 
-    Torch's CPU threads are chosen for the model (threads.py) unless `cfg.threads` says; config.yaml records the count."""
-    with threads.workload(cfg.threads, cfg.model) as count:
+    Torch's CPU threads are the free cores (threads.py) unless `cfg.threads` says; config.yaml records the count."""
+    with threads.workload(cfg.threads) as count:
         return train_with(dataclasses.replace(cfg, threads=count), on_event, stop_event)
 
 

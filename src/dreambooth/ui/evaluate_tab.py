@@ -181,7 +181,7 @@ def score_world(workspace: Path, run: str, samples_per_prompt, progress=None) ->
         return f"Error: {e}", world_table(run, saved_world(workspace, run))
     photos = Path(str(cfg.get("instance_dir") or ""))
     report(0.0, "loading the world's model and reader")
-    with threads.workload(0, MODEL):  # its share of the cores beside a training the page may be running
+    with threads.workload(0):  # its share of the cores beside a training the page may be running
         reader, info = readers.load(folder() / "reader")
         pipe = load_pipeline(MODEL)
         report(0.1, f"the base model: {n} samples of each prompt")

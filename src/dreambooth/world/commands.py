@@ -14,7 +14,6 @@ from . import (
     DEMO_STEPS,
     MASK_BACKGROUND_WEIGHT,
     MASKED_LOSS,
-    MODEL,
     PRESERVE_UNCONDITIONAL,
     PRIOR_LOSS_WEIGHT,
     PretrainWorldConfig,
@@ -94,7 +93,7 @@ def add_parsers(sub, add_config_flags) -> None:
         "--threads",
         type=int,
         default=0,
-        help="CPU threads for torch (default: 0, chosen for the world's model: one, or OMP_NUM_THREADS when set)",
+        help="CPU threads for torch (default: 0, chosen: OMP_NUM_THREADS when set, else the cores other processes leave free)",
     )
     demo.add_argument(
         "--keep-best",
@@ -124,7 +123,7 @@ def run(args: argparse.Namespace, config_of) -> None:
             raise UsageError(f"--threads {args.threads}: {threads.RULE}")
         if args.subjects and (len(set(args.subjects)) < 2 or len(set(args.subjects)) != len(args.subjects)):
             raise UsageError("--subjects: name at least two different classes, e.g. --subjects dog cat")
-        with threads.workload(args.threads, MODEL):
+        with threads.workload(args.threads):
             run_demo_command(args)
 
 
