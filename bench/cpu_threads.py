@@ -70,8 +70,7 @@ def world_job(args, work: Path, threads: int | None) -> list[str]:
 def sd15_job(args, work: Path, threads: int | None) -> list[str]:
     cmd = [sys.executable, str(HERE / "gpu_step.py"), "--device", "cpu", "--resolution", str(args.sd15_resolution),
            "--warmup", "1", "--steps", str(args.sd15_steps), "--json", str(work / "step.json")]  # fmt: skip
-    # gpu_step.py builds the run itself, without `train`'s choice: the tool's choice for a real-size model is every
-    # core, which is torch's own default, so "tool default" passes nothing
+    # gpu_step.py times the tool's own step inside the tool's thread choice; the rows set OMP_NUM_THREADS for a count
     return cmd
 
 

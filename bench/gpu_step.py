@@ -763,6 +763,7 @@ def measure(args, pipe=None) -> dict:
         dtype_name = "fp32"
     n = args.batch * (2 if args.prior else 1)
 
+    from dreambooth import threads
     from dreambooth.errors import UsageError
     from dreambooth.training.loop import optimizer_step
 
@@ -800,17 +801,22 @@ def measure(args, pipe=None) -> dict:
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        for i in range(args.warmup):
-            optimizer_step(run, i)
-        sync()
-        warmup_s = time.perf_counter() - t0
+        # on a CPU, the threads `train` would use (OMP_NUM_THREADS when set, else the free cores), taken again
+        # between steps as `train`'s loop does
+        with threads.workload(0):
+            t0 = time.perf_counter()
+            for i in range(args.warmup):
+                threads.refresh()
+                optimizer_step(run, i)
+            sync()
+            warmup_s = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        for i in range(args.warmup, args.warmup + args.steps):
-            loss = optimizer_step(run, i)
-        sync()
-        timed_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for i in range(args.warmup, args.warmup + args.steps):
+                threads.refresh()
+                loss = optimizer_step(run, i)
+            sync()
+            timed_s = time.perf_counter() - t0
         loss_value = float(loss.detach())  # read once: reading it every step would wait for the device each time
         cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 

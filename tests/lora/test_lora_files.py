@@ -215,7 +215,10 @@ def merged_by_tensors(path) -> dict[str, torch.Tensor]:
         if isinstance(module, torch.nn.Linear)
     }
     for key, down in state.items():
-        if m := re.fullmatch(r"(unet|text_encoder)\.(.+)\.(?:lora|lora_linear_layer)\.down\.weight", key):
+        if m := re.fullmatch(r"(unet)\.(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.down\.weight", key):
+            path = f"{m[2]}.{m[3]}" + (".0" if m[3] == "to_out" else "")
+            module, up, alpha = find_module(pipe.unet, path), state[key.replace(".down.", ".up.")], None
+        elif m := re.fullmatch(r"(unet|text_encoder)\.(.+)\.(?:lora|lora_linear_layer)\.down\.weight", key):
             module, up, alpha = find_module(getattr(pipe, m[1]), m[2]), state[key.replace(".down.", ".up.")], None
         elif m := re.fullmatch(r"(lora_\w+)\.lora_down\.weight", key):
             module, up, alpha = kohya_names[m[1]], state[f"{m[1]}.lora_up.weight"], state.get(f"{m[1]}.alpha")
@@ -255,6 +258,56 @@ def test_text_encoder_modules_are_written_as_released_checkpoints_spell_them(bui
         assert all(
             k.startswith(f"{k.split('.')[0]}.text_model.encoder.layers.") for k in f.keys() if k.startswith("text_encoder")
         )
+
+
+# What ComfyUI maps for SD 1.x / SDXL, as its comfy/lora.py (model_lora_keys_unet, model_lora_keys_clip) and
+# comfy/weight_adapter/lora.py read them (at commit a125cd84b054a57729b5eecab930ca9408719832; the check that found the
+# UNet unread ran v0.19.3, commit 3086026401180c9216bcb6ace442a4e3587d2c66): a UNet module by its diffusers name, with
+# `.to_` spelled `.processor.to_` and `to_out.0` as `to_out`, with or without `unet.`; a CLIP layer as
+# `text_encoder[_2].text_model.encoder.layers.N.<self_attn.q_proj, ...>`; then one of these endings.
+COMFYUI_ENDINGS = tuple(
+    f"{sep}{part}.weight" for sep in (".lora_", "_lora.", ".lora.", ".lora_linear_layer.") for part in ("up", "down")
+) + (".lora_A.weight", ".lora_B.weight")
+COMFYUI_CLIP_LAYERS = ("mlp.fc1", "mlp.fc2", "self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj", "self_attn.out_proj")
+
+
+def comfyui_module_names(pipe) -> set[str]:
+    names = set()
+    for path, module in pipe.unet.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            spelled = path.replace(".to_", ".processor.to_")
+            spelled = spelled.removesuffix(".0") if spelled.endswith(".to_out.0") else spelled
+            names |= {spelled, f"unet.{spelled}"}
+    for encoder in ("text_encoder", "text_encoder_2"):
+        if getattr(pipe, encoder, None) is not None:
+            layers = getattr(pipe, encoder).config.num_hidden_layers
+            names |= {f"{encoder}.text_model.encoder.layers.{b}.{c}" for b in range(layers) for c in COMFYUI_CLIP_LAYERS}
+    return names
+
+
+@pytest.mark.parametrize("build", ["sd", "sdxl"])
+def test_every_key_of_the_native_file_has_a_form_comfyui_maps(build, tmp_path):
+    """The native file's UNet keys were `unet.<module>.to_q.lora.down.weight`, a spelling ComfyUI maps for no SD 1.x /
+    SDXL UNet module (0 of 128 loaded in SD 1.5): attention projections are written in the attention-processor spelling
+    both ComfyUI and diffusers read, every adapted module appears, and diffusers still draws what the tool draws
+    (`test_plain_diffusers_loads_the_folder_and_its_output_changes`, and the older-stack check in CI)."""
+    from safetensors import safe_open
+
+    from dreambooth.families.sd import build_tiny as build_tiny_sd
+    from dreambooth.families.sdxl import build_tiny as build_tiny_sdxl
+    from dreambooth.lora.files import save_lora
+
+    build_tiny = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl}[build]
+    pipe, parts = adapted(build_tiny, 4, 4.0)
+    names = comfyui_module_names(build_tiny())  # the base's own modules, as ComfyUI's model has them
+    with safe_open(str(save_lora(tmp_path, type(pipe), parts)), framework="pt") as f:
+        keys = list(f.keys())
+    unread = [k for k in keys if not any(k.endswith(e) and k.removesuffix(e) in names for e in COMFYUI_ENDINGS)]
+    assert not unread, unread[:5]
+    modules = {next(k.removesuffix(e) for e in COMFYUI_ENDINGS if k.endswith(e)) for k in keys}
+    adapted_count = sum(1 for model in parts.values() for _, m in model.named_modules() if hasattr(m, "lora_A"))
+    assert len(modules) == adapted_count and len(keys) == 2 * adapted_count
+    assert any(".processor.to_out_lora." in k for k in keys)
 
 
 @pytest.mark.slow

@@ -91,6 +91,52 @@ def test_each_adapter_trains_saves_exports_and_draws_the_same_from_both_files(ad
     assert np.abs(np.asarray(again, dtype=np.int16) - drawn).max() <= 1
 
 
+def lycoris_update(factors: dict[str, torch.Tensor], alpha: float) -> torch.Tensor:
+    """A module's update as the format's author defines it (LyCORIS' LokrModule / LohaModule, which ComfyUI and
+    A1111 / Forge follow): alpha / dim times the factors' product, dim the inner size of the rank-decomposed factor
+    (`lokr_w2_b`, else `lokr_w1_b`; `hada_w1_b`), and a LoKr of two full factors at scale 1 whatever its alpha.
+    Written from that definition, not from this tool's reader, so that writer and reader cannot agree on a wrong
+    scale unnoticed."""
+    f = {k: v.double() for k, v in factors.items()}
+    if "hada_w1_a" in f:
+        return alpha / f["hada_w1_b"].shape[0] * (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"])
+    w1 = f["lokr_w1"] if "lokr_w1" in f else f["lokr_w1_a"] @ f["lokr_w1_b"]
+    w2 = f["lokr_w2"] if "lokr_w2" in f else f["lokr_w2_a"] @ f["lokr_w2_b"]
+    dim = next((f[p].shape[0] for p in ("lokr_w2_b", "lokr_w1_b") if p in f), None)
+    return (alpha / dim if dim else 1.0) * torch.kron(w1, w2)
+
+
+@pytest.mark.parametrize("adapter, rank, factor", [("lokr", 4, -1), ("lokr", 2, 4), ("loha", 4, -1)])
+def test_each_module_of_the_lycoris_file_applies_peft_s_update_by_the_format_s_definition(adapter, rank, factor, tmp_path):
+    from dreambooth.families import family_of
+    from dreambooth.lora.adapter import add_lora
+    from dreambooth.lora.export import export_with
+    from dreambooth.lora.files import save_lora
+    from dreambooth.lora.kohya import kohya_names_of
+
+    pipe = build_tiny_pipeline()
+    add_lora(pipe.unet, rank, 8.0, 0.0, ["to_q", "to_k", "to_v", "to_out.0"], kind=adapter, lokr_factor=factor)
+    torch.manual_seed(1)
+    for p in pipe.unet.parameters():
+        if p.requires_grad:  # every factor non-zero, as after training (peft starts one at zero)
+            p.data.normal_()
+    save_lora(tmp_path, type(pipe), {"unet": pipe.unet})
+    kohya = load_file(
+        str(export_with(build_tiny_pipeline(), tmp_path / "pytorch_lora_weights.safetensors", "kohya", model="tiny"))
+    )
+    layers = kohya_names_of(family_of(pipe), pipe)
+    kinds = set()
+    for name in {k.partition(".")[0] for k in kohya}:
+        factors = {k.partition(".")[2]: v for k, v in kohya.items() if k.startswith(f"{name}.") and not k.endswith(".alpha")}
+        trained = pipe.unet.get_submodule(layers[name][1]).get_delta_weight("default").double()
+        got = lycoris_update(factors, float(kohya[f"{name}.alpha"])).reshape(trained.shape)
+        assert torch.allclose(got, trained, rtol=1e-5, atol=1e-6 * float(trained.abs().max())), name
+        kinds.add("hada" if "hada_w1_a" in factors else "full" if {"lokr_w1", "lokr_w2"} <= set(factors) else "decomposed")
+    # alpha 8 != rank, so each scale rule is exercised: tiny's LoKr factors are both full at rank 4 (alpha / rank
+    # folded into lokr_w1), its second factor decomposed at rank 2 and factor 4 (alpha / rank applied by readers)
+    assert kinds == ({"hada"} if adapter == "loha" else {"full"} if rank == 4 else {"decomposed"})
+
+
 def test_flux_kohya_export_of_a_lokr_is_refused_in_one_line_before_training(photos, tmp_path, capsys):
     from dreambooth.cli import main
 

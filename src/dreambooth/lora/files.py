@@ -3,7 +3,8 @@ model before loading.
 
 The native file (`pytorch_lora_weights.safetensors`) is written so that every reader applies it the same way: text-encoder
 modules are named as released checkpoints name them (CLIP's `text_model.…`, which transformers 5 no longer has and
-older diffusers stacks need), and each module's alpha/rank is multiplied into its up weight, since diffusers' layout has
+older diffusers stacks need), a UNet's attention projections in the older attention-processor spelling (the one both
+ComfyUI and diffusers read: `keys.attention_processor_spelling`), and each module's alpha/rank is multiplied into its up weight, since diffusers' layout has
 no tensor for alpha (a header entry alone is read by recent diffusers only). Reading accepts either spelling and
 either kind of file."""
 
@@ -19,7 +20,7 @@ from .. import atomic
 from ..errors import UsageError
 from ..fields import saved_settings
 from .adapter import ADAPTER, find_module, module_path
-from .keys import key_parts, parse_key, stored_alphas
+from .keys import MAGNITUDE, attention_processor_spelling, key_parts, parse_key, stored_alphas
 from .lycoris import is_lycoris, kind_of_model, saved_config, split_part
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -114,7 +115,10 @@ def save_lora(
             {name: float(config["lora_alpha"])},
             lambda component, module: released_path(adapted.get(component), module),
         )
-        kwargs[f"{name}_lora_layers"] = {k.removeprefix(f"{name}."): v for k, v in layers.items()}
+        layers = {k.removeprefix(f"{name}."): v for k, v in layers.items()}
+        if name == "unet" and not any(MAGNITUDE in k for k in layers):  # DoRA keeps peft's spelling: ComfyUI reads
+            layers = {attention_processor_spelling(k): v for k, v in layers.items()}  # no magnitude vectors anyway
+        kwargs[f"{name}_lora_layers"] = layers
         kwargs[f"{name}_lora_adapter_metadata"] = scale_in_weights_metadata(config, adapted_modules(model))
     try:
         pipeline_cls.save_lora_weights(tmp, safe_serialization=True, **kwargs)

@@ -25,6 +25,21 @@ PROCESSOR_KEYS = {
 }
 
 
+def attention_processor_spelling(key: str) -> str:
+    """A UNet key in diffusers' layout, with an attention projection spelled in the older attention-processor layout
+    ('<block>.attn1.to_q.lora.down.weight' -> '<block>.attn1.processor.to_q_lora.down.weight', to_out.0 -> to_out):
+    the one spelling of these modules that both ComfyUI (its key map for SD 1.x / SDXL UNets names attention
+    projections only so) and diffusers (current and older, whose converter reads it) load. Other keys as they are."""
+    for processor, module in PROCESSOR_KEYS.items():
+        if not processor.startswith(".processor."):
+            continue
+        for ending in (".down.weight", ".up.weight"):
+            plain = f"{module}{ending.removeprefix('.')}"  # '.to_q.lora.down.weight'
+            if key.endswith(plain):
+                return key.removesuffix(plain) + f"{processor}{ending.removeprefix('.')}"
+    return key
+
+
 # DoRA's learned magnitude of each adapted layer's weight, one value per output feature. peft writes it without
 # `.weight`; files are written with it: diffusers then loads it into the denoiser and (through transformers 5) into
 # the text encoders too, which drop the shorter spelling as an unexpected key.
