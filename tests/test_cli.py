@@ -233,3 +233,50 @@ def test_demo_flags_reach_the_demo(monkeypatch, capsys):
     assert seen["kw"]["class_caption_dropout"] == 0.2 and seen["kw"]["masked_loss"] is True
     assert run(["demo", "--subjects", "dog", "cat", "--max-steps", "7"], capsys)[0] == 0
     assert seen["several"] == ("demo-run", ["dog", "cat"], 7, 32, 0)
+
+
+PROBE = (
+    "import sys\n"
+    "from dreambooth.cli import main\n"
+    "rc = main()\n"  # the process's own command line, as the `dreambooth` program runs
+    "print('probe: bitsandbytes imported' if sys.modules.get('bitsandbytes') is not None else 'probe: no bitsandbytes')\n"
+    "sys.exit(rc)\n"
+)
+
+
+def run_in_a_new_process(*argv: str) -> tuple[list[str], list[str]]:
+    """stdout lines and stderr pieces (progress bars redraw with carriage returns) of one command line."""
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pieces = [p.strip() for line in done.stderr.splitlines() for p in line.split("\r") if p.strip()]
+    return done.stdout.splitlines(), pieces
+
+
+@pytest.mark.slow
+def test_train_and_generate_print_only_their_own_lines_and_leave_bitsandbytes_alone(tmp_path):
+    """A first run used to open with bitsandbytes' "Failed to load CPU gemm_4bit_forward ..." and transformers'
+    notices: now every line is the tool's, and bitsandbytes is imported only by a run that asks for it."""
+    from conftest import SAMPLE
+
+    train = ["train", "--instance-dir", str(SAMPLE), "--instance-prompt", "a photo of sks dog", "--max-steps", "2",
+             "--num-samples", "1"]  # fmt: skip
+    out, err = run_in_a_new_process(*train, "--output-dir", str(tmp_path / "run"))
+    assert [line.split(" ")[0] for line in out] == ["tiny:", "kohya", "trained", "probe:"], out
+    assert out[-1] == "probe: no bitsandbytes"
+    assert all(piece.startswith(("training:", "samples:")) for piece in err), err
+
+    out, err = run_in_a_new_process("generate", "--lora", str(tmp_path / "run"), "--prompt", "a photo of sks dog",
+                                    "--num-images", "1", "--steps", "2", "--output-dir", str(tmp_path / "images"))  # fmt: skip
+    assert out == ["1 images -> " + str(tmp_path / "images"), "probe: no bitsandbytes"], out
+    assert all(piece.startswith("generating:") for piece in err), err
+
+    out, _ = run_in_a_new_process(*train, "--optimizer", "adamw8bit", "--output-dir", str(tmp_path / "8bit"))
+    assert out[-1] == "probe: bitsandbytes imported"  # its 8-bit AdamW, which the run asked for
+
+
+def test_a_command_run_inside_a_longer_process_hides_nothing(photos, tmp_path):
+    """main([...]) (tests, scripts, the page run several commands in one process): a later one may need bitsandbytes."""
+    argv = ["train", "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog", "--max-steps", "1",
+            "--num-samples", "0", "--export", "none", "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    assert "bitsandbytes" not in sys.modules or sys.modules["bitsandbytes"] is not None

@@ -13,9 +13,9 @@ settings, as the command line does. The functions import torch only when called.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
+from . import optional_imports
 from .config import BenchConfig, EvaluateConfig, ExportConfig, GenerateConfig, IdentifierConfig, TrainConfig
 from .errors import TrainingError, UsageError
 
@@ -36,10 +36,7 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-# peft imports bitsandbytes whenever it is installed, and bitsandbytes warns at import about optional CPU kernels
-# ("Failed to load CPU gemm_4bit_forward ..."): the first line a user saw of any run, about nothing the run asked for.
-# Its errors still show.
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+optional_imports.quiet()
 
 
 def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:

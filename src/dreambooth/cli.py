@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from . import config as C
 from . import fields as F
+from . import optional_imports
 from .errors import TrainingError, UsageError
 
 
@@ -141,8 +142,9 @@ def run_identifier(cfg: C.IdentifierConfig) -> None:
         print(f"  {word:<6} {token_id}")
 
 
-def run_command(args: argparse.Namespace) -> None:
-    """One command: its config from the flags (and YAML), then its function."""
+def run_command(args: argparse.Namespace, whole_process: bool = False) -> None:
+    """One command: its config from the flags (and YAML), then its function. `whole_process`: the process runs this
+    command alone (the command line itself), so packages it will not use may be hidden from the libraries."""
     import dreambooth as api
 
     commands: dict[str, tuple[type, Callable]] = {
@@ -155,7 +157,10 @@ def run_command(args: argparse.Namespace) -> None:
     }
     if args.command in commands:
         cls, function = commands[args.command]
-        function(config_from_args(cls, args))
+        cfg = config_from_args(cls, args)
+        if whole_process and not optional_imports.needs_bitsandbytes(args.command, cfg):
+            optional_imports.hide(optional_imports.BITSANDBYTES)
+        function(cfg)
     elif args.command == "ui":
         from .ui import serve
 
@@ -167,9 +172,11 @@ def run_command(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: `argv` None reads the process's own (the `dreambooth` program); a list runs it in a process
+    that may do more afterwards (tests, scripts)."""
     try:
         args = build_parser().parse_args(argv)
-        run_command(args)
+        run_command(args, whole_process=argv is None)
     except UsageError as e:
         print(f"dreambooth: error: {e}", file=sys.stderr)
         return 2
