@@ -100,6 +100,139 @@ def test_the_file_is_named_as_comfyui_reads_flux2_loras(klein_lora):
     assert modules == joint | {"single_transformer_blocks.0.attn.to_qkv_mlp_proj", "single_transformer_blocks.0.attn.to_out"}
 
 
+# FLUX.2 [klein] 4B as released (its transformer's config): 5 joint and 20 single blocks, 24 heads of 128, reading three
+# of Qwen3-4B's layers (3 x 2560)
+KLEIN_4B = dict(patch_size=1, in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=3 * 2560, mlp_ratio=3.0, guidance_embeds=False)  # fmt: skip
+# Where ComfyUI puts `transformer.<diffusers module>` of a LoRA for its FLUX.2 model, as read in ComfyUI v0.19.3 (commit
+# 3086026401180c9216bcb6ace442a4e3587d2c66): comfy/lora.py's model_lora_keys_unet maps, for every FLUX model (FLUX.2's
+# is one), the `transformer.` form of each weight comfy/utils.py's flux_to_diffusers names; for FLUX.2's blocks these.
+# A joint block's q, k and v each land on a third of the fused qkv weight, in that order; the rest on a whole weight.
+COMFYUI_JOINT = {
+    **{f"attn.{p}": ("img_attn.qkv", i) for i, p in enumerate(("to_q", "to_k", "to_v"))},
+    **{f"attn.{p}": ("txt_attn.qkv", i) for i, p in enumerate(("add_q_proj", "add_k_proj", "add_v_proj"))},
+    "attn.to_out.0": ("img_attn.proj", None),
+    "attn.to_add_out": ("txt_attn.proj", None),
+    "ff.linear_in": ("img_mlp.0", None),
+    "ff.linear_out": ("img_mlp.2", None),
+    "ff_context.linear_in": ("txt_mlp.0", None),
+    "ff_context.linear_out": ("txt_mlp.2", None),
+}
+COMFYUI_SINGLE = {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2"}
+# outside the blocks (the final modulation with its scale and shift halves swapped, as diffusers' converter swaps them)
+COMFYUI_OUTSIDE = {"x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
+                   "norm_out.linear": "final_layer.adaLN_modulation.1"}  # fmt: skip
+
+
+def comfyui_flux2_weights(width: int, mlp: int, context: int, channels: int) -> dict[str, tuple[int, int]]:
+    """ComfyUI's FLUX.2 weights (out, in), as comfy/ldm/flux at that commit builds them: fused q/k/v; the gated MLP's
+    input, twice the MLP's width; the single blocks' input fused from q/k/v and that MLP input, and their output read
+    from attention and MLP side by side."""
+    return {"img_attn.qkv": (3 * width, width), "txt_attn.qkv": (3 * width, width), "img_attn.proj": (width, width),
+            "txt_attn.proj": (width, width), "img_mlp.0": (2 * mlp, width), "txt_mlp.0": (2 * mlp, width),
+            "img_mlp.2": (width, mlp), "txt_mlp.2": (width, mlp), "linear1": (3 * width + 2 * mlp, width),
+            "linear2": (width, width + mlp), "img_in": (width, channels), "txt_in": (width, context),
+            "final_layer.linear": (channels, width), "final_layer.adaLN_modulation.1": (2 * width, width)}  # fmt: skip
+
+
+def comfyui_place(module: str) -> tuple[str, int | None] | None:
+    """(ComfyUI's weight, which third of it or None for all of it) for a diffusers module of FLUX.2; None: unmapped."""
+    if module in COMFYUI_OUTSIDE:
+        return COMFYUI_OUTSIDE[module], None
+    blocks, _, rest = module.partition(".")
+    layer = rest.partition(".")[2]
+    if blocks == "transformer_blocks":
+        return COMFYUI_JOINT.get(layer)
+    if blocks == "single_transformer_blocks" and layer in COMFYUI_SINGLE:
+        return COMFYUI_SINGLE[layer], None
+    return None
+
+
+def klein_4b_file(tmp_path, preset: str) -> dict[str, tuple[int, int]]:
+    """The shapes of the file the tool writes for a FLUX.2 [klein] 4B-shaped transformer, the base on the meta device:
+    adapters added as training adds them (`--target-modules preset`), their own weights in memory, saved by save_lora."""
+    from diffusers import Flux2Transformer2DModel
+
+    from dreambooth.lora.adapter import add_lora
+    from dreambooth.lora.files import save_lora
+    from dreambooth.training.setup import denoiser_targets
+
+    with torch.device("meta"):
+        transformer = Flux2Transformer2DModel(**KLEIN_4B)
+    add_lora(transformer, 4, 4.0, 0.0, denoiser_targets([preset], FAMILY))
+    for name, p in list(transformer.named_parameters()):
+        if p.requires_grad:  # a meta tensor cannot be given storage in place: the adapter's weights are replaced
+            owner, _, attr = name.rpartition(".")
+            setattr(transformer.get_submodule(owner), attr, torch.nn.Parameter(torch.zeros(p.shape)))
+    path = save_lora(tmp_path / preset, Flux2KleinPipeline, {"transformer": transformer})
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def comfyui_unplaced(shapes: dict[str, tuple[int, int]]) -> tuple[int, set[str]]:
+    """(modules in the file, those ComfyUI maps no form for); every key is checked to be `transformer.<module>` with
+    an ending ComfyUI's loader reads, and every mapped module's update to have the shape of the part of ComfyUI's
+    4B weight it lands on."""
+    weights = comfyui_flux2_weights(width=3072, mlp=3 * 3072, context=3 * 2560, channels=128)
+    pairs: dict[str, dict[str, tuple[int, int]]] = {}
+    for key, shape in shapes.items():
+        ending = next((e for e in COMFYUI_ENDINGS if key.endswith(e)), None)
+        assert key.startswith("transformer.") and ending is not None, key
+        part = "down" if ending in (".lora_A.weight", ".lora.down.weight") else "up"
+        pairs.setdefault(key.removeprefix("transformer.").removesuffix(ending), {})[part] = shape
+    unplaced = set()
+    for module, pair in pairs.items():
+        place = comfyui_place(module)
+        if place is None:
+            unplaced.add(module)
+            continue
+        weight, third = place
+        rows, columns = weights[weight]
+        assert (pair["up"][0], pair["down"][1]) == (rows if third is None else rows // 3, columns), module
+    return len(pairs), unplaced
+
+
+@pytest.mark.parametrize("preset, modules", [("attention", 5 * 8 + 20 * 2), ("attention-mlp", 5 * 12 + 20 * 2)])
+def test_the_klein_file_has_the_forms_comfyui_maps_for_flux2_at_the_4b_shape(tmp_path, preset, modules):
+    """At the released 4B shape, every module of the file (80 by default, 100 with the feed-forward layers) is of a
+    form ComfyUI maps for FLUX.2, and its update has the shape of the part of ComfyUI's weight it lands on: a third of
+    a fused qkv (3072 of 9216 rows), the whole 18432-row gated-MLP input, the whole 27648-row fused input of a single
+    block. ComfyUI's own loader, run once on such files at that commit, loaded every key and placed every update
+    exactly as diffusers' converter of FLUX.2 checkpoints places those weights."""
+    count, unplaced = comfyui_unplaced(klein_4b_file(tmp_path, preset))
+    assert (count, unplaced) == (modules, set())
+
+
+def test_comfyui_maps_every_layer_of_an_all_linear_klein_file_but_the_shared_modulation_and_timestep(tmp_path):
+    """With every linear layer adapted (109 modules at 4B), ComfyUI at that commit maps all but five: its FLUX map
+    names FLUX.1's `time_text_embed` but not FLUX.2's `time_guidance_embed`, nor FLUX.2's three shared modulation
+    layers; its loader warns 'lora key not loaded' for their 10 keys, and the image and text input, the output and
+    the final modulation land where diffusers' converter puts them."""
+    count, unplaced = comfyui_unplaced(klein_4b_file(tmp_path, "all-linear"))
+    assert count == 109 and unplaced == {
+        "time_guidance_embed.timestep_embedder.linear_1", "time_guidance_embed.timestep_embedder.linear_2",
+        "double_stream_modulation_img.linear", "double_stream_modulation_txt.linear", "single_stream_modulation.linear",
+    }  # fmt: skip
+    assert unplaced == set(FAMILY.comfyui_unmapped)  # what the run and its card name (below)
+
+
+def test_the_run_names_the_modules_comfyui_leaves_out_of_an_all_linear_file(tmp_path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from conftest import SAMPLE
+
+    from dreambooth.training.card import comfyui_words
+
+    base = SimpleNamespace(family=FAMILY)
+    cfg = klein_run(SAMPLE, tmp_path / "run")
+    assert comfyui_words(cfg, base) == "ComfyUI loads pytorch_lora_weights.safetensors as it is"
+    words = comfyui_words(dataclasses.replace(cfg, target_modules=["all-linear"]), base)
+    assert "but for 5 modules" in words and all(m in words for m in FAMILY.comfyui_unmapped)
+    assert "--target-modules attention-mlp" in words
+    assert comfyui_words(dataclasses.replace(cfg, target_modules=["attention-mlp"]), base).endswith("as it is")
+
+
 @pytest.mark.slow
 def test_generate_draws_with_the_klein_base(klein_lora, tmp_path):
     paths = generate(GenerateConfig(lora=str(klein_lora), prompt="a photo of sks dog on the beach", num_images=1, steps=2,

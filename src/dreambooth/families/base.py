@@ -92,6 +92,8 @@ class Family:
     # ComfyUI's key map for the family reads the diffusers file's names as they are (`transformer.<module>`): with no
     # kohya layout, that file is the one to load there
     comfyui_reads_diffusers_file: bool = False
+    # modules of the denoiser ComfyUI's key map has no name for (it drops them from the diffusers file)
+    comfyui_unmapped: tuple[str, ...] = ()
 
 
 def checkpoint_has(path: Path, prefix: str) -> bool:

@@ -155,9 +155,18 @@ FAMILY = Family(
     mlp_targets=MLP_TARGETS,
     text_encoder_targets=QWEN3_TARGETS,
     # ComfyUI runs FLUX.2 as a subclass of its FLUX model, whose key map takes `transformer.<diffusers module>` through
-    # comfy.utils.flux_to_diffusers, which names FLUX.2's single blocks' `attn.to_qkv_mlp_proj` and `attn.to_out`
+    # comfy.utils.flux_to_diffusers, which names FLUX.2's single blocks' `attn.to_qkv_mlp_proj` and `attn.to_out`: every
+    # attention and feed-forward module lands whole, or as its third of a fused qkv. Of `all-linear`, ComfyUI (v0.19.3)
+    # drops FLUX.2's shared modulation and timestep layers, for which its map has no diffusers name.
     kohya_prefixes={},
     comfyui_reads_diffusers_file=True,
+    comfyui_unmapped=(  # adapted only by --target-modules all-linear
+        "time_guidance_embed.timestep_embedder.linear_1",
+        "time_guidance_embed.timestep_embedder.linear_2",
+        "double_stream_modulation_img.linear",
+        "double_stream_modulation_txt.linear",
+        "single_stream_modulation.linear",
+    ),
     kohya_module=kohya_module,
     kohya_base_version=kohya_base_version,
     adapters_words=("transformer", "transformer"),

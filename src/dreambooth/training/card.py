@@ -25,6 +25,25 @@ def prior_words(cfg: TrainConfig) -> str:
     return "no"
 
 
+def comfyui_left_out(cfg: TrainConfig, base: Base) -> list[str]:
+    """Adapted modules of the family's denoiser that ComfyUI's key map has no name for (it leaves them out)."""
+    unmapped = base.family.comfyui_unmapped
+    if cfg.target_modules == ["all-linear"]:
+        return list(unmapped)
+    return [m for m in unmapped if any(m == t or m.endswith("." + t) or t in m.split(".") for t in cfg.target_modules)]
+
+
+def comfyui_words(cfg: TrainConfig, base: Base, file: str = WEIGHT_NAME) -> str:
+    """ComfyUI loads the diffusers file as it is; a sentence more when it leaves modules out."""
+    left_out = comfyui_left_out(cfg, base)
+    if not left_out:
+        return f"ComfyUI loads {file} as it is"
+    return (
+        f"ComfyUI loads {file} but for {len(left_out)} modules its key map has no name for "
+        f"({', '.join(left_out)}), which it leaves out: --target-modules attention-mlp trains a file it loads whole"
+    )
+
+
 def files_words(cfg: TrainConfig, base: Base) -> list[str]:
     """Which file of the folder each program loads."""
     lines = [
@@ -45,7 +64,7 @@ def files_words(cfg: TrainConfig, base: Base) -> list[str]:
             "",
         ]
     elif base.family.comfyui_reads_diffusers_file and not has_kohya_layout(base.family):
-        lines += ["", f"ComfyUI loads `{WEIGHT_NAME}` as it is (`models/loras/`, a LoRA loader node).", ""]
+        lines += ["", f"{comfyui_words(cfg, base, f'`{WEIGHT_NAME}`')} (`models/loras/`, a LoRA loader node).", ""]
     elif has_kohya_layout(base.family):
         lines += [
             "",

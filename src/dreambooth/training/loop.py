@@ -24,7 +24,7 @@ from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where
 from ..lora.kohya import LYCORIS_FUSED, has_kohya_layout
 from ..sampling import draw, grid
 from . import checkpoint, progress, validation
-from .card import model_card
+from .card import comfyui_words, model_card
 from .loss import finite_loss
 from .setup import Run, resume, run_settings, set_up, subjects_of
 from .step import step_loss
@@ -196,7 +196,7 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
 
         export_with(run.pipe, run.out / WEIGHT_NAME, cfg.export, model=cfg.model)
     elif base.family.comfyui_reads_diffusers_file and not has_kohya_layout(base.family):
-        print(f"note: ComfyUI loads {WEIGHT_NAME} as it is (it reads diffusers' names for {base.family.title})", flush=True)
+        print(f"note: {comfyui_words(cfg, base)} (it reads diffusers' names for {base.family.title})", flush=True)
     elif not has_kohya_layout(base.family):
         print(
             f"note: no file in the kohya layout (A1111 / Forge, sd-scripts): this tool does not write {base.family.title} LoRAs in it yet",
