@@ -128,7 +128,8 @@ def test_each_module_of_the_lycoris_file_applies_peft_s_update_by_the_format_s_d
     kinds = set()
     for name in {k.partition(".")[0] for k in kohya}:
         factors = {k.partition(".")[2]: v for k, v in kohya.items() if k.startswith(f"{name}.") and not k.endswith(".alpha")}
-        trained = pipe.unet.get_submodule(layers[name][1]).get_delta_weight("default").double()
+        with torch.no_grad():
+            trained = pipe.unet.get_submodule(layers[name][1]).get_delta_weight("default").double()
         got = lycoris_update(factors, float(kohya[f"{name}.alpha"])).reshape(trained.shape)
         assert torch.allclose(got, trained, rtol=1e-5, atol=1e-6 * float(trained.abs().max())), name
         kinds.add("hada" if "hada_w1_a" in factors else "full" if {"lokr_w1", "lokr_w2"} <= set(factors) else "decomposed")
