@@ -216,21 +216,41 @@ def test_comfyui_maps_every_layer_of_an_all_linear_klein_file_but_the_shared_mod
     assert unplaced == set(FAMILY.comfyui_unmapped)  # what the run and its card name (below)
 
 
-def test_the_run_names_the_modules_comfyui_leaves_out_of_an_all_linear_file(tmp_path):
-    import dataclasses
-    from types import SimpleNamespace
+def test_an_all_linear_file_gets_a_copy_with_comfyuis_own_names_for_what_its_map_lacks(tmp_path):
+    """ComfyUI's generic map reads `diffusion_model.<its own weight>`: its loader, run once at the commit above on such
+    a copy of an all-linear 4B file, loaded 109 of 109 modules with no difference. The diffusers file cannot hold those
+    names (a `diffusion_model.` key makes diffusers read the whole file as another layout), so they go in a copy."""
+    from safetensors.torch import load_file
 
+    from dreambooth.lora.files import COMFYUI_NAME, WEIGHT_NAME, write_comfyui_copy
+
+    klein_4b_file(tmp_path, "all-linear")
+    native = tmp_path / "all-linear" / WEIGHT_NAME
+    copy = write_comfyui_copy(native, "transformer", FAMILY.comfyui_unmapped)
+    assert copy == native.parent / COMFYUI_NAME
+    shapes = {k: tuple(v.shape) for k, v in load_file(str(copy)).items()}
+    ours = {k: v for k, v in shapes.items() if k.startswith("transformer.")}
+    assert comfyui_unplaced(ours) == (104, set())
+    renamed = {k.removeprefix("diffusion_model.").rsplit(".lora", 1)[0] for k in shapes if k.startswith("diffusion_model.")}
+    assert renamed == set(FAMILY.comfyui_unmapped.values()) and len(shapes) == 2 * 109
+    klein_4b_file(tmp_path, "attention-mlp")  # nothing to rename: no copy
+    assert write_comfyui_copy(tmp_path / "attention-mlp" / WEIGHT_NAME, "transformer", FAMILY.comfyui_unmapped) is None
+
+
+def test_an_all_linear_klein_run_writes_the_copy_and_says_which_file_comfyui_loads(tmp_path, capsys):
     from conftest import SAMPLE
 
-    from dreambooth.training.card import comfyui_words
+    from dreambooth.lora.files import COMFYUI_NAME
 
-    base = SimpleNamespace(family=FAMILY)
-    cfg = klein_run(SAMPLE, tmp_path / "run")
-    assert comfyui_words(cfg, base) == "ComfyUI loads pytorch_lora_weights.safetensors as it is"
-    words = comfyui_words(dataclasses.replace(cfg, target_modules=["all-linear"]), base)
-    assert "but for 5 modules" in words and all(m in words for m in FAMILY.comfyui_unmapped)
-    assert "--target-modules attention-mlp" in words
-    assert comfyui_words(dataclasses.replace(cfg, target_modules=["attention-mlp"]), base).endswith("as it is")
+    out = train_mod.train(klein_run(SAMPLE, tmp_path / "run", target_modules=["all-linear"], with_prior_preservation=False,
+                                    max_steps=1))  # fmt: skip
+    assert (out / COMFYUI_NAME).is_file()
+    said = capsys.readouterr().out
+    assert f"ComfyUI loads {COMFYUI_NAME} whole" in said and all(m in said for m in FAMILY.comfyui_unmapped)
+    assert f"ComfyUI loads `{COMFYUI_NAME}` whole" in (out / "README.md").read_text()
+    default = train_mod.train(klein_run(SAMPLE, tmp_path / "default", with_prior_preservation=False, max_steps=1))
+    assert not (default / COMFYUI_NAME).exists()
+    assert "ComfyUI loads pytorch_lora_weights.safetensors as it is" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,9 @@ class Family:
     # ComfyUI's key map for the family reads the diffusers file's names as they are (`transformer.<module>`): with no
     # kohya layout, that file is the one to load there
     comfyui_reads_diffusers_file: bool = False
-    # modules of the denoiser ComfyUI's key map has no name for (it drops them from the diffusers file)
-    comfyui_unmapped: tuple[str, ...] = ()
+    # modules of the denoiser ComfyUI's key map has no diffusers name for (it drops them from the diffusers file), with
+    # the name of the same weight in ComfyUI's own model, under which it loads them
+    comfyui_unmapped: dict[str, str] = field(default_factory=dict)
 
 
 def checkpoint_has(path: Path, prefix: str) -> bool:

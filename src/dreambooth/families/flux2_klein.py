@@ -160,13 +160,13 @@ FAMILY = Family(
     # drops FLUX.2's shared modulation and timestep layers, for which its map has no diffusers name.
     kohya_prefixes={},
     comfyui_reads_diffusers_file=True,
-    comfyui_unmapped=(  # adapted only by --target-modules all-linear
-        "time_guidance_embed.timestep_embedder.linear_1",
-        "time_guidance_embed.timestep_embedder.linear_2",
-        "double_stream_modulation_img.linear",
-        "double_stream_modulation_txt.linear",
-        "single_stream_modulation.linear",
-    ),
+    comfyui_unmapped={  # adapted only by --target-modules all-linear
+        "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+        "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
+        "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
+        "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
+        "single_stream_modulation.linear": "single_stream_modulation.lin",
+    },
     kohya_module=kohya_module,
     kohya_base_version=kohya_base_version,
     adapters_words=("transformer", "transformer"),

@@ -25,6 +25,7 @@ from .lycoris import is_lycoris, kind_of_model, saved_config, split_part
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_NAME = "lora_kohya.safetensors"  # the same LoRA in kohya's layout (`--export kohya`)
+COMFYUI_NAME = "lora_comfyui.safetensors"  # the diffusers file with the modules ComfyUI has no diffusers name for
 # Which file each program loads, in the words the last line of `train`, the model card and the page use.
 PROGRAMS = {WEIGHT_NAME: "diffusers", KOHYA_NAME: "ComfyUI, A1111 / Forge and sd-scripts"}
 
@@ -141,6 +142,30 @@ def add_header_metadata(path: Path, extra: dict[str, str]) -> None:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     save_file(tensors, str(path), metadata={**meta, **extra})
+
+
+def write_comfyui_copy(native: Path, component: str, renames: dict[str, str]) -> Path | None:
+    """Beside the diffusers file, the same LoRA for ComfyUI when it has adapted modules that ComfyUI's key map has no
+    diffusers name for: those modules under ComfyUI's own weight names (`diffusion_model.<name>`, which its generic
+    map reads), the rest as they are. None when there is nothing to rename. The diffusers file cannot hold both
+    spellings: a `diffusion_model.` key makes diffusers read the whole file as another layout."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    with safe_open(str(native), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    renamed, out = 0, {}
+    for key, tensor in tensors.items():
+        parts = key_parts(key)
+        if parts and parts[0] == component and parts[1] in renames:
+            key, renamed = f"diffusion_model.{renames[parts[1]]}{parts[2]}", renamed + 1
+        out[key] = tensor
+    if not renamed:
+        return None
+    final = native.parent / COMFYUI_NAME
+    atomic.write_bytes(final, save(out, metadata=meta))
+    return final
 
 
 OLD_WEIGHT_NAMES = ("lora_weight.safetensors", "lora_weight.pt")  # cloneofsimo/lora's training script

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import LOWER_IS_BETTER, PriorMode, TrainConfig
-from ..lora.files import KOHYA_NAME, WEIGHT_NAME
+from ..lora.files import COMFYUI_NAME, KOHYA_NAME, WEIGHT_NAME
 from ..lora.kohya import has_kohya_layout
 from ..models import Base
 from .subjects import read_subjects
@@ -26,21 +26,23 @@ def prior_words(cfg: TrainConfig) -> str:
 
 
 def comfyui_left_out(cfg: TrainConfig, base: Base) -> list[str]:
-    """Adapted modules of the family's denoiser that ComfyUI's key map has no name for (it leaves them out)."""
-    unmapped = base.family.comfyui_unmapped
+    """Adapted modules of the family's denoiser that ComfyUI's key map has no diffusers name for."""
+    unmapped = list(base.family.comfyui_unmapped)
     if cfg.target_modules == ["all-linear"]:
-        return list(unmapped)
+        return unmapped
     return [m for m in unmapped if any(m == t or m.endswith("." + t) or t in m.split(".") for t in cfg.target_modules)]
 
 
-def comfyui_words(cfg: TrainConfig, base: Base, file: str = WEIGHT_NAME) -> str:
-    """ComfyUI loads the diffusers file as it is; a sentence more when it leaves modules out."""
+def comfyui_words(cfg: TrainConfig, base: Base, quote: str = "") -> str:
+    """Which file ComfyUI loads whole: the diffusers file, or its copy with ComfyUI's own names for the modules its
+    key map has no diffusers name for (`write_comfyui_copy`)."""
     left_out = comfyui_left_out(cfg, base)
     if not left_out:
-        return f"ComfyUI loads {file} as it is"
+        return f"ComfyUI loads {quote}{WEIGHT_NAME}{quote} as it is"
     return (
-        f"ComfyUI loads {file} but for {len(left_out)} modules its key map has no name for "
-        f"({', '.join(left_out)}), which it leaves out: --target-modules attention-mlp trains a file it loads whole"
+        f"ComfyUI loads {quote}{COMFYUI_NAME}{quote} whole: the same LoRA, with the {len(left_out)} modules its key map "
+        f"has no diffusers name for ({', '.join(left_out)}) under its own names; from {quote}{WEIGHT_NAME}{quote} "
+        f"it would leave them out"
     )
 
 
@@ -64,7 +66,7 @@ def files_words(cfg: TrainConfig, base: Base) -> list[str]:
             "",
         ]
     elif base.family.comfyui_reads_diffusers_file and not has_kohya_layout(base.family):
-        lines += ["", f"{comfyui_words(cfg, base, f'`{WEIGHT_NAME}`')} (`models/loras/`, a LoRA loader node).", ""]
+        lines += ["", f"{comfyui_words(cfg, base, '`')} (`models/loras/`, a LoRA loader node).", ""]
     elif has_kohya_layout(base.family):
         lines += [
             "",

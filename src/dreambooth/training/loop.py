@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 from .. import atomic, threads
 from ..config import TrainConfig
 from ..errors import TrainingError
-from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where
+from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where, write_comfyui_copy
 from ..lora.kohya import LYCORIS_FUSED, has_kohya_layout
 from ..sampling import draw, grid
 from . import checkpoint, progress, validation
-from .card import comfyui_words, model_card
+from .card import comfyui_left_out, comfyui_words, model_card
 from .loss import finite_loss
 from .setup import Run, resume, run_settings, set_up, subjects_of
 from .step import step_loss
@@ -196,6 +196,9 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
 
         export_with(run.pipe, run.out / WEIGHT_NAME, cfg.export, model=cfg.model)
     elif base.family.comfyui_reads_diffusers_file and not has_kohya_layout(base.family):
+        renames = {m: base.family.comfyui_unmapped[m] for m in comfyui_left_out(cfg, base)}
+        if renames:
+            write_comfyui_copy(run.out / WEIGHT_NAME, base.family.denoiser, renames)
         print(f"note: {comfyui_words(cfg, base)} (it reads diffusers' names for {base.family.title})", flush=True)
     elif not has_kohya_layout(base.family):
         print(
