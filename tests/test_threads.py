@@ -228,6 +228,7 @@ def test_other_processes_load_is_their_cpu_time_over_the_last_second(monkeypatch
     assert threads.machine_busy_seconds({0}) > 0  # this machine's /proc/stat, read
 
 
+@pytest.mark.slow  # seconds of real time: the full suite keeps it, the fast lane does not
 def test_a_busy_process_beside_a_chosen_workload_is_seen_and_the_reading_stops_after(monkeypatch):
     monkeypatch.undo()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

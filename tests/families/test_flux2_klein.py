@@ -237,6 +237,7 @@ def test_an_all_linear_file_gets_a_copy_with_comfyuis_own_names_for_what_its_map
     assert write_comfyui_copy(tmp_path / "attention-mlp" / WEIGHT_NAME, "transformer", FAMILY.comfyui_unmapped) is None
 
 
+@pytest.mark.slow
 def test_an_all_linear_klein_run_writes_the_copy_and_says_which_file_comfyui_loads(tmp_path, capsys):
     from conftest import SAMPLE
 
