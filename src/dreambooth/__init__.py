@@ -41,9 +41,10 @@ optional_imports.quiet()
 
 def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
     """Train a LoRA; return its output folder (see dreambooth.training.loop.train)."""
+    from .evaluation.validation_scores import validation_scorer
     from .training.loop import train as run
 
-    return run(cfg, on_event, stop_event)
+    return run(cfg, on_event, stop_event, validation_scorer(cfg))
 
 
 def generate(cfg: GenerateConfig) -> list[Path]:

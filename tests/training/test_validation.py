@@ -169,8 +169,10 @@ def test_bucketed_flux_run_with_photos_of_two_shapes_trains_and_validates(photos
 def fake_run(cfg, out, photos=()):
     from types import SimpleNamespace
 
+    from dreambooth.evaluation.validation_scores import validation_scorer
+
     examples = SimpleNamespace(sets={"instance": list(photos)})
-    return SimpleNamespace(cfg=cfg, out=out, validation={}, examples=examples)
+    return SimpleNamespace(cfg=cfg, out=out, validation={"score": validation_scorer(cfg)}, examples=examples)
 
 
 def test_the_worlds_reader_scores_the_samples_of_each_prompt(tmp_path):

@@ -168,8 +168,9 @@ def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, 
         if done:
             return lora_dir
     from ..training.loop import train
+    from .validation_scores import validation_scorer
 
-    return train(dataclasses.replace(wanted, resume=started))
+    return train(dataclasses.replace(wanted, resume=started), score=validation_scorer(wanted))
 
 
 def image_files(folder: Path, n: int) -> list[Path]:

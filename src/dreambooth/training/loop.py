@@ -235,7 +235,7 @@ def release(run: Run) -> None:
         torch.cuda.empty_cache()
 
 
-def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None) -> Path:
+def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None, score=None) -> Path:
     """Train; return the output folder.
 
     `on_event(dict)` hears progress (for a UI): {"kind": "step", "step", "max_steps", "loss", "seconds"} after
@@ -244,13 +244,17 @@ def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None) -> P
     Setting `stop_event` (a threading.Event) stops after the current step with a checkpoint saved, and
     raises KeyboardInterrupt, as Ctrl-C does.
 
+    `score` scores the samples of --validation-prompts (evaluation.validation_scores.validation_scorer builds the
+    tool's own; dreambooth.train hands it in).
+
     Torch's CPU threads are the free cores (threads.py) unless `cfg.threads` says; config.yaml records the count."""
     with threads.workload(cfg.threads) as count:
-        return train_with(dataclasses.replace(cfg, threads=count), on_event, stop_event)
+        return train_with(dataclasses.replace(cfg, threads=count), on_event, stop_event, score)
 
 
-def train_with(cfg: TrainConfig, on_event: Event | None, stop_event) -> Path:
+def train_with(cfg: TrainConfig, on_event: Event | None, stop_event, score=None) -> Path:
     run = set_up(cfg)
+    run.validation["score"] = score
     try:
         first = resume(run)
         if run.main and first == 0:

@@ -28,9 +28,7 @@ from ..families import text_encoders
 from ..sampling import draw, eval_mode, grid
 from .batches import device_generator
 from .checkpoint import trainable
-from .identifier import guess_identifier
 from .loss import weighted_mse
-from .photos import slug
 
 FOLDER = "validation"
 BEST = "best.safetensors"
@@ -146,48 +144,13 @@ def draw_prompts(run, step: int) -> dict[str, list]:
 
 
 def score_checkpoint(run, images: dict[str, list], step: int) -> dict[str, float]:
-    """Scores of the samples of each validation prompt: the world's reader on the world model; DINO against the photos
-    with --dino-model; CLIP-I and CLIP-T with --clip-model."""
-    cfg = run.cfg
-    identifier = guess_identifier(cfg.instance_prompt, cfg.class_prompt) or ""
-    out: dict[str, float] = {}
-    if cfg.model == "world":
-        from ..world import folder, readers
-        from ..world.render import CLASSES
-        from ..world.scores import score_prompts
-
-        if "reader" not in run.validation:
-            run.validation["reader"] = readers.load(folder() / "reader")[0]
-        cls = next((w for w in reversed(cfg.instance_prompt.lower().split()) if w in CLASSES), "")
-        out.update(score_prompts(run.validation["reader"], images, cls, identifier))
-    if cfg.dino_model or cfg.clip_model:
-        out.update(embedding_scores(run, images, step, identifier))
-    return out
-
-
-def embedding_scores(run, images: dict[str, list], step: int, identifier: str) -> dict[str, float]:
-    """DINO / CLIP-I / CLIP-T of the samples, by `dreambooth evaluate`'s own scorer (samples written under
-    validation/samples-step-NNNNNN/, one folder a prompt)."""
-    from ..config import EvaluateConfig
-    from ..evaluation.evaluate import Evaluator
-
-    cfg = run.cfg
+    """Scores of the samples of each validation prompt, by the scorer the caller of `train` handed in
+    (evaluation.validation_scores builds the tool's own)."""
+    score = run.validation.get("score")
+    if score is None:
+        raise UsageError("--validation-prompts: this training was given no scorer; start it with dreambooth.train")
     folder = run.out / FOLDER / f"samples-step-{step:06d}"
-    prompts, generated = {}, []
-    for prompt, imgs in images.items():
-        for i, image in enumerate(imgs):
-            path = folder / slug(prompt) / f"{i:03d}.png"
-            atomic.save_image(image, path)
-            prompts[path] = prompt
-            generated.append(path)
-    metrics = (["dino"] if cfg.dino_model else []) + (["clip-i", "clip-t"] if cfg.clip_model else [])
-    if "evaluator" not in run.validation:
-        evaluate_cfg = EvaluateConfig(metrics=metrics, dino_model=cfg.dino_model or "-", clip_model=cfg.clip_model or "-")
-        run.validation["evaluator"] = Evaluator(evaluate_cfg)
-        run.validation["evaluator"].load()
-    real = [p.path for p in run.examples.sets["instance"]]
-    means = run.validation["evaluator"].score(real, generated, folder, prompts, identifier)["means"]
-    return {k: round(float(v), 4) for k, v in means.items() if k in ("dino", "clip_i", "clip_t") and v is not None}
+    return score(images, folder, [p.path for p in run.examples.sets["instance"]])
 
 
 # ---------------------------------------------------------------- keeping the best

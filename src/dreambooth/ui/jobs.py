@@ -46,9 +46,10 @@ class Job:
 
 
 def default_train(cfg, on_event, stop_event):
+    from ..evaluation.validation_scores import validation_scorer
     from ..training.loop import train  # imported here: the page opens without loading torch
 
-    return train(cfg, on_event, stop_event)
+    return train(cfg, on_event, stop_event, validation_scorer(cfg))
 
 
 INTERRUPTED = "interrupted when the server stopped; Resume continues it from its newest checkpoint"

@@ -140,6 +140,7 @@ def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: 
     """`contexts`: the contexts to ask for the subject in (default: all but plain). `settings`: what to train with,
     as `demo_settings` takes them (masks, class prompts in contexts, class images, class caption dropout, validation,
     keep-best...; each defaults to the demo's)."""
+    from ..evaluation.validation_scores import validation_scorer
     from ..lora.files import load_lora
     from ..models import load_pipeline
     from ..training.loop import train
@@ -156,7 +157,7 @@ def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: 
     before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
     cfg = demo_settings(cls, out, max_steps, contexts=contexts, **settings)
     # the demo owns its folder: a run there before is set aside, not continued
-    lora_dir = train(dataclasses.replace(cfg, overwrite=True))
+    lora_dir = train(dataclasses.replace(cfg, overwrite=True), score=validation_scorer(cfg))
     load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
     print(f"scoring the fine-tuned model ({n} samples per prompt)", flush=True)
     after, after_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)

@@ -38,6 +38,7 @@ def subject_scores(readings: dict[str, list[dict]], classes: list[str]) -> dict[
 def run_several(output_dir: str, classes: list[str], max_steps: int = DEMO_STEPS, n: int = 32, threads: int = 0) -> dict:
     """Render each class's subject, train one LoRA on all of them (identifiers from IDENTIFIERS, prior preservation
     per class), draw `n` samples of each subject's prompt and of each class prompt, and score them."""
+    from ..evaluation.validation_scores import validation_scorer
     from ..lora.files import load_lora
     from ..models import load_pipeline
     from ..training.loop import train
@@ -55,7 +56,7 @@ def run_several(output_dir: str, classes: list[str], max_steps: int = DEMO_STEPS
     # the demo's settings (the world model's recommended ones), the subjects file in place of one subject's flags
     cfg = settings(TrainConfig, model=MODEL, subjects=str(out / "subjects.yaml"), output_dir=str(out / "lora"),
                    with_prior_preservation=True, max_steps=max_steps, num_samples=0, seed=0, overwrite=True, threads=threads)  # fmt: skip
-    lora_dir = train(cfg)
+    lora_dir = train(cfg, score=validation_scorer(cfg))
     pipe = load_pipeline(MODEL)
     load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
     reader, _ = readers.load(folder() / "reader")
