@@ -21,14 +21,12 @@ def quiet() -> None:
     logging.getLogger(BITSANDBYTES).setLevel(logging.ERROR)
 
 
-def hide(name: str) -> bool:
+def hide(name: str) -> None:
     """Hide `name` from every later import in this process (None in sys.modules: `import` raises ImportError and
-    importlib.util.find_spec answers None, the libraries' own test of whether it is installed); False if it is
-    already imported (then nothing changes)."""
-    if sys.modules.get(name, None) is not None:
-        return False
-    sys.modules[name] = None  # type: ignore[assignment]
-    return True
+    importlib.util.find_spec answers None, the libraries' own test of whether it is installed); one already imported
+    stays as it is."""
+    if sys.modules.get(name) is None:
+        sys.modules[name] = None  # type: ignore[assignment]
 
 
 def needs_bitsandbytes(command: str, cfg) -> bool:

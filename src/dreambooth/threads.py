@@ -32,12 +32,16 @@ SAMPLE_EVERY = 0.25  # seconds between two readings of the machine's CPU time
 WINDOW = 4  # readings compared: the last second
 
 
-def cores() -> int:
+def affinity() -> set[int]:
     """The cores this process may run on (its affinity: what taskset, a container or a Ray worker allows)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def cores() -> int:
+    return len(affinity())
 
 
 def env_threads() -> int:
@@ -81,8 +85,10 @@ def machine_busy_seconds(cpus: set[int]) -> float | None:
         return None
     ticks = 0
     for line in lines:
+        if not line.startswith("cpu"):
+            continue
         name, *fields = line.split()
-        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+        if name[3:].isdigit() and int(name[3:]) in cpus:
             user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
             ticks += user + nice + system + irq + softirq + steal
     return ticks / os.sysconf("SC_CLK_TCK")
@@ -100,7 +106,7 @@ _sampler: threading.Thread | None = None
 
 def _sample_while_chosen() -> None:
     global _sampler
-    cpus = _affinity()
+    cpus = affinity()
     while True:
         busy = machine_busy_seconds(cpus)
         with _lock:
@@ -110,13 +116,6 @@ def _sample_while_chosen() -> None:
                 return
             _readings.append((time.monotonic(), busy, own_busy_seconds()))
         time.sleep(SAMPLE_EVERY)
-
-
-def _affinity() -> set[int]:
-    try:
-        return set(os.sched_getaffinity(0))
-    except AttributeError:
-        return set(range(os.cpu_count() or 1))
 
 
 def _watch() -> None:
@@ -138,7 +137,8 @@ def busy_elsewhere() -> float:
 
 def free_cores() -> int:
     """The cores other processes leave this one: a core counts as taken when they used more than half of it."""
-    return max(1, min(cores(), int(cores() - busy_elsewhere() + 0.5)))
+    n = cores()
+    return max(1, min(n, int(n - busy_elsewhere() + 0.5)))
 
 
 @dataclass(eq=False)  # each workload is itself: two with the same wants are still two

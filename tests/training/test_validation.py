@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save
 
+import dreambooth
 import dreambooth.training.loop as train_mod
 from dreambooth.config import TrainConfig, check_train
 from dreambooth.errors import UsageError
@@ -91,7 +92,7 @@ def test_keep_best_makes_the_best_scoring_steps_weights_the_lora(photos, tmp_pat
     stale = tmp_path / "kept" / "validation" / validation.BEST
     stale.parent.mkdir(parents=True)
     stale.write_bytes(save({"w": torch.zeros(1)}, {"kept": json.dumps({"step": 1, "metric": "dino", "value": 5.0})}))
-    kept = train_mod.train(
+    kept = dreambooth.train(  # the API hands train its scorer; score_checkpoint, above, stands in for it
         small(photos, tmp_path / "kept", max_steps=6, validation_prompts=str(prompts), keep_best="dino", dino_model="dino")
     )
     at_4 = train_mod.train(small(photos, tmp_path / "four", max_steps=4))
@@ -139,7 +140,7 @@ def test_an_empty_prompt_file_is_refused_before_anything_is_written(photos, tmp_
     empty = tmp_path / "prompts.txt"
     empty.write_text("# nothing\n\n")
     with pytest.raises(UsageError, match="prompts.txt: holds no prompt"):
-        train_mod.train(small(photos, tmp_path / "run", validation_prompts=str(empty)))
+        dreambooth.train(small(photos, tmp_path / "run", validation_prompts=str(empty)))
     assert not (tmp_path / "run").exists()
 
 
@@ -213,3 +214,12 @@ def test_dino_and_clip_scores_are_what_dreambooth_evaluate_gives(tmp_path):
                                         cache=False, **{k: v for k, v in models.items() if k != "lpips_net"}))  # fmt: skip
     assert set(scores) == {"dino", "clip_i", "clip_t"}
     assert scores == {k: round(reference["means"][k], 4) for k in scores}
+
+
+def test_validation_prompts_without_a_scorer_are_refused_before_training(photos, tmp_path):
+    """training/ scores with what its caller hands in (evaluation.validation_scores); without it, no run starts."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of sks dog\n")
+    with pytest.raises(UsageError, match="given no scorer"):
+        train_mod.train(small(photos, tmp_path / "run", validation_prompts=str(prompts)))
+    assert not (tmp_path / "run").exists()

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import atomic, threads
 from ..config import TrainConfig
-from ..errors import TrainingError
+from ..errors import TrainingError, UsageError
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where, write_comfyui_copy
 from ..lora.kohya import LYCORIS_FUSED, has_kohya_layout
 from ..sampling import draw, grid
@@ -253,6 +253,8 @@ def train(cfg: TrainConfig, on_event: Event | None = None, stop_event=None, scor
 
 
 def train_with(cfg: TrainConfig, on_event: Event | None, stop_event, score=None) -> Path:
+    if cfg.validation_prompts and score is None:  # before anything is set up, not at the first validation
+        raise UsageError("--validation-prompts: this training was given no scorer; start it with dreambooth.train")
     run = set_up(cfg)
     run.validation["score"] = score
     try:

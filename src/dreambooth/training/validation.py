@@ -146,9 +146,7 @@ def draw_prompts(run, step: int) -> dict[str, list]:
 def score_checkpoint(run, images: dict[str, list], step: int) -> dict[str, float]:
     """Scores of the samples of each validation prompt, by the scorer the caller of `train` handed in
     (evaluation.validation_scores builds the tool's own)."""
-    score = run.validation.get("score")
-    if score is None:
-        raise UsageError("--validation-prompts: this training was given no scorer; start it with dreambooth.train")
+    score = run.validation["score"]  # train refuses --validation-prompts without one
     folder = run.out / FOLDER / f"samples-step-{step:06d}"
     return score(images, folder, [p.path for p in run.examples.sets["instance"]])
 
