@@ -270,8 +270,24 @@ def test_train_and_generate_print_only_their_own_lines_and_leave_bitsandbytes_al
     assert out == ["1 images -> " + str(tmp_path / "images"), "probe: no bitsandbytes"], out
     assert all(piece.startswith("generating:") for piece in err), err
 
-    out, _ = run_in_a_new_process(*train, "--optimizer", "adamw8bit", "--output-dir", str(tmp_path / "8bit"))
-    assert out[-1] == "probe: bitsandbytes imported"  # its 8-bit AdamW, which the run asked for
+
+@pytest.mark.parametrize(
+    "command, settings, needed",
+    [
+        ("train", {}, False),
+        ("train", {"optimizer": "adamw8bit"}, True),
+        ("train", {"base_quantization": "nf4"}, True),
+        ("train", {"base_quantization": "int8"}, True),
+        ("generate", {}, False),
+        ("bench", {}, True),  # bench trains with whatever its settings name
+    ],
+)
+def test_bitsandbytes_is_left_importable_exactly_for_the_runs_that_use_it(command, settings, needed):
+    from dreambooth.config import BenchConfig, GenerateConfig, TrainConfig
+    from dreambooth.optional_imports import needs_bitsandbytes
+
+    cls = {"train": TrainConfig, "generate": GenerateConfig, "bench": BenchConfig}[command]
+    assert needs_bitsandbytes(command, cls(**settings)) is needed
 
 
 def test_a_command_run_inside_a_longer_process_hides_nothing(photos, tmp_path):

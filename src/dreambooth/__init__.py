@@ -41,6 +41,10 @@ optional_imports.quiet()
 
 def train(cfg: TrainConfig, on_event=None, stop_event=None) -> Path:
     """Train a LoRA; return its output folder (see dreambooth.training.loop.train)."""
+    from .training.photos import check_folder
+
+    if cfg.instance_dir:  # the commonest mistake, answered before torch loads (seconds)
+        check_folder(cfg.instance_dir)
     from .evaluation.validation_scores import validation_scorer
     from .training.loop import train as run
 

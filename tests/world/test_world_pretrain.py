@@ -10,7 +10,8 @@ from dreambooth.world.pretrain import pretrain_world, step_data
 
 
 def small(tmp_path, **kw):
-    settings = dict(output_dir=str(tmp_path / "run"), autoencoder_steps=2, diffusion_steps=2, reader_steps=2, batch_size=4)
+    settings = dict(output_dir=str(tmp_path / "run"), autoencoder_steps=2, diffusion_steps=2, reader_steps=2, batch_size=4,
+                    reader_check_renders=64)  # fmt: skip
     return PretrainWorldConfig(**{**settings, **kw})
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from ..errors import UsageError, warn
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -110,15 +113,21 @@ def to_grey(image: Image.Image) -> Image.Image:
     return grey if alpha is None else Image.fromarray(np.minimum(np.asarray(grey), np.asarray(alpha)))
 
 
-def load_folder(folder: str | Path, flag: str = "--instance-dir", masks: bool = False) -> list[Photo]:
-    """Every readable image in `folder`, sorted by name; unreadable files are skipped with a warning. Masks
-    (name.mask.png) are never photos; with `masks` each photo's mask is read (`read_mask`), and the photos without
-    one are named in a warning."""
+def check_folder(folder: str | Path, flag: str = "--instance-dir") -> Path:
+    """The photo folder, refused in one line when it is missing or a file (before a command loads torch)."""
     root = Path(folder).expanduser()
     if not root.exists():
         raise UsageError(f"{flag} {folder}: no such folder; pass the folder that holds the photos")
     if not root.is_dir():
         raise UsageError(f"{flag} {folder}: is a file, not a folder; pass the folder that holds the photos")
+    return root
+
+
+def load_folder(folder: str | Path, flag: str = "--instance-dir", masks: bool = False) -> list[Photo]:
+    """Every readable image in `folder`, sorted by name; unreadable files are skipped with a warning. Masks
+    (name.mask.png) are never photos; with `masks` each photo's mask is read (`read_mask`), and the photos without
+    one are named in a warning."""
+    root = check_folder(folder, flag)
     try:
         entries = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask(p))
     except OSError as e:
@@ -189,6 +198,8 @@ def resize_and_crop(
     if center_crop:
         left, top = (new_w - tw) // 2, (new_h - th) // 2
     else:
+        import torch  # here, so that a command can check its photo folder before torch loads
+
         left = int(torch.randint(0, new_w - tw + 1, (1,), generator=generator))
         top = int(torch.randint(0, new_h - th + 1, (1,), generator=generator))
     return image.crop((left, top, left + tw, top + th)), (top, left)
@@ -239,6 +250,8 @@ def bucket_of(size: Size, choices: list[Size]) -> Size:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image -> CHW float tensor in [-1, 1], the VAE's input range."""
+    import torch
+
     arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 

@@ -50,13 +50,17 @@ class PretrainWorldConfig:
     diffusion_steps: int = opt(5000, "UNet + text encoder training steps")
     reader_steps: int = opt(1500, "steps of the classifier that reads class, colour, pattern and context from images")
     batch_size: int = opt(64, "renders per step")
+    reader_check_renders: int = opt(1024, "fresh renders the finished reader's accuracy is measured on")
     learning_rate: float = opt(1e-3, "peak learning rate of every stage (cosine decay)")
     checkpoint_minutes: float = opt(5.0, "minutes between diffusion checkpoints (a killed run resumes from the last)")
 
 
 def check_pretrain_world(cfg: PretrainWorldConfig) -> None:
     check_each(
-        cfg, ["autoencoder_steps", "diffusion_steps", "reader_steps", "batch_size"], lambda v: v >= 1, "must be at least 1"
+        cfg,
+        ["autoencoder_steps", "diffusion_steps", "reader_steps", "batch_size", "reader_check_renders"],
+        lambda v: v >= 1,
+        "must be at least 1",
     )
     if not cfg.learning_rate > 0:
         raise UsageError("--learning-rate must be positive")

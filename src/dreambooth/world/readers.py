@@ -90,8 +90,8 @@ def train_reader(cfg, folder: Path, vae) -> Path:
         return sum(F.cross_entropy(out[k], truth[k]) for k in HEADS)
 
     fit("reader", reader, cfg.reader_steps, cfg.learning_rate, loss_at)
-    measured = accuracy(reader, vae, cfg.seed)
-    print(f"reader accuracy on 1024 fresh renders: {json.dumps(measured)}", flush=True)
+    measured = accuracy(reader, vae, cfg.seed, cfg.reader_check_renders)
+    print(f"reader accuracy on {cfg.reader_check_renders} fresh renders: {json.dumps(measured)}", flush=True)
     save(reader, folder, {"accuracy": measured, "heads": HEADS})
     return folder
 
