@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import optional_imports
-from .config import BenchConfig, EvaluateConfig, ExportConfig, GenerateConfig, IdentifierConfig, TrainConfig
+from .config import BenchConfig, EvaluateConfig, ExportConfig, FleetConfig, GenerateConfig, IdentifierConfig, TrainConfig
 from .errors import TrainingError, UsageError
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "EvaluateConfig",
     "BenchConfig",
     "ExportConfig",
+    "FleetConfig",
     "UsageError",
     "TrainingError",
     "train",
@@ -33,6 +34,7 @@ __all__ = [
     "evaluate",
     "bench",
     "export",
+    "fleet",
 ]
 __version__ = "0.1.0"
 
@@ -71,5 +73,12 @@ def bench(cfg: BenchConfig) -> Path:
 def export(cfg: ExportConfig) -> Path:
     """Write a LoRA in another layout; return the written file."""
     from .lora.export import export as run
+
+    return run(cfg)
+
+
+def fleet(cfg: FleetConfig) -> Path:
+    """Train many subjects on Ray (needs the `fleet` extra); return the output folder (see dreambooth.fleet)."""
+    from .fleet.driver import fleet as run
 
     return run(cfg)

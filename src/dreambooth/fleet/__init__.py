@@ -1,0 +1,3 @@
+"""Many subjects' runs on Ray: `plan` (the fleet file -> one `train` config per subject, and the class-bank tasks they
+wait on), `run` (what one task does in its worker), `report` (fleet.json, fleet.html), `driver` (Ray: start or join,
+place, retry, follow). Ray is imported in `driver` alone, and only when a fleet runs: the tool works without it."""
