@@ -8,7 +8,8 @@ Each command is a function here, taking its config dataclass:
     generate(GenerateConfig(lora=str(lora_dir), prompt="a photo of sks dog on the grass", output_dir="images"))
 
 `dreambooth.fields.settings(TrainConfig, model="world", ...)` builds a config over an embedded model's recommended
-settings, as the command line does. The functions import torch only when called.
+settings, as the command line does. The functions import torch only when called. Many subjects on Ray:
+`from dreambooth.fleet import fleet` (the `fleet` extra).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ __all__ = [
     "evaluate",
     "bench",
     "export",
-    "fleet",
 ]
 __version__ = "0.1.0"
 
@@ -76,9 +76,3 @@ def export(cfg: ExportConfig) -> Path:
 
     return run(cfg)
 
-
-def fleet(cfg: FleetConfig) -> Path:
-    """Train many subjects on Ray (needs the `fleet` extra); return the output folder (see dreambooth.fleet)."""
-    from .fleet.driver import fleet as run
-
-    return run(cfg)

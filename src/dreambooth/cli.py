@@ -153,6 +153,7 @@ def run_command(args: argparse.Namespace, whole_process: bool = False) -> None:
     """One command: its config from the flags (and YAML), then its function. `whole_process`: the process runs this
     command alone (the command line itself), so packages it will not use may be hidden from the libraries."""
     import dreambooth as api
+    from .fleet import fleet
 
     commands: dict[str, tuple[type, Callable]] = {
         "train": (C.TrainConfig, api.train),
@@ -160,7 +161,7 @@ def run_command(args: argparse.Namespace, whole_process: bool = False) -> None:
         "evaluate": (C.EvaluateConfig, api.evaluate),
         "bench": (C.BenchConfig, api.bench),
         "export": (C.ExportConfig, api.export),
-        "fleet": (C.FleetConfig, api.fleet),
+        "fleet": (C.FleetConfig, fleet),
         "identifier": (C.IdentifierConfig, run_identifier),
     }
     if args.command in commands:

@@ -119,7 +119,10 @@ def subject_config(defaults: dict, entry: dict, out: Path, threads: int, source:
     cfg = F.settings(TrainConfig, **parsed, output_dir=str(out / str(entry["name"])), threads=threads)
     if not cfg.checkpoint_every:
         cfg = dataclasses.replace(cfg, checkpoint_every=max(1, math.ceil(cfg.max_steps / CHECKPOINTS_PER_RUN)))
-    check_train(cfg)
+    try:
+        check_train(cfg)
+    except UsageError as e:
+        raise UsageError(f"{source}: {e}") from None
     return cfg
 
 

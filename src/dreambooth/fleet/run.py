@@ -48,7 +48,8 @@ def gpu_ids() -> str:
 def train_subject(cfg: TrainConfig, bank: dict | None = None) -> dict:
     """One subject's run, continued from its checkpoints when it has some (a retried task, a rerun fleet). Returns its
     row's fields: state done with the LoRA, loss and scores, or failed with the one-line error."""
-    import dreambooth
+    from ..evaluation.validation_scores import validation_scorer
+    from ..training.loop import train
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,8 @@ def train_subject(cfg: TrainConfig, bank: dict | None = None) -> dict:
         return {"state": "failed", "error": f"class images: {bank['error']}", "seconds": 0.0}
     with logged(out / report.LOG_NAME) as log:
         try:
-            dreambooth.train(dataclasses.replace(cfg, resume=plan.started(cfg)))
+            # what `dreambooth.train` does: the scorer of --validation-prompts handed in
+            train(dataclasses.replace(cfg, resume=plan.started(cfg)), score=validation_scorer(cfg))
         except (UsageError, TrainingError) as e:
             print(f"error: {e}", file=log, flush=True)
             return {"state": "failed", "error": one_line(e), "seconds": round(time.time() - started, 3)}
