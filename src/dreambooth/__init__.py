@@ -75,4 +75,3 @@ def export(cfg: ExportConfig) -> Path:
     from .lora.export import export as run
 
     return run(cfg)
-

@@ -153,6 +153,7 @@ def run_command(args: argparse.Namespace, whole_process: bool = False) -> None:
     """One command: its config from the flags (and YAML), then its function. `whole_process`: the process runs this
     command alone (the command line itself), so packages it will not use may be hidden from the libraries."""
     import dreambooth as api
+
     from .fleet import fleet
 
     commands: dict[str, tuple[type, Callable]] = {
