@@ -233,7 +233,8 @@ def fleet(cfg: FleetConfig) -> Path:
             if started_here:
                 ray.shutdown()
     report.write(out, rows, cfg.fleet)
-    events.summary(rows, None)
+    if not todo:
+        events.summary(rows, None)
     failed = [r["name"] for r in rows if r["state"] == "failed"]
     if failed:
         raise TrainingError(
