@@ -20,6 +20,7 @@ from . import report, run
 
 INSTALL = 'the fleet runs on Ray, an optional extra: pip install -e ".[fleet]" (or pip install "ray==2.60.0")'
 POLL = 1.0  # seconds between two looks at the tasks and their folders
+STOP_WAIT = 60.0  # seconds Ctrl-C waits for the runs to save their checkpoints before Ray is ended
 
 
 def import_ray():
@@ -221,7 +222,9 @@ def fleet(cfg: FleetConfig) -> Path:
             follow(ray, refs, rows, out, cfg, events, since)
         except KeyboardInterrupt:
             for ref in refs:
-                ray.cancel(ref)
+                ray.cancel(ref)  # a KeyboardInterrupt in the run: between two steps it saves a checkpoint first
+            print("fleet: stopping; the runs save a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            ray.wait(list(refs), num_returns=len(refs), timeout=STOP_WAIT)
             for row in rows:
                 if row["state"] in ("running", "queued"):
                     row.update(state="queued", error="stopped; run the fleet again to continue it")
