@@ -196,3 +196,22 @@ def test_the_fleet_command_without_ray_says_how_to_install_it_in_one_line(tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and 'pip install -e ".[fleet]"' in err, err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_the_world_fleet_bench_writes_the_demos_settings_for_each_subject(tmp_path):
+    """bench/world_fleet.py's fleet file: the five world subjects, each planned to exactly what the demo trains."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import world_fleet
+
+    from dreambooth.world.demo import demo_settings
+
+    path = world_fleet.fleet_file(tmp_path / "fleet.yaml", list(world_fleet.CLASSES), tmp_path / "inputs", steps=0)
+    the_plan = P.plan(str(path), tmp_path / "out", threads=1)
+    for s in the_plan.subjects:
+        demo = demo_settings(s.name, tmp_path / "inputs" / s.name)
+        fleet_owned = dict(output_dir=str(tmp_path / "out" / s.name), threads=1, checkpoint_every=s.cfg.checkpoint_every)
+        assert s.cfg == TrainConfig(**{**vars(demo), **fleet_owned}), s.name
+    assert [b.subjects for b in the_plan.banks] == [[c] for c in world_fleet.CLASSES]  # a class each: five entries
