@@ -3,8 +3,8 @@
 
   * start: `ray.init` to a connected driver, and `ray.shutdown`;
   * reused worker: --tasks trivial tasks through workers Ray keeps (the floor of Ray's scheduling cost per task);
-  * fresh worker: --fresh trivial tasks with the fleet's own options (`max_calls=1`: a new worker process per task,
-    as each subject's run gets), one CPU each;
+  * fresh worker: --fresh trivial tasks with the options of a fleet run on a GPU (`max_calls=1`: a new worker process per task,
+    as each run on a GPU gets), one CPU each;
   * fresh worker + imports: the same, the task importing what a training imports (torch, diffusers, the training
     loop) before it returns: the fixed cost a run pays in its own process before its first step.
 
@@ -66,7 +66,7 @@ def main() -> None:
     ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING)
     init_s = time.perf_counter() - started
     cpus = ray.cluster_resources().get("CPU", 0)
-    fleet = task_options(FleetConfig(cpus_per_run=1), cluster_gpus=0)
+    fleet = {**task_options(FleetConfig(cpus_per_run=1), cluster_gpus=0), "max_calls": 1}  # as a run on a GPU gets
     figures = {
         "machine": {"cpus": os.cpu_count(), "ray_cpus": cpus, "python": platform.python_version(), "ray": ray.__version__},
         "ray_init_s": round(init_s, 3),

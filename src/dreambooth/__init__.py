@@ -64,7 +64,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
 
 def bench(cfg: BenchConfig) -> Path:
-    """Run the paper's benchmark on a DreamBench-layout folder; return the output folder."""
+    """Run the paper's benchmark on a DreamBench-layout folder; return the output folder. With `cfg.fleet` each subject
+    is a task on Ray (the `fleet` extra)."""
+    if cfg.fleet:
+        from .fleet.bench import bench_fleet
+
+        return bench_fleet(cfg)
     from .evaluation.bench import bench as run
 
     return run(cfg)

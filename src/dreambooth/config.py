@@ -597,6 +597,10 @@ class BenchConfig:
     dino_model: str = opt("facebook/dino-vits16", "self-supervised ViT for DINO and PRES: hub id or local folder (safetensors)")
     clip_model: str = opt("openai/clip-vit-base-patch32", "CLIP for CLIP-I and CLIP-T: hub id or local folder (safetensors)")
     lpips_net: str = opt("", "LPIPS AlexNet weights (.safetensors) for DIV; empty = no DIV")
+    fleet: bool = opt(False, "run each subject as a task on Ray (`dreambooth fleet`'s placement and retries; the fleet extra)")
+    address: str = opt("", "with --fleet: the Ray cluster to join (auto, ray://host:port); empty = a Ray of this machine")
+    gpus_per_run: float = opt(1.0, "with --fleet: GPUs each subject takes (0.5 packs two on a GPU)")
+    cpus_per_run: float = opt(1.0, "with --fleet: CPUs each subject takes, and its torch threads")
 
 
 def check_bench(cfg: BenchConfig) -> None:
@@ -613,6 +617,10 @@ def check_bench(cfg: BenchConfig) -> None:
     if not cfg.identifier or len(cfg.identifier.split()) != 1:
         raise UsageError(f"--identifier {cfg.identifier!r}: pass one word, e.g. sks")
     check_threads(cfg)
+    if not cfg.fleet:
+        changed = [n for n in ("address", "gpus_per_run", "cpus_per_run") if getattr(cfg, n) != getattr(BenchConfig(), n)]
+        if changed:
+            raise UsageError(f"{flag_name(changed[0])}: only with --fleet; add --fleet or drop it")
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""`dreambooth fleet` on a local Ray this module starts (2 CPUs, 2 GPUs advertised: no GPU is used, Ray only places
-by them): each subject trains exactly as `train` alone would, a broken subject fails alone, a killed worker is
-retried and resumes bitwise, a second run trains nothing, the class bank is drawn once, runs are placed per GPU."""
+"""`dreambooth fleet` on a local Ray of 2 CPUs this module starts: each subject trains exactly as `train` alone would,
+a broken subject fails alone, a killed worker is retried and resumes bitwise, a second run trains nothing, the class
+bank is drawn once; `bench --fleet` writes the report `bench` writes. (Placement by GPUs: test_placement.py.)"""
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -17,8 +18,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from dreambooth import fields as F  # noqa: E402
 from dreambooth.cli import main  # noqa: E402
-from dreambooth.config import FleetConfig, TrainConfig  # noqa: E402
-from dreambooth.fleet.driver import task_options  # noqa: E402
+from dreambooth.config import TrainConfig  # noqa: E402
 from dreambooth.lora.files import WEIGHT_NAME  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -31,14 +31,14 @@ DEFAULTS = dict(model="tiny", rank=2, max_steps=4, num_samples=0, resolution=32,
 
 @pytest.fixture(scope="module")
 def draws(tmp_path_factory):
-    """A Ray of 2 CPUs and 2 advertised GPUs for the module; the file its workers log class-image drawings to."""
+    """A Ray of 2 CPUs for the module; the file its workers log class-image drawings to."""
     path = tmp_path_factory.mktemp("draws") / "draws.jsonl"
     path.touch()
     # the workers import this checkout's package and the hook module, wherever Ray starts them
     search = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + [str(HERE)]
     ray.init(
         num_cpus=2,
-        num_gpus=2,
+        num_gpus=0,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
@@ -107,9 +107,7 @@ def test_a_fleet_trains_each_subject_as_train_alone_fails_a_broken_one_alone_and
     assert got["broken"]["error"] == line.removeprefix("dreambooth: error: ")  # train's own one line
     for name in ("dog", "puppy", "plain"):
         assert got[name]["lora"] == str(out / name / WEIGHT_NAME) and got[name]["loss"] is not None
-        # each run saw one of the two advertised GPUs (Ray's CUDA_VISIBLE_DEVICES) and used one thread
-        task = json.loads((out / name / "fleet-task.json").read_text())
-        assert task["gpus"] in ("0", "1") and F.saved_settings(out / name)["threads"] == 1
+        assert F.saved_settings(out / name)["threads"] == 1  # its own CPU's thread
 
     # the dog class's bank entry was drawn by one task, once, before both subjects that need it
     drawn = [json.loads(line) for line in draws.read_text().splitlines()]
@@ -154,26 +152,31 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes_to_the_same_lora(dr
     assert same(load_file(str(out / "dog" / WEIGHT_NAME)), alone(subject, tmp_path / "alone", **settings))
 
 
-def spans(options: dict, n: int) -> list[tuple[float, float, str]]:
-    """`n` tasks holding their place for a second with the fleet's options: (start, end, the GPU they saw) each."""
+def test_bench_on_the_fleet_writes_the_report_bench_writes(draws, tmp_path, photos):
+    """Two DreamBench subjects as fleet tasks (training, drawing, scoring each), against the same bench in-process."""
+    from scoring_models import build_scoring_models, noise_image
 
-    def hold():
-        started = time.time()
-        time.sleep(1.0)
-        return started, time.time(), ",".join(str(i) for i in ray.get_gpu_ids())
+    from dreambooth.config import BenchConfig
+    from dreambooth.evaluation.bench import bench
 
-    # placement only: workers may be reused here (the fleet starts a fresh one per run)
-    task = ray.remote(**{**options, "max_calls": 0, "runtime_env": {"env_vars": {"FLEET_TEST_DRAWS": ""}}})(hold)
-    return ray.get([task.remote() for _ in range(n)])
-
-
-def overlapping(found):
-    return [(a, b) for i, a in enumerate(found) for b in found[i + 1 :] if a[0] < b[1] and b[0] < a[1]]
-
-
-def test_one_run_per_gpu_and_half_a_gpu_packs_two(draws):
-    whole = spans(task_options(FleetConfig(gpus_per_run=1, cpus_per_run=0.5), cluster_gpus=2), 4)
-    assert all(gpu in ("0", "1") for *_, gpu in whole)
-    assert overlapping(whole) and all(a[2] != b[2] for a, b in overlapping(whole))  # at once only on different GPUs
-    half = spans(task_options(FleetConfig(gpus_per_run=0.5, cpus_per_run=0.5), cluster_gpus=2), 4)
-    assert any(a[2] == b[2] for a, b in overlapping(half))  # two runs at once on one GPU
+    data = Path(__file__).parents[1] / "data"
+    dataset = tmp_path / "dreambench"
+    dataset.mkdir()
+    shutil.copy(data / "prompts_and_classes.txt", dataset)
+    shutil.copytree(photos, dataset / "dog")
+    for i in range(3):
+        noise_image(dataset / "teapot" / f"{i:02d}.jpg", i)
+    (tmp_path / "train.yaml").write_text("class_image_steps: 1\nrank: 2\nresolution: 32\n")
+    settings = dict(dataset=str(dataset), subjects=["dog", "teapot"], num_prompts=2, images_per_prompt=1, model="tiny",
+                    max_steps=2, num_class_images=1, steps=1, train_config=str(tmp_path / "train.yaml"), threads=1,
+                    **build_scoring_models(tmp_path / "scorers"))  # fmt: skip
+    assert main(["bench", "--fleet", "--output-dir", str(tmp_path / "fleet"),
+                 *[f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if k not in ("subjects", "threads")],
+                 "--subjects", "dog", "teapot"]) == 0  # fmt: skip
+    bench(BenchConfig(output_dir=str(tmp_path / "alone"), **settings))
+    fleet, alone = (json.loads((tmp_path / d / "bench.json").read_text()) for d in ("fleet", "alone"))
+    scores = ("dino", "clip_i", "clip_t", "pres")
+    assert [[r[k] for k in ("subject", *scores)] for r in fleet["subjects"]] == [
+        [r[k] for k in ("subject", *scores)] for r in alone["subjects"]
+    ]
+    assert all(r["dino"] is not None for r in fleet["subjects"])

@@ -183,7 +183,8 @@ def test_placement_asks_ray_for_the_runs_share_and_sets_its_threads(tmp_path):
     options = task_options(cfg, cluster_gpus=8)
     assert (options["num_gpus"], options["num_cpus"], options["max_retries"], options["max_calls"]) == (0.5, 2.0, 3, 1)
     assert options["runtime_env"]["env_vars"] == {"OMP_NUM_THREADS": "2", "DREAMBOOTH_CACHE": str(tmp_path / "bank")}
-    assert task_options(cfg, cluster_gpus=0)["num_gpus"] == 0  # a CPU-only cluster: runs take CPUs alone
+    on_cpus = task_options(cfg, cluster_gpus=0)
+    assert (on_cpus["num_gpus"], on_cpus["max_calls"]) == (0, 0)  # a CPU-only cluster: runs take CPUs, workers are reused
 
 
 def test_the_fleet_command_without_ray_says_how_to_install_it_in_one_line(tmp_path, monkeypatch, capsys):

@@ -92,3 +92,20 @@ def make_bank(cfg: TrainConfig, log: str) -> dict:
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             return {"error": f"{type(e).__name__}: {one_line(e)}"}
+
+
+def bench_subject(cfg, subject: str, bank: dict | None = None) -> dict:
+    """One subject of `dreambooth bench --fleet`: its summary row, or the one-line error that stopped it."""
+    from ..evaluation.bench import bench_subject as run_one
+
+    if bank and bank.get("error"):
+        return {"error": f"class images: {bank['error']}"}
+    with logged(Path(cfg.output_dir).expanduser() / subject / report.LOG_NAME) as log:
+        try:
+            return {"row": run_one(cfg, subject)}
+        except (UsageError, TrainingError) as e:
+            print(f"error: {e}", file=log, flush=True)
+            return {"error": one_line(e)}
+        except Exception as e:
+            traceback.print_exc(file=log)
+            return {"error": f"{type(e).__name__}: {one_line(e)}"}
