@@ -93,7 +93,8 @@ def cell(value) -> str:
     return str(value)
 
 
-def page(rows: list[dict], fleet_file: str) -> str:
+def table(rows: list[dict]) -> str:
+    """The rows as an HTML table (fleet.html, and the web page's Gallery)."""
     colours = {"done": "#dfd", "failed": "#fdd", "running": "#ffd", "queued": "#eee"}
     body = "".join(
         f"<tr style='background:{colours.get(r['state'], '#fff')}'><td>{html.escape(r['name'])}</td>"
@@ -104,10 +105,15 @@ def page(rows: list[dict], fleet_file: str) -> str:
     )
     summary = ", ".join(f"{n} {state}" for state, n in counts(rows).items())
     return (
+        f"<p>{summary}</p><table class='fleet'><tr><th>subject</th><th>state</th><th>seconds</th><th>final loss</th>"
+        f"<th>scores</th><th>LoRA</th><th>error</th></tr>{body}</table>"
+    )
+
+
+def page(rows: list[dict], fleet_file: str) -> str:
+    return (
         "<!doctype html><meta charset='utf-8'><title>dreambooth fleet</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:3px 10px;border-bottom:1px solid #ccc;"
         "text-align:left;vertical-align:top}</style>"
-        f"<h1>Fleet {html.escape(fleet_file)}</h1><p>{summary}</p>"
-        "<table><tr><th>subject</th><th>state</th><th>seconds</th><th>final loss</th><th>scores</th><th>LoRA</th>"
-        f"<th>error</th></tr>{body}</table>"
+        f"<h1>Fleet {html.escape(fleet_file)}</h1>{table(rows)}"
     )
