@@ -216,3 +216,22 @@ def test_the_world_fleet_bench_writes_the_demos_settings_for_each_subject(tmp_pa
         fleet_owned = dict(output_dir=str(tmp_path / "out" / s.name), threads=1, checkpoint_every=s.cfg.checkpoint_every)
         assert s.cfg == TrainConfig(**{**vars(demo), **fleet_owned}), s.name
     assert [b.subjects for b in the_plan.banks] == [[c] for c in world_fleet.CLASSES]  # a class each: five entries
+
+
+def test_progress_events_for_people_and_as_json_lines(capsys):
+    from dreambooth.fleet.driver import Events, eta
+
+    rows = [{**report.new_row("dog", "done"), "seconds": 60.0, "loss": 0.25}, report.new_row("cat", "running"),
+            report.new_row("vase"), report.new_row("pot")]  # fmt: skip
+    assert eta(rows, [60.0]) == 180.0  # three to go, one at a time at the pace of the one finished
+    Events(as_json=False).state(rows[0])
+    Events(as_json=False).summary(rows, eta(rows, [60.0]))
+    assert capsys.readouterr().out.splitlines() == [
+        "fleet: dog done in 60.0 s, loss 0.2500",
+        "fleet: 1 done, 1 running, 2 queued, 0 failed; about 3.0 min left",
+    ]
+    Events(as_json=True).state(rows[0])
+    Events(as_json=True).summary(rows, None)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"event": "state", **rows[0]}
+    assert lines[1] == {"event": "summary", "queued": 2, "running": 1, "done": 1, "failed": 0, "eta_seconds": None}
