@@ -43,6 +43,7 @@ def tiny_base(tmp_path_factory) -> Path:
 LONGEST_FIRST = (
     "test_world_demo.py",  # 569
     "test_ui.py",  # 277
+    "test_fleet.py",  # 80: a local Ray, its workers' imports and seven short trainings
     "test_checkpoint.py",  # 74
     "test_loop.py",  # 68
     "test_multiprocess.py",  # 53

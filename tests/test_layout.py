@@ -74,3 +74,23 @@ def test_the_readme_architecture_section_names_every_module():
     ]
     folders = {p.parent.name for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE}
     assert missing == [] and all(f"`{folder}/`" in section for folder in folders)
+
+
+LOWER_FLOORS = ("families", "objectives", "lora", "training", "evaluation", "world")
+
+
+def test_ray_is_imported_in_the_fleet_alone_and_no_lower_floor_imports_the_fleet():
+    known = modules()
+    ray_users, upward = [], []
+    for name, path in known.items():
+        tree = ast.parse(path.read_text())
+        found = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        found |= {
+            (node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level
+        }
+        if "ray" in found and not name.startswith("dreambooth.fleet"):
+            ray_users.append(name)
+        floor = name.split(".")[1] if name.count(".") else ""
+        if floor in LOWER_FLOORS and any(m.startswith("dreambooth.fleet") for m in imports(name, path, known)):
+            upward.append(name)
+    assert ray_users == [] and upward == []

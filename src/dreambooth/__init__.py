@@ -8,7 +8,8 @@ Each command is a function here, taking its config dataclass:
     generate(GenerateConfig(lora=str(lora_dir), prompt="a photo of sks dog on the grass", output_dir="images"))
 
 `dreambooth.fields.settings(TrainConfig, model="world", ...)` builds a config over an embedded model's recommended
-settings, as the command line does. The functions import torch only when called.
+settings, as the command line does. The functions import torch only when called. Many subjects on Ray:
+`from dreambooth.fleet import fleet` (the `fleet` extra).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import optional_imports
-from .config import BenchConfig, EvaluateConfig, ExportConfig, GenerateConfig, IdentifierConfig, TrainConfig
+from .config import BenchConfig, EvaluateConfig, ExportConfig, FleetConfig, GenerateConfig, IdentifierConfig, TrainConfig
 from .errors import TrainingError, UsageError
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "EvaluateConfig",
     "BenchConfig",
     "ExportConfig",
+    "FleetConfig",
     "UsageError",
     "TrainingError",
     "train",
@@ -66,7 +68,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
 
 def bench(cfg: BenchConfig) -> Path:
-    """Run the paper's benchmark on a DreamBench-layout folder; return the output folder."""
+    """Run the paper's benchmark on a DreamBench-layout folder; return the output folder. With `cfg.fleet` each subject
+    is a task on Ray (the `fleet` extra)."""
+    if cfg.fleet:
+        from .fleet.bench import bench_fleet
+
+        return bench_fleet(cfg)
     from .evaluation.bench import bench as run
 
     return run(cfg)

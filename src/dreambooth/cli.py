@@ -95,6 +95,13 @@ def build_parser() -> Parser:
     add_config_flags(
         sub.add_parser("identifier", help="list rare-token identifiers; show how a prompt tokenises"), C.IdentifierConfig
     )
+    fleet = sub.add_parser(
+        "fleet", help="train many subjects at once on Ray, one run per GPU or CPUs (needs: pip install 'dreambooth[fleet]')"
+    )
+    fleet.add_argument(
+        "fleet", nargs="?", default=argparse.SUPPRESS, metavar="FLEET.yaml", help="the fleet file (same as --fleet)"
+    )
+    add_config_flags(fleet, C.FleetConfig)
     world_commands.add_parsers(sub, add_config_flags)
     ui = sub.add_parser("ui", help="serve a web page to train, generate and evaluate (needs: pip install 'dreambooth[ui]')")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -147,12 +154,15 @@ def run_command(args: argparse.Namespace, whole_process: bool = False) -> None:
     command alone (the command line itself), so packages it will not use may be hidden from the libraries."""
     import dreambooth as api
 
+    from .fleet import fleet
+
     commands: dict[str, tuple[type, Callable]] = {
         "train": (C.TrainConfig, api.train),
         "generate": (C.GenerateConfig, api.generate),
         "evaluate": (C.EvaluateConfig, api.evaluate),
         "bench": (C.BenchConfig, api.bench),
         "export": (C.ExportConfig, api.export),
+        "fleet": (C.FleetConfig, fleet),
         "identifier": (C.IdentifierConfig, run_identifier),
     }
     if args.command in commands:

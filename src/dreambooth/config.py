@@ -597,6 +597,10 @@ class BenchConfig:
     dino_model: str = opt("facebook/dino-vits16", "self-supervised ViT for DINO and PRES: hub id or local folder (safetensors)")
     clip_model: str = opt("openai/clip-vit-base-patch32", "CLIP for CLIP-I and CLIP-T: hub id or local folder (safetensors)")
     lpips_net: str = opt("", "LPIPS AlexNet weights (.safetensors) for DIV; empty = no DIV")
+    fleet: bool = opt(False, "run each subject as a task on Ray (`dreambooth fleet`'s placement and retries; the fleet extra)")
+    address: str = opt("", "with --fleet: the Ray cluster to join (auto, ray://host:port); empty = a Ray of this machine")
+    gpus_per_run: float = opt(1.0, "with --fleet: GPUs each subject takes (0.5 packs two on a GPU)")
+    cpus_per_run: float = opt(1.0, "with --fleet: CPUs each subject takes, and its torch threads")
 
 
 def check_bench(cfg: BenchConfig) -> None:
@@ -613,3 +617,43 @@ def check_bench(cfg: BenchConfig) -> None:
     if not cfg.identifier or len(cfg.identifier.split()) != 1:
         raise UsageError(f"--identifier {cfg.identifier!r}: pass one word, e.g. sks")
     check_threads(cfg)
+    if not cfg.fleet:
+        changed = [n for n in ("address", "gpus_per_run", "cpus_per_run") if getattr(cfg, n) != getattr(BenchConfig(), n)]
+        if changed:
+            raise UsageError(f"{flag_name(changed[0])}: only with --fleet; add --fleet or drop it")
+
+
+@dataclass
+class FleetConfig:
+    fleet: str = opt("", "YAML file of the fleet: `defaults` (any `train` setting) and `subjects` (name, instance_dir, ...)")
+    output_dir: str = opt("", "folder for OUT/<subject>/ (as `train` writes it), fleet.json and fleet.html")
+    address: str = opt(
+        "",
+        "Ray cluster to join: auto (the one `ray start` runs here) or ray://host:port; empty = start a Ray of this "
+        "machine's CPUs and GPUs inside the command",
+    )
+    gpus_per_run: float = opt(1.0, "GPUs each subject's run takes (0.5 packs two small runs on a GPU); ignored without GPUs")
+    cpus_per_run: float = opt(
+        1.0, "CPUs each run takes; its torch uses this many threads (at least one), so runs side by side keep their speed"
+    )
+    max_retries: int = opt(3, "times a run whose worker died (process killed, machine gone) is started again from its checkpoint")
+    bank_dir: str = opt(
+        "",
+        "folder of the shared class-image bank (as DREAMBOOTH_CACHE); on several machines a path they all share; "
+        "default: each machine's cache",
+    )
+    dashboard: bool = opt(False, "start Ray's dashboard with the embedded Ray (it serves on 127.0.0.1:8265)")
+    json: bool = opt(False, "print machine-readable events, one JSON object a line, instead of the progress lines")
+
+
+def check_fleet(cfg: FleetConfig) -> None:
+    if not cfg.fleet:
+        raise UsageError("FLEET is required: pass the fleet's YAML file (defaults and subjects)")
+    if not cfg.output_dir:
+        raise UsageError("--output-dir is required: pass a folder for the subjects' runs and fleet.json")
+    if not (cfg.gpus_per_run >= 0 and (cfg.gpus_per_run <= 1 or cfg.gpus_per_run.is_integer())):
+        raise UsageError(f"--gpus-per-run {cfg.gpus_per_run}: must be a fraction up to 1 (e.g. 0.5) or a whole number")
+    check_each(cfg, ["cpus_per_run"], lambda v: v > 0, "must be positive, e.g. 1 or 2")
+    check_each(cfg, ["max_retries"], lambda v: v >= 0, "must not be negative, e.g. 3")
+    if cfg.address and not (cfg.address == "auto" or cfg.address.startswith("ray://") or ":" in cfg.address):
+        raise UsageError(f"--address {cfg.address}: pass auto, ray://host:port or host:port")

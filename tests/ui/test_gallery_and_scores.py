@@ -85,3 +85,15 @@ def test_evaluate_shows_a_world_runs_table_and_other_runs_the_papers(tmp_path):
     assert evaluate_tab.is_world_run(tmp_path, "runs/w") and not evaluate_tab.is_world_run(tmp_path, "runs/t")
     assert "Not scored yet" in evaluate_tab.show(tmp_path, "runs/w")
     assert "DreamBooth (Stable Diffusion)" in evaluate_tab.show(tmp_path, "runs/t")
+
+
+def test_the_gallery_shows_each_fleet_of_the_workspace_as_a_table(tmp_path):
+    from dreambooth.fleet import report
+
+    rows = [report.new_row("dog", "done"), report.new_row("<cat>", "failed", "--instance-dir x: no usable image")]
+    report.write(tmp_path / "fleets" / "pets", rows, "pets.yaml")
+    page = gallery_tab.cards_html(tmp_path, Jobs())
+    assert "Fleet fleets/pets" in page and "1 done" in page and "1 failed" in page
+    assert "&lt;cat&gt;" in page and "--instance-dir x: no usable image" in page
+    (tmp_path / "no-fleet").mkdir()
+    assert "Fleet" not in gallery_tab.cards_html(tmp_path / "no-fleet", Jobs())

@@ -135,19 +135,22 @@ def differences(saved: dict, wanted: TrainConfig) -> list[str]:
     return out
 
 
-def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, dataset: Path, out: Path) -> Path:
-    """The subject's LoRA: from --loras, from an earlier run with the same settings, or trained now."""
+def given_lora(cfg: BenchConfig, subject: str) -> Path | None:
     if cfg.loras:
         given = Path(cfg.loras).expanduser() / subject
         if (given / WEIGHT_NAME).is_file():
             return given
-    lora_dir = out / subject / "lora"
-    wanted = dataclasses.replace(
+    return None
+
+
+def subject_train_config(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, dataset: Path, out: Path) -> TrainConfig:
+    """What the bench trains for `subject` (of class `noun`) into OUT/<subject>/lora."""
+    return dataclasses.replace(
         base,
         model=cfg.model,
         instance_dir=str(dataset / subject),
         instance_prompt=f"a photo of {cfg.identifier} {noun}",
-        output_dir=str(lora_dir),
+        output_dir=str(out / subject / "lora"),
         with_prior_preservation=cfg.with_prior_preservation,
         # Class images come from train's shared bank (keyed by model, prompt, sampler, seed): one set per class noun.
         class_prompt=f"a photo of a {noun}" if cfg.with_prior_preservation else "",
@@ -156,6 +159,15 @@ def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, 
         seed=cfg.seed,
         threads=cfg.threads,
     )
+
+
+def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, dataset: Path, out: Path) -> Path:
+    """The subject's LoRA: from --loras, from an earlier run with the same settings, or trained now."""
+    given = given_lora(cfg, subject)
+    if given is not None:
+        return given
+    lora_dir = out / subject / "lora"
+    wanted = subject_train_config(cfg, base, subject, noun, dataset, out)
     done = (lora_dir / WEIGHT_NAME).is_file()
     started = (lora_dir / "checkpoints").is_dir() and any((lora_dir / "checkpoints").iterdir())
     if done or started:
@@ -304,7 +316,24 @@ def bench(cfg: BenchConfig) -> Path:
         return run_bench(cfg)
 
 
-def run_bench(cfg: BenchConfig) -> Path:
+@dataclasses.dataclass
+class Job:
+    """What every subject of a bench shares, read and checked once."""
+
+    dataset: Path
+    benchmark: dreambench.Benchmark
+    subjects: list[str]
+    base: TrainConfig
+    out: Path
+    settings: dict
+
+    def sizes(self, cfg: BenchConfig) -> dict[str, int]:
+        """Images each subject draws: its prompts' and the class prompt's."""
+        n = cfg.images_per_prompt
+        return {s: (len(self.benchmark.prompts(s, cfg.identifier)[: cfg.num_prompts]) + 1) * n for s in self.subjects}
+
+
+def job_of(cfg: BenchConfig) -> Job:
     dataset = Path(cfg.dataset).expanduser()
     benchmark = dreambench.read(dataset)
     subjects = pick_subjects(cfg, benchmark, dataset)
@@ -314,10 +343,28 @@ def run_bench(cfg: BenchConfig) -> Path:
         raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")
     if cfg.loras and not Path(cfg.loras).expanduser().is_dir():
         raise UsageError(f"--loras {cfg.loras}: no such folder; pass the folder that holds one LoRA folder per subject")
+    return Job(dataset, benchmark, subjects, base, out, settings_of(cfg, base))
+
+
+def bench_subject(cfg: BenchConfig, subject: str) -> dict:
+    """One subject's summary row, in a process of its own (a fleet task): its own scorer, and its own embeddings
+    cache (OUT/<subject>/), which no other process writes at the same time."""
+    job = job_of(dataclasses.replace(cfg, subjects=[subject]))
+    row = finished(job.out / subject, job.settings)
+    if row is not None:
+        return row
+    evaluator = Evaluator(eval_config(cfg), job.out / subject / CACHE_NAME)
+    evaluator.load()
+    with tqdm(total=job.sizes(cfg)[subject], desc=subject, unit="img") as bar:
+        return run_subject(cfg, job.base, job.benchmark, subject, job.dataset, job.out, evaluator, job.settings, bar)
+
+
+def run_bench(cfg: BenchConfig) -> Path:
+    job = job_of(cfg)
+    dataset, benchmark, subjects, base, out = job.dataset, job.benchmark, job.subjects, job.base, job.out
     evaluator = Evaluator(eval_config(cfg), out / CACHE_NAME)
     evaluator.load()  # a missing scoring model fails now, not after the first subject has trained
-    settings = settings_of(cfg, base)
-    sizes = {s: (len(benchmark.prompts(s, cfg.identifier)[: cfg.num_prompts]) + 1) * cfg.images_per_prompt for s in subjects}
+    settings, sizes = job.settings, job.sizes(cfg)
     rows = []
     bar = tqdm(total=sum(sizes.values()), desc="bench", unit="img")
     try:

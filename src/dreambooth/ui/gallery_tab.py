@@ -1,4 +1,5 @@
-"""The Gallery tab: one card per run in the workspace, with its photos, samples, scores and downloads.
+"""The Gallery tab: one card per run in the workspace, with its photos, samples, scores and downloads; above them, a
+table of each fleet (`dreambooth fleet`) in the workspace.
 
 Built from the files the runs left (config.yaml, validation grids, the Generate tab's images, the Evaluate tab's
 scores), so it lists runs trained before the server restarted and runs trained from the command line alike."""
@@ -94,10 +95,19 @@ def unfinished(workspace: Path, jobs: Jobs, listed: set[Path]) -> list[str]:
     return cards
 
 
+def fleets_html(workspace: Path) -> str:
+    """A read-only table of each fleet under the workspace (the fleet.json `dreambooth fleet` keeps up to date)."""
+    from ..fleet import report
+
+    found = sorted({p.parent for pattern in ("fleet.json", "*/fleet.json", "*/*/fleet.json") for p in workspace.glob(pattern)})
+    return "".join(f"<div class='fleet'><h3>Fleet {html.escape(str(folder.relative_to(workspace)))}</h3>"
+                   f"{report.table(report.read(folder))}</div>" for folder in found[:20])  # fmt: skip
+
+
 def cards_html(workspace: Path, jobs: Jobs) -> str:
     found = runs.find_runs(workspace)
     listed = {(workspace / r).resolve() for r in found}
     cards = unfinished(workspace, jobs, listed) + [card(workspace, run) for run in found]
     if not cards:
-        return "<p class='gallery-empty'>No runs yet: train one in the Train tab.</p>"
-    return f"<div class='gallery'>{''.join(cards)}</div>"
+        return fleets_html(workspace) + "<p class='gallery-empty'>No runs yet: train one in the Train tab.</p>"
+    return fleets_html(workspace) + f"<div class='gallery'>{''.join(cards)}</div>"
