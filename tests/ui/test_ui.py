@@ -485,7 +485,8 @@ def test_train_generate_download(page, server, tmp_path):
     page.fill("#cfg-validation-prompt textarea", "a photo of sks dog")
     for box, value in [("#cfg-validation-steps", "3"), ("#cfg-num-validation-images", "2")]:
         page.fill(f"{box} input", value)
-    assert page.is_checked("#cfg-with-prior-preservation input")
+    assert not page.is_checked("#cfg-with-prior-preservation input")  # the command line's default, off on tiny
+    page.check("#cfg-with-prior-preservation input")
     page.click("#start")
     page.wait_for_selector("#train-message:has-text('queued with 5 photos')")
     assert "notes.jpg" in page.inner_text("#train-message")
@@ -791,9 +792,11 @@ def test_no_auth_serves_an_open_host_on_purpose(tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------- the world's whole path, and a restart mid-run
 
 
-# the README's screenshots: a 1,000-step run scored with 4 samples per prompt
+# the README's screenshots: the demo's settings in full (DREAMBOOTH_UI_DEMO_SETTINGS=1, 1,000 steps), scored with 4
+# samples per prompt; the test itself trains them at few steps with few class images and validation samples
 WORLD_STEPS = int(os.environ.get("DREAMBOOTH_UI_WORLD_STEPS", "40"))
 WORLD_SAMPLES = int(os.environ.get("DREAMBOOTH_UI_WORLD_SAMPLES", "2"))
+DEMO_SETTINGS = os.environ.get("DREAMBOOTH_UI_DEMO_SETTINGS") == "1"
 
 
 def state_of(page) -> tuple[str | None, int]:
@@ -835,15 +838,21 @@ def open_group(page, group: str) -> None:
     page.locator("#advanced").get_by_text(group, exact=True).first.click()
 
 
-def sample_and_start(page, steps: int, subject: str = "dog") -> None:
+def sample_and_start(page, steps: int, subject: str = "dog", demo: bool = False) -> None:
     """Sample subject (the demo's settings), few class images, steps and validation samples, Start: what a newcomer
-    clicks on a CPU, kept short."""
+    clicks on a CPU, kept short; with `demo` only the steps are changed, when they are not the demo's."""
     if subject != "dog":
         page.click("#subject input")
         page.get_by_role("option", name=subject).click()
     page.click("#sample")
     page.wait_for_selector("#photo-check:has-text('5 usable photos, 5 masks')")
     page.wait_for_function("document.querySelector('#class-noun textarea').value === 'dog'")
+    if demo:
+        if steps != 1000:
+            page.fill("#cfg-max-steps input", str(steps))
+        page.click("#start")
+        page.wait_for_selector("#train-message:has-text('queued with 5 photos')")
+        return
     for box, value in [("#cfg-max-steps", str(steps)), ("#cfg-num-class-images", "8")]:
         page.fill(f"{box} input", value)
     open_group(page, "Validation")
@@ -866,8 +875,10 @@ def test_the_world_from_sample_subject_to_its_scores(browser, tmp_path):
     workspace.mkdir()
     with serve_ui(workspace) as url:
         with world_page(browser, url) as page:
-            sample_and_start(page, WORLD_STEPS)
-            state, step = wait_for_state(page, ("done", "failed", "stopped"), timeout=300 + WORLD_STEPS)
+            sample_and_start(page, WORLD_STEPS, demo=DEMO_SETTINGS)
+            state, step = wait_for_state(
+                page, ("done", "failed", "stopped"), timeout=300 + WORLD_STEPS * (2 if DEMO_SETTINGS else 1)
+            )
             assert state == "done" and step == WORLD_STEPS, page.inner_text("#train-status")
             assert int(page.get_attribute("#train-status svg.loss", "data-points")) >= WORLD_STEPS // 10
             run = runs.find_runs(workspace)[0]
@@ -877,7 +888,7 @@ def test_the_world_from_sample_subject_to_its_scores(browser, tmp_path):
             assert "a photo of a dog on the beach" in Path(cfg["class_prompts_file"]).read_text()
             assert cfg["validation_loss"] and "a photo of sks dog on the beach" in Path(cfg["validation_prompts"]).read_text()
             assert len(list(Path(cfg["instance_dir"]).glob("photo-*.mask.png"))) == 5
-            # the validation curves, and the grid of the validation prompts (a 32 px sample a row) enlarged 16 times
+            # the validation curves, and the grid of the validation prompts (a 32 px sample a row here) enlarged
             for curve in ("loss", "scores"):
                 page.wait_for_selector(f"#train-curves img[src*='validation/{curve}.png']")
             page.wait_for_selector("#validations img")
@@ -952,7 +963,7 @@ def test_a_restarted_server_lists_the_run_and_resumes_it(browser, tmp_path):
     stopped, and Resume in the page finishes the same run from that checkpoint."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    steps = 100
+    steps = 60
     with serve_ui(workspace) as url:
         with world_page(browser, url) as page:
             sample_and_start(page, steps)

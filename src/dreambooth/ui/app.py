@@ -78,7 +78,7 @@ def control(name: str, value, gpu: bool):
     """The widget of one TrainConfig field (controls.py says which and how), elem_id cfg-<flag name>."""
     f = controls.field(name)
     kind = controls.kind(name)
-    common = {"label": controls.label(name), "value": value, "elem_id": "cfg-" + name.replace("_", "-")}
+    common = {"label": controls.label(name), "value": value, "elem_id": "cfg-" + name.replace("_", "-"), "min_width": 200}
     if name not in controls.BASIC or name in ("export",):
         common["info"] = f.metadata["help"]
     if name == "model":
@@ -134,15 +134,20 @@ def train_layout(values: dict, photo_roots: Sequence[Path] = (), gpu: bool = Fal
                 tokens = gr.Markdown(train_tab.tokens_markdown(train_tab.suggest(0), "dog"), elem_id="tokens")
                 shown["model"] = control("model", values["model"], gpu)
             with gr.Column():
-                with gr.Row():
-                    for name in controls.BASIC[1:]:
-                        shown[name] = control(name, values[name], gpu)
+                for row in controls.BASIC_ROWS:
+                    with gr.Row():
+                        for name in row:
+                            shown[name] = control(name, values[name], gpu)
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     for group, names in controls.ADVANCED.items():
                         with gr.Accordion(group, open=False, elem_classes="group"):
+                            for name in names:  # a box of lines takes the whole width
+                                if controls.kind(name) == "lines":
+                                    shown[name] = control(name, values[name], gpu)
                             with gr.Row():
                                 for name in names:
-                                    shown[name] = control(name, values[name], gpu)
+                                    if controls.kind(name) != "lines":
+                                        shown[name] = control(name, values[name], gpu)
                 with gr.Row():
                     start = gr.Button("Start", variant="primary", elem_id="start")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")

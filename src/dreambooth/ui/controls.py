@@ -13,20 +13,14 @@ import enum
 from ..config import EMBEDDING_METRICS, WORLD_METRICS, TrainConfig
 from ..fields import field_type, fields_of, parse, settings
 
-# the first screen: what a newcomer sets
-BASIC = (
-    "model",
-    "with_prior_preservation",
-    "class_prompt",
-    "num_class_images",
-    "max_steps",
-    "rank",
-    "learning_rate",
-    "train_text_encoder",
-    "text_encoder_lr",
-    "resolution",
-    "export",
+# the first screen: what a newcomer sets (the base model beside the photos, the rest in these rows)
+BASIC_ROWS = (
+    ("with_prior_preservation", "train_text_encoder"),
+    ("class_prompt",),
+    ("num_class_images", "max_steps", "rank", "resolution"),
+    ("learning_rate", "text_encoder_lr", "export"),
 )
+BASIC = ("model", *(name for row in BASIC_ROWS for name in row))
 
 # the "Advanced" accordion, group by group
 # fmt: off
