@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "subject": args.subject,
         "samples_per_prompt": args.samples,
-        "settings": runs.run_config(workspace / run),
+        # the paths as the workspace names them, not as this machine does
+        "settings": json.loads(json.dumps(runs.run_config(workspace / run)).replace(str(workspace), "WORKSPACE")),
         "before": result["before"],
         "after": result["after"],
         "train_s": round(trained, 1),

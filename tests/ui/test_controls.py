@@ -30,6 +30,12 @@ def test_every_train_setting_is_on_the_page_or_left_out_with_a_reason():
     assert len(controls.BASIC) <= 12 and len(controls.SHOWN) - len(controls.BASIC) >= 50
 
 
+def test_the_settings_page_of_the_docs_names_every_setting():
+    text = (Path(__file__).parents[2] / "docs" / "ui-settings.md").read_text()
+    missing = [n for n in (*controls.SHOWN, *controls.OMITTED) if f"`--{n.replace('_', '-')}`" not in text]
+    assert missing == [], f"docs/ui-settings.md does not name {missing}"
+
+
 class Recorder:
     """Stands in for the job queue: keeps what Start submits."""
 

@@ -869,8 +869,11 @@ def no_wider_than_the_screen(page) -> int:
 @needs_browser
 @pytest.mark.slow
 def test_the_world_from_sample_subject_to_its_scores(browser, tmp_path):
-    """Sample subject -> train a short world run -> generate -> Evaluate shows the world's scores -> Gallery; and the
-    same page at a phone's width. DREAMBOOTH_UI_SCREENSHOTS=docs writes the README's screenshots from it."""
+    """Sample subject -> train a short world run with the demo's settings -> generate -> Evaluate shows the world's
+    scores -> Gallery; and the same page at a phone's width. DREAMBOOTH_UI_SCREENSHOTS=docs writes the README's
+    screenshots from it."""
+    from dreambooth.ui import evaluate_tab
+
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     with serve_ui(workspace) as url:
@@ -912,7 +915,8 @@ def test_the_world_from_sample_subject_to_its_scores(browser, tmp_path):
             page.wait_for_selector("#scores:has-text('Not scored yet')")
             page.get_by_text("32 (the demo's)").click()
             page.wait_for_selector("#eval-estimate:has-text('Scoring draws 512 samples (32 of each of 8 prompts')")
-            page.locator("#world-samples").get_by_text(str(WORLD_SAMPLES), exact=True).click()
+            choice = next(label for label, n in evaluate_tab.SAMPLE_CHOICES if n == WORLD_SAMPLES)
+            page.locator("#world-samples").get_by_text(choice, exact=True).click()
             page.wait_for_selector(f"#eval-estimate:has-text('({WORLD_SAMPLES} of each of 8 prompts')")
             page.click("#score")
             page.wait_for_selector(".progress-text, .eta-bar, .progress-level", timeout=60_000)  # gradio's progress bar

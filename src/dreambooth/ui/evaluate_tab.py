@@ -104,9 +104,10 @@ def bench_report(workspace: Path) -> tuple[str, list[str]]:
 
 WORLD_SAMPLES = 4  # per prompt; the demo draws 32 (its scores move in steps of 1/32, the page's in steps of 1/4)
 SAMPLE_CHOICES = [("1", 1), ("2", 2), ("4 (quick)", 4), ("8", 8), ("16", 16), ("32 (the demo's)", 32)]
-# Drawing and reading one world sample (25 steps at 32 px, a prompt's samples in one batch), in seconds: measured on a
-# 2-core CPU scoring with 32 samples a prompt. A page that has scored once uses its own measurement instead.
-SECONDS_PER_SAMPLE = 0.1
+# Drawing and reading one world sample (25 steps at 32 px, a prompt's samples in one batch), in seconds: measured by
+# bench/page_world_run.py on a 2-core CPU scoring with 32 samples a prompt, other work running beside it (load average
+# 3-4). A page that has scored once uses its own measurement instead.
+SECONDS_PER_SAMPLE = 0.42
 LOADING_SECONDS = 5.0  # the world's model and reader
 SCORE_NAMES = {
     "subject_fidelity": "subject fidelity",

@@ -107,4 +107,5 @@ def active_runs(workspace: Path) -> list[Path]:
 
 
 def validation_images(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("validation/step-*.png"))
+    """The run's validation grids: of --validation-prompt, else of --validation-prompts (a prompt a row)."""
+    return sorted(run_dir.glob("validation/step-*.png")) or sorted(run_dir.glob("validation/prompts-step-*.png"))
