@@ -158,7 +158,7 @@ def test_a_bad_value_on_the_page_is_one_line_naming_the_setting(tmp_path):
     assert message == "Error: --lora-dropout 1.5: must be below 1" and not (tmp_path / "uploads").exists()
     shown = {**train_tab.page_settings("tiny", "dog"), "max_steps": None}
     message = train_tab.start(tmp_path, Recorder(), [], "", "dog", "sks", *[shown[n] for n in controls.SHOWN])  # type: ignore[arg-type]
-    assert message.startswith("Error: the page: key 'max_steps'"), message
+    assert message == "Error: Steps (--max-steps): '' is not a valid int; fix the value", message
 
 
 def test_masks_travel_with_their_photos(tmp_path):

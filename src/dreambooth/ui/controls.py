@@ -11,6 +11,7 @@ import dataclasses
 import enum
 
 from ..config import EMBEDDING_METRICS, WORLD_METRICS, TrainConfig
+from ..errors import UsageError
 from ..fields import field_type, fields_of, parse, settings
 
 # the first screen: what a newcomer sets (the base model beside the photos, the rest in these rows)
@@ -138,14 +139,17 @@ def shown_value(cfg: TrainConfig, name: str):
 
 
 def as_values(shown: dict) -> dict:
-    """The controls' values as config values, checked and converted as flags are (UsageError naming the field).
-    TEXT_FILES fields must already hold their file's path."""
-    mapping = {}
+    """The controls' values as config values, checked and converted as flags are; UsageError naming the control and
+    its flag. TEXT_FILES fields must already hold their file's path."""
+    values: dict = {}
     for name, value in shown.items():
         if kind(name) in ("int", "float") and value is None:
-            value = ""  # an emptied number box: refused by name below, as an empty flag value is
-        mapping[name] = value
-    return parse(TrainConfig, mapping, source="the page")
+            value = ""  # an emptied number box: refused by name, as an empty flag value is
+        try:
+            values.update(parse(TrainConfig, {name: value}, source="the page"))
+        except UsageError as e:  # "the page: key 'x': <what is wrong>"
+            raise UsageError(f"{label(name)} (--{name.replace('_', '-')}): {str(e).split(': ', 2)[-1]}") from None
+    return values
 
 
 def config(shown: dict, **page) -> TrainConfig:
