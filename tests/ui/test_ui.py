@@ -150,16 +150,29 @@ def test_jobs_run_one_at_a_time_in_order():
     assert jobs.snapshot()[0].step == 3 and jobs.snapshot()[0].output == "a"
 
 
-def test_choosing_an_embedded_model_fills_in_its_recommended_settings(tmp_path):
-    from dreambooth.ui import train_tab
+def page_start(workspace, jobs, files, folder, noun="dog", identifier="sks", model="tiny", photo_roots=(), **changes):
+    """Start pressed with the page's values for `model` (and `changes` to them), as the browser sends them."""
+    from dreambooth.ui import controls, train_tab
 
-    assert train_tab.defaults_for("world") == (1000, 8, 1e-3, 1e-3, 32, True, 100)
-    assert train_tab.defaults_for("tiny") == (300, 16, 5e-4, 1e-4, 0, False, 100)  # the general defaults
-    # settings the page has no field for (min-SNR weights, batch size) come from the model as well
+    shown = {**train_tab.page_settings(model, noun), **changes}
+    return train_tab.start(workspace, jobs, files, folder, noun, identifier, *[shown[n] for n in controls.SHOWN],
+                           photo_roots=photo_roots)  # fmt: skip
+
+
+def test_choosing_an_embedded_model_fills_in_its_recommended_settings(tmp_path):
+    from dreambooth.ui import controls, train_tab
+
+    def some(model, noun=""):
+        values = dict(zip([n for n in controls.SHOWN if n != "model"], train_tab.defaults_for(model, noun)))
+        return tuple(values[n] for n in ("max_steps", "rank", "learning_rate", "text_encoder_lr", "resolution",
+                                         "train_text_encoder", "num_class_images", "snr_gamma", "batch_size"))  # fmt: skip
+
+    assert some("world", "car") == (1000, 8, 1e-3, 1e-3, 32, True, 100, 5.0, 2)  # the world's recommended settings
+    assert some("world", "dog") == (1000, 8, 1e-3, 1e-3, 32, True, 400, 5.0, 2)  # the demo's for one of its classes
+    assert some("tiny") == (300, 16, 5e-4, 1e-4, 0, False, 100, 0.0, 1)  # the general defaults
     log = []
     jobs = Jobs(fake_train(log))
-    message = train_tab.start(tmp_path, jobs, [str(p) for p in SAMPLE], "", "dog", "sks", "world", False, "", 100, 3, 8,
-                              1e-3, 1e-3, 32, True, 0, False)  # fmt: skip
+    message = page_start(tmp_path, jobs, [str(p) for p in SAMPLE], "", model="world", noun="car", max_steps=3)
     assert "queued" in message, message
     cfg = jobs.snapshot()[0].cfg
     assert (cfg.snr_gamma, cfg.batch_size, cfg.max_steps, cfg.guidance_scale) == (5.0, 2, 3, 4.0)
@@ -281,10 +294,9 @@ def test_on_a_cpu_the_page_proposes_the_world_and_its_sample_subject(tmp_path, m
     import numpy as np
     import torch
 
-    from dreambooth.fields import settings
     from dreambooth.ui import train_tab
     from dreambooth.world import DEMO_STEPS
-    from dreambooth.world.demo import demo_train_config, write_photos
+    from dreambooth.world.demo import demo_settings, write_photos
     from dreambooth.world.render import CLASSES
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -293,27 +305,29 @@ def test_on_a_cpu_the_page_proposes_the_world_and_its_sample_subject(tmp_path, m
     assert train_tab.proposed_model() == "world"
     workspace = tmp_path / "ws"
     for cls in CLASSES:
-        files, noun, identifier, model, message = train_tab.sample_subject(workspace, cls)
-        demo = sorted(p for p in write_photos(cls, tmp_path / "demo" / cls).glob("*.png") if ".mask." not in p.name)
-        assert [Path(f).name for f in files] == [p.name for p in demo] and len(files) == 5
+        files, noun, identifier, model, message, *_ = train_tab.sample_subject(workspace, cls)
+        demo = sorted(write_photos(cls, tmp_path / "demo" / cls).glob("*.png"))  # the photos and their masks
+        assert [Path(f).name for f in files] == [p.name for p in demo] and len(files) == 10
         assert all(np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(d))) for f, d in zip(files, demo))
         assert (noun, identifier, model) == (cls, "sks", "world") and f" {cls}, which its base model never drew" in message
     assert runs.find_runs(workspace) == []
 
-    # the page's first values (build_app's) for a sample cat, Start pressed at once
-    page = settings(TrainConfig, model=train_tab.proposed_model())
+    # the page's values after Sample subject (the cat), Start pressed at once: the demo's settings, field by field
     jobs = Jobs(fake_train([]))
-    files, noun, identifier, model, _ = train_tab.sample_subject(workspace, "cat")
-    message = train_tab.start(workspace, jobs, files, "", noun, identifier, model, True, "", page.num_class_images,
-                              page.max_steps, page.rank, page.learning_rate, page.text_encoder_lr, page.resolution,
-                              page.train_text_encoder, page.validation_steps, True)  # fmt: skip
-    assert "queued with 5 photos" in message, message
+    files, noun, identifier, model, _, *values = train_tab.sample_subject(workspace, "cat")
+    message = train_tab.start(workspace, jobs, files, "", noun, identifier, model, *values)
+    assert "queued with 5 photos" in message and "Warning" not in message, message
     cfg = jobs.snapshot()[0].cfg
-    demo = demo_train_config("cat", Path(cfg.instance_dir), Path(cfg.output_dir), DEMO_STEPS)
+    demo = demo_settings("cat", tmp_path / "demo-run")
     differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(demo, f.name)}
-    # what the page adds: validation images as it trains, samples for the model card, the ComfyUI file
-    assert differ == {"validation_prompt", "num_validation_images", "num_samples"}, differ
-    assert wait_for(lambda: jobs.snapshot()[0].state == "done")
+    assert differ == {"instance_dir", "output_dir", "class_prompts_file", "validation_prompts"}, differ
+    for name in ("class_prompts_file", "validation_prompts"):  # the same prompts, in the page's files
+        assert Path(getattr(cfg, name)).read_text() == Path(getattr(demo, name)).read_text(), name
+    stored = sorted(Path(cfg.instance_dir).iterdir())
+    assert [p.name for p in stored] == [f"photo-{i:02d}{s}" for i in range(1, 6) for s in (".mask.png", ".png")]
+    demo_masks = sorted((tmp_path / "demo" / "cat").glob("*.mask.png"))
+    assert all(np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))) for a, b in zip(stored[::2], demo_masks))
+    assert DEMO_STEPS == cfg.max_steps
 
 
 # ---------------------------------------------------------------- the page in a browser
@@ -422,7 +436,10 @@ def shoot(page, tmp_path, name: str, readme: bool = True) -> None:
 @pytest.mark.slow
 def test_the_world_first_on_a_cpu(page):
     """Without a GPU the page opens on the world with the demo's settings; Sample subject fills in the rest."""
-    assert page.input_value("#model input") == "world" and page.input_value("#steps input") == "1000"
+    assert page.input_value("#cfg-model input") == "world" and page.input_value("#cfg-max-steps input") == "1000"
+    assert page.is_visible("#cfg-max-steps") and not page.is_visible("#cfg-adapter")  # the rest under Advanced
+    open_group(page, "Memory and speed")  # quantization is CUDA only: shown, not offered, on a CPU
+    assert page.is_disabled("#cfg-base-quantization input")
     page.click("#subject input")
     page.get_by_role("option", name="teapot").click()
     page.click("#sample")
@@ -455,16 +472,21 @@ def test_train_generate_download(page, server, tmp_path):
     url, workspace = server
     fake = tmp_path / "notes.jpg"
     fake.write_text("plain text with an image's name")
-    page.fill("#model input", "tiny")
+    page.fill("#cfg-model input", "tiny")
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelector('#steps input').value === '300'")  # tiny's settings are in
+    page.wait_for_function("document.querySelector('#cfg-max-steps input').value === '300'")  # tiny's settings are in
     page.set_input_files("#photos input[type=file]", [str(p) for p in SAMPLE] + [str(fake)])
     page.wait_for_selector("#photo-check:has-text('notes.jpg')")  # the bad file, named, before training
     assert "5 usable photos" in page.inner_text("#photo-check")
     assert "a photo of" in page.inner_text("#tokens")
-    for box, value in [("#steps", "6"), ("#num-class", "2"), ("#validation-every", "3")]:
+    for box, value in [("#cfg-max-steps", "6"), ("#cfg-num-class-images", "2")]:
         page.fill(f"{box} input", value)
-    assert page.is_checked("#prior input")
+    open_group(page, "Validation")
+    page.fill("#cfg-validation-prompt textarea", "a photo of sks dog")
+    for box, value in [("#cfg-validation-steps", "3"), ("#cfg-num-validation-images", "2")]:
+        page.fill(f"{box} input", value)
+    assert not page.is_checked("#cfg-with-prior-preservation input")  # the command line's default, off on tiny
+    page.check("#cfg-with-prior-preservation input")
     page.click("#start")
     page.wait_for_selector("#train-message:has-text('queued with 5 photos')")
     assert "notes.jpg" in page.inner_text("#train-message")
@@ -628,14 +650,12 @@ def folders_to_probe(tmp_path):
 
 
 def test_the_folder_field_reads_only_the_workspace_and_photo_roots(tmp_path):
-    from dreambooth.ui import train_tab
 
     workspace, root, secret = folders_to_probe(tmp_path)
     jobs = Jobs(fake_train([]))
 
     def start(folder):
-        return train_tab.start(workspace, jobs, [], folder, "dog", "sks", "tiny", False, "", 1, 1, 4, 1e-4, 1e-4, 0,
-                               False, 0, False, photo_roots=[root])  # fmt: skip
+        return page_start(workspace, jobs, [], folder, photo_roots=[root], max_steps=1, rank=4, num_samples=0)
 
     outside = [str(secret), f"{root}/../secret", str(root / "link"), "../secret", "~", "/etc", "/no/such/folder"]
     for folder in outside:
@@ -647,8 +667,7 @@ def test_the_folder_field_reads_only_the_workspace_and_photo_roots(tmp_path):
     assert message.endswith("queued with 5 photos  \nWarning: zz-link.jpg leads outside the folders this page reads; skipped")
     assert "queued with 5 photos" in start("mine")  # a relative name is taken in the workspace
     assert start("nothing-here") == "Error: nothing-here: no such folder on this machine"
-    assert "outside" in train_tab.start(workspace, jobs, [], str(root / "dog"), "dog", "sks", "tiny", False, "", 1, 1, 4,
-                                        1e-4, 1e-4, 0, False, 0, False)  # without --photo-root only the workspace  # fmt: skip
+    assert "outside" in page_start(workspace, jobs, [], str(root / "dog"))  # without --photo-root only the workspace
     assert wait_for(lambda: all(j.state == "done" for j in jobs.snapshot()))
 
 
@@ -702,6 +721,8 @@ def upload(url: str, cookie: str, file: Path, name: str) -> tuple[int, object]:
 def test_a_shared_page_guards_its_files(tmp_path):
     """With --auth, nothing answers without the password; with it, neither the file route, nor an upload's name, nor
     a crafted upload path, nor the folder field reaches a file outside the workspace and --photo-root folders."""
+    from dreambooth.ui import controls, train_tab
+
     workspace, root, secret = folders_to_probe(tmp_path)
     (workspace / "link").symlink_to(secret, target_is_directory=True)
     photo = SAMPLE[0].name
@@ -734,9 +755,10 @@ def test_a_shared_page_guards_its_files(tmp_path):
             assert kind == "error" and "not uploaded by a user" in str(answer), (path, answer)
 
         # the folder field
+        shown = train_tab.page_settings("tiny", "dog")
+        values = [shown[name] for name in controls.SHOWN]
         for folder in [str(secret), f"{root}/../secret", str(root / "link"), "link", "../secret", "/etc"]:
-            kind, answer = call(url, cookie, "start", [[], folder, "dog", "sks", "tiny", False, "", 1, 1, 4, 1e-4, 1e-4,
-                                                       0, False, 0, False])  # fmt: skip
+            kind, answer = call(url, cookie, "start", [[], folder, "dog", "sks", *values])
             assert kind == "complete" and "outside the folders this page reads" in answer[0], (folder, answer)
         assert not (workspace / "uploads").exists()
 
@@ -770,9 +792,11 @@ def test_no_auth_serves_an_open_host_on_purpose(tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------- the world's whole path, and a restart mid-run
 
 
-# the README's screenshots: a 1,000-step run scored with 4 samples per prompt
+# the README's screenshots: the demo's settings in full (DREAMBOOTH_UI_DEMO_SETTINGS=1, 1,000 steps), scored with 4
+# samples per prompt; the test itself trains them at few steps with few class images and validation samples
 WORLD_STEPS = int(os.environ.get("DREAMBOOTH_UI_WORLD_STEPS", "40"))
 WORLD_SAMPLES = int(os.environ.get("DREAMBOOTH_UI_WORLD_SAMPLES", "2"))
+DEMO_SETTINGS = os.environ.get("DREAMBOOTH_UI_DEMO_SETTINGS") == "1"
 
 
 def state_of(page) -> tuple[str | None, int]:
@@ -807,15 +831,32 @@ def world_page(browser, url: str):
         context.close()
 
 
-def sample_and_start(page, steps: int, subject: str = "dog") -> None:
-    """Sample subject, few class images and steps, Start: what a newcomer clicks on a CPU."""
+def open_group(page, group: str) -> None:
+    """Open the Advanced settings and one group of them."""
+    if not page.is_visible("#cfg-adapter, #cfg-optimizer, #cfg-validation-loss"):
+        page.locator("#advanced").get_by_text("Advanced", exact=True).first.click()
+    page.locator("#advanced").get_by_text(group, exact=True).first.click()
+
+
+def sample_and_start(page, steps: int, subject: str = "dog", demo: bool = False) -> None:
+    """Sample subject (the demo's settings), few class images, steps and validation samples, Start: what a newcomer
+    clicks on a CPU, kept short; with `demo` only the steps are changed, when they are not the demo's."""
     if subject != "dog":
         page.click("#subject input")
         page.get_by_role("option", name=subject).click()
     page.click("#sample")
-    page.wait_for_selector("#photo-check:has-text('5 usable photos')")
+    page.wait_for_selector("#photo-check:has-text('5 usable photos, 5 masks')")
     page.wait_for_function("document.querySelector('#class-noun textarea').value === 'dog'")
-    for box, value in [("#steps", str(steps)), ("#num-class", "8"), ("#validation-every", str(max(steps // 2, 1)))]:
+    if demo:
+        if steps != 1000:
+            page.fill("#cfg-max-steps input", str(steps))
+        page.click("#start")
+        page.wait_for_selector("#train-message:has-text('queued with 5 photos')")
+        return
+    for box, value in [("#cfg-max-steps", str(steps)), ("#cfg-num-class-images", "8")]:
+        page.fill(f"{box} input", value)
+    open_group(page, "Validation")
+    for box, value in [("#cfg-validation-steps", str(max(steps // 2, 1))), ("#cfg-num-validation-images", "1")]:
         page.fill(f"{box} input", value)
     page.click("#start")
     page.wait_for_selector("#train-message:has-text('queued with 5 photos')")
@@ -828,20 +869,37 @@ def no_wider_than_the_screen(page) -> int:
 @needs_browser
 @pytest.mark.slow
 def test_the_world_from_sample_subject_to_its_scores(browser, tmp_path):
-    """Sample subject -> train a short world run -> generate -> Evaluate shows the world's scores -> Gallery; and the
-    same page at a phone's width. DREAMBOOTH_UI_SCREENSHOTS=docs writes the README's screenshots from it."""
+    """Sample subject -> train a short world run with the demo's settings -> generate -> Evaluate shows the world's
+    scores -> Gallery; and the same page at a phone's width. DREAMBOOTH_UI_SCREENSHOTS=docs writes the README's
+    screenshots from it."""
+    from dreambooth.ui import evaluate_tab
+
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     with serve_ui(workspace) as url:
         with world_page(browser, url) as page:
-            sample_and_start(page, WORLD_STEPS)
-            state, step = wait_for_state(page, ("done", "failed", "stopped"), timeout=300 + WORLD_STEPS)
+            sample_and_start(page, WORLD_STEPS, demo=DEMO_SETTINGS)
+            state, step = wait_for_state(
+                page, ("done", "failed", "stopped"), timeout=300 + WORLD_STEPS * (2 if DEMO_SETTINGS else 1)
+            )
             assert state == "done" and step == WORLD_STEPS, page.inner_text("#train-status")
             assert int(page.get_attribute("#train-status svg.loss", "data-points")) >= WORLD_STEPS // 10
-            page.wait_for_selector("#validations img")
-            shoot(page, tmp_path, "train")
             run = runs.find_runs(workspace)[0]
-            assert runs.run_config(workspace / run)["model"] == "world"
+            cfg = runs.run_config(workspace / run)  # trained with the demo's settings
+            assert cfg["model"] == "world" and cfg["masked_loss"] and cfg["mask_background_weight"] == 0.1
+            assert (cfg["class_caption_dropout"], cfg["preserve_unconditional"], cfg["prior_loss_weight"]) == (0.2, True, 2.0)
+            assert "a photo of a dog on the beach" in Path(cfg["class_prompts_file"]).read_text()
+            assert cfg["validation_loss"] and "a photo of sks dog on the beach" in Path(cfg["validation_prompts"]).read_text()
+            assert len(list(Path(cfg["instance_dir"]).glob("photo-*.mask.png"))) == 5
+            # the validation curves, and the grid of the validation prompts (a 32 px sample a row here) enlarged
+            for curve in ("loss", "scores"):
+                page.wait_for_selector(f"#train-curves img[src*='validation/{curve}.png']")
+            page.wait_for_selector("#validations img")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#train-curves img, #validations img')].every(i => i.complete && "
+                "i.naturalWidth > 0) && document.querySelector('#validations img').naturalWidth >= 512"
+            )
+            shoot(page, tmp_path, "train")
 
             page.get_by_role("tab", name="Generate").click()
             page.wait_for_function("document.querySelector('#gen-prompt textarea').value === 'a photo of sks dog'")
@@ -855,7 +913,11 @@ def test_the_world_from_sample_subject_to_its_scores(browser, tmp_path):
 
             page.get_by_role("tab", name="Evaluate").click()
             page.wait_for_selector("#scores:has-text('Not scored yet')")
-            page.fill("#world-samples input", str(WORLD_SAMPLES))
+            page.get_by_text("32 (the demo's)").click()
+            page.wait_for_selector("#eval-estimate:has-text('Scoring draws 512 samples (32 of each of 8 prompts')")
+            choice = next(label for label, n in evaluate_tab.SAMPLE_CHOICES if n == WORLD_SAMPLES)
+            page.locator("#world-samples").get_by_text(choice, exact=True).click()
+            page.wait_for_selector(f"#eval-estimate:has-text('({WORLD_SAMPLES} of each of 8 prompts')")
             page.click("#score")
             page.wait_for_selector(".progress-text, .eta-bar, .progress-level", timeout=60_000)  # gradio's progress bar
             page.wait_for_selector(
@@ -905,7 +967,7 @@ def test_a_restarted_server_lists_the_run_and_resumes_it(browser, tmp_path):
     stopped, and Resume in the page finishes the same run from that checkpoint."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    steps = 100
+    steps = 60
     with serve_ui(workspace) as url:
         with world_page(browser, url) as page:
             sample_and_start(page, steps)

@@ -9,11 +9,10 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ..config import EvaluateConfig, GenerateConfig, TrainConfig
-from ..fields import settings
+from ..config import EvaluateConfig, GenerateConfig
 from ..models import EMBEDDED, embedded_help
 from ..world.render import CLASSES
-from . import evaluate_tab, gallery_tab, generate_tab, runs, train_tab
+from . import controls, evaluate_tab, gallery_tab, generate_tab, runs, train_tab
 from .jobs import Jobs
 from .uploads import MAX_PHOTOS
 
@@ -30,6 +29,11 @@ svg.loss { width: 100%; max-width: 480px; height: 120px; display: block; margin-
 .train-status .outside { margin-top: .6em; }
 .world-grids figure { margin: .4em 0; }
 .world-grids img, .gallery img { image-rendering: pixelated; max-width: 100%; }
+#validations img, #gallery img { image-rendering: pixelated; }
+#train-curves .curves { display: flex; flex-wrap: wrap; gap: 8px; }
+#train-curves figure { margin: 0; flex: 1 1 280px; max-width: 480px; }
+#train-curves img { width: 100%; display: block; }
+#train-curves figcaption { font-size: .85em; color: #666; }
 .world-grids .pair { display: flex; flex-wrap: wrap; gap: 2px 12px; }
 .world-grids .pair > div { flex: 1 1 160px; max-width: 384px; }
 .world-grids img { width: 100%; display: block; }
@@ -70,13 +74,44 @@ def run_list(workspace: Path, current: str | None = None):
     return gr.Dropdown(choices=choices, value=current if current in choices else (choices[0] if choices else None))
 
 
-def train_layout(t: TrainConfig, photo_roots: Sequence[Path] = ()) -> SimpleNamespace:
-    """The Train tab's components."""
+def control(name: str, value, gpu: bool):
+    """The widget of one TrainConfig field (controls.py says which and how), elem_id cfg-<flag name>."""
+    f = controls.field(name)
+    kind = controls.kind(name)
+    common = {"label": controls.label(name), "value": value, "elem_id": "cfg-" + name.replace("_", "-"), "min_width": 200}
+    if name not in controls.BASIC or name in ("export",):
+        common["info"] = f.metadata["help"]
+    if name == "model":
+        return gr.Dropdown(
+            MODELS,
+            allow_custom_value=True,
+            **{**common, "label": f"Base model: {embedded_help()}, a hub id, a local diffusers folder or .safetensors file"},
+        )
+    if name == "base_quantization" and not gpu:  # CUDA only: shown, so the choice is known, but not offered
+        return gr.Dropdown(
+            controls.choices(name), interactive=False, **{**common, "info": "needs a CUDA GPU; " + f.metadata["help"]}
+        )
+    if kind == "choice":
+        return gr.Dropdown(controls.choices(name), **common)
+    if kind == "check":
+        return gr.Checkbox(**common)
+    if kind == "int":
+        return gr.Number(precision=0, **common)
+    if kind == "float":
+        return gr.Number(**common)
+    if kind == "lines":
+        return gr.Textbox(lines=4, max_lines=12, **common)
+    return gr.Textbox(**common)  # text, and words: names apart by spaces
+
+
+def train_layout(values: dict, photo_roots: Sequence[Path] = (), gpu: bool = False) -> SimpleNamespace:
+    """The Train tab's components; `values` are the controls' first values (train_tab.page_settings)."""
+    shown: dict = {}
     with gr.Tab("Train", id="train"):
         with gr.Row():
             with gr.Column():
                 photos = gr.File(
-                    label=f"Photos of the subject (3–{MAX_PHOTOS})",
+                    label=f"Photos of the subject (3–{MAX_PHOTOS}), and any masks (name.mask.png, white = subject)",
                     file_count="multiple",
                     file_types=["image"],
                     elem_id="photos",
@@ -97,43 +132,38 @@ def train_layout(t: TrainConfig, photo_roots: Sequence[Path] = ()) -> SimpleName
                     another = gr.Button("Suggest another", size="sm")
                 seed_state = gr.State(0)
                 tokens = gr.Markdown(train_tab.tokens_markdown(train_tab.suggest(0), "dog"), elem_id="tokens")
-                model = gr.Dropdown(
-                    MODELS,
-                    value=t.model,
-                    allow_custom_value=True,
-                    elem_id="model",
-                    label=f"Base model: {embedded_help()}, a hub id, a local diffusers folder or .safetensors file",
-                )
+                shown["model"] = control("model", values["model"], gpu)
             with gr.Column():
-                with gr.Row():
-                    prior = gr.Checkbox(label="Prior preservation", value=True, elem_id="prior")
-                    train_te = gr.Checkbox(label="Text-encoder LoRA", value=t.train_text_encoder)
-                    kohya = gr.Checkbox(label="Also a file for ComfyUI / A1111 / Forge", value=True, elem_id="kohya")
-                class_prompt = gr.Textbox(label="Class prompt (empty: 'a photo of a <class>')", elem_id="class-prompt")
-                num_class = gr.Number(label="Class images", value=t.num_class_images, precision=0, minimum=1, elem_id="num-class")
-                with gr.Row():
-                    steps = gr.Number(label="Steps", value=t.max_steps, precision=0, minimum=1, elem_id="steps")
-                    rank = gr.Number(label="LoRA rank", value=t.rank, precision=0, minimum=1)
-                    resolution = gr.Number(label="Resolution (0 = model's)", value=t.resolution, precision=0, minimum=0, step=8)
-                with gr.Row():
-                    lr = gr.Number(label="UNet learning rate", value=t.learning_rate)
-                    te_lr = gr.Number(label="Text-encoder learning rate", value=t.text_encoder_lr)
-                    every = gr.Number(
-                        label="Validation images every N steps (0 = none)",
-                        value=t.validation_steps,
-                        precision=0,
-                        minimum=0,
-                        elem_id="validation-every",
-                    )
+                for row in controls.BASIC_ROWS:
+                    with gr.Row():
+                        for name in row:
+                            shown[name] = control(name, values[name], gpu)
+                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                    for group, names in controls.ADVANCED.items():
+                        with gr.Accordion(group, open=False, elem_classes="group"):
+                            for name in names:  # a box of lines takes the whole width
+                                if controls.kind(name) == "lines":
+                                    shown[name] = control(name, values[name], gpu)
+                            with gr.Row():
+                                for name in names:
+                                    if controls.kind(name) != "lines":
+                                        shown[name] = control(name, values[name], gpu)
                 with gr.Row():
                     start = gr.Button("Start", variant="primary", elem_id="start")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
                     resume = gr.Button("Resume", elem_id="resume")
                 message = gr.Markdown(elem_id="train-message")
                 status = gr.HTML(elem_id="train-status")
-                validations = gr.Gallery(label="Validation images", columns=2, height=260, elem_id="validations")
+                validations = gr.Gallery(
+                    label="Validation images (small ones enlarged, pixels kept sharp)",
+                    columns=2,
+                    height=360,
+                    object_fit="contain",
+                    elem_id="validations",
+                )
+                curves = gr.HTML(elem_id="train-curves")
                 queue = gr.Markdown(elem_id="queue")
-        shown = gr.State([])
+        seen = gr.State([])
         finished = gr.State(-1)
     return SimpleNamespace(
         photos=photos,
@@ -146,26 +176,16 @@ def train_layout(t: TrainConfig, photo_roots: Sequence[Path] = ()) -> SimpleName
         another=another,
         seed_state=seed_state,
         tokens=tokens,
-        model=model,
-        prior=prior,
-        train_te=train_te,
-        kohya=kohya,
-        class_prompt=class_prompt,
-        num_class=num_class,
-        steps=steps,
-        rank=rank,
-        resolution=resolution,
-        lr=lr,
-        te_lr=te_lr,
-        every=every,
+        controls=shown,
         start=start,
         stop=stop,
         resume=resume,
         message=message,
         status=status,
         validations=validations,
+        curves=curves,
         queue=queue,
-        shown=shown,
+        shown=seen,
         finished=finished,
     )
 
@@ -229,15 +249,13 @@ def evaluate_layout(e: EvaluateConfig) -> SimpleNamespace:
                 eval_run = gr.Dropdown(label="Run", choices=[], elem_id="eval-run")
                 dino = gr.Textbox(label="DINO model (hub id or local folder)", value=e.dino_model)
                 clip = gr.Textbox(label="CLIP model (hub id or local folder)", value=e.clip_model)
-                world_n = gr.Number(
-                    label=f"World runs: samples per prompt (the demo draws 32; {evaluate_tab.WORLD_SAMPLES} keep it to "
-                    "a minute or two on a CPU, and the shares coarser)",
+                world_n = gr.Radio(
+                    evaluate_tab.SAMPLE_CHOICES,
+                    label="World runs: samples per prompt (the demo draws 32; the page's 4 are quicker, the shares coarser)",
                     value=evaluate_tab.WORLD_SAMPLES,
-                    precision=0,
-                    minimum=1,
-                    maximum=32,
                     elem_id="world-samples",
                 )
+                estimate = gr.Markdown(elem_id="eval-estimate")
                 score = gr.Button("Score", variant="primary", elem_id="score")
                 gr.Markdown(
                     "A run on the **world** base is scored as `dreambooth demo` scores it: the base model and the run "
@@ -256,6 +274,7 @@ def evaluate_layout(e: EvaluateConfig) -> SimpleNamespace:
     return SimpleNamespace(
         eval_run=eval_run,
         world_n=world_n,
+        estimate=estimate,
         dino=dino,
         clip=clip,
         score=score,
@@ -279,53 +298,47 @@ def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[P
     """The page over `workspace`; its folder field reads photos only there and in `photo_roots`. Without `jobs`, the
     page's jobs are kept in WORKSPACE/jobs.json (they outlive the server)."""
     jobs = jobs or Jobs(state_file=workspace / "jobs.json")
-    # the fields start at the proposed base's recommended settings: on a CPU the world's, those of `dreambooth demo`
-    t, g = settings(TrainConfig, model=train_tab.proposed_model()), GenerateConfig()
+    # the controls start at the proposed base's settings: on a CPU the world's, those `dreambooth demo` trains the dog with
+    model, g = train_tab.proposed_model(), GenerateConfig()
     with gr.Blocks(title="DreamBooth", analytics_enabled=False) as app:
         gr.Markdown(
             "## DreamBooth + LoRA\nTeach a Stable Diffusion model one subject from a few photos, then draw it anywhere. "
             f"Workspace: `{workspace.name}`"
         )
         with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays in sight, not in a menu
-            tr = train_layout(t, photo_roots)
+            tr = train_layout(train_tab.page_settings(model, "dog"), photo_roots, gpu=train_tab.has_gpu())
             ge = generate_layout(g)
             ev = evaluate_layout(EvaluateConfig())
             ga = gallery_layout()
         # ---- wiring: each action is a plain function with the workspace and the job queue bound
         tr.photos.change(train_tab.check_uploads, tr.photos, tr.photo_check)
+        fields = [tr.controls[name] for name in controls.SHOWN]
+        rest = [tr.controls[name] for name in controls.SHOWN if name != "model"]
         tr.sample.click(
             partial(train_tab.sample_subject, workspace),
             tr.subject,
-            [tr.photos, tr.class_noun, tr.identifier, tr.model, tr.message],
+            [tr.photos, tr.class_noun, tr.identifier, tr.controls["model"], tr.message, *rest],
         )
         tr.another.click(lambda s: (s + 1, train_tab.suggest(s + 1)), tr.seed_state, [tr.seed_state, tr.identifier])
         for box in (tr.identifier, tr.class_noun):
             box.change(train_tab.tokens_markdown, [tr.identifier, tr.class_noun], tr.tokens, show_progress="hidden")
         tr.start.click(
             partial(train_tab.start, workspace, jobs, photo_roots=list(photo_roots)),
-            [
-                tr.photos,
-                tr.folder,
-                tr.class_noun,
-                tr.identifier,
-                tr.model,
-                tr.prior,
-                tr.class_prompt,
-                tr.num_class,
-                tr.steps,
-                tr.rank,
-                tr.lr,
-                tr.te_lr,
-                tr.resolution,
-                tr.train_te,
-                tr.every,
-                tr.kohya,
-            ],
+            [tr.photos, tr.folder, tr.class_noun, tr.identifier, *fields],
             tr.message,
             api_name="start",
         )
-        tr.model.change(
-            train_tab.defaults_for, tr.model, [tr.steps, tr.rank, tr.lr, tr.te_lr, tr.resolution, tr.train_te, tr.num_class]
+        # a base model chosen by hand brings its settings (on the world, the demo's for the class noun)
+        tr.controls["model"].input(train_tab.defaults_for, [tr.controls["model"], tr.class_noun], rest)
+        tr.class_noun.input(
+            train_tab.class_settings,
+            [tr.controls["model"], tr.class_noun],
+            [tr.controls[name] for name in ("class_prompt", "class_prompts_file", "validation_prompts")],
+        )
+        tr.controls["optimizer"].input(
+            train_tab.implied_rates,
+            [tr.controls[name] for name in ("optimizer", "model", "learning_rate", "text_encoder_lr")],
+            [tr.controls["learning_rate"], tr.controls["text_encoder_lr"]],
         )
         tr.stop.click(partial(train_tab.stop, jobs), None, tr.message)
         tr.resume.click(partial(train_tab.resume, jobs), None, tr.message)
@@ -333,7 +346,7 @@ def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[P
         timer.tick(
             partial(train_tab.progress, jobs, workspace=workspace),
             tr.shown,
-            [tr.status, tr.validations, tr.queue, tr.shown],
+            [tr.status, tr.validations, tr.queue, tr.shown, tr.curves],
             show_progress="hidden",
             concurrency_limit=None,
         )
@@ -364,13 +377,17 @@ def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[P
             [ge.gallery, ge.image_files, ge.gen_message],
         )
         ev.eval_run.change(partial(evaluate_tab.show, workspace), ev.eval_run, ev.table)
+        for event in (ev.eval_run.change, ev.world_n.change):
+            event(partial(evaluate_tab.estimate, workspace), [ev.eval_run, ev.world_n], ev.estimate, show_progress="hidden")
 
         def score(run, dino, clip, samples, progress=gr.Progress()):  # noqa: B008 - gradio's way to show a progress bar
             if evaluate_tab.is_world_run(workspace, run):
                 return evaluate_tab.score_world(workspace, run, samples, progress)
             return evaluate_tab.score(workspace, run, dino, clip)
 
-        ev.score.click(score, [ev.eval_run, ev.dino, ev.clip, ev.world_n], [ev.eval_message, ev.table])
+        ev.score.click(score, [ev.eval_run, ev.dino, ev.clip, ev.world_n], [ev.eval_message, ev.table]).then(
+            partial(evaluate_tab.estimate, workspace), [ev.eval_run, ev.world_n], ev.estimate, show_progress="hidden"
+        )
         for event in (ga.tab.select, ga.refresh.click, app.load):
             event(partial(gallery_tab.cards_html, workspace, jobs), None, ga.cards, show_progress="hidden")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from pathlib import Path
 
 from .. import threads
@@ -11,6 +12,7 @@ from ..config import METRIC_NAMES, EvaluateConfig
 from ..errors import UsageError
 from ..evaluation.bench_report import REFERENCE, SOURCE, fmt
 from . import runs
+from .jobs import clock
 
 SCORED = ("dino", "clip_i", "clip_t")  # PRES and DIV need class-prompt images and LPIPS weights, which the page does not make
 
@@ -101,6 +103,12 @@ def bench_report(workspace: Path) -> tuple[str, list[str]]:
 # ---------------------------------------------------------------- runs on the world's base
 
 WORLD_SAMPLES = 4  # per prompt; the demo draws 32 (its scores move in steps of 1/32, the page's in steps of 1/4)
+SAMPLE_CHOICES = [("1", 1), ("2", 2), ("4 (quick)", 4), ("8", 8), ("16", 16), ("32 (the demo's)", 32)]
+# Drawing and reading one world sample (25 steps at 32 px, a prompt's samples in one batch), in seconds: measured by
+# bench/page_world_run.py on a 2-core CPU scoring with 32 samples a prompt, other work running beside it (load average
+# 3-4). A page that has scored once uses its own measurement instead.
+SECONDS_PER_SAMPLE = 0.42
+LOADING_SECONDS = 5.0  # the world's model and reader
 SCORE_NAMES = {
     "subject_fidelity": "subject fidelity",
     "context_fidelity": "context fidelity",
@@ -188,10 +196,12 @@ def score_world(workspace: Path, run: str, samples_per_prompt, progress=None) ->
         before, before_images = base_scores(workspace, pipe, reader, cls, identifier, n)
         report(0.5, f"with the run's LoRA: {n} samples of each prompt")
         load_lora(pipe, run_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
+        began = time.perf_counter()
         after, after_images = sample_and_score(pipe, reader, cls, n, identifier=identifier)
+        per_sample = (time.perf_counter() - began) / (n * len(after_images))
     report(0.95, "writing the report")
     result = {"before": before, "after": after, "reader_accuracy": info["accuracy"], "samples_per_prompt": n,
-              "class": cls, "identifier": identifier}  # fmt: skip
+              "class": cls, "identifier": identifier, "seconds_per_sample": per_sample}  # fmt: skip
     out = world_dir(workspace, run)
     tmp = atomic.temp_dir_beside(out)
     if photos.is_dir():
@@ -199,6 +209,43 @@ def score_world(workspace: Path, run: str, samples_per_prompt, progress=None) ->
     atomic.write_text(tmp / "scores.json", json.dumps(result, indent=1))
     atomic.replace_dir(tmp, out)
     return f"scored {n} samples of each of {len(after_images)} prompts, before and after", world_table(run, result, out)
+
+
+def seconds_per_sample(workspace: Path) -> tuple[float, str]:
+    """(seconds to draw and read one sample, where the figure comes from): the page's newest scoring's own
+    measurement, else SECONDS_PER_SAMPLE."""
+    measured = []
+    for path in (workspace / "scores").glob("*/world/scores.json"):
+        try:
+            measured.append((path.stat().st_mtime, float(json.loads(path.read_text(encoding="utf-8"))["seconds_per_sample"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if measured:
+        return max(measured)[1], "as this page's last scoring took"
+    return SECONDS_PER_SAMPLE, "as measured on a 2-core CPU; the page's first scoring measures this machine"
+
+
+def estimate(workspace: Path, run: str, samples_per_prompt) -> str:
+    """How long Score will take for a world run at `samples_per_prompt`: the samples it draws (the base model's too,
+    unless kept from before) times the time a sample takes."""
+    from ..world.scores import prompts
+
+    if not run or not is_world_run(workspace, run):
+        return ""
+    try:
+        cls, identifier = world_subject(runs.run_config(runs.run_path(workspace, run) or Path()))
+        n = int(samples_per_prompt)
+    except (UsageError, ValueError, TypeError):
+        return ""
+    count = len(prompts(cls, identifier)) * n
+    kept = (workspace / "scores" / "world-base" / f"{cls}-{identifier}-n{n}" / "scores.json").is_file()
+    drawn = count if kept else 2 * count
+    each, source = seconds_per_sample(workspace)
+    which = "with the run; the base model's are kept from before" if kept else "with the base model and with the run"
+    return (
+        f"Scoring draws {drawn} samples ({n} of each of {count // n} prompts, {which}): about "
+        f"**{clock(LOADING_SECONDS + drawn * each)}** at {each:.2f} s a sample, {source}."
+    )
 
 
 def saved_world(workspace: Path, run: str) -> dict | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..config import GenerateConfig
 from ..errors import UsageError
 from ..lora.files import which_file_where
-from . import runs
+from . import pictures, runs
 
 
 def run_info(workspace: Path, run: str) -> tuple[str, str, list[str]]:
@@ -55,4 +55,5 @@ def make_images(workspace: Path, run, prompt, negative, num_images, steps, guida
     except (UsageError, ValueError, TypeError) as e:
         return [], [], f"Error: {e}"
     files = [str(p) for p in paths] + ([str(out / "grid.png")] if (out / "grid.png").is_file() else [])
-    return [(str(p), p.name) for p in paths], files, f"{len(paths)} images in {out.relative_to(workspace)}"
+    shown = [(str(pictures.enlarged(p, workspace)), p.name) for p in paths]  # small ones enlarged; downloads as drawn
+    return shown, files, f"{len(paths)} images in {out.relative_to(workspace)}"

@@ -1,6 +1,7 @@
 """The workspace: where the page keeps uploads, runs, images and scores, and how it finds run folders.
 
-    WORKSPACE/uploads/<run>/photo-01.jpg ...   validated copies of the photos a run trains on
+    WORKSPACE/uploads/<run>/photo-01.jpg ...   validated copies of the photos a run trains on (and their masks)
+    WORKSPACE/settings/<run>/                  the files of a page run's settings: class and validation prompts, subjects
     WORKSPACE/runs/<run>/                      `dreambooth train` output folders started from the page
     WORKSPACE/images/<run>/NNN-<prompt>/       `dreambooth generate` output folders, one per Generate click
     WORKSPACE/scores/<run>/scores.json         `dreambooth evaluate` scores of those images
@@ -21,7 +22,9 @@ from ..fields import saved_settings
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME
 from ..training.photos import slug
 
-SKIP = {"uploads", "images", "scores", "samples", "checkpoints", "validation", ".cache"}  # never hold a run; keeps the scan short
+SETTINGS = "settings"  # WORKSPACE/settings/<run>/: text files of a page run's settings; SKIP has it
+# never hold a run; keeps the scan short
+SKIP = {"settings", "uploads", "images", "scores", "samples", "checkpoints", "validation", ".cache"}
 MAX_DEPTH = 4
 
 
@@ -104,4 +107,5 @@ def active_runs(workspace: Path) -> list[Path]:
 
 
 def validation_images(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("validation/step-*.png"))
+    """The run's validation grids: of --validation-prompt, else of --validation-prompts (a prompt a row)."""
+    return sorted(run_dir.glob("validation/step-*.png")) or sorted(run_dir.glob("validation/prompts-step-*.png"))

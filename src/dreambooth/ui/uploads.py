@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..training.photos import IMAGE_SUFFIXES, TooLarge, open_photo
+from ..training.photos import IMAGE_SUFFIXES, MASK_SUFFIX, TooLarge, is_mask, open_photo, open_upright
 
 MAX_PHOTOS = 10  # the paper uses 3-5 photos; more than 10 adds little and makes the upload a disk-filling vector
 MIN_PHOTOS = 3
@@ -56,16 +56,26 @@ def check_photo(path: Path) -> str:
         return SUFFIX_OF_FORMAT.get(im.format or "", ".png")
 
 
-def store_photos(sources: list[tuple[str, Path]], dest: Path) -> tuple[list[Path], list[str]]:
-    """Copy the usable photos of `sources` ((name shown to the user, file)) to dest/photo-NN.<ext>.
+def mask_of(name: str) -> str:
+    """The photo name a mask's name belongs to, by stem ('dog-0.mask.png' -> 'dog-0'); '' for a photo."""
+    base = shown_name(name)
+    return base[: -len(MASK_SUFFIX)] if is_mask(Path(base)) else ""
 
-    Returns the stored paths and one message per file left out, naming it. The copy keeps the original
-    bytes (and so the EXIF orientation that training applies)."""
+
+def store_photos(sources: list[tuple[str, Path]], dest: Path) -> tuple[list[Path], list[str]]:
+    """Copy the usable photos of `sources` ((name shown to the user, file)) to dest/photo-NN.<ext>, and each photo's
+    mask among them (name.mask.png beside name.jpg, for --masked-loss) to dest/photo-NN.mask.png.
+
+    Returns the stored photos and one message per file left out, naming it. A photo's copy keeps the original bytes
+    (its EXIF orientation, which training applies, and its alpha channel, which is a mask too)."""
     stored: list[Path] = []
     problems: list[str] = []
     dest.mkdir(parents=True, exist_ok=True)
+    masks = {mask_of(name): (name, Path(path)) for name, path in sources if mask_of(name)}
     for name, path in sources:
         shown = shown_name(name)
+        if mask_of(name):
+            continue
         if len(stored) >= MAX_PHOTOS:
             problems.append(f"{shown} left out: at most {MAX_PHOTOS} photos are used")
             continue
@@ -77,7 +87,27 @@ def store_photos(sources: list[tuple[str, Path]], dest: Path) -> tuple[list[Path
         target = dest / f"photo-{len(stored) + 1:02d}{suffix}"
         shutil.copyfile(path, target)
         stored.append(target)
+        mask = masks.pop(Path(shown).stem, None)
+        if mask is not None:
+            problems += store_mask(mask, target)
+    problems += [f"{shown_name(name)}: no photo {mask_of(name)}.* beside it; skipped" for name, _ in masks.values()]
     return stored, problems
+
+
+def store_mask(mask: tuple[str, Path], photo: Path) -> list[str]:
+    """The mask, re-encoded as the PNG its name promises, beside its stored photo; a problem when it is not usable."""
+    from .. import atomic
+
+    name, path = mask
+    try:
+        check_photo(path)
+        im, shot = open_upright(path), open_upright(photo)  # upright, as training reads both
+    except Rejected as e:
+        return [f"{shown_name(name)} {e}; skipped"]
+    if im.size != shot.size:
+        return [f"{shown_name(name)} is {im.size[0]}x{im.size[1]} px, its photo {shot.size[0]}x{shot.size[1]}; skipped"]
+    atomic.save_image(im, photo.with_name(photo.stem + MASK_SUFFIX))
+    return []
 
 
 def inside(path: Path, roots: Sequence[Path]) -> bool:
