@@ -151,7 +151,14 @@ def test_generate_draws_with_the_learnt_tokens_what_plain_diffusers_draws(pivota
 
 
 @pytest.mark.parametrize(
-    "model", [*(pytest.param(m, marks=pytest.mark.slow) for m in ("tiny-sdxl", "tiny-flux", "tiny-sd3")), "tiny-qwen-image"]
+    "model",
+    [
+        *(
+            pytest.param(m, marks=pytest.mark.slow)
+            for m in ("tiny-sdxl", "tiny-flux", "tiny-sd3", "tiny-z-image", "tiny-flux2-klein")
+        ),
+        "tiny-qwen-image",
+    ],
 )
 @pytest.mark.parametrize("method", ["textual-inversion", "pivotal"])
 def test_every_family_trains_both_methods_and_plain_diffusers_draws_what_generate_draws(model, method, tmp_path):

@@ -74,3 +74,16 @@ def test_random_start_is_at_the_tables_own_scale_and_seeded():
     table = torch.randn(1000, 64, generator=torch.Generator().manual_seed(0)) * 0.02
     a, b = initial_vectors(table, None, 2, "", seed=3), initial_vectors(table, None, 2, "", seed=3)
     assert torch.equal(a, b) and 0.01 < float(a.std()) < 0.03
+
+
+def test_a_family_that_takes_no_new_tokens_is_refused_in_one_line():
+    import dataclasses
+
+    from dreambooth.errors import UsageError
+    from dreambooth.families import sd
+    from dreambooth.methods.tokens import check_family
+
+    with pytest.raises(UsageError, match="--method pivotal: not available for Stable Diffusion 1.x/2.x yet"):
+        check_family(dataclasses.replace(sd.FAMILY, embedding_keys={}), t5_tokens=False, method="pivotal")
+    with pytest.raises(UsageError, match="--t5-tokens: Stable Diffusion 1.x/2.x has no T5 encoder"):
+        check_family(sd.FAMILY, t5_tokens=True, method="pivotal")

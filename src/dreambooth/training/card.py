@@ -155,6 +155,16 @@ def embedding_loading(cfg: TrainConfig, base: Base, tokens: NewTokens) -> list[s
     return lines
 
 
+def learning_rates(cfg: TrainConfig, base: Base) -> str:
+    if cfg.method is Method.TEXTUAL_INVERSION:
+        return f"| learning rate | {cfg.learning_rate} new tokens, {cfg.lr_scheduler} |"
+    tokens = f", {cfg.text_encoder_lr} new tokens" if cfg.method is Method.PIVOTAL else ""
+    te = cfg.text_encoder_lr if cfg.train_text_encoder else "–"
+    return (
+        f"| learning rate | {cfg.learning_rate} {base.family.adapters_words[0]}, {te} text encoder{tokens}, {cfg.lr_scheduler} |"
+    )
+
+
 METHOD_TITLES = {Method.DREAMBOOTH: "DreamBooth", Method.TEXTUAL_INVERSION: "Textual inversion", Method.PIVOTAL: "Pivotal tuning"}
 
 
@@ -205,7 +215,7 @@ def model_card(
         else "| adapters | none: the new token embeddings alone train |",
         f"| prior preservation | {prior} |",
         f"| steps × batch | {cfg.max_steps} × {cfg.batch_size} (accumulation {cfg.gradient_accumulation_steps}) |",
-        f"| learning rate | {cfg.learning_rate} {base.family.adapters_words[0]}, {cfg.text_encoder_lr if cfg.train_text_encoder else '–'} text encoder, {cfg.lr_scheduler} |",
+        learning_rates(cfg, base),
         f"| resolution | {cfg.resolution} px |",
         f"| precision | {cfg.mixed_precision} |",
         f"| seed | {cfg.seed} |",
