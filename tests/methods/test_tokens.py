@@ -87,3 +87,11 @@ def test_a_family_that_takes_no_new_tokens_is_refused_in_one_line():
         check_family(dataclasses.replace(sd.FAMILY, embedding_keys={}), t5_tokens=False, method="pivotal")
     with pytest.raises(UsageError, match="--t5-tokens: Stable Diffusion 1.x/2.x has no T5 encoder"):
         check_family(sd.FAMILY, t5_tokens=True, method="pivotal")
+
+
+def test_captions_without_the_abstraction_are_counted_in_one_warning(capsys):
+    from dreambooth.methods.tokens import warn_uncaptioned
+
+    warn_uncaptioned("TOK", ["a photo of TOK dog", "a dog on grass", "a dog asleep"])
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "2 photo captions do not contain it" in err and "'a dog on grass'" in err
