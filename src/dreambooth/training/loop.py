@@ -22,8 +22,8 @@ from ..config import TrainConfig
 from ..errors import TrainingError, UsageError
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where, write_comfyui_copy
 from ..lora.kohya import LYCORIS_FUSED, has_kohya_layout
-from ..methods.embeddings import bundle, trigger
 from ..methods.embeddings import save as save_embeddings
+from ..methods.embeddings import trigger
 from ..methods.tokens import vectors
 from ..sampling import draw, grid
 from . import checkpoint, progress, validation
@@ -198,9 +198,6 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
               f"{kept['value']:.4f}, the best in validation/scores.csv)", flush=True)  # fmt: skip
     embeddings = write_embeddings(run, meta, step) if run.tokens else []
     written = write_lora(run, meta, step) if run.plan.lora else []
-    if run.tokens and KOHYA_NAME in written and base.family.embeddings_elsewhere:
-        bundle(run.out / KOHYA_NAME, vectors(run.token_rows, base.family), [list(t) for t in run.tokens.per_subject],
-               run.out)  # fmt: skip
     run.onload()
     if cfg.num_samples:
         prompts = [run.written(cfg.validation_prompt)] if cfg.validation_prompt else written_prompts(run)
