@@ -74,3 +74,18 @@ def test_the_readme_architecture_section_names_every_module():
     ]
     folders = {p.parent.name for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE}
     assert missing == [] and all(f"`{folder}/`" in section for folder in folders)
+
+
+def test_methods_sit_below_training():
+    """methods/ says what trains and when, and adds the new tokens; the training loop asks it. It reaches nothing above
+    it: not training/, generation, evaluation/, world/ or ui/."""
+    known = modules()
+    above = ("dreambooth.training", "dreambooth.generation", "dreambooth.evaluation", "dreambooth.world", "dreambooth.ui")
+    reached = {
+        f"{name} -> {other}"
+        for name, path in known.items()
+        if name.startswith("dreambooth.methods")
+        for other in imports(name, path, known)
+        if other.startswith(above)
+    }
+    assert reached == set()
