@@ -33,6 +33,7 @@ def test_textual_inversion_with_lora_options_is_refused(tmp_path, capsys, extra,
     assert line.startswith(f"dreambooth: error: {flag}") and "textual-inversion" in line
 
 
+@pytest.mark.slow  # saves and loads a base folder: seconds
 def test_a_new_token_the_base_already_has_is_refused(tmp_path, capsys):
     from dreambooth.families.sd import build_tiny
 
