@@ -94,3 +94,18 @@ def test_ray_is_imported_in_the_fleet_alone_and_no_lower_floor_imports_the_fleet
         if floor in LOWER_FLOORS and any(m.startswith("dreambooth.fleet") for m in imports(name, path, known)):
             upward.append(name)
     assert ray_users == [] and upward == []
+
+
+def test_methods_sit_below_training():
+    """methods/ says what trains and when, and adds the new tokens; the training loop asks it. It reaches nothing above
+    it: not training/, generation, evaluation/, world/ or ui/."""
+    known = modules()
+    above = ("dreambooth.training", "dreambooth.generation", "dreambooth.evaluation", "dreambooth.world", "dreambooth.ui")
+    reached = {
+        f"{name} -> {other}"
+        for name, path in known.items()
+        if name.startswith("dreambooth.methods")
+        for other in imports(name, path, known)
+        if other.startswith(above)
+    }
+    assert reached == set()

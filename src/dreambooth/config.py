@@ -28,6 +28,21 @@ class PriorMode(str, enum.Enum):
         return self.value
 
 
+class Method(str, enum.Enum):
+    """How the subject is bound to the prompt (methods/ says what trains, and when)."""
+
+    DREAMBOOTH = "dreambooth"  # LoRA on the denoiser (and the text encoders with --train-text-encoder)
+    TEXTUAL_INVERSION = "textual-inversion"  # new token embeddings alone (Gal et al. 2022)
+    PIVOTAL = "pivotal"  # new token embeddings for the first --ti-fraction of the steps, the LoRA throughout
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def new_tokens(self) -> bool:
+        return self is not Method.DREAMBOOTH
+
+
 class Precision(str, enum.Enum):
     NO = "no"
     FP16 = "fp16"
@@ -129,6 +144,34 @@ class TrainConfig:
     )
     class_image_steps: int = opt(25, "sampling steps when generating class images")
     sample_batch_size: int = opt(4, "batch size when generating class images and samples")
+    method: Method = opt(
+        Method.DREAMBOOTH,
+        "how the subject is bound to the prompt: dreambooth (a LoRA); textual-inversion (only new token embeddings "
+        "train: --token-abstraction in the prompts becomes the subject's new tokens; no LoRA); pivotal (the new "
+        "tokens train for the first --ti-fraction of the steps, the LoRA throughout)",
+        switches={"train_text_encoder_ti": "pivotal"},
+    )
+    token_abstraction: str = opt(
+        "TOK",
+        "--method textual-inversion / pivotal: the word in the instance prompt and captions that becomes the "
+        "subject's new tokens (<s0><s1>; with --subjects each subject's own)",
+    )
+    tokens_per_subject: int = opt(
+        2, "--method textual-inversion / pivotal: new tokens per subject", ("num_new_tokens_per_abstraction",)
+    )
+    initializer_word: str = opt(
+        "",
+        "--method textual-inversion / pivotal: the new tokens start as this word's embedding (e.g. the class noun); "
+        "empty: random, at the scale of the embedding table's own rows",
+    )
+    ti_fraction: float = opt(
+        0.5,
+        "--method pivotal: the share of the steps the new tokens train (then they stay fixed while the LoRA trains on)",
+        ("train_text_encoder_ti_frac",),
+    )
+    t5_tokens: bool = opt(
+        False, "--method textual-inversion / pivotal on FLUX.1 / SD3: new tokens in T5 too (it then runs every step)"
+    )
     rank: int = opt(16, "LoRA rank", ("lora_rank",))
     lora_alpha: float = opt(0.0, "LoRA alpha; 0 = same as rank")
     lora_dropout: float = opt(0.0, "LoRA dropout")
@@ -155,11 +198,15 @@ class TrainConfig:
         "projections), attention-mlp (and the feed-forward layers), all-linear",
     )
     train_text_encoder: bool = opt(False, "also train a LoRA on the text encoder")
-    text_encoder_lr: float = opt(1e-4, "learning rate of the text-encoder LoRA", ("learning_rate_text",))
+    text_encoder_lr: float = opt(
+        1e-4,
+        "learning rate of the text-encoder LoRA, and of the new tokens with --method pivotal",
+        ("learning_rate_text",),
+    )
     text_encoder_target_modules: list[str] = opt(
         [], "text-encoder modules that get LoRA adapters; default: the family's (CLIP: q_proj k_proj v_proj out_proj)"
     )
-    learning_rate: float = opt(5e-4, "learning rate of the UNet LoRA")
+    learning_rate: float = opt(5e-4, "learning rate of the denoiser's LoRA (of the new tokens with --method textual-inversion)")
     lr_scheduler: str = opt(
         "constant",
         "learning-rate schedule",
@@ -267,15 +314,19 @@ class TrainConfig:
     def __post_init__(self):
         # modes given as plain strings (the Python API) become their types; the CLI and YAML checked them already
         self.prior_mode = PriorMode(self.prior_mode)
+        self.method = Method(self.method)
         self.mixed_precision = Precision(self.mixed_precision)
 
     @staticmethod
     def implied(values: dict) -> dict:
         """Settings that follow from `values` unless they give them too: with Prodigy the learning rates are 1.0 (its
         authors' advice: it estimates the step size, the learning rate only scales it)."""
+        implied: dict = {}
         if str(values.get("optimizer", "")) == "prodigy":
-            return {"learning_rate": PRODIGY_LR, "text_encoder_lr": PRODIGY_LR}
-        return {}
+            implied |= {"learning_rate": PRODIGY_LR, "text_encoder_lr": PRODIGY_LR}
+        if str(values.get("method", "")) == Method.TEXTUAL_INVERSION.value:
+            implied |= {"train_text_encoder": False}  # no LoRA anywhere, whatever the model recommends
+        return implied
 
     def prior(self) -> PriorMode | None:
         """The prior-preservation mode in force, None without prior preservation: the one place the two flags meet."""
@@ -487,7 +538,7 @@ def check_optimizer(cfg: TrainConfig) -> None:
     # Prodigy's learning rate multiplies the step size it estimates: 1.0 is its authors' advice, 0.5-2 a tuning range
     rule = "with --optimizer prodigy must be between 0 and 10, e.g. 1.0 (it scales the step size Prodigy finds)"
     check_each(cfg, ["learning_rate", "text_encoder_lr"], lambda v: 0 < v <= 10, rule)
-    if cfg.train_text_encoder and cfg.text_encoder_lr != cfg.learning_rate:
+    if (cfg.train_text_encoder or cfg.method is Method.PIVOTAL) and cfg.text_encoder_lr != cfg.learning_rate:
         raise UsageError(
             f"--text-encoder-lr {cfg.text_encoder_lr}: with --optimizer prodigy it must equal --learning-rate "
             f"{cfg.learning_rate} (Prodigy estimates one step size for every parameter group)"

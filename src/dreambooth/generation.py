@@ -11,7 +11,8 @@ from . import atomic, threads
 from .config import GenerateConfig, check_generate
 from .errors import UsageError
 from .fields import to_yaml
-from .lora.files import find_weights, load_lora, training_config
+from .lora.files import WEIGHT_NAME, find_weights, load_lora, training_config
+from .methods import embeddings
 from .models import load_pipeline, load_vae, native_resolution
 from .sampling import device_precision, draw, grid
 
@@ -22,20 +23,39 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {cfg.output_dir}: is a file; pass a folder path")
     if cfg.lora:
-        weights = find_weights(cfg.lora, cfg.allow_pickle)  # fail on a bad path before the model loads
-        saved = training_config(weights.parent)
+        weights, found = run_files(cfg.lora, cfg.allow_pickle)  # fail on a bad path before the model loads
+        saved = training_config((weights or found or Path(cfg.lora)).parent)
         cfg = dataclasses.replace(cfg, model=cfg.model or saved.get("model", ""), vae=cfg.vae or saved.get("vae", ""))
     cfg = dataclasses.replace(cfg, model=cfg.model or "tiny")
     with threads.workload(cfg.threads) as count:
         return draw_images(dataclasses.replace(cfg, threads=count), out)
 
 
+def run_files(lora: str, allow_pickle: bool) -> tuple[Path | None, Path | None]:
+    """What --lora names: (the LoRA file, the new tokens' embeddings file); a textual-inversion run has no LoRA, and
+    `<name>_emb.safetensors` may be given alone."""
+    path = Path(lora).expanduser()
+    if path.is_file() and path.name.endswith(embeddings.SUFFIX):
+        return None, path
+    found = embeddings.find(path) if path.is_dir() else None
+    if found is not None and not (path / WEIGHT_NAME).is_file():
+        return None, found
+    return find_weights(lora, allow_pickle), found
+
+
 def draw_images(cfg: GenerateConfig, out: Path) -> list[Path]:
+    from .families import family_of
+
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
     if cfg.vae:
         pipe.vae = load_vae(cfg.vae)
     if cfg.lora:
-        load_lora(pipe, cfg.lora, cfg.unet_scale, cfg.text_encoder_scale, cfg.allow_pickle, cfg.model)
+        weights, found = run_files(cfg.lora, cfg.allow_pickle)
+        if found is not None:
+            tokens = embeddings.load_into(pipe, family_of(pipe), found)
+            print(f"new tokens {''.join(tokens)} from {found.name}", flush=True)
+        if weights is not None:
+            load_lora(pipe, weights, cfg.unet_scale, cfg.text_encoder_scale, cfg.allow_pickle, cfg.model)
     import torch
 
     if torch.cuda.is_available():

@@ -92,6 +92,12 @@ class Family:
     # ComfyUI's key map for the family reads the diffusers file's names as they are (`transformer.<module>`): with no
     # kohya layout, that file is the one to load there
     comfyui_reads_diffusers_file: bool = False
+    # text encoder component -> the key of its new token rows in a textual-inversion file (`clip_l`, `clip_g`, `t5`, ...);
+    # the encoders that take the new tokens of --method textual-inversion / pivotal. Empty: the family takes none yet
+    embedding_keys: dict[str, str] = field(default_factory=dict)
+    # ComfyUI (`embedding:<name>`) and A1111 / Forge read the family's embedding files (and A1111 / Forge the ones
+    # bundled into a kohya LoRA file)
+    embeddings_elsewhere: bool = False
     # modules of the denoiser ComfyUI's key map has no diffusers name for (it drops them from the diffusers file), with
     # the name of the same weight in ComfyUI's own model, under which it loads them
     comfyui_unmapped: dict[str, str] = field(default_factory=dict)

@@ -181,6 +181,7 @@ FAMILY = Family(
     long_tokenizers=("tokenizer_2",),
     resolution_multiple=16,  # 8x VAE, then 2x2 patches
     sampled_latents=sampled_latents,
+    embedding_keys={"text_encoder": "clip_l", "text_encoder_2": "t5"},
 )
 
 

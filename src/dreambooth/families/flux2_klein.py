@@ -177,6 +177,7 @@ FAMILY = Family(
     sampled_latents=sampled_latents,
     normalised_latents=normalised_latents,
     decoded_latents=decoded_latents,
+    embedding_keys={"text_encoder": "qwen3"},
 )
 
 

@@ -213,6 +213,7 @@ FAMILY = Family(
     normalised_latents=normalised_latents,
     decoded_latents=decoded_latents,
     guidance_options=guidance_options,
+    embedding_keys={"text_encoder": "qwen2_5_vl"},
 )
 
 

@@ -80,6 +80,8 @@ FAMILY = Family(
     adapters_words=("UNet", "UNet + text encoder"),
     legacy_names=("sd1", "sd2", "tiny", "unknown"),
     single_file_options=single_file_options,
+    embeddings_elsewhere=True,
+    embedding_keys={"text_encoder": "clip_l"},
 )
 
 

@@ -112,6 +112,7 @@ FAMILY = Family(
     frozen_text_encoders=("text_encoder_3",),
     long_tokenizers=("tokenizer_3",),
     resolution_multiple=16,  # 8x VAE, then 2x2 patches
+    embedding_keys={"text_encoder": "clip_l", "text_encoder_2": "clip_g", "text_encoder_3": "t5"},
 )
 
 

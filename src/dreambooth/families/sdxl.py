@@ -101,6 +101,8 @@ FAMILY = Family(
     adapters_words=("UNet", "UNet + both text encoders"),
     legacy_names=("tiny-sdxl",),
     unread_modules=unread_modules,
+    embeddings_elsewhere=True,
+    embedding_keys={"text_encoder": "clip_l", "text_encoder_2": "clip_g"},
 )
 
 

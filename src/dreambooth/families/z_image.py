@@ -113,6 +113,7 @@ FAMILY = Family(
     frozen_text_encoders=("text_encoder",),
     long_tokenizers=("tokenizer",),
     resolution_multiple=16,  # 8x VAE, then 2x2 patches
+    embedding_keys={"text_encoder": "qwen3"},
 )
 
 

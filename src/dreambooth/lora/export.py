@@ -4,6 +4,7 @@ reading it back through diffusers' own loader: every weight unchanged, and in th
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import torch
@@ -178,7 +179,23 @@ def export_with(pipe, path: Path, fmt: str, output: str = "", allow_pickle: bool
     finally:
         tmp.unlink(missing_ok=True)
     print(f"{fmt} LoRA ({len(tensors)} tensors, every one read back by {reader}) -> {out}", flush=True)
+    if fmt == "kohya" and base.family.embeddings_elsewhere:
+        bundle_embeddings(out, path.parent)
     return out
+
+
+def bundle_embeddings(kohya_file: Path, run: Path) -> None:
+    """A pivotal-tuning run's new tokens, bundled into its kohya file as A1111 / Forge read them (after the LoRA's own
+    check: diffusers' reader of the layout takes LoRA keys only)."""
+    from ..methods import embeddings
+
+    found = embeddings.find(run)
+    if found is None:
+        return
+    vectors, _ = embeddings.read(found)
+    per_subject = [re.findall(r"<[^<>]+>", part) for part in embeddings.header_tokens(found).split("|")]
+    embeddings.bundle(kohya_file, vectors, per_subject, run)
+    print(f"the new tokens of {found.name} bundled into {kohya_file.name}", flush=True)
 
 
 def export_lycoris(pipe, base, path: Path, state: dict[str, torch.Tensor], meta: dict[str, str], fmt: str, output: str) -> Path:

@@ -90,6 +90,7 @@ class Examples:
         rank: int = 0,
         num_processes: int = 1,
         groups: list[tuple[list[int], list[int]]] | None = None,
+        live: tuple[str, ...] | None = None,
     ):
         self.cfg, self.family, self.vae, self.tokenizers, self.encoders = cfg, family, vae, tokenizers, encoders
         self.rank, self.num_processes = rank, num_processes  # this process's share of the stream of examples
@@ -97,6 +98,11 @@ class Examples:
         self.sets = {"instance": instance, "class": classes}
         # --subjects: each subject's (photo indices, class image indices); the stream interleaves the subjects
         self.subject_groups = groups
+        # the text encoders that run every step (a LoRA or new tokens train in them); the others' part is cached
+        if live is None and family is not None:
+            trained = [n for n in family.text_encoders if n not in family.frozen_text_encoders]
+            live = tuple(trained) if cfg.train_text_encoder else ()
+        self.live = live or ()
         self.posteriors: dict = {}
         self.embeddings: dict = {}
         self.guidance: dict[int, torch.Tensor] = {}
@@ -151,15 +157,18 @@ class Examples:
             return self.cfg.class_prompt
         return self.sets["instance"][idx].caption or self.cfg.instance_prompt
 
+    @property
+    def cached_encoders(self) -> tuple[str, ...]:
+        return tuple(n for n in self.family.text_encoders if n not in self.live)
+
     def encode(self, prompts: list[str]) -> PromptEmbeddings:
-        if not self.cfg.train_text_encoder:
+        if not self.live:
             return self.with_guidance(self.cached(prompts, base=False))
-        frozen = self.family.frozen_text_encoders
-        if not frozen:
+        if not self.cached_encoders:
             return self.with_guidance(self.family.encode_prompts(self.tokenizers, self.encoders, prompts, self.device))
-        # the trained encoders run every step; the frozen ones' part (T5's) comes from the cache
+        # the live encoders run every step; the others' part (T5's) comes from the cache
         names = self.family.text_encoders
-        live = [None if name in frozen else e for name, e in zip(names, self.encoders)]
+        live = [e if name in self.live else None for name, e in zip(names, self.encoders)]
         embedded = self.family.encode_prompts(self.tokenizers, live, prompts, self.device)
         return self.with_guidance({**self.cached(prompts, base=False, only_frozen=True), **embedded})
 
@@ -182,13 +191,13 @@ class Examples:
                     for flip in flips:
                         for size in sizes:
                             self.posterior(which, idx, flip, None, size)
-        if not self.cfg.train_text_encoder or self.family.frozen_text_encoders:
+        if self.cached_encoders:
             prompts = [self.prompt("instance", i) for i in range(len(self.sets["instance"]))]
             prompts += [self.cfg.class_prompt] if self.cfg.prior() and self.cfg.class_prompt else []
             prompts += [self.prompt("class", i) for i in range(len(self.sets["class"]))]
             dropping = self.cfg.caption_dropout > 0 or self.cfg.class_caption_dropout > 0
             prompts += [""] if dropping else []  # what a dropped caption reads
-            self.cached(prompts, base=False, only_frozen=self.cfg.train_text_encoder)
+            self.cached(prompts, base=False, only_frozen=bool(self.live))
         if self.cfg.prior() is PriorMode.BASE_PREDICTION:
             self.base_encode([self.cfg.class_prompt])
         if self.cfg.preserve_unconditional:
@@ -200,15 +209,15 @@ class Examples:
         return self.with_guidance(self.cached(prompts, base=self.cfg.train_text_encoder))
 
     def cached(self, prompts: list[str], base: bool, only_frozen: bool = False) -> PromptEmbeddings:
-        """Embeddings of `prompts`, each computed once (with adapters off when `base`; from the never-trained
-        encoders alone when `only_frozen`)."""
+        """Embeddings of `prompts`, each computed once (with adapters off when `base`; from the encoders that do not
+        run every step alone when `only_frozen`)."""
         key = "frozen" if only_frozen else base
         missing = [p for p in dict.fromkeys(prompts) if (key, p) not in self.embeddings]
         if missing:
             encoders = self.encoders
             if only_frozen:
-                frozen = self.family.frozen_text_encoders
-                encoders = [e if name in frozen else None for name, e in zip(self.family.text_encoders, encoders)]
+                cached = self.cached_encoders
+                encoders = [e if name in cached else None for name, e in zip(self.family.text_encoders, encoders)]
             with torch.no_grad(), adapters_off(*self.encoders) if base else contextlib.nullcontext():
                 embedded = self.family.encode_prompts(self.tokenizers, encoders, missing, self.device)
             for i, p in enumerate(missing):

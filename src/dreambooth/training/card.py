@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from ..config import LOWER_IS_BETTER, PriorMode, TrainConfig
+from pathlib import Path
+
+from ..config import LOWER_IS_BETTER, Method, PriorMode, TrainConfig
 from ..lora.files import COMFYUI_NAME, KOHYA_NAME, WEIGHT_NAME
 from ..lora.kohya import has_kohya_layout
-from ..models import Base
+from ..methods.embeddings import file_name, trigger
+from ..methods.tokens import NewTokens
+from ..models import Base, pipeline_class
 from .subjects import read_subjects
 
 
@@ -102,15 +106,82 @@ def validation_words(cfg: TrainConfig, kept: dict | None) -> list[str]:
     return lines
 
 
+def token_words(cfg: TrainConfig, base: Base, tokens: NewTokens) -> list[str]:
+    """What to write for each subject in each program, and how plain diffusers loads the embeddings."""
+    out = Path(cfg.output_dir)
+    n, name = len(tokens.per_subject), file_name(out)
+    lines = [
+        "## New tokens",
+        "",
+        f"`{cfg.token_abstraction}` in the prompts was trained as new tokens; write in its place:",
+        "",
+        *(
+            ["| subject | diffusers, `dreambooth generate` | ComfyUI | A1111 / Forge |", "|---|---|---|---|"]
+            if base.family.embeddings_elsewhere
+            else ["| subject | diffusers, `dreambooth generate` |", "|---|---|"]
+        ),
+        *[
+            f"| {k + 1} | `{tokens.written(k)}` |"
+            + (f" `embedding:{trigger(out, k, n)}` | `{trigger(out, k, n)}` |" if base.family.embeddings_elsewhere else "")
+            for k in range(n)
+        ],
+        "",
+        f"`{name}` holds each text encoder's rows ({', '.join(f'`{v}`' for v in base.family.embedding_keys.values())}).",
+        "",
+    ]
+    return lines
+
+
+def pipeline_takes_embeddings(family) -> bool:
+    """The family's diffusers pipeline has `load_textual_inversion` itself (SD, SDXL, FLUX.1)."""
+    from diffusers.loaders import TextualInversionLoaderMixin
+
+    return issubclass(pipeline_class(family), TextualInversionLoaderMixin)
+
+
+def embedding_loading(cfg: TrainConfig, base: Base, tokens: NewTokens) -> list[str]:
+    """Plain diffusers' lines that load the new tokens into `pipe`."""
+    name, tokenizer_of = file_name(Path(cfg.output_dir)), dict(zip(base.family.text_encoders, base.family.tokenizers))
+    keys = {k: v for k, v in base.family.embedding_keys.items() if v != "t5" or cfg.t5_tokens}
+    lines = ["from safetensors.torch import load_file", f'emb = load_file("path/to/this/folder/{name}")']
+    has_loader = pipeline_takes_embeddings(base.family)
+    for encoder, key in keys.items():
+        loader = "pipe.load_textual_inversion" if has_loader else "TextualInversionLoaderMixin.load_textual_inversion"
+        pipe_arg = "" if loader.startswith("pipe.") else "pipe, "
+        lines.append(f'{loader}({pipe_arg}emb["{key}"], token={list(tokens.strings)}, '
+                     f"text_encoder=pipe.{encoder}, tokenizer=pipe.{tokenizer_of[encoder]})")  # fmt: skip
+    if any(not line.startswith(("pipe.", "from", "emb")) for line in lines):
+        lines.insert(0, "from diffusers.loaders import TextualInversionLoaderMixin  # the loader works on any pipeline")
+    return lines
+
+
+def learning_rates(cfg: TrainConfig, base: Base) -> str:
+    if cfg.method is Method.TEXTUAL_INVERSION:
+        return f"| learning rate | {cfg.learning_rate} new tokens, {cfg.lr_scheduler} |"
+    tokens = f", {cfg.text_encoder_lr} new tokens" if cfg.method is Method.PIVOTAL else ""
+    te = cfg.text_encoder_lr if cfg.train_text_encoder else "–"
+    return (
+        f"| learning rate | {cfg.learning_rate} {base.family.adapters_words[0]}, {te} text encoder{tokens}, {cfg.lr_scheduler} |"
+    )
+
+
+METHOD_TITLES = {Method.DREAMBOOTH: "DreamBooth", Method.TEXTUAL_INVERSION: "Textual inversion", Method.PIVOTAL: "Pivotal tuning"}
+
+
 def model_card(
-    cfg: TrainConfig, base: Base, final_loss: float | None, has_samples: bool, seconds: float, kept: dict | None = None
-) -> str:
+    cfg: TrainConfig, base: Base, final_loss: float | None, has_samples: bool, seconds: float, kept: dict | None = None,
+    tokens: NewTokens | None = None,
+) -> str:  # fmt: skip
     pipeline = base.family.pipeline_class
     te = base.family.adapters_words[1 if cfg.train_text_encoder else 0]
     prior = prior_words(cfg)
     subjects = read_subjects(cfg.subjects, cfg.with_prior_preservation, cfg.num_class_images) if cfg.subjects else []
     prompt = " | ".join(s.instance_prompt for s in subjects) or cfg.instance_prompt
     first = subjects[0].instance_prompt if subjects else cfg.instance_prompt
+    if tokens:
+        prompt = " | ".join(tokens.in_prompt(p, k) for k, p in enumerate(prompt.split(" | ")))
+        first = tokens.in_prompt(first)
+    lora = cfg.method is not Method.TEXTUAL_INVERSION
     photos = f"the {len(subjects)} subjects of {cfg.subjects}" if subjects else f"the subject of {cfg.instance_dir}"
     kind = {"lora": "LoRA", "lokr": "LoKr", "loha": "LoHa"}[cfg.adapter]
     lines = [
@@ -121,17 +192,30 @@ def model_card(
         f"instance_prompt: {prompt}",
         "---",
         "",
-        f"# DreamBooth {kind}: `{prompt}`",
+        f"# {METHOD_TITLES[cfg.method]}{f' {kind}' if lora else ''}: `{prompt}`",
         "",
-        f"A LoRA for **{cfg.model}** ({base.summary()}; load it onto that base model only) "
-        f"that binds {photos} to the prompt `{prompt}`.",
+        f"{'A LoRA' if lora else 'New token embeddings'} for **{cfg.model}** ({base.summary()}; load "
+        f"{'it' if lora else 'them'} onto that base model only) that bind{'s' if lora else ''} {photos} to the prompt "
+        f"`{prompt}`.",
         "",
         "| setting | value |",
         "|---|---|",
-        f"| adapters | {kind} on {te}, rank {cfg.rank}, alpha {cfg.lora_alpha or cfg.rank} |",
+        f"| method | {cfg.method}"
+        + (f" ({cfg.tokens_per_subject} new tokens per subject" if tokens else "")
+        + (
+            f", trained for the first {cfg.ti_fraction:g} of the steps)"
+            if cfg.method is Method.PIVOTAL
+            else ")"
+            if tokens
+            else ""
+        )
+        + " |",
+        f"| adapters | {kind} on {te}, rank {cfg.rank}, alpha {cfg.lora_alpha or cfg.rank} |"
+        if lora
+        else "| adapters | none: the new token embeddings alone train |",
         f"| prior preservation | {prior} |",
         f"| steps × batch | {cfg.max_steps} × {cfg.batch_size} (accumulation {cfg.gradient_accumulation_steps}) |",
-        f"| learning rate | {cfg.learning_rate} {base.family.adapters_words[0]}, {cfg.text_encoder_lr if cfg.train_text_encoder else '–'} text encoder, {cfg.lr_scheduler} |",
+        learning_rates(cfg, base),
         f"| resolution | {cfg.resolution} px |",
         f"| precision | {cfg.mixed_precision} |",
         f"| seed | {cfg.seed} |",
@@ -146,7 +230,8 @@ def model_card(
     if has_samples:
         lines += ["![samples](samples.png)", ""]
     lines += validation_words(cfg, kept)
-    lines += files_words(cfg, base)
+    lines += token_words(cfg, base, tokens) if tokens else []
+    lines += files_words(cfg, base) if lora else []
     lines += [
         "## Use",
         "",
@@ -155,14 +240,15 @@ def model_card(
         "```",
         "",
     ]
-    if cfg.adapter == "lora":
+    if cfg.adapter == "lora" or not lora:
         lines += [
             "or in plain diffusers (for a hub or local base model):",
             "",
             "```python",
             f"from diffusers import {pipeline}",
             f'pipe = {pipeline}.from_pretrained("{cfg.model}")',
-            'pipe.load_lora_weights("path/to/this/folder")',
+            *(embedding_loading(cfg, base, tokens) if tokens else []),
+            *(['pipe.load_lora_weights("path/to/this/folder")'] if lora else []),
             f'pipe(prompt="{first} on the grass").images[0]',  # by name: FLUX.2 [klein]'s pipeline takes images first
             "```",
             "",

@@ -22,6 +22,9 @@ from ..config import TrainConfig
 from ..errors import TrainingError, UsageError
 from ..lora.files import KOHYA_NAME, WEIGHT_NAME, save_lora, which_file_where, write_comfyui_copy
 from ..lora.kohya import LYCORIS_FUSED, has_kohya_layout
+from ..methods.embeddings import save as save_embeddings
+from ..methods.embeddings import trigger
+from ..methods.tokens import vectors
 from ..sampling import draw, grid
 from . import checkpoint, progress, validation
 from .card import comfyui_left_out, comfyui_words, model_card
@@ -42,6 +45,9 @@ def optimizer_step(run: Run, step: int) -> torch.Tensor:
     cfg, accelerator = run.cfg, run.accelerator
     k = cfg.gradient_accumulation_steps
     denoiser = run.models[run.base.family.denoiser]
+    learning = run.plan.tokens_train(step)  # the method's phase: do the new tokens train in this step?
+    for rows in run.token_rows.values():
+        rows.learning = learning
     for micro in range(step * k, step * k + k):
         with accelerator.accumulate(*run.models.values()), accelerator.autocast():
             loss, _, _ = step_loss(cfg, run.base.family, denoiser, run.noise_scheduler, run.examples, micro)
@@ -80,10 +86,15 @@ def instance_prompts(cfg: TrainConfig) -> list[str]:
     return [s.instance_prompt for s in subjects_of(cfg)] or [cfg.instance_prompt]
 
 
+def written_prompts(run: Run) -> list[str]:
+    """The instance prompts as the model reads them (with the new tokens of --method textual-inversion / pivotal)."""
+    return [run.written(p, k) for k, p in enumerate(instance_prompts(run.cfg))]
+
+
 def validate(run: Run, step: int, emit: Event | None) -> None:
     path = run.out / "validation" / f"step-{step:06d}.png"
     run.onload()
-    save_samples(run, [run.cfg.validation_prompt], run.cfg.num_validation_images, path)
+    save_samples(run, [run.written(run.cfg.validation_prompt)], run.cfg.num_validation_images, path)
     run.offload()
     if emit:
         emit({"kind": "validation", "step": step, "path": str(path)})
@@ -156,7 +167,8 @@ def loop(run: Run, step: int, emit: Event | None, stop_event) -> tuple[int, floa
 
 
 def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> None:
-    """The last checkpoint, the LoRA file (and its exports), samples and the model card."""
+    """The last checkpoint, what the method trained (the LoRA file and its exports, the new tokens' embeddings),
+    samples and the model card."""
     cfg, base = run.cfg, run.base
     save_checkpoint(run, step)
     meta = {
@@ -164,7 +176,7 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         "family": base.family.name,
         "version": base.version,
         "prediction_type": base.prediction_type,
-        "instance_prompt": " | ".join(instance_prompts(cfg)),
+        "instance_prompt": " | ".join(written_prompts(run)),
         "rank": cfg.rank,
         "alpha": cfg.lora_alpha,
         "steps": step,
@@ -173,6 +185,7 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         "dora": cfg.dora,
         "adapter": cfg.adapter,
         "ema": cfg.use_ema_weights,
+        "method": str(cfg.method),
     }
     if cfg.use_ema_weights:
         # the LoRA file, its export and the samples are the moving average; the checkpoint above kept the last
@@ -183,8 +196,55 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
         meta["kept_step"] = kept["step"]
         print(f"--keep-best {kept['metric']}: the LoRA is step {kept['step']} of {step} ({kept['metric']} "
               f"{kept['value']:.4f}, the best in validation/scores.csv)", flush=True)  # fmt: skip
+    embeddings = write_embeddings(run, meta, step) if run.tokens else []
+    written = write_lora(run, meta, step) if run.plan.lora else []
+    run.onload()
+    if cfg.num_samples:
+        prompts = [run.written(cfg.validation_prompt)] if cfg.validation_prompt else written_prompts(run)
+        save_samples(run, prompts, cfg.num_samples, run.out / "samples.png")
+    atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds, kept, run.tokens))
+    # The last line says which file goes where: most people load a LoRA in ComfyUI or A1111 / Forge, not diffusers.
+    if written:
+        where = f"LoRA saved to {run.out}: {which_file_where(written, cfg.adapter != 'lora')}"
+    else:
+        elsewhere = ", ComfyUI and A1111 / Forge" if base.family.embeddings_elsewhere else ""
+        where = f"embeddings saved to {run.out}: {embeddings[0].name} for diffusers{elsewhere}"
+    print(f"trained {cfg.max_steps} steps in {seconds:.1f} s; {where}{token_words(run)}", flush=True)
+
+
+def token_words(run: Run) -> str:
+    """What to write in a prompt for each subject, in each program (the last line's end)."""
+    if not run.tokens:
+        return ""
+    n, elsewhere = len(run.tokens.per_subject), run.base.family.embeddings_elsewhere
+    each = "; ".join(
+        f"{run.tokens.written(k)} in diffusers and `dreambooth generate`"
+        + (f", embedding:{trigger(run.out, k, n)} in ComfyUI, {trigger(run.out, k, n)} in A1111 / Forge" if elsewhere else "")
+        for k in range(n)
+    )
+    return f"; write {each}"
+
+
+def write_embeddings(run: Run, meta: dict, step: int) -> list[Path]:
+    """--method textual-inversion / pivotal: the new tokens' vectors in `<name>_emb.safetensors`."""
+    assert run.tokens is not None
+    header = {f"dreambooth.{k}": str(v) for k, v in meta.items() if k in ("base_model", "family", "version", "steps", "method")}
     try:
-        save_lora(run.out, type(run.pipe), run.named, meta)
+        return save_embeddings(run.out, vectors(run.token_rows, run.base.family),
+                               [list(t) for t in run.tokens.per_subject], header)  # fmt: skip
+    except OSError as e:
+        raise TrainingError(
+            f"could not write the embeddings to {run.out} ({e.strerror}); the checkpoint of step {step} is kept: "
+            f"free space and run again with --resume"
+        ) from None
+
+
+def write_lora(run: Run, meta: dict, step: int) -> list[str]:
+    """The LoRA file and its exports; returns the names of the files written."""
+    cfg, base = run.cfg, run.base
+    adapted = {name: m for name, m in run.named.items() if getattr(m, "peft_config", None)}
+    try:
+        save_lora(run.out, type(run.pipe), adapted, meta)
     except OSError as e:
         raise TrainingError(
             f"could not write the LoRA to {run.out} ({e.strerror}); the checkpoint of step {step} is kept: "
@@ -210,16 +270,7 @@ def finish(run: Run, step: int, loss_value: float | None, seconds: float) -> Non
     elif cfg.adapter != "lora":
         print(f"note: no file for ComfyUI / A1111 / Forge: {LYCORIS_FUSED.format(adapter=cfg.adapter, family=base.family.title)}",
               flush=True)  # fmt: skip
-    if cfg.num_samples:
-        save_samples(run, [cfg.validation_prompt] if cfg.validation_prompt else instance_prompts(cfg), cfg.num_samples,
-                     run.out / "samples.png")  # fmt: skip
-    atomic.write_text(run.out / "README.md", model_card(cfg, base, loss_value, cfg.num_samples > 0, seconds, kept))
-    # The last line says which file goes where: most people load a LoRA in ComfyUI or A1111 / Forge, not diffusers.
-    written = [WEIGHT_NAME, *([KOHYA_NAME] if cfg.export == "kohya" else [])]
-    print(
-        f"trained {cfg.max_steps} steps in {seconds:.1f} s; LoRA saved to {run.out}: {which_file_where(written, cfg.adapter != 'lora')}",
-        flush=True,
-    )
+    return [WEIGHT_NAME, *([KOHYA_NAME] if cfg.export == "kohya" else [])]
 
 
 def release(run: Run) -> None:

@@ -21,6 +21,18 @@ from ..fields import to_dict, to_yaml
 from ..lora.adapter import add_lora
 from ..lora.files import WEIGHT_NAME
 from ..lora.kohya import check_layout_names, export_in_force
+from ..methods import Plan, plan_of
+from ..methods.tokens import (
+    NewTokens,
+    TokenRows,
+    add_rows,
+    check_family,
+    check_new,
+    check_prompts,
+    new_tokens,
+    token_components,
+    warn_uncaptioned,
+)
 from ..models import Base, describe, fingerprint, load_pipeline, load_vae, quantized_denoiser
 from ..objectives import identity as objective_identity
 from ..sampling import autocast_in, sampling_dtype
@@ -54,6 +66,13 @@ class Run:
     identity: dict  # what must match to continue this run from a checkpoint (see run_identity)
     ema: Any = None  # the moving average of the trained weights (--ema-decay), over `ema_params`
     validation: dict = field(default_factory=dict)  # what validation.py makes once: held examples, prompts, scorers
+    plan: Plan = field(default_factory=lambda: Plan(lora=True))  # what the method trains, and when
+    tokens: NewTokens | None = None  # --method textual-inversion / pivotal: the subjects' new tokens
+    token_rows: dict[str, TokenRows] = field(default_factory=dict)  # their trained vectors, by text encoder
+
+    def written(self, prompt: str, subject: int = 0) -> str:
+        """`prompt` as the model reads it: the token abstraction replaced by the subject's new tokens."""
+        return self.tokens.in_prompt(prompt, subject) if self.tokens else prompt
 
     @property
     def ema_params(self) -> list[torch.nn.Parameter]:
@@ -278,9 +297,12 @@ def class_photos(cfg: TrainConfig, pipe, accelerator) -> list:
     return photos
 
 
-def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
+def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype, plan: Plan | None = None,
+          tokens: NewTokens | None = None):  # fmt: skip
     """Freeze everything, move it to the device in the compute dtype (the VAE in fp32 where it must run so, see
-    `autoencoder`), add LoRA adapters; returns the trained components by name and the optimiser's parameter groups."""
+    `autoencoder`), add what the method trains (`plan`): LoRA adapters, the new `tokens`' rows; returns the trained
+    components by name, the optimiser's parameter groups and the new tokens' rows by encoder."""
+    plan = plan or Plan(lora=True)
     denoiser = getattr(pipe, family.denoiser)
     encoders = text_encoders(pipe, family)
     for m in [denoiser, *encoders.values()]:
@@ -291,12 +313,15 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
             m.to(device, dtype=weight_dtype)
     pipe.vae.requires_grad_(False)
     pipe.vae.to(device, dtype=autoencoder.weights_dtype(pipe.vae, weight_dtype))  # fp32 where its config asks
+    rows = add_rows(pipe, family, tokens, cfg.initializer_word, cfg.seed, cfg.t5_tokens) if tokens else {}
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
     trained = {family.denoiser: denoiser}
-    unread = family.unread_modules(family.denoiser, denoiser)
-    params = add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, unread, cfg.dora,
-                      cfg.adapter, cfg.lokr_factor)  # fmt: skip
-    groups = [{"params": params, "lr": cfg.learning_rate}]
+    groups = []
+    if plan.lora:
+        unread = family.unread_modules(family.denoiser, denoiser)
+        params = add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, unread, cfg.dora,
+                          cfg.adapter, cfg.lokr_factor)  # fmt: skip
+        groups.append({"params": params, "lr": cfg.learning_rate})
     if cfg.train_text_encoder:
         for name, encoder in encoders.items():
             if name in family.frozen_text_encoders:
@@ -311,7 +336,12 @@ def adapt(cfg: TrainConfig, pipe, family: Family, device, weight_dtype):
         m.train()
         if cfg.gradient_checkpointing:
             m.enable_gradient_checkpointing() if name == family.denoiser else m.gradient_checkpointing_enable()
-    return trained, groups
+    if rows:
+        # encoders that carry new tokens alone stay in eval mode: no dropout (T5's), which would draw from the
+        # global generator between steps and make a resumed run differ
+        groups.append({"params": [r.weight for r in rows.values()], "lr": plan.token_lr})
+        trained.update({name: getattr(pipe, name) for name in rows if name not in trained})
+    return trained, groups, rows
 
 
 def quantizes_on(device: torch.device) -> bool:
@@ -323,6 +353,7 @@ def set_up(cfg: TrainConfig) -> Run:
     """Check the settings, load the photos and the base model, write the effective config, draw class images; then
     `prepare` the run."""
     check_train(cfg)
+    plan = plan_of(cfg)  # the method's own checks
     check_paths(cfg)
     prompts = class_prompts(cfg)  # a bad --class-prompts-file fails here, before anything is loaded or written
     validation_prompts = read_prompts(cfg.validation_prompts) if cfg.validation_prompts else []  # and a bad prompt file
@@ -332,11 +363,17 @@ def set_up(cfg: TrainConfig) -> Run:
         photos, groups = subject_photos(subjects, cfg.masked_loss)
     else:
         photos = load_folder(cfg.instance_dir, "--instance-dir", masks=cfg.masked_loss)
+    tokens = None
+    if cfg.method.new_tokens:
+        tokens, photos = with_new_tokens(cfg, subjects, photos, groups)
     accelerator = make_accelerator(cfg)
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
     if cfg.vae:
         pipe.vae = load_vae(cfg.vae)
     base = describe(pipe, cfg.model)
+    if tokens is not None:  # before anything is written
+        check_family(base.family, cfg.t5_tokens, str(cfg.method))
+        check_new(pipe, token_components(base.family, cfg.t5_tokens), tokens, cfg.model)
     if cfg.base_quantization != "none":
         if quantizes_on(accelerator.device):
             quantized_denoiser(pipe, base.family, cfg.base_quantization, cfg.mixed_precision.dtype, accelerator.device)
@@ -353,9 +390,11 @@ def set_up(cfg: TrainConfig) -> Run:
         out = Path(cfg.output_dir).expanduser()
         if cfg.overwrite and out.is_dir() and holds_run(out):
             print(f"--overwrite: the earlier run in {out} moved to {set_aside(out)}", flush=True)
-        for prompt, class_prompt in [(s.instance_prompt, s.class_prompt) for s in subjects] or [
-            (cfg.instance_prompt, prompts[0] if prompts else "")
-        ]:
+        for prompt, class_prompt in (
+            []
+            if tokens
+            else [(s.instance_prompt, s.class_prompt) for s in subjects] or [(cfg.instance_prompt, prompts[0] if prompts else "")]
+        ):
             check_identifier(tokenizers(pipe, base.family)[0], prompt, class_prompt)
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", to_yaml(cfg))
@@ -371,14 +410,35 @@ def set_up(cfg: TrainConfig) -> Run:
         if accelerator.is_main_process:
             each = "; ".join(f"{s.instance_prompt!r}: {len(g)} photos" for s, g in zip(subjects, groups))
             print(f"--subjects: {len(subjects)} subjects, taking turns in every batch ({each})", flush=True)
-    run = prepare(cfg, pipe, base, photos, classes, accelerator, by_subject)
-    run.validation["prompts"] = validation_prompts
+    run = prepare(cfg, pipe, base, photos, classes, accelerator, by_subject, plan, tokens)
+    run.validation["prompts"] = [run.written(p) for p in validation_prompts]
     return run
+
+
+def with_new_tokens(cfg: TrainConfig, subjects: list[Subject], photos: list, groups: list[list[int]] | None):
+    """--method textual-inversion / pivotal: the subjects' new tokens, and the photos captioned with them in place of
+    the token abstraction (each photo its own subject's). A prompt without the abstraction is refused."""
+    abstraction = cfg.token_abstraction
+    if subjects:
+        check_prompts(abstraction, [(f"--subjects subject {n}: instance_prompt", s.instance_prompt)
+                                    for n, s in enumerate(subjects, 1)])  # fmt: skip
+    else:
+        check_prompts(abstraction, [("--instance-prompt", cfg.instance_prompt)])
+    tokens = new_tokens(abstraction, max(1, len(subjects)), cfg.tokens_per_subject)
+    subject_of = {i: k for k, members in enumerate(groups or []) for i in members}
+    own = [p.caption for p in photos if p.caption and p.caption not in {s.instance_prompt for s in subjects}]
+    warn_uncaptioned(abstraction, own)
+    photos = [
+        dataclasses.replace(p, caption=tokens.in_prompt(p.caption or cfg.instance_prompt, subject_of.get(i, 0)))
+        for i, p in enumerate(photos)
+    ]
+    return tokens, photos
 
 
 def prepare(
     cfg: TrainConfig, pipe, base: Base, photos: list, classes: list, accelerator,
-    subject_groups: list[tuple[list[int], list[int]]] | None = None,
+    subject_groups: list[tuple[list[int], list[int]]] | None = None, plan: Plan | None = None,
+    tokens: NewTokens | None = None,
 ) -> Run:  # fmt: skip
     """Adapters on the loaded base, the optimiser and schedule, the example stream; on a GPU every embedding is
     computed up front and the frozen parts leave it. `cfg` is `resolved` for this base. `subject_groups`: with --subjects,
@@ -392,7 +452,8 @@ def prepare(
         getattr(pipe, name).model_max_length = cfg.max_sequence_length
     identity = run_identity(cfg, base, pipe)  # before adapters: the base's own weights
     device, weight_dtype = accelerator.device, cfg.mixed_precision.dtype
-    trained, groups = adapt(cfg, pipe, family, device, weight_dtype)
+    plan = plan or Plan(lora=True)
+    trained, groups, rows = adapt(cfg, pipe, family, device, weight_dtype, plan, tokens)
     if cfg.export == "kohya" and family.denoiser in trained:
         check_layout_names(family, trained[family.denoiser])
     optimizer = make_optimizer(cfg, groups, device)
@@ -419,6 +480,7 @@ def prepare(
         accelerator.process_index,
         accelerator.num_processes,
         subject_groups,
+        live_encoders(cfg, family, rows),
     )
     offload: Callable[[], object] = lambda: None  # noqa: E731
     onload: Callable[[], object] = lambda: None  # noqa: E731
@@ -450,7 +512,17 @@ def prepare(
         onload,
         identity,
         make_ema(cfg, named),
+        plan=plan,
+        tokens=tokens,
+        token_rows=rows,
     )
+
+
+def live_encoders(cfg: TrainConfig, family: Family, rows: dict[str, TokenRows]) -> tuple[str, ...]:
+    """The text encoders that run every step rather than from a cache of their embeddings: those with a LoRA
+    (--train-text-encoder) and those carrying new tokens."""
+    lora = [n for n in family.text_encoders if n not in family.frozen_text_encoders] if cfg.train_text_encoder else []
+    return tuple(n for n in family.text_encoders if n in lora or n in rows)
 
 
 def set_aside(out: Path) -> Path:
@@ -482,6 +554,9 @@ def run_identity(cfg: TrainConfig, base: Base, pipe) -> dict:
         "text_encoder_target_modules": cfg.text_encoder_target_modules if cfg.train_text_encoder else [],
         "optimizer": cfg.optimizer,
         "ema_decay": cfg.ema_decay,
+        "method": str(cfg.method),
+        "tokens_per_subject": cfg.tokens_per_subject if cfg.method.new_tokens else 0,
+        "t5_tokens": cfg.t5_tokens,
     }
 
 
