@@ -99,6 +99,11 @@ SCENARIOS = {
         "class_prompts_file": "", "preserve_unconditional": False, "with_prior_preservation": True,
         "validation_prompts": "a photo of sks dog on the beach",
     },
+    "pivotal": {
+        "model": "tiny-flux", "method": "pivotal", "token_abstraction": "TOKX", "tokens_per_subject": 3,
+        "initializer_word": "dog", "ti_fraction": 0.25, "t5_tokens": True, "with_prior_preservation": False,
+        "class_prompt": "a photo of a dog", "train_text_encoder": False,
+    },
     "several subjects": {
         "model": "tiny", "with_prior_preservation": True,
         "subjects": "- {instance_dir: a, instance_prompt: a photo of sks dog, class_prompt: a photo of a dog}\n"
@@ -134,7 +139,12 @@ def test_the_page_builds_the_config_the_same_flags_build(tmp_path, scenario):
         assert all(Path(e["instance_dir"]).is_relative_to(workspace / "uploads") for e in entries)
         paths = {"output_dir": page.output_dir}
     else:
-        paths = {"instance_dir": page.instance_dir, "output_dir": page.output_dir, "instance_prompt": "a photo of sks dog"}
+        identifier = changes.get("token_abstraction", "sks")  # textual inversion, pivotal: the new tokens' word
+        paths = {
+            "instance_dir": page.instance_dir,
+            "output_dir": page.output_dir,
+            "instance_prompt": f"a photo of {identifier} dog",
+        }
     cli = cli_config(flags(given) + flags({**files, **paths}))
     differ = {f.name: (getattr(page, f.name), getattr(cli, f.name)) for f in dataclasses.fields(TrainConfig)
               if getattr(page, f.name) != getattr(cli, f.name)}  # fmt: skip

@@ -43,6 +43,8 @@ ADVANCED: dict[str, tuple[str, ...]] = {
     "Samples, seed and checkpoints": ("num_samples", "sample_steps", "guidance_scale", "sample_batch_size", "seed",
                                       "checkpoint_every", "checkpoints_total_limit"),
     "Several subjects": ("subjects",),
+    "Method: textual inversion, pivotal tuning": ("method", "token_abstraction", "tokens_per_subject", "initializer_word",
+                                                  "ti_fraction", "t5_tokens"),
 }
 # fmt: on
 
@@ -87,6 +89,10 @@ LABELS = {
     "keep_best": "Keep the best step by",
     "validation_prompt": "Validation image prompt (empty: none)",
     "base_quantization": "Base-model quantization (CUDA GPU)",
+    "method": "Method (textual inversion and pivotal write the token abstraction in place of the identifier)",
+    "token_abstraction": "Token abstraction (the word that becomes the new tokens)",
+    "ti_fraction": "Share of the steps the new tokens train (pivotal)",
+    "t5_tokens": "New tokens in T5 too (FLUX.1, SD3)",
 }
 
 KEEP_BEST_CHOICES = ("", *WORLD_METRICS, *EMBEDDING_METRICS)  # --keep-best's values (config.check_validation)

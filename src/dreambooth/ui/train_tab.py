@@ -206,6 +206,8 @@ def start_with(
             return "Error: Name the subject's class, e.g. dog"
         if len(identifier.split()) != 1:
             return "Error: the identifier must be one word, e.g. the suggested one"
+        if str(shown.get("method") or "dreambooth") != "dreambooth":  # new tokens take the identifier's place
+            identifier = str(shown.get("token_abstraction") or "").strip() or identifier
         page.update(instance_prompt=instance_prompt(identifier, class_noun), instance_dir="-")
         shown["class_prompt"] = str(shown.get("class_prompt") or "").strip() or f"a photo of a {class_noun}"
     try:
