@@ -383,8 +383,8 @@ def serve_ui(workspace: Path, *flags: str):
         yield url
     finally:
         proc.terminate()
-        try:
-            proc.wait(10)
+        try:  # the server first lets a running job finish its step (or validation) and save: up to its 60 s
+            proc.wait(90)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
