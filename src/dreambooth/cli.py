@@ -143,10 +143,36 @@ def run_identifier(cfg: C.IdentifierConfig) -> None:
             note = f"   <- {len(tokens)} tokens" if len(tokens) > 1 else ""
             print(f"  {word:<16} {pieces}{note}")
         print()
+    if cfg.measure:
+        measure_identifiers(cfg)
+        return
     found = candidates(tokenizer, cfg.count, cfg.max_chars, cfg.min_id, cfg.seed)
     print(f"rare one-token identifiers (id >= {cfg.min_id}, <= {cfg.max_chars} letters, not English words):")
     for word, token_id in found:
         print(f"  {word:<6} {token_id}")
+
+
+def measure_identifiers(cfg: C.IdentifierConfig) -> None:
+    """`identifier --measure`: the table of measured priors; on the world model also how its base draws each word."""
+    from .families import family_of
+    from .models import load_pipeline
+    from .training import identifier_prior as P
+    from .world import MODEL as WORLD
+
+    pipe = load_pipeline(cfg.model)
+    draws = None
+    if cfg.model == WORLD and cfg.samples:
+        from .world.identifier_draws import measure_draws
+
+        draws = measure_draws(pipe, cfg.samples)
+    rows = P.measure(pipe, family_of(pipe), cfg.class_noun, cfg.count, cfg.seed, cfg.compare, draws)
+    base, instance = P.prompts("a", cfg.class_noun)[1], P.prompts("X", cfg.class_noun)[0]
+    print(f"measured priors on {cfg.model}, weakest first: shift = how far the text encoders move '{instance}' from "
+          f"'{base}' (cosine distance of standardised embeddings)")  # fmt: skip
+    if draws:
+        print(f"as {cfg.class_noun} / same draw: share of {cfg.samples} samples the world's reader reads as a "
+              f"{cfg.class_noun} / exactly as the same seed's sample of '{base}'")  # fmt: skip
+    print(P.table(rows, cfg.class_noun))
 
 
 def run_command(args: argparse.Namespace, whole_process: bool = False) -> None:

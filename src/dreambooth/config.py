@@ -374,6 +374,17 @@ class IdentifierConfig:
     max_chars: int = opt(3, "longest candidate in characters")
     min_id: int = opt(35000, "rarest part of the vocabulary to draw from (BPE ids grow as merges get rarer)")
     seed: int = opt(0, "seed for drawing candidates")
+    measure: bool = opt(
+        False,
+        "rank the candidates by the base model's measured prior for them: how far its text encoders move 'a photo of "
+        "X <class>' from 'a photo of a <class>' (and on the world model, how it draws them); the weakest of three "
+        "times --count candidates are listed, beside --compare",
+    )
+    class_noun: str = opt("dog", "with --measure: the class noun of the prompts measured")
+    compare: list[str] = opt(
+        ["dog", "red", "jpg", "mvc", "esg"], "with --measure: words with a prior to measure beside the rare candidates"
+    )
+    samples: int = opt(8, "with --measure on the world model: samples drawn per word (0: the text measure alone)")
 
 
 @dataclass
@@ -547,7 +558,9 @@ def check_optimizer(cfg: TrainConfig) -> None:
 
 def check_identifier_config(cfg: IdentifierConfig) -> None:
     check_each(cfg, ["count", "max_chars"], lambda v: v >= 1, "must be at least 1")
-    check_each(cfg, ["min_id"], lambda v: v >= 0, "must not be negative")
+    check_each(cfg, ["min_id", "samples"], lambda v: v >= 0, "must not be negative")
+    if cfg.measure and len(cfg.class_noun.split()) != 1:
+        raise UsageError(f"--class-noun {cfg.class_noun!r}: give one word, e.g. dog")
 
 
 def check_generate(cfg: GenerateConfig) -> None:

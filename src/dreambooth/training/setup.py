@@ -39,7 +39,8 @@ from ..sampling import autocast_in, sampling_dtype
 from . import checkpoint
 from .batches import Examples
 from .class_images import bank_dir, ensure_class_images, prompt_folder, read_class_prompts, shares
-from .identifier import check_identifier
+from .identifier import check_identifier, guess_identifier
+from .identifier_prior import check_prior
 from .photos import load_folder
 from .subjects import Subject, class_groups, read_subjects, subject_photos
 from .validation import read_prompts
@@ -396,6 +397,7 @@ def set_up(cfg: TrainConfig) -> Run:
             else [(s.instance_prompt, s.class_prompt) for s in subjects] or [(cfg.instance_prompt, prompts[0] if prompts else "")]
         ):
             check_identifier(tokenizers(pipe, base.family)[0], prompt, class_prompt)
+            check_prior(pipe, base.family, prompt, guess_identifier(prompt, class_prompt))
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", to_yaml(cfg))
         print(f"{cfg.model}: {base.summary()}; {len(photos)} photos at {cfg.resolution} px", flush=True)
