@@ -84,8 +84,11 @@ def noun_after(prompt: str, identifier: str) -> str:
 
 
 def cheap(pipe, family: Family) -> bool:
-    """The text encoders are CLIP-sized (SD 1.x / 2.x, SDXL, the embedded models): measuring a few prompts on the CPU
-    takes seconds. T5-XXL and the LLM encoders would take minutes there, so `train` does not measure them."""
+    """The text encoders are CLIP alone and CLIP-sized (SD 1.x / 2.x, SDXL, the embedded UNet models): measuring a few
+    prompts on the CPU takes seconds. T5-XXL and the LLM encoders would take minutes there, so `train` does not
+    measure a family that has one (a long tokenizer), at any size: a run encodes its prompts with them once."""
+    if family.long_tokenizers:
+        return False
     return sum(p.numel() for e in text_encoders(pipe, family).values() for p in e.parameters()) < CHEAP_PARAMETERS
 
 
