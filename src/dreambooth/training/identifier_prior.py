@@ -57,9 +57,9 @@ def shifts(pipe, family: Family, words: list[str], class_noun: str) -> dict[str,
     for key, value in embedded.items():
         if key == "mask" or not torch.is_floating_point(value):
             continue
+        if value.dim() == 2:  # a pooled embedding: one position has no spread to standardise by, and the
+            continue  # sequence it is pooled from is measured already
         value = value.float().cpu()
-        if value.dim() == 2:  # a pooled embedding: one position
-            value = value[:, None]
         if mask is not None and mask.shape == value.shape[:2]:
             value = value * mask.cpu()[..., None].float()
         z = standardised(value, value[0])
