@@ -5,7 +5,7 @@ from vae_dtypes import watch_vae
 
 from dreambooth.models import load_pipeline
 from dreambooth.objectives.ddpm import fast_sampler
-from dreambooth.sampling import draw
+from dreambooth.sampling import draw, draw_each
 
 
 def fp16_autocast():
@@ -30,6 +30,20 @@ def test_images_are_those_the_pipeline_finishes_itself(model):
         ).images
     for a, b in zip(drawn, own):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-qwen-image"])
+def test_prompts_sharing_batches_draw_what_each_draws_alone(model):
+    """Validation draws its prompts together: the same seeds, and the same images up to batched arithmetic's rounding
+    (Qwen-Image pads the shorter prompt and masks the padding)."""
+    pipe = load_pipeline(model)
+    prompts = ["a photo of sks dog", "a photo of sks dog on the beach in the snow"]
+    together = draw_each(pipe, prompts, 2, seed=3, steps=2, guidance=4.0, resolution=64, batch_size=3)
+    assert list(together) == prompts and [len(v) for v in together.values()] == [2, 2]
+    for prompt in prompts:
+        alone = draw(pipe, prompt, 2, seed=3, steps=2, guidance=4.0, resolution=64, batch_size=2)
+        for a, b in zip(together[prompt], alone):
+            assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 2
 
 
 def test_a_vae_that_must_run_in_fp32_decodes_in_fp32_under_fp16_autocast():

@@ -78,6 +78,33 @@ def draw(
     `autocast` is the precision the denoiser and text encoders run in; the pipeline stops at the latents and they are
     decoded here (by the family: see `Family.decoded_latents`), so that a VAE that must run in fp32 does, outside it
     (see `autoencoder`)."""
+    jobs = [(prompt, seed + first_index + i) for i in range(num)]
+    return draw_jobs(pipe, jobs, steps, guidance, resolution, batch_size, negative_prompt, on_batch, autocast)
+
+
+def draw_each(
+    pipe, prompts: list[str], num: int, seed: int, steps: int, guidance: float, resolution: int, batch_size: int = 4,
+    autocast=contextlib.nullcontext,
+) -> dict[str, list]:  # fmt: skip
+    """`num` images of each prompt, image i of each with seed `seed + i` (as `draw` gives them one prompt at a time),
+    with the prompts sharing batches: on a CPU a batch of small images costs little more than one image."""
+    jobs = [(p, seed + i) for p in prompts for i in range(num)]
+    images = draw_jobs(pipe, jobs, steps, guidance, resolution, batch_size, autocast=autocast)
+    return {p: images[k * num : (k + 1) * num] for k, p in enumerate(prompts)}
+
+
+def draw_jobs(
+    pipe,
+    jobs: list[tuple[str, int]],
+    steps: int,
+    guidance: float,
+    resolution: int,
+    batch_size: int = 4,
+    negative_prompt: str = "",
+    on_batch=None,
+    autocast=contextlib.nullcontext,
+) -> list:
+    """One image per (prompt, seed), in that order, `batch_size` at a time."""
     family = family_of(pipe)
     if negative_prompt and "negative_prompt" not in inspect.signature(pipe.__call__).parameters:
         raise UsageError(f"--negative-prompt: {family.pipeline_class} takes no negative prompt; leave it out")
@@ -86,13 +113,14 @@ def draw(
     images = []
     try:
         with eval_mode(*components(pipe, family).values()), torch.no_grad(), autocast():
-            for start in range(0, num, batch_size):
-                n = min(batch_size, num - start)
+            for start in range(0, len(jobs), batch_size):
+                batch_jobs = jobs[start : start + batch_size]
+                n = len(batch_jobs)
                 threads.refresh()
-                generators = [torch.Generator().manual_seed(seed + first_index + start + i) for i in range(n)]
+                generators = [torch.Generator().manual_seed(s) for _, s in batch_jobs]
                 negative = [negative_prompt] * n if negative_prompt else None
                 latents = pipe(
-                    prompt=[prompt] * n,  # by name: FLUX.2 [klein]'s pipeline takes images first
+                    prompt=[p for p, _ in batch_jobs],  # by name: FLUX.2 [klein]'s pipeline takes images first
                     height=resolution,
                     width=resolution,
                     num_inference_steps=steps,

@@ -25,7 +25,7 @@ from .. import atomic
 from ..config import LOWER_IS_BETTER, TrainConfig
 from ..errors import UsageError
 from ..families import text_encoders
-from ..sampling import draw, eval_mode, grid
+from ..sampling import draw_each, eval_mode, grid
 from .batches import device_generator
 from .checkpoint import trainable
 from .loss import weighted_mse
@@ -124,20 +124,17 @@ def draw_prompts(run, step: int) -> dict[str, list]:
     """--num-validation-images samples of each validation prompt, with the run's sampling settings (the same seeds at
     every validation); saved as one grid a prompt a row, validation/prompts-step-NNNNNN.png."""
     cfg = run.cfg
-    images = {
-        prompt: draw(
-            run.pipe,
-            prompt,
-            cfg.num_validation_images,
-            cfg.seed,
-            cfg.sample_steps,
-            cfg.guidance_scale,
-            cfg.resolution,
-            cfg.sample_batch_size,
-            autocast=run.accelerator.autocast,
-        )  # fmt: skip
-        for prompt in run.validation["prompts"]
-    }
+    images = draw_each(
+        run.pipe,
+        run.validation["prompts"],
+        cfg.num_validation_images,
+        cfg.seed,
+        cfg.sample_steps,
+        cfg.guidance_scale,
+        cfg.resolution,
+        cfg.sample_batch_size,
+        autocast=run.accelerator.autocast,
+    )
     rows = [grid(imgs, cols=len(imgs)) for imgs in images.values()]
     atomic.save_image(grid(rows, cols=1), run.out / FOLDER / f"prompts-step-{step:06d}.png")
     return images
