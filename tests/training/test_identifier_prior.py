@@ -13,12 +13,12 @@ def tiny():
     return pipe, family_of(pipe)
 
 
-def give_a_prior(pipe, family, word: str) -> None:
+def give_a_prior(pipe, family, word: str, factor: float = 40) -> None:
     """Make `word` mean something to the tiny model's random text encoder: its embedding row, large."""
     tokenizer, encoder = tokenizers(pipe, family)[0], next(iter(text_encoders(pipe, family).values()))
     (token_id,) = tokenizer(word, add_special_tokens=False).input_ids
     with torch.no_grad():
-        encoder.get_input_embeddings().weight[token_id] *= 40
+        encoder.get_input_embeddings().weight[token_id] *= factor
 
 
 def test_the_shift_is_zero_for_the_class_prompt_itself_and_grows_with_a_prior(tiny):
@@ -34,7 +34,7 @@ def test_train_warns_of_an_identifier_with_a_prior_in_one_line(tiny, capsys):
     P.check_prior(pipe, family, "a photo of sks dog", "sks")
     P.check_prior(pipe, family, "a photo of jpg dog", "jpg")
     assert capsys.readouterr().err == ""
-    give_a_prior(pipe, family, "jpg")
+    give_a_prior(pipe, family, "jpg", 1000)
     P.check_prior(pipe, family, "a photo of jpg dog", "jpg")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'jpg' as a word with a prior" in err and "identifier --measure --class-noun dog" in err
