@@ -58,7 +58,8 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    peft = get_peft_model_state_dict(model)
+    # the adapter alone: peft adds a resized embedding table (new tokens) otherwise; its rows go to the _emb file
+    peft = get_peft_model_state_dict(model, save_embedding_layers=False)
     converted = convert_state_dict_to_diffusers(peft)
     # The converter knows the UNet's and CLIP's module names. On a model where it renames only some keys (a
     # transformer's to_q but not its add_q_proj) the result is a mix no loader reads: keep peft's layout there, as
@@ -105,7 +106,7 @@ def save_lora(
             spell = lambda module: released_path(model, module)  # noqa: E731
             kwargs[f"{name}_lora_layers"] = {
                 f"{spell(module)}.{part}": v
-                for k, v in get_peft_model_state_dict(model).items()
+                for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
                 for module, part in [split_part(k) or ("", "")]
             }
             kwargs[f"{name}_lora_adapter_metadata"] = saved_config(model, [spell(m) for m in adapted_modules(model)])
