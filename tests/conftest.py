@@ -41,7 +41,8 @@ def tiny_base(tmp_path_factory) -> Path:
 # The files that take longest, longest first (seconds of the full suite on 2 cores): the workers take whole files in
 # this order, so the last files handed out are short ones and the workers end together.
 LONGEST_FIRST = (
-    "test_world_demo.py",  # 569
+    "test_world_demo.py",  # 569 with the no-prior run, now a file of its own; it takes both cores once the rest is done
+    "test_world_no_prior.py",  # about 90: beside the demo's test, on the other process
     "test_ui.py",  # 277
     "test_fleet.py",  # 80: a local Ray, its workers' imports and seven short trainings
     "test_checkpoint.py",  # 74

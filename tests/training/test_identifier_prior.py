@@ -29,6 +29,16 @@ def test_the_shift_is_zero_for_the_class_prompt_itself_and_grows_with_a_prior(ti
     assert P.shifts(pipe, family, ["blue"], "dog")["blue"] > 3 * before["blue"]
 
 
+def test_sdxl_shifts_are_finite_and_grow_with_a_prior():
+    """SDXL's pooled embedding is one position a prompt: measured through the sequences alone, not as NaN."""
+    pipe = load_pipeline("tiny-sdxl")
+    family = family_of(pipe)
+    before = P.shifts(pipe, family, ["a", "sks", "blue"], "dog")
+    assert before["a"] == 0.0 and 0 < before["sks"] < 1 and 0 < before["blue"] < 1
+    give_a_prior(pipe, family, "blue", 1000)
+    assert P.shifts(pipe, family, ["blue"], "dog")["blue"] > 3 * before["blue"]
+
+
 def test_train_warns_of_an_identifier_with_a_prior_in_one_line(tiny, capsys):
     pipe, family = tiny
     P.check_prior(pipe, family, "a photo of sks dog", "sks")

@@ -36,8 +36,8 @@ def test_a_quantized_base_trains_a_lora_that_loads_on_the_plain_base(
     seen = {}
     original = setup_mod.adapt
 
-    def adapt(cfg, pipe, family, device, dtype):
-        out = original(cfg, pipe, family, device, dtype)
+    def adapt(cfg, pipe, *args, **kwargs):
+        out = original(cfg, pipe, *args, **kwargs)
         seen["layers"] = {type(m.base_layer).__name__ for m in pipe.transformer.modules() if hasattr(m, "base_layer")}
         seen["frozen"] = [type(m).__name__ for m in pipe.transformer.modules() if type(m).__name__ == layer]
         return out
@@ -97,8 +97,8 @@ def test_the_qwen_encoder_families_train_on_an_nf4_base(model, quantizers_on_the
     seen = {}
     original = setup_mod.adapt
 
-    def adapt(cfg, pipe, family, device, dtype):
-        out = original(cfg, pipe, family, device, dtype)
+    def adapt(cfg, pipe, *args, **kwargs):
+        out = original(cfg, pipe, *args, **kwargs)
         seen["layers"] = {type(m.base_layer).__name__ for m in pipe.transformer.modules() if hasattr(m, "base_layer")}
         return out
 

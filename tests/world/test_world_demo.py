@@ -6,14 +6,8 @@ import json
 
 import pytest
 
-from dreambooth.lora.files import load_lora
-from dreambooth.models import load_pipeline
-from dreambooth.training.loop import train
-from dreambooth.world import MODEL as WORLD
-from dreambooth.world import TEXT_ENCODER_SCALE, readers
-from dreambooth.world import folder as world_dir
-from dreambooth.world.demo import demo_train_config, run_demo
-from dreambooth.world.scores import sample_and_score
+from dreambooth import threads
+from dreambooth.world.demo import run_demo
 
 pytestmark = pytest.mark.slow
 
@@ -22,17 +16,17 @@ SAMPLES = 16  # per prompt; the demo draws 32, and half of them show the same ef
 
 
 @pytest.fixture(scope="module")
-def reader():
-    return readers.load(world_dir() / "reader")[0]
-
-
-@pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     # the demo's settings, but 100 class images instead of 400 and one validation of 4 samples a prompt instead of
-    # five of 8: the test makes its class images afresh, and takes half the time
-    scores = run_demo(str(out), max_steps=STEPS, cls="dog", n=SAMPLES, contexts=("beach", "snow", "grass"), class_images=100,
-                      validations=1, validation_samples=4)  # fmt: skip
+    # five of 8: the test makes its class images afresh, and takes half the time. The suite's longest test, it takes
+    # the cores the other test process leaves free, as the demo does outside the tests (threads.py), so once the other
+    # files are done it runs on both; its thresholds have margins of samples, wider than a thread count's rounding.
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("OMP_NUM_THREADS", raising=False)
+        with threads.workload(0):
+            scores = run_demo(str(out), max_steps=STEPS, cls="dog", n=SAMPLES, contexts=("beach", "snow", "grass"),
+                              class_images=100, validations=1, validation_samples=4)  # fmt: skip
     return out, scores
 
 
@@ -72,16 +66,3 @@ def test_after_fine_tuning_the_identifier_draws_the_subject_in_new_contexts(demo
     # 0.47 (0.51): at weight 2 the 100 class images are learnt by heart (the demo's 400 gave 0.70 at 32); the base
     # 0.64 (0.73); without prior 0.30
     assert scores["after"]["class_diversity"] >= 0.4
-
-
-def test_without_prior_preservation_the_class_drifts_toward_the_subject(demo, reader, tmp_path):
-    out, scores = demo
-    # 300 steps are enough to show it (plain loss, one class prompt: DreamBooth without its prior)
-    lora = train(demo_train_config("dog", out / "subject", tmp_path / "no-prior", 300, prior=False))
-    pipe = load_pipeline(WORLD)
-    load_lora(pipe, lora, text_encoder_scale=TEXT_ENCODER_SCALE, model=WORLD)
-    without, _ = sample_and_score(pipe, reader, "dog", SAMPLES, contexts=())
-    # measured at 300 steps: drift 0.56 without prior preservation (also 0.56 at 500, 0.88 at 1,000) vs 0.00 with
-    # it; diversity 0.30 (0.25 at 500) vs 0.47 with it (base 0.64)
-    assert without["class_drift"] >= scores["after"]["class_drift"] + 0.3, (without, scores["after"])
-    assert without["class_diversity"] < scores["after"]["class_diversity"] - 0.1, (without, scores["after"])

@@ -57,9 +57,9 @@ def shifts(pipe, family: Family, words: list[str], class_noun: str) -> dict[str,
     for key, value in embedded.items():
         if key == "mask" or not torch.is_floating_point(value):
             continue
+        if value.dim() == 2:  # a pooled embedding: one position has no spread to standardise by, and the
+            continue  # sequence it is pooled from is measured already
         value = value.float().cpu()
-        if value.dim() == 2:  # a pooled embedding: one position
-            value = value[:, None]
         if mask is not None and mask.shape == value.shape[:2]:
             value = value * mask.cpu()[..., None].float()
         z = standardised(value, value[0])
@@ -68,12 +68,14 @@ def shifts(pipe, family: Family, words: list[str], class_noun: str) -> dict[str,
     return {w: round(float(s) / max(kinds, 1), 4) for w, s in zip(words, per_word)}
 
 
-def reference_shift(pipe, family: Family, class_noun: str) -> float:
-    """The upper quartile of the shifts of rare candidates: what "no prior" measures on this model."""
-    rare = [w for w, _ in candidates(tokenizers(pipe, family)[0], REFERENCES, seed=0)]
-    if not rare:
-        return float("nan")
-    return float(torch.tensor(list(shifts(pipe, family, rare, class_noun).values())).quantile(0.75))
+def rare_references(pipe, family: Family) -> list[str]:
+    """The rare candidates whose shifts say what "no prior" measures on this model (none in a byte-level vocabulary)."""
+    return [w for w, _ in candidates(tokenizers(pipe, family)[0], REFERENCES, seed=0)]
+
+
+def reference_shift(measured: dict[str, float], rare: list[str]) -> float:
+    """The upper quartile of the rare candidates' shifts: what "no prior" measures on this model."""
+    return float(torch.tensor([measured[w] for w in rare]).quantile(0.75))
 
 
 def noun_after(prompt: str, identifier: str) -> str:
@@ -84,8 +86,11 @@ def noun_after(prompt: str, identifier: str) -> str:
 
 
 def cheap(pipe, family: Family) -> bool:
-    """The text encoders are CLIP-sized (SD 1.x / 2.x, SDXL, the embedded models): measuring a few prompts on the CPU
-    takes seconds. T5-XXL and the LLM encoders would take minutes there, so `train` does not measure them."""
+    """The text encoders are CLIP alone and CLIP-sized (SD 1.x / 2.x, SDXL, the embedded UNet models): measuring a few
+    prompts on the CPU takes seconds. T5-XXL and the LLM encoders would take minutes there, so `train` does not
+    measure a family that has one (a long tokenizer), at any size: a run encodes its prompts with them once."""
+    if family.long_tokenizers:
+        return False
     return sum(p.numel() for e in text_encoders(pipe, family).values() for p in e.parameters()) < CHEAP_PARAMETERS
 
 
@@ -94,10 +99,11 @@ def check_prior(pipe, family: Family, instance_prompt: str, identifier: str | No
     class_noun = noun_after(instance_prompt, identifier or "")
     if not identifier or not class_noun or not cheap(pipe, family):
         return
-    typical = reference_shift(pipe, family, class_noun)
-    if typical != typical:  # no rare candidates in this vocabulary (byte-level BPE): nothing to compare with
+    rare = rare_references(pipe, family)
+    if not rare:  # no rare candidates in this vocabulary (byte-level BPE): nothing to compare with
         return
-    shift = shifts(pipe, family, [identifier], class_noun)[identifier]
+    measured = shifts(pipe, family, [*rare, identifier], class_noun)  # one batch: the class prompt encoded once
+    typical, shift = reference_shift(measured, rare), measured[identifier]
     if shift > STRONG * max(typical, 1e-4):
         warn(
             f"--instance-prompt: the base model reads '{identifier}' as a word with a prior (it moves "
