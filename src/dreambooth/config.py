@@ -644,6 +644,11 @@ class BenchConfig:
         ("pretrained_model_name_or_path",),
     )
     identifier: str = opt("sks", "rare-token identifier bound to each subject")
+    method: list[str] = opt(
+        ["dreambooth"],
+        "how each subject is bound to the prompt (train --method): dreambooth, textual-inversion, pivotal; several "
+        "run one after another into OUT/<method>/, and bench.md has a column block per method",
+    )
     max_steps: int = opt(400, "training steps per subject", ("max_train_steps",))
     with_prior_preservation: bool = opt(True, "train with the class prior 'a photo of a <class>'")
     num_class_images: int = opt(100, "class images per class noun")
@@ -672,6 +677,12 @@ def check_bench(cfg: BenchConfig) -> None:
         raise UsageError("DATASET_DIR is required: pass the DreamBench folder (<subject>/*.jpg, prompts_and_classes.txt)")
     if not cfg.output_dir:
         raise UsageError("--output-dir is required: pass a folder for the runs and reports")
+    methods = [m.value for m in Method]
+    for m in cfg.method:
+        if m not in methods:
+            raise UsageError(f"--method {m}: is not one of {', '.join(methods)}")
+    if not cfg.method or len(set(cfg.method)) != len(cfg.method):
+        raise UsageError("--method: name each method once, e.g. --method dreambooth textual-inversion pivotal")
     check_each(
         cfg,
         ["num_prompts", "images_per_prompt", "max_steps", "num_class_images", "steps", "batch_size"],

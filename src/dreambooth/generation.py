@@ -43,19 +43,35 @@ def run_files(lora: str, allow_pickle: bool) -> tuple[Path | None, Path | None]:
     return find_weights(lora, allow_pickle), found
 
 
-def draw_images(cfg: GenerateConfig, out: Path) -> list[Path]:
+def trained(run: Path) -> bool:
+    """`run` holds a finished run's weights: its LoRA, or a textual-inversion run's embeddings."""
+    return (run / WEIGHT_NAME).is_file() or embeddings.find(run) is not None
+
+
+def load_run(
+    pipe, lora: str | Path, unet_scale: float = 1.0, text_encoder_scale: float = 1.0, allow_pickle: bool = False,
+    model: str = "the base model",
+) -> list[str]:  # fmt: skip
+    """What --lora names, into `pipe`: the new tokens' embeddings (returned, in order) and the LoRA, whichever the run
+    has."""
     from .families import family_of
 
+    weights, found = run_files(str(lora), allow_pickle)
+    tokens: list[str] = []
+    if found is not None:
+        tokens = embeddings.load_into(pipe, family_of(pipe), found)
+        print(f"new tokens {''.join(tokens)} from {found.name}", flush=True)
+    if weights is not None:
+        load_lora(pipe, weights, unet_scale, text_encoder_scale, allow_pickle, model)
+    return tokens
+
+
+def draw_images(cfg: GenerateConfig, out: Path) -> list[Path]:
     pipe = load_pipeline(cfg.model, allow_pickle=cfg.allow_pickle)
     if cfg.vae:
         pipe.vae = load_vae(cfg.vae)
     if cfg.lora:
-        weights, found = run_files(cfg.lora, cfg.allow_pickle)
-        if found is not None:
-            tokens = embeddings.load_into(pipe, family_of(pipe), found)
-            print(f"new tokens {''.join(tokens)} from {found.name}", flush=True)
-        if weights is not None:
-            load_lora(pipe, weights, cfg.unet_scale, cfg.text_encoder_scale, cfg.allow_pickle, cfg.model)
+        load_run(pipe, cfg.lora, cfg.unet_scale, cfg.text_encoder_scale, cfg.allow_pickle, cfg.model)
     import torch
 
     if torch.cuda.is_available():

@@ -141,3 +141,61 @@ def test_bench_bad_inputs_fail_before_any_model_loads(dataset, tmp_path, capsys)
     bad(["bench", str(dataset), "--output-dir", out, "--train-config", str(tmp_path / "t.yaml")], "--train-config", "rank")
     bad(["bench", "--dataset", str(dataset), "--output-dir", out, "--images-per-prompt", "0"], "--images-per-prompt")
     assert not Path(out).exists()
+
+
+def test_a_report_with_a_column_block_per_method(tmp_path):
+    from dreambooth.evaluation import bench_report
+
+    def row(subject, dino):
+        return {"subject": subject, "class": "dog", "kind": "live", "dino": dino, "clip_i": 0.5, "clip_t": 0.25,
+                "pres": None, "div": 0.125}  # fmt: skip
+
+    by_method = {"dreambooth": [row("dog", 0.75), row("dog2", 0.25)], "textual-inversion": [row("dog", 0.5)]}
+    table = bench_report.methods_markdown_table(by_method).splitlines()
+    assert (
+        table[0].startswith("| | class | kind | dreambooth DINO | dreambooth CLIP-I |") and "textual-inversion DIV |" in table[0]
+    )
+    assert table[2] == "| dog | dog | live | 0.750 | 0.500 | 0.250 | – | 0.125 | 0.500 | 0.500 | 0.250 | – | 0.125 |"
+    assert table[3].startswith("| dog2 | dog | live | 0.250 |") and table[3].endswith("| – | – | – | – | – |")
+    assert table[4].startswith("| **mean** |  | 2 subjects | 0.500 |")
+    settings = {m: {"model": "tiny", "max_steps": 1, "with_prior_preservation": True, "images_per_prompt": 2,
+                    "num_prompts": 2, "steps": 1, "guidance": 7.5, "seed": 0} for m in by_method}  # fmt: skip
+    bench_report.write_methods(tmp_path, by_method, settings)
+    summary = json.loads((tmp_path / "bench.json").read_text())
+    assert summary["methods"]["textual-inversion"]["mean"]["dino"] == 0.5 and summary["settings"] == settings
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    assert rows[0]["dreambooth:dino"] == "0.7500" and rows[1]["textual-inversion:dino"] == ""
+    assert "colspan='5'><a href='textual-inversion/bench.html'>" in (tmp_path / "bench.html").read_text()
+    assert "| *Textual Inversion (Stable Diffusion)* | 0.569 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_methods_are_checked_before_anything_runs(dataset, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    for methods, words in ((["dreambooth", "lora"], "--method lora"), (["pivotal", "pivotal"], "name each method once")):
+        assert main(["bench", str(dataset), "--output-dir", out, "--method", *methods]) == 2
+        assert words in capsys.readouterr().err
+    (tmp_path / "t.yaml").write_text("method: pivotal\n")
+    assert main(["bench", str(dataset), "--output-dir", out, "--train-config", str(tmp_path / "t.yaml")]) == 2
+    assert "'method' is set by the bench" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+@pytest.mark.slow
+def test_bench_of_two_methods_on_the_tiny_model(dataset, scorers, tmp_path):
+    out = tmp_path / "bench"
+    cfg = small(dataset, out, scorers, subjects=["dog"], num_prompts=1, method=["dreambooth", "textual-inversion"])
+    bench_mod.bench(cfg)
+    ti = out / "textual-inversion" / "dog"
+    assert (out / "dreambooth" / "dog" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (ti / "lora" / "lora_emb.safetensors").is_file() and not (ti / "lora" / "pytorch_lora_weights.safetensors").exists()
+    trained = (ti / "lora" / "config.yaml").read_text()
+    assert "method: textual-inversion" in trained and "instance_prompt: a photo of TOK dog" in trained
+    assert "rank: 2" not in trained  # the --train-config's LoRA settings are not textual inversion's
+    scores = json.loads((ti / "scores.json").read_text())
+    assert [g["prompt"] for g in scores["prompts"]] == ["a <s0><s1> dog in the jungle"]
+    assert {row["scored_prompt"] for row in scores["images"]} == {"a dog in the jungle"}
+    summary = json.loads((out / "bench.json").read_text())
+    assert list(summary["methods"]) == ["dreambooth", "textual-inversion"]
+    assert summary["methods"]["textual-inversion"]["subjects"][0]["dino"] == scores["means"]["dino"]
+    assert "| dog | dog | live |" in (out / "bench.md").read_text()
+    assert (out / "dreambooth" / "bench.md").is_file() and (out / "textual-inversion" / "bench.html").is_file()

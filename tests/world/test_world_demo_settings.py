@@ -24,3 +24,19 @@ def test_the_demo_trains_its_defaults_and_plain_dreambooth_when_they_are_turned_
     check_train(plain)
     assert not plain.masked_loss and plain.class_prompts_file == "" and not plain.preserve_unconditional
     assert (plain.num_class_images, plain.class_caption_dropout) == (100, 0.0)
+
+
+def test_the_demo_with_new_tokens_trains_and_validates_the_token_abstraction(tmp_path):
+    from dreambooth.methods import plan_of
+    from dreambooth.world.demo import drawn_word
+
+    for method in ("textual-inversion", "pivotal"):
+        cfg = demo_settings("dog", tmp_path / method, method=method)
+        check_train(cfg)
+        plan = plan_of(cfg)  # the method's own checks: the world's recommended LoRA settings are not "given"
+        assert plan.lora == (method == "pivotal") and cfg.train_text_encoder == (method == "pivotal")
+        assert (cfg.instance_prompt, cfg.initializer_word) == ("a photo of TOK dog", "dog")
+        asked = (tmp_path / method / "validation-prompts.txt").read_text().splitlines()
+        assert asked[0] == "a photo of TOK dog" and asked[-1] == "a photo of a dog"
+        assert drawn_word(method) == "<s0><s1>"
+    assert drawn_word("dreambooth") == "sks" and demo_settings("dog", tmp_path / "db").instance_prompt == "a photo of sks dog"

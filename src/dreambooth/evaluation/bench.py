@@ -21,10 +21,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import atomic, threads
-from ..config import BenchConfig, EvaluateConfig, GenerateConfig, TrainConfig, check_bench
+from ..config import BenchConfig, EvaluateConfig, GenerateConfig, Method, TrainConfig, check_bench
 from ..errors import UsageError
-from ..fields import all_names, fields_of, from_dict, read_yaml, saved_settings, to_dict, to_yaml
-from ..lora.files import WEIGHT_NAME
+from ..fields import all_names, fields_of, from_dict, read_yaml, saved_settings, settings, to_dict, to_yaml
+from ..generation import trained
+from ..methods.textual_inversion import LORA_OPTIONS
+from ..methods.tokens import new_tokens
 from ..training.photos import slug
 from ..training.setup import MODEL_DECIDES
 from . import bench_report, dreambench
@@ -44,6 +46,7 @@ BENCH_OWNED = (
     "seed",
     "resume",
     "threads",
+    "method",
 )
 
 
@@ -76,6 +79,20 @@ def pick_subjects(cfg: BenchConfig, benchmark: dreambench.Benchmark, dataset: Pa
     return list(dict.fromkeys(cfg.subjects))
 
 
+def method_of(cfg: BenchConfig) -> Method:
+    """The one method a bench of one method runs (`run_bench` runs each of several as a bench of its own)."""
+    assert len(cfg.method) == 1, cfg.method
+    return Method(cfg.method[0])
+
+
+def prompt_identifier(cfg: BenchConfig, base: TrainConfig) -> str:
+    """What the prompts say for the subject: the identifier, or the new tokens of textual inversion / pivotal tuning
+    (`<s0><s1>`), which CLIP-T then deletes as it deletes an identifier."""
+    if not method_of(cfg).new_tokens:
+        return cfg.identifier
+    return new_tokens(base.token_abstraction, 1, base.tokens_per_subject).written()
+
+
 def eval_config(cfg: BenchConfig) -> EvaluateConfig:
     return EvaluateConfig(dino_model=cfg.dino_model, clip_model=cfg.clip_model, lpips_net=cfg.lpips_net)
 
@@ -99,7 +116,7 @@ def settings_of(cfg: BenchConfig, base: TrainConfig) -> dict:
         "lpips_net",
     )
     train_extra = {k: v for k, v in to_dict(base).items() if k not in BENCH_OWNED}
-    return {**{k: getattr(cfg, k) for k in keep}, "train": train_extra}
+    return {**{k: getattr(cfg, k) for k in keep}, "method": method_of(cfg).value, "train": train_extra}
 
 
 # ---------------------------------------------------------------- one subject
@@ -138,18 +155,25 @@ def differences(saved: dict, wanted: TrainConfig) -> list[str]:
 def given_lora(cfg: BenchConfig, subject: str) -> Path | None:
     if cfg.loras:
         given = Path(cfg.loras).expanduser() / subject
-        if (given / WEIGHT_NAME).is_file():
+        if trained(given):
             return given
     return None
 
 
 def subject_train_config(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, dataset: Path, out: Path) -> TrainConfig:
-    """What the bench trains for `subject` (of class `noun`) into OUT/<subject>/lora."""
+    """What the bench trains for `subject` (of class `noun`) into OUT/<subject>/lora. Textual inversion trains no LoRA:
+    the LoRA settings of --train-config are left out of it (the model's own defaults stay)."""
+    method = method_of(cfg)
+    if method is Method.TEXTUAL_INVERSION:
+        plain = settings(TrainConfig, model=cfg.model, method=method.value)
+        base = dataclasses.replace(base, export="", **{name: getattr(plain, name) for name in LORA_OPTIONS})
+    word = base.token_abstraction if method.new_tokens else cfg.identifier
     return dataclasses.replace(
         base,
         model=cfg.model,
+        method=method,
         instance_dir=str(dataset / subject),
-        instance_prompt=f"a photo of {cfg.identifier} {noun}",
+        instance_prompt=f"a photo of {word} {noun}",
         output_dir=str(out / subject / "lora"),
         with_prior_preservation=cfg.with_prior_preservation,
         # Class images come from train's shared bank (keyed by model, prompt, sampler, seed): one set per class noun.
@@ -168,7 +192,7 @@ def train_subject(cfg: BenchConfig, base: TrainConfig, subject: str, noun: str, 
         return given
     lora_dir = out / subject / "lora"
     wanted = subject_train_config(cfg, base, subject, noun, dataset, out)
-    done = (lora_dir / WEIGHT_NAME).is_file()
+    done = trained(lora_dir)
     started = (lora_dir / "checkpoints").is_dir() and any((lora_dir / "checkpoints").iterdir())
     if done or started:
         changed = differences(saved_settings(lora_dir), wanted)
@@ -214,12 +238,12 @@ def draw_missing(cfg: BenchConfig, lora: Path, jobs: list[tuple[Path, str]], bar
         return
     import torch
 
-    from ..lora.files import load_lora
+    from ..generation import load_run
     from ..models import load_pipeline, native_resolution
     from ..sampling import device_precision, draw
 
     pipe = load_pipeline(cfg.model)
-    load_lora(pipe, lora)
+    load_run(pipe, lora, model=cfg.model)
     if torch.cuda.is_available():
         pipe.to("cuda")
     resolution = native_resolution(pipe)
@@ -272,7 +296,8 @@ def run_subject(
     real = find_images(dataset / subject, "--dataset")
     bar.set_description(f"{subject}: training")
     lora = train_subject(cfg, base, subject, noun, dataset, out)
-    prompts = benchmark.prompts(subject, cfg.identifier)[: cfg.num_prompts]
+    identifier = prompt_identifier(cfg, base)
+    prompts = benchmark.prompts(subject, identifier)[: cfg.num_prompts]
     jobs = [(sdir / "images" / f"{i:02d}-{slug(p)}", p) for i, p in enumerate(prompts)]
     class_job = (sdir / "class", f"a {noun}")
     bar.set_description(f"{subject}: drawing")
@@ -281,7 +306,7 @@ def run_subject(
     bar.set_description(f"{subject}: scoring")
     by_image = {path: prompt for folder, prompt in jobs for path in image_files(folder, cfg.images_per_prompt)}
     class_images = image_files(class_job[0], cfg.images_per_prompt)
-    result = evaluator.score(real, list(by_image), sdir / "images", by_image, cfg.identifier, class_images)
+    result = evaluator.score(real, list(by_image), sdir / "images", by_image, identifier, class_images)
     evaluator.cache.save()
     result.update(
         subject=subject,
@@ -313,7 +338,26 @@ def finished(sdir: Path, settings: dict) -> dict | None:
 def bench(cfg: BenchConfig) -> Path:
     check_bench(cfg)
     with threads.workload(cfg.threads):  # its trainings and drawings stay this workload
-        return run_bench(cfg)
+        if len(cfg.method) == 1:
+            return run_bench(cfg)
+        return run_methods(cfg)
+
+
+def run_methods(cfg: BenchConfig) -> Path:
+    """Each method as a bench of its own into OUT/<method>/ (its own reports there), then OUT/bench.* with a column
+    block per method. The methods share the class-image bank, so prior preservation draws its class images once."""
+    out = Path(cfg.output_dir).expanduser()
+    each = {m: dataclasses.replace(cfg, method=[m], output_dir=str(out / m)) for m in cfg.method}
+    made_with = {m: job_of(one).settings for m, one in each.items()}  # every method's inputs checked before any trains
+    by_method: dict[str, list[dict]] = {}
+    for m, one in each.items():
+        print(f"bench: --method {m}", flush=True)
+        run_bench(one)
+        by_method[m] = json.loads((out / m / "bench.json").read_text(encoding="utf-8"))["subjects"]
+        bench_report.write_methods(out, by_method, made_with)
+    print(bench_report.methods_markdown_table(by_method))
+    print(f"bench: {len(cfg.method)} methods -> {out / 'bench.md'}, bench.csv, bench.json, bench.html", flush=True)
+    return out
 
 
 @dataclasses.dataclass

@@ -168,3 +168,118 @@ def subject_images(sdir: Path, real: list[Path], generated: list[Path]) -> None:
 
     atomic.save_image(grid(thumbs(real), cols=min(len(real), 5)), sdir / "real.png")
     atomic.save_image(grid(thumbs(generated), cols=min(len(generated), 5)), sdir / "generated.png")
+
+
+# ---------------------------------------------------------------- several methods: a column block per method
+
+
+def method_rows(by_method: dict[str, list[dict]]) -> list[dict]:
+    """One row per subject (and the mean), each method's scores under `<method>:<metric>`; a subject a method did
+    not run is empty there."""
+    subjects: dict[str, dict] = {}
+    for rows in by_method.values():
+        for r in rows:
+            subjects.setdefault(r["subject"], {"subject": r["subject"], "class": r["class"], "kind": r["kind"]})
+    out = [dict(s) for s in subjects.values()]
+    for method, rows in by_method.items():
+        found = {r["subject"]: r for r in rows}
+        for row in out:
+            row.update({f"{method}:{k}": found.get(row["subject"], {}).get(k) for k in METRIC_NAMES})
+    means = {"subject": "mean", "class": "", "kind": f"{len(out)} subjects"}
+    for method, rows in by_method.items():
+        means.update({f"{method}:{k}": v for k, v in mean_row(rows).items() if k in METRIC_NAMES})
+    return [*out, means]
+
+
+def methods_markdown_table(by_method: dict[str, list[dict]]) -> str:
+    heads = [f"{m} {name}" for m in by_method for name in METRIC_NAMES.values()]
+    lines = ["| | class | kind | " + " | ".join(heads) + " |", "|---|---|---|" + "---:|" * len(heads)]
+    for r in method_rows(by_method):
+        name = f"**{r['subject']}**" if r["subject"] == "mean" else r["subject"]
+        values = [fmt(r[f"{m}:{k}"]) for m in by_method for k in METRIC_NAMES]
+        lines.append(f"| {name} | {r['class']} | {r['kind']} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def reference_table() -> str:
+    lines = ["| | " + " | ".join(METRIC_NAMES.values()) + " |", "|---|" + "---:|" * len(METRIC_NAMES)]
+    lines += [f"| *{ref['name']}* | " + " | ".join(fmt(ref[k]) for k in METRIC_NAMES) + " |" for ref in REFERENCE]
+    return "\n".join(lines)
+
+
+def methods_markdown(by_method: dict[str, list[dict]], settings: dict[str, dict]) -> str:
+    first = next(iter(settings.values()))
+    return "\n".join(
+        [
+            "# DreamBench results by method",
+            "",
+            f"Base model `{first['model']}`, {first['max_steps']} training steps, prior preservation "
+            f"{'on' if first['with_prior_preservation'] else 'off'}; {first['images_per_prompt']} images for each of "
+            f"{first['num_prompts']} prompts per subject, {first['steps']} sampling steps, guidance {first['guidance']}, "
+            f"seed {first['seed']}. Methods: " + ", ".join(f"`{m}` ({m}/bench.md)" for m in by_method) + ". "
+            "DreamBooth's prompts say the identifier; textual inversion's and pivotal tuning's say the new tokens, "
+            "which CLIP-T deletes as it deletes an identifier.",
+            "",
+            methods_markdown_table(by_method),
+            "",
+            f"The paper's rows ({SOURCE}):",
+            "",
+            reference_table(),
+            "",
+        ]
+    )
+
+
+def methods_csv_text(by_method: dict[str, list[dict]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    keys = [f"{m}:{k}" for m in by_method for k in METRIC_NAMES]
+    writer.writerow(["row", "class", "kind", *keys])
+    for r in method_rows(by_method):
+        writer.writerow([r["subject"], r["class"], r["kind"], *["" if r[k] is None else f"{r[k]:.4f}" for k in keys]])
+    return buf.getvalue()
+
+
+def methods_html_page(by_method: dict[str, list[dict]], settings: dict[str, dict]) -> str:
+    e = html.escape
+    names = list(METRIC_NAMES.values())
+    head = "<tr><th rowspan='2'></th><th rowspan='2'>class</th><th rowspan='2'>kind</th>" + "".join(
+        f"<th colspan='{len(names)}'><a href='{e(m)}/bench.html'>{e(m)}</a></th>" for m in by_method
+    )
+    head += "</tr><tr>" + "".join(f"<th>{e(n)}</th>" for _ in by_method for n in names) + "</tr>"
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (r["subject"], r["class"], r["kind"]))
+        + "".join(f"<td>{fmt(r[f'{m}:{k}'])}</td>" for m in by_method for k in METRIC_NAMES) + "</tr>"
+        for r in method_rows(by_method)
+    )  # fmt: skip
+    first = next(iter(settings.values()))
+    return "\n".join(
+        [
+            "<!doctype html>",
+            "<html><head><meta charset='utf-8'><title>DreamBench results by method</title>",
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:4px 10px;"
+            "border-bottom:1px solid #ddd;text-align:right}td:first-child{text-align:left}</style>",
+            "</head><body>",
+            "<h1>DreamBench results by method</h1>",
+            f"<p>Base model <code>{e(str(first['model']))}</code>, {first['max_steps']} training steps, "
+            f"{first['images_per_prompt']} images × {first['num_prompts']} prompts per subject. Each method's own "
+            "page (its photos and images) is linked from its name.</p>",
+            f"<table>{head}{body}</table>",
+            "</body></html>",
+            "",
+        ]
+    )
+
+
+def write_methods(out: Path, by_method: dict[str, list[dict]], settings: dict[str, dict]) -> None:
+    """OUT/bench.md, .csv, .json, .html over the methods run so far (each method's own reports are in OUT/<method>/)."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "settings": settings,
+        "methods": {m: {"subjects": rows, "mean": mean_row(rows)} for m, rows in by_method.items()},
+        "reference": {"source": SOURCE, "rows": REFERENCE},
+    }
+    atomic.write_text(out / "bench.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_text(out / "bench.csv", methods_csv_text(by_method))
+    atomic.write_text(out / "bench.md", methods_markdown(by_method, settings))
+    atomic.write_text(out / "bench.html", methods_html_page(by_method, settings))

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..config import BenchConfig, FleetConfig, check_bench
-from ..errors import TrainingError
+from ..errors import TrainingError, UsageError
 from . import driver, run
 from . import plan as P
 
@@ -19,6 +19,11 @@ def bench_fleet(cfg: BenchConfig) -> Path:
     from ..evaluation import bench_report
 
     check_bench(cfg)
+    if len(cfg.method) > 1:
+        raise UsageError(
+            f"--fleet with --method {' '.join(cfg.method)}: the fleet runs one method; run the bench once per method, "
+            f"or leave out --fleet"
+        )
     ray = driver.import_ray()
     placement = FleetConfig(fleet="-", output_dir=cfg.output_dir, address=cfg.address, gpus_per_run=cfg.gpus_per_run,
                             cpus_per_run=cfg.cpus_per_run)  # fmt: skip

@@ -96,6 +96,13 @@ def add_parsers(sub, add_config_flags) -> None:
         help="CPU threads for torch (default: 0, chosen: OMP_NUM_THREADS when set, else the cores other processes leave free)",
     )
     demo.add_argument(
+        "--method",
+        default="dreambooth",
+        choices=("dreambooth", "textual-inversion", "pivotal"),
+        help="train --method: dreambooth (a LoRA, identifier sks), textual-inversion (new tokens alone) or pivotal "
+        "(new tokens, then the LoRA); the prompts then say <s0><s1> (default: dreambooth)",
+    )
+    demo.add_argument(
         "--keep-best",
         default="",
         choices=("", *WORLD_METRICS),
@@ -121,6 +128,8 @@ def run(args: argparse.Namespace, config_of) -> None:
             raise UsageError(f"--mask-background-weight {args.mask_background_weight}: must be between 0 and 1, e.g. 0 or 0.1")
         if args.threads < 0:
             raise UsageError(f"--threads {args.threads}: {threads.RULE}")
+        if args.subjects and args.method != "dreambooth":
+            raise UsageError(f"--subjects with --method {args.method}: several subjects train with --method dreambooth")
         if args.subjects and (len(set(args.subjects)) < 2 or len(set(args.subjects)) != len(args.subjects)):
             raise UsageError("--subjects: name at least two different classes, e.g. --subjects dog cat")
         with threads.workload(args.threads):
@@ -149,4 +158,5 @@ def run_demo_command(args: argparse.Namespace) -> None:
         preserve_unconditional=args.preserve_unconditional,
         prior_loss_weight=args.prior_loss_weight,
         threads=args.threads,
+        method=args.method,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from .. import atomic
-from ..config import TrainConfig
+from ..config import Method, TrainConfig
 from ..fields import settings
 from ..sampling import grid
 from ..training.photos import IMAGE_SUFFIXES, MASK_SUFFIX
@@ -34,19 +34,28 @@ from . import (
 from .render import CONTEXTS, HELD_OUT, render, render_mask, subject_scenes
 from .scores import SCORES, prompts
 
+IDENTIFIER = "sks"
+TOKEN_ABSTRACTION = "TOK"
+NEW_TOKENS = "<s0><s1>"  # train's new tokens for one subject, at its default --tokens-per-subject
 VALIDATIONS = 5  # validations during the demo's training
 VALIDATION_SAMPLES = 8  # samples of each prompt at each
 UPSCALE = 3  # 32 px images are shown 96 px wide
 
 
-def demo_train_config(cls: str, photos: Path, out: Path, max_steps: int, prior: bool = True, **more) -> TrainConfig:
+def demo_train_config(
+    cls: str, photos: Path, out: Path, max_steps: int, prior: bool = True, method: str = "dreambooth", **more
+) -> TrainConfig:
     """The settings the demo and the world's tests train with: the world model's recommended ones (the registry's),
-    and any `more` (e.g. masked_loss=True)."""
+    and any `more` (e.g. masked_loss=True). With `method` textual-inversion or pivotal the instance prompt holds the
+    token abstraction, whose new tokens start as the class noun."""
+    if Method(method).new_tokens:
+        more = {"initializer_word": cls, **more}
     return settings(
         TrainConfig,
         model=MODEL,
+        method=method,
         instance_dir=str(photos),
-        instance_prompt=f"a photo of sks {cls}",
+        instance_prompt=f"a photo of {prompt_word(method)} {cls}",
         output_dir=str(out),
         with_prior_preservation=prior,
         class_prompt=f"a photo of a {cls}",
@@ -55,6 +64,16 @@ def demo_train_config(cls: str, photos: Path, out: Path, max_steps: int, prior: 
         seed=0,
         **more,
     )
+
+
+def prompt_word(method: str) -> str:
+    """What the demo's training prompts say for the subject: the identifier, or the token abstraction."""
+    return TOKEN_ABSTRACTION if Method(method).new_tokens else IDENTIFIER
+
+
+def drawn_word(method: str) -> str:
+    """What the demo's scored prompts say for the subject: the identifier, or the learnt tokens."""
+    return NEW_TOKENS if Method(method).new_tokens else IDENTIFIER
 
 
 def write_photos(cls: str, folder: Path, n: int = 5, seed: int = 0) -> Path:
@@ -99,6 +118,7 @@ def demo_settings(
     validation_samples: int = VALIDATION_SAMPLES,
     prior_loss_weight: float = PRIOR_LOSS_WEIGHT,
     threads: int = 0,
+    method: str = "dreambooth",
 ) -> TrainConfig:
     """What the demo trains (the photos in out/subject, the LoRA to out/lora): `demo_train_config` with the demo's
     additions. Writes the class prompts and the validation prompts it names into `out`.
@@ -108,8 +128,10 @@ def demo_settings(
     `class_caption_dropout` of them trained with an empty prompt, aimed at the base model's own prediction when
     `preserve_unconditional`. Training is validated `validations` times (the loss, and the reader's scores of
     `validation_samples` samples of each of the demo's prompts); `keep_best` makes the step with the best of that
-    score the LoRA. `threads`: torch's CPU threads (0: chosen for the world's model, one)."""
-    asked = prompts(cls) if contexts is None else prompts(cls, contexts=tuple(contexts))
+    score the LoRA. `threads`: torch's CPU threads (0: chosen for the world's model, one). `method`: train's --method
+    (textual inversion and pivotal tuning train new tokens in the identifier's place)."""
+    word = prompt_word(method)
+    asked = prompts(cls, word) if contexts is None else prompts(cls, word, contexts=tuple(contexts))
     atomic.write_text(out / "validation-prompts.txt", "".join(f"{p}\n" for p in asked.values()))
     return demo_train_config(
         cls,
@@ -129,6 +151,7 @@ def demo_settings(
         num_validation_images=validation_samples,
         keep_best=keep_best,
         threads=threads,
+        method=method,
     )
 
 
@@ -141,7 +164,7 @@ def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: 
     as `demo_settings` takes them (masks, class prompts in contexts, class images, class caption dropout, validation,
     keep-best...; each defaults to the demo's)."""
     from ..evaluation.validation_scores import validation_scorer
-    from ..lora.files import load_lora
+    from ..generation import load_run
     from ..models import load_pipeline
     from ..training.loop import train
     from . import readers
@@ -153,17 +176,18 @@ def run_demo(output_dir: str, max_steps: int = DEMO_STEPS, cls: str = "dog", n: 
     print(f"subject: a {colour} {pattern} {cls}, never seen by the base model; photos in {photos}", flush=True)
     reader, info = readers.load(folder() / "reader")
     pipe = load_pipeline(MODEL)
+    word = drawn_word(settings.get("method", "dreambooth"))
     print(f"scoring the base model ({n} samples per prompt)", flush=True)
-    before, before_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
+    before, before_images = sample_and_score(pipe, reader, cls, n, identifier=word, contexts=contexts)
     cfg = demo_settings(cls, out, max_steps, contexts=contexts, **settings)
     # the demo owns its folder: a run there before is set aside, not continued
     lora_dir = train(dataclasses.replace(cfg, overwrite=True), score=validation_scorer(cfg))
-    load_lora(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
+    load_run(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
     print(f"scoring the fine-tuned model ({n} samples per prompt)", flush=True)
-    after, after_images = sample_and_score(pipe, reader, cls, n, contexts=contexts)
+    after, after_images = sample_and_score(pipe, reader, cls, n, identifier=word, contexts=contexts)
     scores = {"before": before, "after": after, "reader_accuracy": info["accuracy"]}
     atomic.write_text(out / "scores.json", json.dumps(scores, indent=1))
-    write_report(out, cls, photos, before_images, after_images, scores, kept_words(lora_dir, max_steps))
+    write_report(out, cls, photos, before_images, after_images, scores, kept_words(lora_dir, max_steps), word=word)
     for name in SCORES:
         print(f"  {name:<20} before {before.get(name, float('nan')):.2f}   after {after.get(name, float('nan')):.2f}")
     print(f"demo done: report {out / 'report.html'}, LoRA {lora_dir}", flush=True)
@@ -184,8 +208,9 @@ def kept_words(lora_dir: Path, max_steps: int) -> str:
 
 
 def write_report(
-    out: Path, cls: str, photos: Path, before: dict, after: dict, scores: dict, kept: str = "", per_row: int = 8
-) -> None:
+    out: Path, cls: str, photos: Path, before: dict, after: dict, scores: dict, kept: str = "", per_row: int = 8,
+    word: str = IDENTIFIER,
+) -> None:  # fmt: skip
     (out / "report").mkdir(parents=True, exist_ok=True)
     shots = sorted(p for p in photos.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX))
     atomic.save_image(big(grid([Image.open(p) for p in shots], cols=8)), out / "report" / "photos.png")
@@ -197,7 +222,7 @@ def write_report(
             )
         rows.append(name)
     atomic.save_image(grid([big(grid(after[name][:per_row], cols=per_row)) for name in rows], cols=1), out / "grid.png")
-    asked = prompts(cls)
+    asked = prompts(cls, word)
     table = "".join(
         f"<tr><td>{k.replace('_', ' ')}</td><td>{scores['before'].get(k, float('nan')):.2f}</td>"
         f"<td>{scores['after'].get(k, float('nan')):.2f}</td></tr>"
