@@ -232,3 +232,15 @@ def test_several_subjects_each_get_their_own_tokens_and_files(photos, tmp_path):
         with safe_open(str(out / KOHYA_NAME), "pt") as f:
             assert torch.equal(f.get_tensor(f"bundle_emb.pets_emb{k + 1}.clip_l"), emb[2 * k : 2 * k + 2])
     assert "<s2><s3>" in (out / "README.md").read_text()
+
+
+def test_pivotal_with_the_text_encoder_lora_saves_the_adapter_without_the_grown_table(tiny_base, tmp_path):
+    """The tiny CLIP table has no spare rows, so the new tokens grow it; from a base in a folder (whose config peft
+    compares the vocabulary with), peft's state dict of the text encoder's LoRA would then carry the whole grown table,
+    which no LoRA layout holds: the LoRA keeps the adapter, the _emb file the rows."""
+    cfg = settings(tmp_path / "run", model=str(tiny_base), method="pivotal", train_text_encoder=True, max_steps=2)
+    out, seen = watched(cfg)
+    lora = load_file(str(out / WEIGHT_NAME))
+    assert any(k.startswith("text_encoder.") and "lora" in k for k in lora)
+    assert not [k for k in lora if "embed" in k]
+    assert torch.equal(load_file(str(out / "run_emb.safetensors"))["clip_l"], seen[-1]["rows"]["text_encoder"])
