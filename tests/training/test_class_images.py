@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from dreambooth.families.sd import build_tiny as build_tiny_pipeline
-from dreambooth.training.class_images import consecutive_runs, ensure_class_images
+from dreambooth.training.class_images import ensure_class_images, ensure_each
 
 
 def pixels(path):
@@ -31,8 +31,22 @@ def test_existing_images_are_kept_and_counted(tmp_path):
     assert (pixels(tmp_path / "class-00001.png") == pixels(tmp_path / "a_mine.png")).all()  # not overwritten
 
 
-def test_consecutive_runs():
-    assert consecutive_runs([0, 1, 2, 5, 6, 9]) == [[0, 1, 2], [5, 6], [9]]
+def test_prompts_sharing_batches_give_each_folder_the_images_it_gets_alone(tmp_path):
+    """Class prompts in contexts draw together; image i of each folder still comes from seed + i, a gap in one folder
+    is filled with the images a first run would have made there, and what is there already is not drawn again."""
+    pipe = build_tiny_pipeline()
+    args = dict(resolution=64, seed=5, steps=2)
+    prompts = ["a photo of a dog", "a photo of a dog on the beach"]
+    for k, p in enumerate(prompts):
+        ensure_class_images(pipe, p, tmp_path / f"alone{k}", 3, batch_size=1, **args)
+    (tmp_path / "together0").mkdir()
+    (tmp_path / "alone0" / "class-00001.png").replace(tmp_path / "together0" / "class-00001.png")
+    found = ensure_each(pipe, [(p, tmp_path / f"together{k}", 3) for k, p in enumerate(prompts)], batch_size=4, **args)
+    assert [[p.name for p in f] for f in found] == [[f"class-{i:05d}.png" for i in range(3)]] * 2
+    for k in range(2):
+        for i in (0, 2) if k == 0 else (0, 1, 2):
+            a, b = pixels(tmp_path / f"alone{k}" / f"class-{i:05d}.png"), pixels(tmp_path / f"together{k}" / f"class-{i:05d}.png")
+            assert np.abs(a - b).max() <= 2
 
 
 def test_bank_folder_names_are_those_earlier_versions_made():

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..errors import UsageError
 from ..models import identity
-from ..sampling import draw
+from ..sampling import draw_jobs
 from .photos import IMAGE_SUFFIXES, slug
 
 
@@ -42,48 +42,45 @@ def ensure_class_images(
     resumes where it stopped and makes the same images it would have made, and processes sharing the work
     (`shard` = (rank, number of processes)) make the images one process would.
     """
-    class_dir = Path(class_dir)
-    class_dir.mkdir(parents=True, exist_ok=True)
-    have = existing(class_dir)
-    names = {p.name for p in have}
-    free = (i for i in itertools.count() if f"class-{i:05d}.png" not in names)
-    missing = list(itertools.islice(free, max(0, num - len(have))))
-    # With several processes each draws every n-th missing image; all must list the folder before any writes.
+    wanted = [(class_prompt, Path(class_dir), num)]
+    return ensure_each(pipe, wanted, resolution, seed, steps, batch_size, guidance_scale, autocast, shard, barrier)[0]
+
+
+def ensure_each(
+    pipe,
+    wanted: list[tuple[str, Path, int]],
+    resolution: int,
+    seed: int = 0,
+    steps: int = 25,
+    batch_size: int = 4,
+    guidance_scale: float = 7.5,
+    autocast=contextlib.nullcontext,
+    shard: tuple[int, int] = (0, 1),
+    barrier=lambda: None,
+) -> list[list[Path]]:
+    """`ensure_class_images` for each (prompt, folder, count) of `wanted`, the prompts sharing batches (class prompts
+    in contexts ask for a few images each: one batch of them costs about what one image does on a CPU)."""
+    missing = []
+    for prompt, folder, num in wanted:
+        folder.mkdir(parents=True, exist_ok=True)
+        names = {p.name for p in existing(folder)}
+        free = (i for i in itertools.count() if f"class-{i:05d}.png" not in names)
+        missing.append(list(itertools.islice(free, max(0, num - len(names)))))
+    # With several processes each draws every n-th missing image; all must list the folders before any writes.
     barrier()
     rank, num_processes = shard
-    missing = missing[rank::num_processes]
-    bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not missing)
-    # Runs of consecutive indices are drawn together so image i always comes from seed + i.
-    for run in consecutive_runs(missing):
-        for start in range(0, len(run), batch_size):
-            chunk = run[start : start + batch_size]
-            images = draw(
-                pipe,
-                class_prompt,
-                len(chunk),
-                seed,
-                steps,
-                guidance_scale,
-                resolution,
-                batch_size,
-                first_index=chunk[0],
-                autocast=autocast,
-            )
-            for i, image in zip(chunk, images):
-                atomic.save_image(image, class_dir / f"class-{i:05d}.png")
-            bar.update(len(chunk))
+    jobs = [(prompt, folder, i) for (prompt, folder, _), todo in zip(wanted, missing) for i in todo[rank::num_processes]]
+    bar = tqdm(total=len(jobs), desc="class images", unit="img", disable=not jobs)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        # image i of a folder always comes from seed + i, whatever else shares its batch
+        drawn = draw_jobs(pipe, [(p, seed + i) for p, _, i in chunk], steps, guidance_scale, resolution, batch_size,
+                          autocast=autocast)  # fmt: skip
+        for (_, folder, i), image in zip(chunk, drawn):
+            atomic.save_image(image, folder / f"class-{i:05d}.png")
+        bar.update(len(chunk))
     bar.close()
-    return existing(class_dir)[:num]
-
-
-def consecutive_runs(indices: list[int]) -> list[list[int]]:
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and runs[-1][-1] == i - 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
+    return [existing(folder)[:num] for _, folder, num in wanted]
 
 
 def cache_root() -> Path:

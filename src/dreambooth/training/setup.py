@@ -38,7 +38,7 @@ from ..objectives import identity as objective_identity
 from ..sampling import autocast_in, sampling_dtype
 from . import checkpoint
 from .batches import Examples
-from .class_images import bank_dir, ensure_class_images, prompt_folder, read_class_prompts, shares
+from .class_images import bank_dir, ensure_each, prompt_folder, read_class_prompts, shares
 from .identifier import check_identifier, guess_identifier
 from .identifier_prior import check_prior
 from .photos import load_folder
@@ -276,23 +276,22 @@ def class_photos(cfg: TrainConfig, pipe, accelerator) -> list:
     if cfg.prior() is not PriorMode.GENERATED:
         return []
     pipe.to(accelerator.device)
+    wanted = class_folders(cfg, class_image_precision(accelerator.device))
+    ensure_each(
+        pipe,
+        wanted,
+        cfg.resolution,
+        cfg.seed,
+        cfg.class_image_steps,
+        cfg.sample_batch_size,
+        cfg.guidance_scale,
+        sampling_precision(accelerator),
+        shard=(accelerator.process_index, accelerator.num_processes),
+        barrier=accelerator.wait_for_everyone,
+    )
+    accelerator.wait_for_everyone()
     photos = []
-    for prompt, folder, count in class_folders(cfg, class_image_precision(accelerator.device)):
-        ensure_class_images(
-            pipe,
-            prompt,
-            folder,
-            count,
-            cfg.resolution,
-            cfg.seed,
-            cfg.class_image_steps,
-            cfg.sample_batch_size,
-            cfg.guidance_scale,
-            sampling_precision(accelerator),
-            shard=(accelerator.process_index, accelerator.num_processes),
-            barrier=accelerator.wait_for_everyone,
-        )
-        accelerator.wait_for_everyone()
+    for prompt, folder, count in wanted:
         # each image carries the prompt it was drawn from: the class half of a batch reads it
         photos += [dataclasses.replace(p, caption=prompt) for p in load_folder(folder, "--class-dir")[:count]]
     return photos
