@@ -38,25 +38,29 @@ def tiny_base(tmp_path_factory) -> Path:
     return path
 
 
-# The files that take longest, longest first (seconds of the full suite on 2 cores): the workers take whole files in
-# this order, so the last files handed out are short ones and the workers end together.
+# The files that take longest, longest first (seconds of the full suite on 2 cores, 2026-12-07, on a machine at half
+# the speed of the README's figures): the workers take whole files in this order, so the last files handed out are
+# short ones and the workers end together.
 LONGEST_FIRST = (
-    "test_world_demo.py",  # 569 with the no-prior run, now a file of its own; it takes both cores once the rest is done
-    "test_world_no_prior.py",  # about 90: beside the demo's test, on the other process
-    "test_ui.py",  # 277
-    "test_fleet.py",  # 80: a local Ray, its workers' imports and seven short trainings
-    "test_checkpoint.py",  # 74
-    "test_loop.py",  # 68
-    "test_multiprocess.py",  # 53
-    "test_world_pretrain.py",  # 50
-    "test_lora_files.py",  # 33
-    "test_cli.py",  # 40 with its new-process runs
-    "test_quantization.py",  # 22
-    "test_resume.py",  # 18
-    "test_lycoris.py",  # 17
-    "test_export.py",  # 15
-    "test_validation.py",  # 14
-    "test_subjects.py",  # 11
+    "test_world_demo.py",  # 815: a whole demo; it takes both cores once the rest is done
+    "test_world_no_prior.py",  # 87: beside the demo's test, on the other process
+    "test_ui.py",  # 673
+    "test_checkpoint.py",  # 112
+    "test_fleet.py",  # 87: a local Ray, its workers' imports and seven short trainings
+    "test_loop.py",  # 71
+    "test_identifier_prior.py",  # 69: the world's identifier measure
+    "test_multiprocess.py",  # 62
+    "test_cli.py",  # 31 with its new-process runs
+    "test_lora_files.py",  # 30
+    "test_world_pretrain.py",  # 22
+    "test_method_runs.py",  # 22
+    "test_quantization.py",
+    "test_lycoris.py",  # 21
+    "test_placement.py",  # 19
+    "test_resume.py",
+    "test_export.py",
+    "test_validation.py",  # 15
+    "test_subjects.py",  # 15
 )
 
 
