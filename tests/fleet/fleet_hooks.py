@@ -10,11 +10,13 @@ def count_class_draws() -> None:
         return  # a task that draws nothing (and need not wait for torch to import)
     from dreambooth.training import class_images
 
-    real = class_images.draw
+    real = class_images.draw_jobs
 
-    def counted(pipe, prompt, n, *args, **kwargs):
+    def counted(pipe, jobs, *args, **kwargs):
         with open(os.environ["FLEET_TEST_DRAWS"], "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), "prompt": prompt, "images": n}) + "\n")
-        return real(pipe, prompt, n, *args, **kwargs)
+            for prompt in dict.fromkeys(p for p, _ in jobs):
+                n = sum(1 for p, _ in jobs if p == prompt)
+                f.write(json.dumps({"pid": os.getpid(), "prompt": prompt, "images": n}) + "\n")
+        return real(pipe, jobs, *args, **kwargs)
 
-    class_images.draw = counted
+    class_images.draw_jobs = counted

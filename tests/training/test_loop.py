@@ -245,8 +245,8 @@ def test_class_image_bank_is_shared_by_later_runs(photos, tmp_path, monkeypatch)
     import dreambooth.training.class_images as class_images
 
     drawn = []
-    real_draw = class_images.draw
-    monkeypatch.setattr(class_images, "draw", lambda *a, **k: drawn.append(a[2]) or real_draw(*a, **k))
+    real_draw = class_images.draw_jobs
+    monkeypatch.setattr(class_images, "draw_jobs", lambda *a, **k: drawn.append(len(a[1])) or real_draw(*a, **k))
     kw = dict(class_prompt="a photo of a bank dog", max_steps=1, num_samples=0, num_class_images=3)
     train_mod.train(small(photos, tmp_path / "first", **kw))
     assert sum(drawn) == 3
