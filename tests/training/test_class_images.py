@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from dreambooth.families.sd import build_tiny as build_tiny_pipeline
-from dreambooth.training.class_images import ensure_class_images, ensure_each
+from dreambooth.training.class_images import ensure_class_images
 
 
 def pixels(path):
@@ -13,11 +13,11 @@ def pixels(path):
 @pytest.mark.slow
 def test_interrupted_generation_resumes_with_the_same_images(tmp_path):
     pipe = build_tiny_pipeline()
-    args = dict(class_prompt="a photo of a dog", resolution=64, seed=11, steps=3, batch_size=1)
-    ensure_class_images(pipe, class_dir=tmp_path / "split", num=2, **args)  # "interrupted" after two
+    args = dict(resolution=64, seed=11, steps=3, batch_size=1)
+    ensure_class_images(pipe, [("a photo of a dog", tmp_path / "split", 2)], **args)  # "interrupted" after two
     (tmp_path / "split" / ".class-00002.png.x.tmp").write_bytes(b"half")  # what a kill mid-write leaves
-    split = ensure_class_images(pipe, class_dir=tmp_path / "split", num=4, **args)
-    whole = ensure_class_images(pipe, class_dir=tmp_path / "whole", num=4, **args)
+    (split,) = ensure_class_images(pipe, [("a photo of a dog", tmp_path / "split", 4)], **args)
+    (whole,) = ensure_class_images(pipe, [("a photo of a dog", tmp_path / "whole", 4)], **args)
     assert [p.name for p in split] == [p.name for p in whole] == [f"class-{i:05d}.png" for i in range(4)]
     for a, b in zip(split, whole):
         assert a.read_bytes() == b.read_bytes()
@@ -26,7 +26,7 @@ def test_interrupted_generation_resumes_with_the_same_images(tmp_path):
 def test_existing_images_are_kept_and_counted(tmp_path):
     Image.new("RGB", (64, 64), "red").save(tmp_path / "a_mine.png")
     Image.new("RGB", (64, 64), "red").save(tmp_path / "class-00001.png")
-    out = ensure_class_images(build_tiny_pipeline(), "a photo of a dog", tmp_path, num=3, resolution=64, steps=2)
+    (out,) = ensure_class_images(build_tiny_pipeline(), [("a photo of a dog", tmp_path, 3)], resolution=64, steps=2)
     assert [p.name for p in out] == ["a_mine.png", "class-00000.png", "class-00001.png"]
     assert (pixels(tmp_path / "class-00001.png") == pixels(tmp_path / "a_mine.png")).all()  # not overwritten
 
@@ -38,10 +38,10 @@ def test_prompts_sharing_batches_give_each_folder_the_images_it_gets_alone(tmp_p
     args = dict(resolution=64, seed=5, steps=2)
     prompts = ["a photo of a dog", "a photo of a dog on the beach"]
     for k, p in enumerate(prompts):
-        ensure_class_images(pipe, p, tmp_path / f"alone{k}", 3, batch_size=1, **args)
+        ensure_class_images(pipe, [(p, tmp_path / f"alone{k}", 3)], batch_size=1, **args)
     (tmp_path / "together0").mkdir()
     (tmp_path / "alone0" / "class-00001.png").replace(tmp_path / "together0" / "class-00001.png")
-    found = ensure_each(pipe, [(p, tmp_path / f"together{k}", 3) for k, p in enumerate(prompts)], batch_size=4, **args)
+    found = ensure_class_images(pipe, [(p, tmp_path / f"together{k}", 3) for k, p in enumerate(prompts)], batch_size=4, **args)
     assert [[p.name for p in f] for f in found] == [[f"class-{i:05d}.png" for i in range(3)]] * 2
     for k in range(2):
         for i in (0, 2) if k == 0 else (0, 1, 2):

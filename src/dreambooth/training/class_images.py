@@ -24,30 +24,6 @@ def existing(class_dir: Path) -> list[Path]:
 
 def ensure_class_images(
     pipe,
-    class_prompt: str,
-    class_dir: str | Path,
-    num: int,
-    resolution: int,
-    seed: int = 0,
-    steps: int = 25,
-    batch_size: int = 4,
-    guidance_scale: float = 7.5,
-    autocast=contextlib.nullcontext,
-    shard: tuple[int, int] = (0, 1),
-    barrier=lambda: None,
-) -> list[Path]:
-    """Make `class_dir` hold at least `num` images of `class_prompt`; return the first `num`.
-
-    Image i is `class-{i:05d}.png`, drawn with seed `seed + i`, written atomically: an interrupted run
-    resumes where it stopped and makes the same images it would have made, and processes sharing the work
-    (`shard` = (rank, number of processes)) make the images one process would.
-    """
-    wanted = [(class_prompt, Path(class_dir), num)]
-    return ensure_each(pipe, wanted, resolution, seed, steps, batch_size, guidance_scale, autocast, shard, barrier)[0]
-
-
-def ensure_each(
-    pipe,
     wanted: list[tuple[str, Path, int]],
     resolution: int,
     seed: int = 0,
@@ -58,8 +34,14 @@ def ensure_each(
     shard: tuple[int, int] = (0, 1),
     barrier=lambda: None,
 ) -> list[list[Path]]:
-    """`ensure_class_images` for each (prompt, folder, count) of `wanted`, the prompts sharing batches (class prompts
-    in contexts ask for a few images each: one batch of them costs about what one image does on a CPU)."""
+    """Make each folder of `wanted` (prompt, folder, count) hold at least `count` images of its prompt; return the
+    first `count` of each.
+
+    Image i of a folder is `class-{i:05d}.png`, drawn with seed `seed + i`, written atomically: an interrupted run
+    resumes where it stopped and makes the same images it would have made, and processes sharing the work
+    (`shard` = (rank, number of processes)) make the images one process would. The prompts share batches (class
+    prompts in contexts ask for a few images each: one batch of them costs about what one image does on a CPU).
+    """
     missing = []
     for prompt, folder, num in wanted:
         folder.mkdir(parents=True, exist_ok=True)

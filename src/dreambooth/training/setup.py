@@ -38,7 +38,7 @@ from ..objectives import identity as objective_identity
 from ..sampling import autocast_in, sampling_dtype
 from . import checkpoint
 from .batches import Examples
-from .class_images import bank_dir, ensure_each, prompt_folder, read_class_prompts, shares
+from .class_images import bank_dir, ensure_class_images, prompt_folder, read_class_prompts, shares
 from .identifier import check_identifier, guess_identifier
 from .identifier_prior import check_prior
 from .photos import load_folder
@@ -277,7 +277,7 @@ def class_photos(cfg: TrainConfig, pipe, accelerator) -> list:
         return []
     pipe.to(accelerator.device)
     wanted = class_folders(cfg, class_image_precision(accelerator.device))
-    ensure_each(
+    ensure_class_images(
         pipe,
         wanted,
         cfg.resolution,
