@@ -79,11 +79,16 @@ def main() -> None:
     def env(mode: str) -> dict:
         return {**os.environ, "DREAMBOOTH_CACHE": str(out / mode / "bank")}
 
+    def save() -> None:  # after every finished run, so an hour's figures survive a stop in the next mode
+        (out / "world-fleet.json.part").write_text(json.dumps(figures, indent=1) + "\n")
+        os.replace(out / "world-fleet.json.part", out / "world-fleet.json")
+
     if "fleet" in args.modes:
         cmd = [*cli, "fleet", str(path), "--output-dir", str(out / "fleet" / "runs"), "--cpus-per-run", str(args.cpus_per_run)]
         figures["fleet_s"] = round(timed(cmd, env("fleet"), out / "fleet.log"), 1)
         rows = json.loads((out / "fleet" / "runs" / "fleet.json").read_text())["subjects"]
         figures["rows"] = [{k: r.get(k) for k in ("name", "state", "seconds", "loss", "scores")} for r in rows]
+        save()
     if "train" in args.modes:
         each = {}
         for entry in yaml.safe_load(path.read_text())["subjects"]:
@@ -92,6 +97,8 @@ def main() -> None:
             config.write_text(yaml.safe_dump({k: v for k, v in entry.items() if k != "name"}))
             cmd = [*cli, "train", "--config", str(config), "--output-dir", str(out / "train" / entry["name"]), "--overwrite"]
             each[entry["name"]] = round(timed(cmd, env("train"), out / "train" / f"{entry['name']}.log"), 1)
+            figures["train_each_s"] = each
+            save()
         figures["train_each_s"], figures["train_total_s"] = each, round(sum(each.values()), 1)
     if "demo" in args.modes:
         each = {}
@@ -101,8 +108,10 @@ def main() -> None:
                 cmd += ["--max-steps", str(args.steps)]
             (out / "demo").mkdir(exist_ok=True)
             each[cls] = round(timed(cmd, env("demo"), out / "demo" / f"{cls}.log"), 1)
+            figures["demo_each_s"] = each
+            save()
         figures["demo_each_s"], figures["demo_total_s"] = each, round(sum(each.values()), 1)
-    (out / "world-fleet.json").write_text(json.dumps(figures, indent=1) + "\n")
+    save()
     print(json.dumps(figures, indent=1))
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ TOKENS_KEY = "dreambooth.tokens"  # header: the token strings, subjects apart: "
 
 
 def file_name(out: Path) -> str:
-    """`<name>_emb.safetensors`, the name the run's folder gives."""
-    return f"{out.resolve().name}{SUFFIX}"
+    """`<name>_emb.safetensors`, the name the run's folder gives: its letters, digits, `_` and `-`, anything else as
+    `_`, since the name is also the word a prompt names it by, and ComfyUI splits prompts at spaces and A1111 / Forge
+    split a bundled embedding's key at dots (`bundle_emb.<name>.clip_l`)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", out.resolve().name) + SUFFIX
 
 
 def trigger(out: Path, subject: int, subjects: int) -> str:
