@@ -101,3 +101,28 @@ def test_two_processes_train_sdxl_with_both_text_encoders(photos, tmp_path):
     assert two.stdout.count("LoRA saved") == 1
     weights = load_file(str(tmp_path / "two" / "pytorch_lora_weights.safetensors"))
     assert any(k.startswith("text_encoder.") for k in weights) and any(k.startswith("text_encoder_2.") for k in weights)
+
+
+def test_pivotal_in_two_processes_matches_one_process_in_both_phases(photos, tmp_path):
+    """Pivotal tuning's new token rows train for the first 2 of the 4 steps beside the LoRA, then stay fixed while the
+    LoRA trains on: in both phases two processes reduce their gradients to what one process with twice the batch
+    computes, so the LoRA and the rows come out the same."""
+    common = ["train", "--instance-dir", str(photos), "--method", "pivotal", "--instance-prompt", "a photo of TOK dog",
+              "--initializer-word", "dog", "--max-steps", "4", "--num-samples", "0", "--rank", "4",
+              "--learning-rate", "0.5", "--text-encoder-lr", "0.5", "--adam-epsilon", "1", "--max-grad-norm", "0"]  # fmt: skip
+    two = run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+         "-m", "dreambooth.cli", *common, "--batch-size", "1", "--output-dir", "two"],
+        tmp_path,
+        tmp_path / "cache-two",
+    )  # fmt: skip
+    assert two.stdout.count("LoRA saved") == 1
+    one = run([sys.executable, "-m", "dreambooth.cli", *common, "--batch-size", "2", "--output-dir", "one"], tmp_path,
+              tmp_path / "cache-one")  # fmt: skip
+    assert "LoRA saved" in one.stdout
+    for name in ("pytorch_lora_weights.safetensors", "{}_emb.safetensors"):
+        a = load_file(str(tmp_path / "two" / name.format("two")))
+        b = load_file(str(tmp_path / "one" / name.format("one")))
+        assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6, name
+    lora = load_file(str(tmp_path / "one" / "pytorch_lora_weights.safetensors"))
+    assert max(v.abs().max().item() for v in lora.values()) > 0.1  # the weights did move
