@@ -90,27 +90,27 @@ def main() -> None:
         figures["rows"] = [{k: r.get(k) for k in ("name", "state", "seconds", "loss", "scores")} for r in rows]
         save()
     if "train" in args.modes:
-        each = {}
+        each: dict[str, float] = {}
+        figures["train_each_s"] = each  # filled run by run, saved after each
         for entry in yaml.safe_load(path.read_text())["subjects"]:
             config = out / "train" / f"{entry['name']}.yaml"
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(yaml.safe_dump({k: v for k, v in entry.items() if k != "name"}))
             cmd = [*cli, "train", "--config", str(config), "--output-dir", str(out / "train" / entry["name"]), "--overwrite"]
             each[entry["name"]] = round(timed(cmd, env("train"), out / "train" / f"{entry['name']}.log"), 1)
-            figures["train_each_s"] = each
             save()
-        figures["train_each_s"], figures["train_total_s"] = each, round(sum(each.values()), 1)
+        figures["train_total_s"] = round(sum(each.values()), 1)
     if "demo" in args.modes:
         each = {}
+        figures["demo_each_s"] = each
         for cls in args.subjects:
             cmd = [*cli, "demo", "--subject", cls, "--output-dir", str(out / "demo" / cls)]
             if args.steps:
                 cmd += ["--max-steps", str(args.steps)]
             (out / "demo").mkdir(exist_ok=True)
             each[cls] = round(timed(cmd, env("demo"), out / "demo" / f"{cls}.log"), 1)
-            figures["demo_each_s"] = each
             save()
-        figures["demo_each_s"], figures["demo_total_s"] = each, round(sum(each.values()), 1)
+        figures["demo_total_s"] = round(sum(each.values()), 1)
     save()
     print(json.dumps(figures, indent=1))
 

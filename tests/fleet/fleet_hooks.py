@@ -3,6 +3,7 @@ is appended to the file FLEET_TEST_DRAWS names, so a test counts them across pro
 
 import json
 import os
+from collections import Counter
 
 
 def count_class_draws() -> None:
@@ -14,8 +15,7 @@ def count_class_draws() -> None:
 
     def counted(pipe, jobs, *args, **kwargs):
         with open(os.environ["FLEET_TEST_DRAWS"], "a") as f:
-            for prompt in dict.fromkeys(p for p, _ in jobs):
-                n = sum(1 for p, _ in jobs if p == prompt)
+            for prompt, n in Counter(p for p, _ in jobs).items():
                 f.write(json.dumps({"pid": os.getpid(), "prompt": prompt, "images": n}) + "\n")
         return real(pipe, jobs, *args, **kwargs)
 
