@@ -508,6 +508,9 @@ def test_train_generate_download(page, server, tmp_path):
     assert state == "done", status
     assert page.get_attribute("#train-status progress", "value") == page.get_attribute("#train-status progress", "max") == "6"
     run = runs.find_runs(workspace)[0]
+    saved = runs.run_config(workspace / run)  # what the job got from the page's fields
+    assert (saved["max_steps"], saved["validation_prompt"], saved["validation_steps"], saved["num_validation_images"],
+            saved["with_prior_preservation"]) == (6, "a photo of sks dog", 3, 2, True)  # fmt: skip
     written = sorted(p.name for p in (workspace / run / "validation").glob("step-*.png"))
     assert written == ["step-000003.png", "step-000006.png"]  # validation grids at steps 3 and 6
     # shown by the next poll of the page's 1 s timer; a busy machine (the suite's other process) can delay a poll
@@ -839,6 +842,9 @@ def open_group(page, group: str) -> None:
     if not page.is_visible("#cfg-adapter, #cfg-optimizer, #cfg-validation-loss"):
         page.locator("#advanced").get_by_text("Advanced", exact=True).first.click()
     page.locator("#advanced").get_by_text(group, exact=True).first.click()
+    # A group's fields are bound to the page's state when its opening ends: text typed before that (a test types
+    # within a few ms) is reset to the old value.
+    page.wait_for_function("document.getAnimations().every(a => a.playState !== 'running')")
 
 
 def sample_and_start(page, steps: int, subject: str = "dog", demo: bool = False) -> None:
