@@ -842,8 +842,8 @@ def open_group(page, group: str) -> None:
     if not page.is_visible("#cfg-adapter, #cfg-optimizer, #cfg-validation-loss"):
         page.locator("#advanced").get_by_text("Advanced", exact=True).first.click()
     page.locator("#advanced").get_by_text(group, exact=True).first.click()
-    # A group's fields are bound to the page's state when its opening ends: text typed before that (a test types
-    # within a few ms) is reset to the old value.
+    # While a group's opening animation runs, the page sets its fields back to their old values once (seen 70-80 ms
+    # after the click): a test types within a few ms, so it waits for the animation to end.
     page.wait_for_function("document.getAnimations().every(a => a.playState !== 'running')")
 
 
