@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import math
 import typing
 from dataclasses import field
@@ -47,8 +48,14 @@ def default_of(f: dataclasses.Field):
     return f.default
 
 
+@functools.cache
+def type_hints(cls) -> dict:
+    # resolving a config's string annotations takes milliseconds a field, and every flag and key asks
+    return typing.get_type_hints(cls)
+
+
 def field_type(cls, f: dataclasses.Field):
-    return typing.get_type_hints(cls)[f.name]
+    return type_hints(cls)[f.name]
 
 
 def flag_name(f: dataclasses.Field | str) -> str:

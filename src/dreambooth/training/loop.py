@@ -281,7 +281,10 @@ def release(run: Run) -> None:
     for model in [*run.models.values(), *run.named.values()]:
         for patched in ("forward", "_original_forward"):
             model.__dict__.pop(patched, None)
-    run.accelerator.free_memory()
+    # What accelerate's free_memory() clears, without the full garbage collection it adds (0.3 s a run on a CPU
+    # process that has loaded the libraries): with the cycle above broken, dropping the lists frees the models.
+    for held in ("_models", "_optimizers", "_schedulers", "_dataloaders"):
+        getattr(run.accelerator, held).clear()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
