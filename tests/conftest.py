@@ -38,28 +38,27 @@ def tiny_base(tmp_path_factory) -> Path:
     return path
 
 
-# The files that take longest, longest first (seconds of the full suite on 2 cores, 2026-12-07, on a machine at half
-# the speed of the README's figures): the workers take whole files in this order, so the last files handed out are
-# short ones and the workers end together.
+# The files that take longest, longest first (seconds of the full suite on 2 cores, 2026-12-07, a run of 795 s): the
+# workers take whole files in this order, so the last files handed out are short ones and the workers end together.
 LONGEST_FIRST = (
-    "test_world_demo.py",  # 815: a whole demo; it takes both cores once the rest is done
-    "test_world_no_prior.py",  # 87: beside the demo's test, on the other process
-    "test_ui.py",  # 673
-    "test_checkpoint.py",  # 112
-    "test_fleet.py",  # 87: a local Ray, its workers' imports and seven short trainings
-    "test_loop.py",  # 71
-    "test_identifier_prior.py",  # 69: the world's identifier measure
-    "test_multiprocess.py",  # 62
+    "test_world_demo.py",  # 527: a whole demo; it takes both cores once the rest is done
+    "test_world_no_prior.py",  # 67: beside the demo's test, on the other process
+    "test_ui.py",  # 347
+    "test_loop.py",  # 94
+    "test_checkpoint.py",  # 76
+    "test_multiprocess.py",  # 75
+    "test_fleet.py",  # 71: a local Ray, its workers' imports and seven short trainings
+    "test_identifier_prior.py",  # 59: the world's identifier measure
+    "test_method_runs.py",  # 40
+    "test_lora_files.py",  # 31
     "test_cli.py",  # 31 with its new-process runs
-    "test_lora_files.py",  # 30
-    "test_world_pretrain.py",  # 22
-    "test_method_runs.py",  # 22
-    "test_quantization.py",
-    "test_lycoris.py",  # 21
-    "test_placement.py",  # 19
-    "test_resume.py",
-    "test_export.py",
-    "test_validation.py",  # 15
+    "test_lycoris.py",  # 24
+    "test_resume.py",  # 23
+    "test_export.py",  # 21
+    "test_validation.py",  # 19
+    "test_placement.py",  # 17
+    "test_world_pretrain.py",  # 16
+    "test_bench.py",  # 16
     "test_subjects.py",  # 15
 )
 
