@@ -287,6 +287,25 @@ def test_time_left_leaves_out_loading():
     assert status_line(job) == "a: step 4/10 · loss 0.2500 · 12 s left"
 
 
+def test_suggest_another_proposes_the_weakest_measured_rare_token():
+    """On an embedded model the page measures its suggestions as `identifier --measure` does, beside the word in the
+    box; on a real model it names that command instead of loading gigabytes at a click."""
+    from dreambooth.training import identifier_prior as P
+    from dreambooth.ui import train_tab
+
+    word, text = train_tab.suggest_measured(3, "tiny", "dog", "white")
+    pipe, family = train_tab.measuring_pipeline("tiny")
+    pool = [w for w, _ in train_tab.candidates_of(pipe, family, 3)]
+    ratios = P.relative_shifts(pipe, family, [*pool, "white"], "dog")
+    assert len(pool) == train_tab.MEASURED_POOL and word == min(pool, key=ratios.__getitem__)
+    assert f"**{word}** {ratios[word]:.2f}" in text and f"**white**: {ratios['white']:.2f}" in text
+    assert train_tab.suggest_measured(4, "tiny", "dog")[0] in [w for w, _ in train_tab.candidates_of(pipe, family, 4)]
+
+    real = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    word, text = train_tab.suggest_measured(3, real, "red dog")
+    assert word == train_tab.suggest(3) and f"dreambooth identifier --measure --model {real} --class-noun dog" in text
+
+
 def test_on_a_cpu_the_page_proposes_the_world_and_its_sample_subject(tmp_path, monkeypatch):
     """The sample subject is the demo's rendered photos, and Start with the page's first values trains as the demo does."""
     import dataclasses
@@ -447,6 +466,15 @@ def test_the_world_first_on_a_cpu(page):
     page.wait_for_function("document.querySelector('#class-noun textarea').value === 'teapot'")
     assert page.input_value("#identifier textarea") == "sks" and "red dotted teapot" in page.inner_text("#train-message")
     page.wait_for_selector("#tokens:has-text('a photo of sks teapot')")
+    page.click("#suggest")  # measured on the world's encoder, beside the sample's `sks`
+    page.wait_for_selector("#identifier-prior:has-text('Measured on world for teapot')", timeout=120_000)
+    suggested = page.input_value("#identifier textarea")
+    assert suggested != "sks" and f"{suggested} " in page.inner_text("#identifier-prior")
+    assert "sks" in page.inner_text("#identifier-prior").split("The one you had")[-1]
+    page.wait_for_selector(f"#tokens:has-text('a photo of {suggested} teapot')")
+    page.fill("#identifier textarea", "")
+    page.type("#identifier textarea", "zzx")  # typing makes the measure stale: it goes (`fill` is not typing)
+    page.wait_for_selector("#identifier-prior:has-text('Measured')", state="detached", timeout=10_000)
     page.reload()
     page.wait_for_selector("#photos")
 

@@ -99,17 +99,24 @@ def check_prior(pipe, family: Family, instance_prompt: str, identifier: str | No
     class_noun = noun_after(instance_prompt, identifier or "")
     if not identifier or not class_noun or not cheap(pipe, family):
         return
-    rare = rare_references(pipe, family)
-    if not rare:  # no rare candidates in this vocabulary (byte-level BPE): nothing to compare with
-        return
-    measured = shifts(pipe, family, [*rare, identifier], class_noun)  # one batch: the class prompt encoded once
-    typical, shift = reference_shift(measured, rare), measured[identifier]
-    if shift > STRONG * max(typical, 1e-4):
+    ratios = relative_shifts(pipe, family, [identifier], class_noun)
+    if ratios and ratios[identifier] > STRONG:
         warn(
             f"--instance-prompt: the base model reads '{identifier}' as a word with a prior (it moves "
-            f"'{prompts(identifier, class_noun)[0]}' {shift / max(typical, 1e-4):.1f}x as far as rare tokens do); "
+            f"'{prompts(identifier, class_noun)[0]}' {ratios[identifier]:.1f}x as far as rare tokens do); "
             f"training must unlearn it; `dreambooth identifier --measure --class-noun {class_noun}` lists weak ones"
         )
+
+
+def relative_shifts(pipe, family: Family, words: list[str], class_noun: str) -> dict[str, float]:
+    """word -> its shift as a multiple of what rare tokens measure on this model (above `STRONG`: a prior); empty
+    where the vocabulary has no rare candidates to compare with (byte-level BPE)."""
+    rare = rare_references(pipe, family)
+    if not rare:
+        return {}
+    measured = shifts(pipe, family, [*rare, *words], class_noun)  # one batch: the class prompt encoded once
+    typical = max(reference_shift(measured, rare), 1e-4)
+    return {w: measured[w] / typical for w in words}
 
 
 def measure(

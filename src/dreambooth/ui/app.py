@@ -129,9 +129,10 @@ def train_layout(values: dict, photo_roots: Sequence[Path] = (), gpu: bool = Fal
                 class_noun = gr.Textbox(label="Class noun", value="dog", elem_id="class-noun")
                 with gr.Row():
                     identifier = gr.Textbox(label="Identifier (a rare token)", value=train_tab.suggest(0), elem_id="identifier")
-                    another = gr.Button("Suggest another", size="sm")
+                    another = gr.Button("Suggest another", size="sm", elem_id="suggest")
                 seed_state = gr.State(0)
                 tokens = gr.Markdown(train_tab.tokens_markdown(train_tab.suggest(0), "dog"), elem_id="tokens")
+                prior = gr.Markdown(elem_id="identifier-prior")
                 shown["model"] = control("model", values["model"], gpu)
             with gr.Column():
                 for row in controls.BASIC_ROWS:
@@ -176,6 +177,7 @@ def train_layout(values: dict, photo_roots: Sequence[Path] = (), gpu: bool = Fal
         another=another,
         seed_state=seed_state,
         tokens=tokens,
+        prior=prior,
         controls=shown,
         start=start,
         stop=stop,
@@ -318,8 +320,14 @@ def build_app(workspace: Path, jobs: Jobs | None = None, photo_roots: Sequence[P
             partial(train_tab.sample_subject, workspace),
             tr.subject,
             [tr.photos, tr.class_noun, tr.identifier, tr.controls["model"], tr.message, *rest],
+        ).then(lambda: "", None, tr.prior, show_progress="hidden")
+        tr.another.click(
+            lambda s, model, noun, mine: (s + 1, *train_tab.suggest_measured(s + 1, model, noun, mine)),
+            [tr.seed_state, tr.controls["model"], tr.class_noun, tr.identifier],
+            [tr.seed_state, tr.identifier, tr.prior],
         )
-        tr.another.click(lambda s: (s + 1, train_tab.suggest(s + 1)), tr.seed_state, [tr.seed_state, tr.identifier])
+        for box in (tr.identifier, tr.class_noun, tr.controls["model"]):  # what a person types makes it stale;
+            box.input(lambda: "", None, tr.prior, show_progress="hidden")  # `change` would also fire on the suggestion
         for box in (tr.identifier, tr.class_noun):
             box.change(train_tab.tokens_markdown, [tr.identifier, tr.class_noun], tr.tokens, show_progress="hidden")
         tr.start.click(

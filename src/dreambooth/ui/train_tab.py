@@ -37,6 +37,67 @@ def suggest(seed: int) -> str:
     return found[0][0] if found else "sks"
 
 
+MEASURED_POOL = 12  # rare candidates the page measures for one suggestion; it proposes the weakest
+
+
+def measurable(model: str) -> bool:
+    """The page measures identifiers on the embedded base models, built in seconds; a real model's encoders would
+    mean a download or gigabytes loaded at a click, so there the page names the command that measures them."""
+    from ..models import EMBEDDED
+
+    entry = EMBEDDED.get(model)
+    return entry is not None and entry.build is not None
+
+
+@lru_cache(maxsize=1)
+def measuring_pipeline(model: str):
+    from ..families import family_of
+    from ..models import load_pipeline
+
+    pipe = load_pipeline(model)
+    return pipe, family_of(pipe)
+
+
+def suggest_measured(seed: int, model: str, class_noun: str, current: str = "") -> tuple[str, str]:
+    """'Suggest another': (the identifier, what the page says of it). On an embedded base model, the candidate of
+    `MEASURED_POOL` whose prompt the text encoders move least from the class prompt (the paper's §4.1: an identifier
+    with a prior is unlearnt in training), measured beside the identifier in the box; elsewhere an unmeasured
+    candidate and the command that measures them."""
+    from ..training import identifier_prior as P
+
+    noun = class_noun.strip().split()[-1] if class_noun.strip() else "dog"
+    command = f"`dreambooth identifier --measure --model {model} --class-noun {noun}`"
+    if not measurable(model):
+        return suggest(seed), f"Not measured here: {html.escape(command)} ranks identifiers by {html.escape(model)}'s prior"
+    pipe, family = measuring_pipeline(model)
+    pool = [w for w, _ in candidates_of(pipe, family, seed)]
+    if not pool:  # a byte-level vocabulary has no rare whole-word tokens: the paper's `sks`
+        return "sks", f"{html.escape(model)}'s vocabulary has no rare one-token words to measure; `sks` it is"
+    mine = current.strip().lower()
+    words = [*pool, mine] if len(mine.split()) == 1 and mine not in pool else pool
+    ratios = P.relative_shifts(pipe, family, words, noun)
+    ranked = sorted(pool, key=lambda w: ratios[w])
+    best = ranked[0]
+    shown = " · ".join(f"**{w}** {ratios[w]:.2f}" for w in ranked[:4])
+    text = (
+        f"Measured on {html.escape(model)} for *{html.escape(noun)}*: how far each word moves "
+        f"*{html.escape(P.prompts('X', noun)[0])}* from *{html.escape(P.prompts('a', noun)[1])}*, in multiples of "
+        f"what rare tokens measure (over {P.STRONG}: a prior that training must unlearn). Weakest of "
+        f"{len(pool)}: {shown}"
+    )
+    if mine in ratios and mine not in pool:
+        flag = " (a prior)" if ratios[mine] > P.STRONG else ""
+        text += f"  \nThe one you had, **{html.escape(mine)}**: {ratios[mine]:.2f}{flag}"
+    return best, text
+
+
+def candidates_of(pipe, family, seed: int) -> list[tuple[str, int]]:
+    from ..families import tokenizers
+    from ..training.identifier import candidates
+
+    return candidates(tokenizers(pipe, family)[0], count=MEASURED_POOL, seed=int(seed))
+
+
 def instance_prompt(identifier: str, class_noun: str) -> str:
     return f"a photo of {identifier.strip()} {class_noun.strip()}".strip()
 
