@@ -16,7 +16,10 @@ Methods (`--methods`, default all):
 - `dreambooth-no-prior`: the same without prior preservation;
 - `pivotal`: new tokens for the first half of the steps beside the demo's LoRA, with its prior preservation;
 - `dreambooth-strong-prior`: the demo's settings with a word the base knows as identifier (`--strong-word`, default
-  `white`: `dreambooth identifier --model world --measure` finds it drawn differently from the class).
+  `white`: `dreambooth identifier --model world --measure` finds it drawn differently from the class);
+- `dreambooth-measured-identifier`: the demo's settings with the identifier `dreambooth identifier --model world
+  --measure --class-noun <subject> --count 8` lists first (the weakest prior of 8 rare candidates, by how the base
+  draws them, then by the text encoders' shift) in place of `sks`.
 
 The dog and the cat train on `--seeds` photo sets and training seeds each (`write_photos(..., seed=s)`, train's
 `--seed s`; default 3), the other subjects on seed 0; the table gives the mean and, over several seeds, the
@@ -43,7 +46,15 @@ from dreambooth.world import CLASS_CAPTION_DROPOUT, CLASS_IMAGES, DEMO_STEPS, MO
 from dreambooth.world.commands import CLASSES
 from dreambooth.world.demo import demo_settings, drawn_word, write_photos
 
-METHODS = ("base", "textual-inversion", "dreambooth", "dreambooth-no-prior", "pivotal", "dreambooth-strong-prior")
+METHODS = (
+    "base",
+    "textual-inversion",
+    "dreambooth",
+    "dreambooth-no-prior",
+    "pivotal",
+    "dreambooth-strong-prior",
+    "dreambooth-measured-identifier",
+)
 TITLES = {
     "base": "base model",
     "textual-inversion": "textual inversion",
@@ -51,13 +62,14 @@ TITLES = {
     "dreambooth-no-prior": "DreamBooth, no prior preservation",
     "pivotal": "pivotal tuning",
     "dreambooth-strong-prior": "DreamBooth, strong-prior identifier",
+    "dreambooth-measured-identifier": "DreamBooth, measured identifier",
 }
 COLUMNS = ("subject_fidelity", "context_fidelity", "subject_in_context", "class_drift", "class_diversity")
 SEEDED = ("dog", "cat")  # the subjects trained on several photo sets and seeds
 
 
 def train_config(
-    method: str, cls: str, work: Path, steps: int, seed: int, strong_word: str, ti_lr: float, class_images: int = CLASS_IMAGES
+    method: str, cls: str, work: Path, steps: int, seed: int, word: str, ti_lr: float, class_images: int = CLASS_IMAGES
 ):
     """The demo's settings for `method` (training into work/lora, photos in work/subject); no validation during
     training (the demo's validation draws curves; the LoRA is the last step either way)."""
@@ -77,16 +89,29 @@ def train_config(
     )
     if method == "textual-inversion":
         cfg = dataclasses.replace(cfg, learning_rate=ti_lr)
-    elif method == "dreambooth-strong-prior":
-        cfg = dataclasses.replace(cfg, instance_prompt=f"a photo of {strong_word} {cls}")
+    elif method in ("dreambooth-strong-prior", "dreambooth-measured-identifier"):
+        cfg = dataclasses.replace(cfg, instance_prompt=f"a photo of {word} {cls}")
     return cfg
 
 
-def identifier_of(method: str, strong_word: str) -> str:
-    """What the scored prompts say for the subject."""
+def identifier_of(method: str, word: str) -> str:
+    """What the scored prompts say for the subject (`word`: the strong-prior or the measured identifier)."""
     if method in ("textual-inversion", "pivotal"):
         return drawn_word(method)  # the new tokens, <s0><s1>
-    return strong_word if method == "dreambooth-strong-prior" else drawn_word("dreambooth")
+    return word if method in ("dreambooth-strong-prior", "dreambooth-measured-identifier") else drawn_word("dreambooth")
+
+
+def measured_word(pipe, cls: str) -> str:
+    """The first row of `dreambooth identifier --model world --measure --class-noun <cls> --count 8` (its default
+    seed and samples)."""
+    from dreambooth.config import IdentifierConfig
+    from dreambooth.families import family_of
+    from dreambooth.training import identifier_prior
+    from dreambooth.world.identifier_draws import measure_draws
+
+    d = IdentifierConfig()
+    rows = identifier_prior.measure(pipe, family_of(pipe), cls, 8, d.seed, [], measure_draws(pipe, d.samples))
+    return rows[0]["word"]
 
 
 def written_bytes(out: Path) -> int:
@@ -109,9 +134,12 @@ def run_one(method: str, cls: str, seed: int, args) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     line: dict = {"subject": cls, "method": method, "seed": seed, "steps": args.steps, "samples": args.samples}
     pipe = load_pipeline(MODEL)
+    word = args.strong_word
+    if method == "dreambooth-measured-identifier":
+        word = line["identifier"] = measured_word(pipe, cls)
     if method != "base":
         write_photos(cls, work / "subject", seed=seed)
-        cfg = train_config(method, cls, work, args.steps, seed, args.strong_word, args.ti_lr, args.class_images)
+        cfg = train_config(method, cls, work, args.steps, seed, word, args.ti_lr, args.class_images)
         start = time.perf_counter()
         lora_dir = train(cfg)
         line["job_s"] = round(time.perf_counter() - start, 1)
@@ -120,7 +148,7 @@ def run_one(method: str, cls: str, seed: int, args) -> dict:
         line["file_bytes"] = written_bytes(lora_dir)
         load_run(pipe, lora_dir, text_encoder_scale=TEXT_ENCODER_SCALE, model=MODEL)
     reader, _ = readers.load(folder() / "reader")
-    scores, _ = sample_and_score(pipe, reader, cls, args.samples, identifier=identifier_of(method, args.strong_word))
+    scores, _ = sample_and_score(pipe, reader, cls, args.samples, identifier=identifier_of(method, word))
     line.update(scores=scores, machine=machine_info(), load_after=loadavg())
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
