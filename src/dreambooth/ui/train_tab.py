@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import shlex
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -65,8 +66,10 @@ def suggest_measured(seed: int, model: str, class_noun: str, current: str = "") 
     candidate and the command that measures them."""
     from ..training import identifier_prior as P
 
-    noun = class_noun.strip().split()[-1] if class_noun.strip() else "dog"
-    command = f"`dreambooth identifier --measure --model {model} --class-noun {noun}`"
+    noun = " ".join(class_noun.split())
+    if not noun:
+        return suggest(seed), "Type the class noun to measure identifiers against it"
+    command = f"`dreambooth identifier --measure --model {shlex.quote(model)} --class-noun {shlex.quote(noun)}`"
     if not measurable(model):
         return suggest(seed), f"Not measured here: {html.escape(command)} ranks identifiers by {html.escape(model)}'s prior"
     pipe, family = measuring_pipeline(model)
