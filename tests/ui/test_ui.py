@@ -304,7 +304,10 @@ def test_suggest_another_proposes_the_weakest_measured_rare_token():
     real = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     word, text = train_tab.suggest_measured(3, real, " red  dog")
     assert word == train_tab.suggest(3) and f"dreambooth identifier --measure --model {real} --class-noun 'red dog'" in text
-    assert train_tab.suggest_measured(3, "tiny", " ") == (train_tab.suggest(3), "Type the class noun to measure identifiers against it")
+    assert train_tab.suggest_measured(3, "tiny", " ") == (
+        train_tab.suggest(3),
+        "Type the class noun to measure identifiers against it",
+    )
 
 
 def test_on_a_cpu_the_page_proposes_the_world_and_its_sample_subject(tmp_path, monkeypatch):
