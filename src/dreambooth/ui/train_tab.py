@@ -71,9 +71,8 @@ def suggest_measured(seed: int, model: str, class_noun: str, current: str = "") 
         return suggest(seed), "Type the class noun to measure identifiers against it"
     command = f"`dreambooth identifier --measure --model {shlex.quote(model)} --class-noun {shlex.quote(noun)}`"
     if not measurable(model):
-        return suggest(
-            seed
-        ), f"Not measured here: {html.escape(command, quote=False)} ranks identifiers by {html.escape(model)}'s prior"
+        ranks = f"{html.escape(command, quote=False)} ranks identifiers by {html.escape(model)}'s prior"
+        return suggest(seed), f"Not measured here: {ranks}"
     pipe, family = measuring_pipeline(model)
     pool = [w for w, _ in candidates_of(pipe, family, seed)]
     if not pool:  # a byte-level vocabulary has no rare whole-word tokens: the paper's `sks`
