@@ -17,6 +17,8 @@ Methods (`--methods`, default all):
 - `pivotal`: new tokens for the first half of the steps beside the demo's LoRA, with its prior preservation;
 - `dreambooth-strong-prior`: the demo's settings with a word the base knows as identifier (`--strong-word`, default
   `white`: `dreambooth identifier --model world --measure` finds it drawn differently from the class);
+- `pivotal-fast-tokens`: pivotal tuning with its tokens (and the text encoder's LoRA, which shares the rate) at
+  `--ti-lr`, as textual inversion's tokens, instead of the demo's 1e-3;
 - `dreambooth-measured-identifier`: the demo's settings with the identifier `dreambooth identifier --model world
   --measure --class-noun <subject> --count 8` lists first (the weakest prior of 8 rare candidates, by how the base
   draws them, then by the text encoders' shift) in place of `sks`.
@@ -54,6 +56,7 @@ METHODS = (
     "pivotal",
     "dreambooth-strong-prior",
     "dreambooth-measured-identifier",
+    "pivotal-fast-tokens",
 )
 TITLES = {
     "base": "base model",
@@ -63,6 +66,7 @@ TITLES = {
     "pivotal": "pivotal tuning",
     "dreambooth-strong-prior": "DreamBooth, strong-prior identifier",
     "dreambooth-measured-identifier": "DreamBooth, measured identifier",
+    "pivotal-fast-tokens": "pivotal tuning, tokens at 5e-3",
 }
 COLUMNS = ("subject_fidelity", "context_fidelity", "subject_in_context", "class_drift", "class_diversity")
 SEEDED = ("dog", "cat")  # the subjects trained on several photo sets and seeds
@@ -82,13 +86,15 @@ def train_config(
         class_caption_dropout=0.0 if no_prior else CLASS_CAPTION_DROPOUT,
         validations=1,
         class_images=class_images,
-        method=method if method in ("textual-inversion", "pivotal") else "dreambooth",
+        method=method.removesuffix("-fast-tokens") if method.startswith(("textual-inversion", "pivotal")) else "dreambooth",
     )
     cfg = dataclasses.replace(
         cfg, seed=seed, overwrite=True, validation_loss=False, validation_prompts="", with_prior_preservation=not no_prior
     )
     if method == "textual-inversion":
         cfg = dataclasses.replace(cfg, learning_rate=ti_lr)
+    elif method == "pivotal-fast-tokens":
+        cfg = dataclasses.replace(cfg, text_encoder_lr=ti_lr)
     elif method in ("dreambooth-strong-prior", "dreambooth-measured-identifier"):
         cfg = dataclasses.replace(cfg, instance_prompt=f"a photo of {word} {cls}")
     return cfg
@@ -96,8 +102,8 @@ def train_config(
 
 def identifier_of(method: str, word: str) -> str:
     """What the scored prompts say for the subject (`word`: the strong-prior or the measured identifier)."""
-    if method in ("textual-inversion", "pivotal"):
-        return drawn_word(method)  # the new tokens, <s0><s1>
+    if method.startswith(("textual-inversion", "pivotal")):
+        return drawn_word(method.removesuffix("-fast-tokens"))  # the new tokens, <s0><s1>
     return word if method in ("dreambooth-strong-prior", "dreambooth-measured-identifier") else drawn_word("dreambooth")
 
 
