@@ -1,7 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 
+from dreambooth.models import load_pipeline
+from dreambooth.sampling import draw
 from dreambooth.world import scores as S
 
 
@@ -58,3 +61,18 @@ def test_free_written_prompts_are_read_as_the_subject_a_context_or_the_class():
 def test_only_the_scores_of_the_prompts_drawn_are_given():
     s = S.score({"context:beach": [r(context="beach"), r(context="snow")]}, "dog")
     assert s == {"context_fidelity": 0.5, "subject_in_context": 0.5}
+
+
+def test_the_prompts_share_batches_and_each_sample_keeps_its_seed(monkeypatch):
+    """The world's prompts are drawn in shared batches (a batch here holds samples of two prompts): sample i of each
+    prompt is what drawing that prompt alone gives with seed + i, up to batched arithmetic's rounding."""
+    pipe = load_pipeline("tiny")
+    monkeypatch.setattr(S, "SHARED_BATCH", 4)
+    asked = {"subject": "a photo of sks dog", "class": "a photo of a dog", "again": "a photo of sks dog"}
+    drawn = S.draw_named(pipe, asked, 3, seed=5, steps=2, guidance=4.0)
+    assert list(drawn) == list(asked) and [len(v) for v in drawn.values()] == [3, 3, 3]
+    for name, prompt in asked.items():
+        alone = draw(pipe, prompt, 3, seed=5, steps=2, guidance=4.0, resolution=32, batch_size=3)
+        for a, b in zip(drawn[name], alone):
+            assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 2
+    assert not np.array_equal(np.asarray(drawn["subject"][0]), np.asarray(drawn["subject"][1]))  # seeds differ

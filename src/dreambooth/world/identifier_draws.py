@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..sampling import draw
-from . import GUIDANCE, SAMPLE_STEPS, folder, readers
-from .render import SIZE
+from . import folder, readers
+from .scores import draw_named
 
 SEED = 1000  # the demo's sampling seed (scores.sample_and_score)
 
@@ -21,13 +20,11 @@ def drawn_prior(pipe, reader, words: list[str], cls: str, n: int = 8, seed: int 
     """word -> {'as_class': share of the n samples of `a photo of <word> <cls>` read as a <cls>, 'same_draw': share read
     exactly as the class prompt's sample with the same seed is (class, colour, pattern and context)}."""
 
-    def samples(prompt: str) -> list[dict]:
-        return readers.read(reader, draw(pipe, prompt, n, seed, SAMPLE_STEPS, GUIDANCE, SIZE, batch_size=n))
-
-    base = samples(f"a photo of a {cls}")
+    asked = {"": f"a photo of a {cls}", **{word: f"a photo of {word} {cls}" for word in words}}
+    drawn = {word: readers.read(reader, images) for word, images in draw_named(pipe, asked, n, seed).items()}
+    base = drawn.pop("")
     out = {}
-    for word in words:
-        found = samples(f"a photo of {word} {cls}")
+    for word, found in drawn.items():
         out[word] = {
             "as_class": round(sum(r["cls"] == cls for r in found) / n, 4),
             "same_draw": round(sum(reading(a) == reading(b) for a, b in zip(found, base)) / n, 4),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from ..sampling import draw
+from ..sampling import draw_jobs
 from . import GUIDANCE, SAMPLE_STEPS
 from .readers import read
 from .render import COLOURS, CONTEXTS, HELD_OUT, PATTERNS
@@ -22,6 +22,19 @@ SCORES = ("subject_fidelity", "context_fidelity", "subject_in_context", "class_f
 
 
 NEW_CONTEXTS = tuple(c for c in CONTEXTS if c != "plain")  # the photos show the subject on plain backgrounds
+# Samples per batch when the world's prompts are drawn: on a CPU a 32 px sample costs about half as much in a batch of
+# 64 as in a batch of 2 (bench/RESULTS.md, "The world's scores in shared batches"), so the prompts share batches.
+SHARED_BATCH = 64
+
+
+def draw_named(
+    pipe, asked: dict[str, str], n: int, seed: int = 1000, steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE
+) -> dict[str, list]:
+    """name -> `n` 32 px samples of its prompt, sample i with seed `seed + i` whatever the batch (as `draw` gives
+    them one prompt at a time, up to batched arithmetic's rounding), the prompts sharing batches."""
+    jobs = [(prompt, seed + i) for prompt in asked.values() for i in range(n)]
+    images = draw_jobs(pipe, jobs, steps, guidance, 32, batch_size=SHARED_BATCH)
+    return {name: images[k * n : (k + 1) * n] for k, name in enumerate(asked)}
 
 
 def prompts(cls: str, identifier: str = "sks", contexts: tuple[str, ...] = NEW_CONTEXTS) -> dict[str, str]:
@@ -106,6 +119,6 @@ def sample_and_score(
 ) -> tuple[dict[str, float], dict[str, list]]:
     """Draw `n` samples of each prompt (same seeds for every model, so before/after compare like for like), read, score."""
     asked = prompts(cls, identifier) if contexts is None else prompts(cls, identifier, tuple(contexts))
-    images = {name: draw(pipe, p, n, seed, steps, guidance, 32, batch_size=n) for name, p in asked.items()}
+    images = draw_named(pipe, asked, n, seed, steps, guidance)
     readings = {name: read(reader, imgs) for name, imgs in images.items()}
     return score(readings, cls), images

@@ -9,11 +9,11 @@ from pathlib import Path
 from .. import atomic
 from ..config import TrainConfig
 from ..fields import settings
-from ..sampling import draw, grid
-from . import DEMO_STEPS, GUIDANCE, MODEL, SAMPLE_STEPS, TEXT_ENCODER_SCALE, folder
+from ..sampling import grid
+from . import DEMO_STEPS, MODEL, TEXT_ENCODER_SCALE, folder
 from .demo import big, write_photos
 from .render import HELD_OUT
-from .scores import is_subject
+from .scores import draw_named, is_subject
 
 IDENTIFIERS = ("sks", "rox", "tcs", "zah", "slu")  # rare one-token words (`dreambooth identifier`), one a subject
 
@@ -62,7 +62,7 @@ def run_several(output_dir: str, classes: list[str], max_steps: int = DEMO_STEPS
     reader, _ = readers.load(folder() / "reader")
     asked = {cls: f"a photo of {identifier} {cls}" for cls, identifier in zip(classes, IDENTIFIERS)}
     asked.update({f"class:{cls}": f"a photo of a {cls}" for cls in classes})
-    images = {name: draw(pipe, p, n, 1000, SAMPLE_STEPS, GUIDANCE, 32, batch_size=n) for name, p in asked.items()}
+    images = draw_named(pipe, asked, n)
     scores = subject_scores({name: readers.read(reader, imgs) for name, imgs in images.items()}, classes)
     atomic.write_text(out / "scores.json", json.dumps(scores, indent=1))
     atomic.save_image(grid([big(grid(images[name][:8], cols=8)) for name in asked], cols=1), out / "grid.png")
