@@ -22,9 +22,11 @@ SCORES = ("subject_fidelity", "context_fidelity", "subject_in_context", "class_f
 
 
 NEW_CONTEXTS = tuple(c for c in CONTEXTS if c != "plain")  # the photos show the subject on plain backgrounds
-# Samples per batch when the world's prompts are drawn: on a CPU a 32 px sample costs about half as much in a batch of
-# 64 as in a batch of 2 (bench/RESULTS.md, "The world's scores in shared batches"), so the prompts share batches.
-SHARED_BATCH = 64
+# Samples per batch when the world's prompts are drawn. On a CPU a 32 px sample costs about half as much in a batch of
+# 16 as in a batch of 2, and little less beyond 32, so the prompts share batches of 32: the page's few samples a prompt
+# draw in about half the time, and the demo's 32 a prompt in the batches they had (bench/RESULTS.md, "The world's
+# scores in shared batches").
+SHARED_BATCH = 32
 
 
 def draw_named(
