@@ -97,3 +97,28 @@ def test_the_gallery_shows_each_fleet_of_the_workspace_as_a_table(tmp_path):
     assert "&lt;cat&gt;" in page and "--instance-dir x: no usable image" in page
     (tmp_path / "no-fleet").mkdir()
     assert "Fleet" not in gallery_tab.cards_html(tmp_path / "no-fleet", Jobs())
+
+
+def test_the_base_models_world_scores_are_drawn_once_per_copy_of_the_worlds_weights(tmp_path, monkeypatch):
+    """Kept in the workspace for later scorings of the same class, identifier and samples; drawn afresh once the
+    world's weights are another copy (a new version of the package), and the estimate says which."""
+    from dreambooth import models
+    from dreambooth.world import scores
+
+    drawn = []
+
+    def sample_and_score(pipe, reader, cls, n, identifier="sks"):
+        drawn.append((cls, identifier, n))
+        return {"subject_fidelity": 0.0}, {name: [Image.new("RGB", (4, 4))] * n for name in scores.prompts(cls, identifier)}
+
+    monkeypatch.setattr(scores, "sample_and_score", sample_and_score)
+    fake_run(tmp_path, "w")
+    first = evaluate_tab.base_scores(tmp_path, None, None, "dog", "sks", 2)
+    assert evaluate_tab.base_scores(tmp_path, None, None, "dog", "sks", 2)[0] == first[0] and len(drawn) == 1
+    assert "the base model's are kept from before" in evaluate_tab.estimate(tmp_path, "runs/w", 2)
+    evaluate_tab.base_scores(tmp_path, None, None, "dog", "sks", 4)
+    assert len(drawn) == 2
+    monkeypatch.setattr(models, "identity", lambda model: "weights of another version@1")
+    assert "with the base model and with the run" in evaluate_tab.estimate(tmp_path, "runs/w", 2)
+    evaluate_tab.base_scores(tmp_path, None, None, "dog", "sks", 2)
+    assert drawn == [("dog", "sks", 2), ("dog", "sks", 4), ("dog", "sks", 2)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import time
@@ -136,6 +137,16 @@ def world_subject(cfg: dict) -> tuple[str, str]:
     return words[-1], words[-2]
 
 
+def base_dir(workspace: Path, cls: str, identifier: str, n: int) -> Path:
+    """Where the base model's samples and scores are kept: per class, identifier and samples a prompt, and per copy of
+    the world's weights, so that a package that ships new weights draws its base afresh."""
+    from ..models import identity
+    from ..world import MODEL
+
+    weights = hashlib.sha256(identity(MODEL).encode()).hexdigest()[:12]
+    return workspace / "scores" / "world-base" / f"{cls}-{identifier}-n{n}-{weights}"
+
+
 def base_scores(workspace: Path, pipe, reader, cls: str, identifier: str, n: int) -> tuple[dict, dict]:
     """The base model's scores and samples: drawn once per (class, identifier, n) and kept in the workspace, as the
     same seeds give the same images for every run."""
@@ -144,7 +155,7 @@ def base_scores(workspace: Path, pipe, reader, cls: str, identifier: str, n: int
     from .. import atomic
     from ..world.scores import prompts, sample_and_score
 
-    cache = workspace / "scores" / "world-base" / f"{cls}-{identifier}-n{n}"
+    cache = base_dir(workspace, cls, identifier, n)
     try:
         saved = json.loads((cache / "scores.json").read_text(encoding="utf-8"))
         images = {name: [Image.open(cache / f"{name.replace(':', '-')}-{i}.png").convert("RGB") for i in range(n)]
@@ -238,7 +249,7 @@ def estimate(workspace: Path, run: str, samples_per_prompt) -> str:
     except (UsageError, ValueError, TypeError):
         return ""
     count = len(prompts(cls, identifier)) * n
-    kept = (workspace / "scores" / "world-base" / f"{cls}-{identifier}-n{n}" / "scores.json").is_file()
+    kept = (base_dir(workspace, cls, identifier, n) / "scores.json").is_file()
     drawn = count if kept else 2 * count
     each, source = seconds_per_sample(workspace)
     which = "with the run; the base model's are kept from before" if kept else "with the base model and with the run"
