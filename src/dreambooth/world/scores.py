@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from ..sampling import draw_jobs
+from ..sampling import draw_each
 from . import GUIDANCE, SAMPLE_STEPS
 from .readers import read
 from .render import COLOURS, CONTEXTS, HELD_OUT, PATTERNS
@@ -33,10 +33,10 @@ def draw_named(
     pipe, asked: dict[str, str], n: int, seed: int = 1000, steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE
 ) -> dict[str, list]:
     """name -> `n` 32 px samples of its prompt, sample i with seed `seed + i` whatever the batch (as `draw` gives
-    them one prompt at a time, up to batched arithmetic's rounding), the prompts sharing batches."""
-    jobs = [(prompt, seed + i) for prompt in asked.values() for i in range(n)]
-    images = draw_jobs(pipe, jobs, steps, guidance, 32, batch_size=SHARED_BATCH)
-    return {name: images[k * n : (k + 1) * n] for k, name in enumerate(asked)}
+    them one prompt at a time, up to batched arithmetic's rounding), the prompts sharing batches; a prompt two names
+    ask for is drawn once."""
+    drawn = draw_each(pipe, list(dict.fromkeys(asked.values())), n, seed, steps, guidance, 32, SHARED_BATCH)
+    return {name: drawn[prompt] for name, prompt in asked.items()}
 
 
 def prompts(cls: str, identifier: str = "sks", contexts: tuple[str, ...] = NEW_CONTEXTS) -> dict[str, str]:
